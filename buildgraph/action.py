@@ -1,0 +1,192 @@
+"""Action (what to run) and ActionResult (what came out), and the action key.
+
+Action key, version 1
+---------------------
+key = xxh3-128 hex of canonical(spec), where canonical is digest.canonical and
+spec is the JSON object below. Everything that can change an output is in it;
+nothing else is:
+
+  "v"          1 — bumped when this encoding changes, disowning every old entry.
+  "commands"   the shell commands, in order, exactly as run by `sh -e`.
+  "env"        [[name, value], ...] MUST be sorted by name: the scrubbed
+               environment the action sees. Paths in it use the fixed in-sandbox
+               root (/sandbox), never a host path.
+  "toolchain"  [name, digest] — digest of the toolchain's files, not its version.
+  "tools"      digest of the host tools on PATH (their file contents).
+  "srcs"       tree digest of the staged sources (relpath, file digest, exec bit).
+  "deps"       [[name, output digest], ...] sorted by name: dependency *outputs*,
+               so a dependency rebuilt bit-identically does not change this key
+               (early cutoff).
+  "features"   [[axis, value], ...] sorted: only the variant axes the target reads.
+  "outs"       the declared outputs, sorted.
+
+Not in the key: node and target names, host paths, the workspace location,
+timestamps, usernames, the jobserver (MAKEFLAGS), -j, credentials.
+
+ActionResult encoding (the AC value), version 1
+-----------------------------------------------
+JSON: {"v":1, "files":[[path, digest, size, executable], ...] sorted by path,
+"symlinks":[[path, target], ...] sorted, "stdout": digest|null, "stderr":
+digest|null, "exit_code": int, "duration": seconds}. Paths are relative to the
+output root; `parse_result` rejects any absolute path, any path or symlink target
+that leaves the output root, and malformed entries, so a poisoned entry can never
+write outside an output directory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import PurePosixPath
+
+from buildgraph.digest import tree_digest, value_digest
+
+KEY_VERSION = 1
+RESULT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Action:
+    node: str
+    commands: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    toolchain: tuple[str, str] | None
+    tools_digest: str
+    srcs: tuple[tuple[str, str, bool], ...]      # (relpath, digest, executable), sorted
+    src_paths: tuple[str, ...]                   # host paths, same order; not in the key
+    deps: tuple[tuple[str, str], ...]            # (dep target name, output digest), sorted
+    features: tuple[tuple[str, str], ...]
+    outs: tuple[str, ...]
+    weight: int = 1
+    jobserver: str = "pipe"
+    dep_nodes: tuple[tuple[str, str], ...] = ()  # (dep target name, node name); not in the key
+
+    @cached_property
+    def srcs_digest(self) -> str:
+        return tree_digest(self.srcs)
+
+    def spec(self) -> dict:
+        return {
+            "v": KEY_VERSION,
+            "commands": list(self.commands),
+            "env": [list(kv) for kv in self.env],
+            "toolchain": list(self.toolchain) if self.toolchain else None,
+            "tools": self.tools_digest,
+            "srcs": self.srcs_digest,
+            "deps": [list(d) for d in self.deps],
+            "features": [list(f) for f in self.features],
+            "outs": sorted(self.outs),
+        }
+
+    @cached_property
+    def key(self) -> str:
+        return value_digest(self.spec())
+
+    def inputs(self) -> dict:
+        """Input digests by kind, for `why`, `plan` and manifests."""
+        return {
+            "commands": list(self.commands),
+            "env": dict(self.env),
+            "toolchain": list(self.toolchain) if self.toolchain else None,
+            "tools": self.tools_digest,
+            "srcs": {p: d + ("+x" if x else "") for p, d, x in self.srcs},
+            "deps": dict(self.deps),
+            "features": dict(self.features),
+            "outs": sorted(self.outs),
+        }
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    path: str
+    digest: str
+    size: int
+    executable: bool
+
+
+@dataclass(frozen=True)
+class OutputSymlink:
+    path: str
+    target: str
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    files: tuple[OutputFile, ...]
+    symlinks: tuple[OutputSymlink, ...] = ()
+    stdout: str | None = None
+    stderr: str | None = None
+    exit_code: int = 0
+    duration: float = 0.0
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @cached_property
+    def output_digest(self) -> str:
+        """Digest of the output tree: what dependents put in their keys."""
+        return value_digest([[f.path, f.digest, f.executable] for f in self.files] +
+                            [[s.path, "->", s.target] for s in self.symlinks])
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def to_json(self) -> bytes:
+        return json.dumps({
+            "v": RESULT_VERSION,
+            "files": [[f.path, f.digest, f.size, f.executable] for f in sorted(self.files, key=lambda f: f.path)],
+            "symlinks": [[s.path, s.target] for s in sorted(self.symlinks, key=lambda s: s.path)],
+            "stdout": self.stdout, "stderr": self.stderr,
+            "exit_code": self.exit_code, "duration": round(self.duration, 6),
+        }, separators=(",", ":")).encode()
+
+
+class BadResult(ValueError):
+    """An action cache entry that must not be used (corrupt or poisoned)."""
+
+
+def check_relpath(path) -> str:
+    """Return `path` if it is a clean relative path inside its root, else raise BadResult."""
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise BadResult(f"bad path {path!r}")
+    p = PurePosixPath(path)
+    if p.is_absolute() or ".." in p.parts or str(p) != path or path in (".",):
+        raise BadResult(f"path {path!r} is absolute or leaves the output root")
+    return path
+
+
+def check_symlink(path: str, target) -> str:
+    if not isinstance(target, str) or not target or target.startswith("/") or "\0" in target:
+        raise BadResult(f"symlink {path!r} -> {target!r} is absolute or empty")
+    depth = len(PurePosixPath(path).parts) - 1
+    for part in PurePosixPath(target).parts:
+        depth = depth - 1 if part == ".." else depth + (part != ".")
+        if depth < 0:
+            raise BadResult(f"symlink {path!r} -> {target!r} leaves the output root")
+    return target
+
+
+def _digest(value) -> str:
+    if not isinstance(value, str) or len(value) != 32 or any(c not in "0123456789abcdef" for c in value):
+        raise BadResult(f"bad digest {value!r}")
+    return value
+
+
+def parse_result(data: bytes) -> ActionResult:
+    """Decode and validate an AC value; raises BadResult for anything unsafe."""
+    try:
+        raw = json.loads(data)
+        if raw.get("v") != RESULT_VERSION:
+            raise BadResult(f"unknown result version {raw.get('v')!r}")
+        files = tuple(OutputFile(check_relpath(p), _digest(d), int(s), bool(x)) for p, d, s, x in raw["files"])
+        links = tuple(OutputSymlink(check_relpath(p), check_symlink(p, t)) for p, t in raw["symlinks"])
+        out = raw.get("stdout")
+        err = raw.get("stderr")
+        return ActionResult(files=files, symlinks=links,
+                            stdout=_digest(out) if out is not None else None,
+                            stderr=_digest(err) if err is not None else None,
+                            exit_code=int(raw.get("exit_code", 0)), duration=float(raw.get("duration", 0.0)))
+    except BadResult:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise BadResult(f"malformed action result: {exc}") from None

@@ -1,0 +1,241 @@
+"""Command-line front: parse, call one library function, print, return an exit code.
+
+Exit codes: 0 ok, 1 build failed, 2 usage or configuration error, 130 interrupted.
+`main` is the one place that turns exceptions into exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from buildgraph.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BuildgraphError, UsageError
+
+
+def _size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1] if t and t[-1] in units else ""
+    try:
+        return int(float(t[: len(t) - len(unit)]) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500M, 10G)") from None
+
+
+def _options(args):
+    from buildgraph.operations import Options
+
+    return Options(directory=Path(args.directory), cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+                   cache_max_bytes=getattr(args, "max_size", None), sandbox=args.sandbox,
+                   jobs=getattr(args, "jobs", 0) or 0, keep_going=getattr(args, "keep_going", False))
+
+
+def _session(args, write=True):
+    from buildgraph.operations import Session
+
+    return Session(_options(args), write=write, notify=lambda m: print(f"buildgraph: {m}", file=sys.stderr))
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_build(args) -> int:
+    from buildgraph import operations, ui
+
+    with _session(args) as s:
+        summary = operations.build(s, args.targets, ui.make_reporter())
+    if args.log_json:
+        ui.write_event_log(args.log_json, summary.outcomes)
+    if args.profile:
+        ui.write_chrome_trace(args.profile, summary.outcomes)
+    print(summary.line())
+    if not summary.ok:
+        failed = [o for o in summary.outcomes if o.status.value == "failed"]
+        for o in failed:
+            print(f"buildgraph: {o.name} failed: {o.error} (log: .buildgraph/logs/{o.name}.log)", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_plan(args) -> int:
+    from buildgraph import operations
+
+    with _session(args, write=False) as s:
+        rows, path = operations.plan(s, args.targets)
+    width = max((len(r.name) for r in rows), default=4)
+    for r in rows:
+        key = (r.key or "?")[:16]
+        line = f"{r.name:<{width}}  {key:<16}  {r.status}"
+        if r.reasons:
+            line += ": " + "; ".join(r.reasons[:3]) + (f" (+{len(r.reasons) - 3} more)" if len(r.reasons) > 3 else "")
+        print(line)
+    runs = sum(r.status == "run" for r in rows)
+    print(f"{len(rows)} nodes, {runs} to run; critical path: {' → '.join(path) if path else '-'}")
+    return EXIT_OK
+
+
+def cmd_why(args) -> int:
+    from buildgraph import operations
+
+    with _session(args, write=False) as s:
+        name, lines = operations.why(s, args.node)
+    if not lines:
+        print(f"{name}: no input changed since its last build")
+    for line in lines:
+        print(f"{name}: {line}")
+    return EXIT_OK
+
+
+def cmd_graph(args) -> int:
+    with _session(args, write=False) as s:
+        selected = s.graph.select(args.targets)
+        if args.format == "dot":
+            sys.stdout.write(s.graph.to_dot(selected))
+        else:
+            print(json.dumps(s.graph.to_json(selected), indent=2))
+    return EXIT_OK
+
+
+def cmd_query(args) -> int:
+    with _session(args, write=False) as s:
+        names = s.graph.resolve(args.node)
+        found: set[str] = set()
+        for n in names:
+            if args.relation == "deps":
+                found.update(s.graph.deps_of(n, transitive=not args.direct))
+            else:
+                found.update(s.graph.rdeps_of(n, transitive=not args.direct))
+    for n in sorted(found):
+        print(n)
+    return EXIT_OK
+
+
+def cmd_cache(args) -> int:
+    from buildgraph.store.local import DEFAULT_MAX_BYTES, LocalStore, default_cache_dir
+
+    store = LocalStore(Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
+                       args.max_size or DEFAULT_MAX_BYTES)
+    try:
+        if args.action == "gc":
+            r = store.gc()
+            print(f"evicted {r['evicted_entries']} action results, removed {r['removed_blobs']} blobs "
+                  f"({r['removed_bytes'] / 1e6:.1f} MB); cache holds {r['bytes'] / 1e6:.1f} MB "
+                  f"of {r['max_bytes'] / 1e6:.0f} MB allowed")
+            return EXIT_OK
+        st = store.stats()
+        print(f"cache: {st['directory']}")
+        print(f"  action results: {st['action_entries']}")
+        print(f"  blobs: {st['blobs']} ({st['bytes'] / 1e6:.1f} MB of {st['max_bytes'] / 1e6:.0f} MB)")
+    finally:
+        store.close()
+    from buildgraph.state import StateDir
+    from buildgraph.workspace import find_root
+
+    try:
+        last = StateDir(find_root(Path(args.directory))).load().last_build
+    except BuildgraphError:
+        last = None
+    if last:
+        print(f"last build: {last.get('nodes', 0)} nodes in {last.get('seconds', 0)}s; "
+              f"ran {last.get('ran', 0)}, cached {last.get('cached', 0)}, up to date {last.get('up-to-date', 0)}, "
+              f"failed {last.get('failed', 0)}")
+        print(f"  local store: {last.get('local_hits', 0)} hits, {last.get('local_misses', 0)} misses, "
+              f"{last.get('rejected', 0)} rejected entries, {last.get('bytes_stored', 0) / 1e6:.2f} MB stored")
+    return EXIT_OK
+
+
+def cmd_clean(args) -> int:
+    import shutil
+
+    from buildgraph.state import StateDir
+    from buildgraph.workspace import find_root
+
+    state_dir = StateDir(find_root(Path(args.directory)))
+    state_dir.lock(lambda m: print(f"buildgraph: {m}", file=sys.stderr))
+    try:
+        shutil.rmtree(state_dir.out, ignore_errors=True)
+        shutil.rmtree(state_dir.logs, ignore_errors=True)
+        (state_dir.dir / "state.pickle").unlink(missing_ok=True)
+    finally:
+        state_dir.unlock()
+    print(f"removed outputs and state of {state_dir.dir.parent}")
+    if args.cache:
+        from buildgraph.store.local import default_cache_dir
+
+        cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+        shutil.rmtree(cache, ignore_errors=True)
+        print(f"removed cache {cache}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- parser
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-C", "--directory", default=".", help="workspace directory (default: search upward from .)")
+    common.add_argument("--cache-dir", help="local cache directory (default: $BUILDGRAPH_CACHE_DIR or ~/.cache/buildgraph)")
+    common.add_argument("--sandbox", default="auto", choices=("auto", "bwrap", "unshare", "none"),
+                        help="action isolation (default: the strongest available)")
+
+    p = argparse.ArgumentParser(prog="buildgraph", description="Declarative build graph with Bazel-like caching.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    b = sub.add_parser("build", parents=[common], help="build targets (default: all nodes)")
+    b.add_argument("targets", nargs="*", help="node (lib@cpu), target (all its variants) or target@value")
+    b.add_argument("-j", "--jobs", type=int, default=0, help="parallel slots, shared with nested make (default: cores)")
+    b.add_argument("-k", "--keep-going", action="store_true", help="go on building what does not depend on a failure")
+    b.add_argument("--log-json", metavar="FILE", help="write one JSON event per node")
+    b.add_argument("--profile", metavar="FILE", help="write a Chrome trace of the actions that ran")
+    b.add_argument("--max-size", type=_size, help="local cache size limit (default 10G); gc runs when exceeded")
+    b.set_defaults(func=cmd_build)
+
+    pl = sub.add_parser("plan", parents=[common], help="dry run: each node, its key, cached or why it must run")
+    pl.add_argument("targets", nargs="*")
+    pl.set_defaults(func=cmd_plan)
+
+    w = sub.add_parser("why", parents=[common], help="which inputs of NODE changed since its last build")
+    w.add_argument("node")
+    w.set_defaults(func=cmd_why)
+
+    g = sub.add_parser("graph", parents=[common], help="print the configured graph")
+    g.add_argument("targets", nargs="*")
+    g.add_argument("--format", choices=("dot", "json"), default="dot")
+    g.set_defaults(func=cmd_graph)
+
+    q = sub.add_parser("query", parents=[common], help="dependencies or dependents of a node")
+    q.add_argument("relation", choices=("deps", "rdeps"))
+    q.add_argument("node")
+    q.add_argument("--direct", action="store_true", help="only direct edges")
+    q.set_defaults(func=cmd_query)
+
+    c = sub.add_parser("cache", parents=[common], help="local cache: stats | gc")
+    c.add_argument("action", choices=("stats", "gc"))
+    c.add_argument("--max-size", type=_size, help="size to shrink to (gc) or the limit shown (stats)")
+    c.set_defaults(func=cmd_cache)
+
+    cl = sub.add_parser("clean", parents=[common], help="remove the workspace's outputs and state")
+    cl.add_argument("--cache", action="store_true", help="also delete the whole local cache")
+    cl.set_defaults(func=cmd_clean)
+    return p
+
+
+def main(argv=None) -> int:
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help exits 0, bad usage exits 2
+        return int(exc.code or 0)
+    try:
+        return args.func(args)
+    except BuildgraphError as exc:
+        print(f"buildgraph: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("buildgraph: interrupted; finished results are kept in the cache", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

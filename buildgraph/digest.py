@@ -1,0 +1,82 @@
+"""Local digests: xxh3-128 of files, trees and canonical encodings.
+
+xxh3-128 is the fast local digest (file change detection, action keys). Remote
+protocols speak SHA-256; that is computed at the remote boundary, not here.
+
+File digests are cached by (dev, inode, size, mtime_ns, ctime_ns) in a
+`StatCache`, so a no-op build stats files but hashes none. The cache is a plain
+dict persisted in the workspace state (state.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import xxhash
+
+_CHUNK = 1 << 20
+
+
+def bytes_digest(data: bytes) -> str:
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """xxh3-128 hex digest of a file's content."""
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def canonical(obj) -> bytes:
+    """The canonical encoding of a JSON-able value.
+
+    MUST: keys sorted, no insignificant whitespace, UTF-8, lists in the order
+    given (callers sort where order is not meaningful). Two equal values encode to
+    identical bytes on every machine.
+    """
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def value_digest(obj) -> str:
+    return bytes_digest(canonical(obj))
+
+
+def stat_signature(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class StatCache:
+    """Maps a path to its digest, trusted while its stat signature is unchanged."""
+
+    def __init__(self, entries: dict | None = None):
+        self.entries: dict[str, tuple] = entries if entries is not None else {}
+        self.hashed = 0  # files actually read this run (a no-op build keeps this at 0)
+        self.dirty = False
+
+    def digest(self, path: str, st: os.stat_result | None = None) -> str:
+        """Digest of `path`; raises OSError if it cannot be read."""
+        if st is None:
+            st = os.stat(path)
+        sig = stat_signature(st)
+        hit = self.entries.get(path)
+        if hit is not None and hit[0] == sig:
+            return hit[1]
+        digest = file_digest(path)
+        self.hashed += 1
+        # A file modified within the same clock tick as we read it could change
+        # without its mtime moving ("racy" entries, as git calls them): do not
+        # remember digests of files younger than two seconds.
+        if time.time_ns() - st.st_mtime_ns > 2_000_000_000:
+            self.entries[path] = (sig, digest)
+            self.dirty = True
+        return digest
+
+
+def tree_digest(entries) -> str:
+    """Digest of a file tree given as (relpath, digest, executable) triples, any order."""
+    return value_digest(sorted([p, d, bool(x)] for p, d, x in entries))

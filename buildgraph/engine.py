@@ -1,0 +1,251 @@
+"""The rebuilder: turn a node into an action, decide whether a stored result can be
+reused, run it in the sandbox when not, and materialize outputs.
+
+"When to run" lives in scheduler.py; "may I reuse?" lives here. The check is a
+constructive trace, as in Bazel: the key hashes the node's inputs including its
+dependencies' *output* digests, and any store holding a result for that key may
+answer. Fast path for no-op builds: if the state says this node's last build had
+the same key and out/<node> still holds those outputs, nothing is looked up.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from buildgraph import globs
+from buildgraph.action import Action, ActionResult
+from buildgraph.digest import StatCache
+from buildgraph.errors import ConfigError
+from buildgraph.graph import BuildGraph, Node, configure
+from buildgraph.sandbox import SANDBOX_ROOT, Sandbox
+from buildgraph.state import NodeRecord, State, StateDir
+from buildgraph.store.local import LocalStore, _force_remove
+from buildgraph.toolchains import ToolchainResolver
+from buildgraph.workspace import Workspace, load_workspace, workspace_files
+
+BASE_ENV = (("LC_ALL", "C"), ("TZ", "UTC"), ("HOME", f"{SANDBOX_ROOT}/home"),
+            ("TMPDIR", f"{SANDBOX_ROOT}/tmp"), ("PATH", f"{SANDBOX_ROOT}/.tools/bin"),
+            ("SRC", f"{SANDBOX_ROOT}/src"), ("OUT", f"{SANDBOX_ROOT}/out"),
+            ("WORK", f"{SANDBOX_ROOT}/work"), ("DEPS", f"{SANDBOX_ROOT}/deps"))
+
+
+class Status(enum.Enum):
+    UP_TO_DATE = "up-to-date"   # same key as the last build, outputs in place
+    CACHED = "cached"           # restored from a store
+    RAN = "ran"
+    FAILED = "failed"
+    SKIPPED = "skipped"         # a dependency failed
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class Reuse:
+    status: Status
+    output_digest: str
+    result: ActionResult | None  # None on the fast path until someone needs it
+
+
+def load_configured(root: Path, state: State) -> tuple[Workspace, BuildGraph]:
+    """The workspace and its graph, parsed again only if a workspace file changed."""
+    sig = _files_signature(root)
+    if state.config is not None and state.config[0] == sig:
+        return state.config[1], state.config[2]
+    ws = load_workspace(root)
+    graph = configure(ws)
+    state.config = (sig, ws, graph)
+    return ws, graph
+
+
+def _files_signature(root: Path) -> tuple:
+    sig = []
+    for d in (root / "toolchains", root / "deps"):
+        try:
+            sig.append(os.stat(d).st_mtime_ns)
+        except OSError:
+            sig.append(None)
+    for f in workspace_files(root):
+        st = os.stat(f)
+        sig.append((str(f), st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(sig)
+
+
+def env_name(target: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in target).upper()
+
+
+class Engine:
+    def __init__(self, ws: Workspace, graph: BuildGraph, store: LocalStore, state: State,
+                 state_dir: StateDir, sandbox: Sandbox | None):
+        self.ws, self.graph, self.store, self.state = ws, graph, store, state
+        self.state_dir = state_dir
+        self.sandbox = sandbox
+        self.stat_cache = StatCache(state.stat_cache)
+        self.resolver = ToolchainResolver(self.stat_cache, state.resolutions)
+        self._srcs: dict[str, tuple] = {}
+        self._dir_memo: dict[str, int | None] = {}
+        self._host_tools = None
+        self.results: dict[str, ActionResult] = {}   # node -> result known this build
+        self.outputs: dict[str, str] = {}            # node -> output digest known this build
+
+    # ------------------------------------------------------------ actions
+
+    def resolve_sources(self, nodes) -> None:
+        """Expand and digest the srcs of every target in `nodes` (ConfigError before anything runs)."""
+        for target in dict.fromkeys(self.graph.nodes[n].target for n in nodes):
+            self._sources(target)
+
+    def _sources(self, target_name: str, fresh: bool = False):
+        """(relpath, digest, exec) triples and host paths of a target's srcs."""
+        if target_name in self._srcs and not fresh:
+            return self._srcs[target_name]
+        t = self.ws.targets[target_name]
+        root = str(self.ws.root)
+        cached = self.state.resolutions.get(("glob", t.srcs))
+        if cached is not None and not fresh and globs.still_valid(cached[1], self._dir_memo):
+            paths = cached[0]
+        else:
+            paths, visited, empty = globs.expand(root, t.srcs)
+            if empty:
+                raise ConfigError(f"pattern {empty[0]!r} matches no file", file=t.loc.file,
+                                  line=t.line_of("srcs"), field=f"targets.{t.name}.srcs"
+                                  if t.loc.file.endswith("BUILD.yaml") else "srcs")
+            self.state.resolutions[("glob", t.srcs)] = (paths, visited)
+        triples, hosts = [], []
+        for rel in paths:
+            host = f"{root}/{rel}"
+            try:
+                st = os.stat(host)
+            except FileNotFoundError:
+                if not fresh:
+                    return self._sources(target_name, fresh=True)
+                raise
+            triples.append((rel, self.stat_cache.digest(host, st), bool(st.st_mode & 0o111)))
+            hosts.append(host)
+        self._srcs[target_name] = (tuple(triples), tuple(hosts))
+        return self._srcs[target_name]
+
+    def host_tools(self):
+        if self._host_tools is None:
+            self._host_tools = self.resolver.host_tools(self.ws.host_tools)
+        return self._host_tools
+
+    def tool_links(self, node: Node) -> tuple[tuple[str, str], ...]:
+        links = dict(self.host_tools()[0])
+        tc_name = self.ws.targets[node.target].toolchain
+        if tc_name:
+            links.update(self.resolver.resolve(self.ws.toolchains[tc_name]).links)
+        return tuple(sorted(links.items()))
+
+    def action_for(self, node: Node, dep_outputs: dict[str, str]) -> Action:
+        """The action of `node`, given the output digest of each dependency node."""
+        t = self.ws.targets[node.target]
+        srcs, hosts = self._sources(node.target)
+        env = dict(node.env)
+        toolchain = None
+        if t.toolchain:
+            tc = self.resolver.resolve(self.ws.toolchains[t.toolchain])
+            toolchain = (tc.name, tc.digest)
+            env.update(tc.env)
+        env.update(BASE_ENV)
+        env["SOURCE_DATE_EPOCH"] = str(self.ws.source_date_epoch)
+        prefix = []
+        for dep_target, _ in node.deps:
+            path = f"{SANDBOX_ROOT}/deps/{dep_target}"
+            env[f"DEP_{env_name(dep_target)}"] = path
+            prefix.append(path)
+        env["DEPS_PREFIX_PATH"] = ";".join(prefix)
+        return Action(node=node.name, commands=node.commands, env=tuple(sorted(env.items())),
+                      toolchain=toolchain, tools_digest=self.host_tools()[1], srcs=srcs, src_paths=hosts,
+                      deps=tuple(sorted((d, dep_outputs[n]) for d, n in node.deps)),
+                      features=node.features, outs=t.outs, weight=t.weight, jobserver=t.jobserver,
+                      dep_nodes=node.deps)
+
+    # ------------------------------------------------------------ reuse
+
+    def check(self, node: Node, action: Action, dry_run: bool = False) -> Reuse | None:
+        """How `node` can be satisfied without running, or None if it must run.
+
+        Unless `dry_run`, a result restored from a store is materialized and recorded.
+        """
+        rec = self.state.nodes.get(node.name)
+        if rec is not None and rec.key == action.key and self._materialized_ok(node.name, rec.output_digest):
+            return Reuse(Status.UP_TO_DATE, rec.output_digest, None)
+        result = self.store.get_result(action.key)
+        if result is None:
+            return None
+        if not dry_run:
+            self.materialize(node.name, result)
+            self.record(node.name, action, result)
+        return Reuse(Status.CACHED, result.output_digest, result)
+
+    def result_of(self, name: str, key: str) -> ActionResult:
+        """The full result of a node satisfied this build (loaded lazily on the fast path)."""
+        result = self.results.get(name)
+        if result is None:
+            result = self.store.get_result(key)
+            if result is None:
+                raise LookupError(name)
+            self.results[name] = result
+        return result
+
+    def record(self, name: str, action: Action, result: ActionResult) -> None:
+        self.results[name] = result
+        self.outputs[name] = result.output_digest
+        self.state.nodes[name] = NodeRecord(action.key, result.output_digest, action.inputs(), result.duration)
+
+    # ------------------------------------------------------------ outputs
+
+    def out_dir(self, name: str) -> Path:
+        return self.state_dir.out / name
+
+    def _materialized_ok(self, name: str, output_digest: str) -> bool:
+        entry = self.state.materialized.get(name)
+        if entry is None or entry[0] != output_digest:
+            return False
+        base = f"{self.state_dir.out}/{name}/"
+        try:
+            return all(os.lstat(base + rel).st_ino == ino for rel, ino in entry[1])
+        except OSError:
+            return False
+
+    def materialize(self, name: str, result: ActionResult) -> None:
+        """Make out/<name> hold exactly `result`'s outputs, replacing it atomically."""
+        if self._materialized_ok(name, result.output_digest):
+            return
+        final = self.out_dir(name)
+        tmp = final.parent / f".{name}.{os.getpid()}.tmp"
+        _force_remove(str(tmp))
+        tmp.mkdir(parents=True)
+        listing = []
+        for f in result.files:
+            dest = tmp / f.path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            self.store.link_out(f.digest, f.executable, str(dest))
+            listing.append((f.path, os.lstat(dest).st_ino))
+        for s in result.symlinks:
+            dest = tmp / s.path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(s.target, dest)
+            listing.append((s.path, os.lstat(dest).st_ino))
+        if final.exists() or final.is_symlink():
+            trash = final.parent / f".{name}.{os.getpid()}.old"
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            _force_remove(str(trash))
+        else:
+            os.replace(tmp, final)
+        self.state.materialized[name] = (result.output_digest, tuple(listing))
+
+    def clean_outputs(self) -> None:
+        shutil.rmtree(self.state_dir.out, ignore_errors=True)
+        self.state.materialized.clear()
+
+    def write_log(self, name: str, log: str) -> Path:
+        self.state_dir.logs.mkdir(parents=True, exist_ok=True)
+        path = self.state_dir.logs / f"{name}.log"
+        path.write_text(log)
+        return path

@@ -1,0 +1,193 @@
+"""What each CLI command does, as library calls: open a session, act, return values.
+
+`Session` opens a workspace for one command: takes the workspace lock, loads the
+state and the configured graph (parsed only if a workspace file changed), opens
+the local store, and saves the state on the way out — also after a failure or
+Ctrl-C, so every finished node stays recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from buildgraph import explain
+from buildgraph.engine import Engine, Status, load_configured
+from buildgraph.errors import UsageError
+from buildgraph.state import StateDir
+
+
+@dataclass
+class Options:
+    directory: Path = Path(".")
+    cache_dir: Path | None = None
+    cache_max_bytes: int | None = None
+    sandbox: str = "auto"
+    jobs: int = 0
+    keep_going: bool = False
+
+
+class Session:
+    def __init__(self, opts: Options, *, write: bool = True, notify=None):
+        from buildgraph.store.local import DEFAULT_MAX_BYTES, LocalStore, default_cache_dir
+        from buildgraph.workspace import find_root
+
+        self.opts = opts
+        self.root = find_root(opts.directory)
+        self.state_dir = StateDir(self.root)
+        self.write = write
+        if write:
+            self.state_dir.lock(notify)
+        try:
+            self.state = self.state_dir.load()
+            self.ws, self.graph = load_configured(self.root, self.state)
+            self.store = LocalStore(opts.cache_dir or default_cache_dir(),
+                                    opts.cache_max_bytes or DEFAULT_MAX_BYTES)
+            self.engine = Engine(self.ws, self.graph, self.store, self.state, self.state_dir, None)
+        except BaseException:
+            self.state_dir.unlock()
+            raise
+
+    def close(self) -> None:
+        try:
+            if self.write:
+                self.state_dir.save(self.state)
+        finally:
+            self.store.close()
+            self.state_dir.unlock()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@dataclass
+class BuildSummary:
+    outcomes: list
+    elapsed: float
+    counts: dict = field(default_factory=dict)
+    hashed_files: int = 0
+    selected: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return len(self.outcomes) == self.selected and \
+            all(o.status in (Status.RAN, Status.CACHED, Status.UP_TO_DATE) for o in self.outcomes)
+
+    def line(self) -> str:
+        c = self.counts
+        parts = [f"{c.get(s.value, 0)} {label}" for s, label in
+                 ((Status.RAN, "ran"), (Status.CACHED, "cached"), (Status.UP_TO_DATE, "up to date"))]
+        for s in (Status.FAILED, Status.SKIPPED, Status.CANCELLED):
+            if c.get(s.value):
+                parts.append(f"{c[s.value]} {s.value}")
+        if self.selected > len(self.outcomes):
+            parts.append(f"{self.selected - len(self.outcomes)} not started")
+        return f"{self.selected} nodes: {', '.join(parts)} in {self.elapsed:.2f}s"
+
+
+def build(session: Session, patterns, reporter) -> BuildSummary:
+    """Build the selected nodes; returns every node's outcome."""
+    from buildgraph.jobserver import Jobserver
+    from buildgraph.sandbox import Sandbox, detect_mode
+    from buildgraph.scheduler import Interrupted, Scheduler
+
+    t0 = time.monotonic()
+    selected = session.graph.select(patterns)
+    jobs = session.opts.jobs or os.cpu_count() or 1
+    store = session.store
+    session.engine.resolve_sources(selected)
+    store.open_for_build()
+    jobserver = Jobserver(jobs)
+    engine = session.engine
+    engine.sandbox = Sandbox(store, detect_mode(session.opts.sandbox), jobserver)
+    scheduler = Scheduler(session.graph, engine, jobs, jobserver, reporter, session.opts.keep_going)
+    interrupted = None
+    try:
+        outcomes = scheduler.run(selected)
+    except Interrupted as exc:
+        outcomes, interrupted = exc.outcomes, exc
+    finally:
+        reporter.end()
+        jobserver.close()
+    ordered = [outcomes[n] for n in selected if n in outcomes]
+    summary = BuildSummary(ordered, time.monotonic() - t0, hashed_files=engine.stat_cache.hashed,
+                           selected=len(selected))
+    for o in ordered:
+        summary.counts[o.status.value] = summary.counts.get(o.status.value, 0) + 1
+    session.state.last_build = {"nodes": len(ordered), **summary.counts,
+                                "local_hits": store.counters.hits, "local_misses": store.counters.misses,
+                                "rejected": store.counters.rejected, "bytes_stored": store.counters.bytes_in,
+                                "seconds": round(summary.elapsed, 3), "finished": time.time()}
+    if interrupted is not None:
+        raise KeyboardInterrupt
+    if store.over_limit():
+        store.close()  # release the shared lock so gc can take it exclusively
+        try:
+            store.gc()
+        except Exception:
+            pass
+    return summary
+
+
+@dataclass
+class PlanRow:
+    name: str
+    key: str | None
+    status: str          # up-to-date, cached, run
+    reasons: list[str]
+
+
+def _plan(session: Session, selected: list[str]) -> tuple[list[PlanRow], dict[str, str]]:
+    engine, graph = session.engine, session.graph
+    rows, known, must_run = [], {}, set()
+    for name in selected:
+        node = graph.nodes[name]
+        blocked = [d for _, d in node.deps if d in must_run]
+        if blocked:
+            must_run.add(name)
+            rows.append(PlanRow(name, None, "run", [f"after {', '.join(blocked)} (key known then)"]))
+            continue
+        action = engine.action_for(node, {d: known[d] for _, d in node.deps})
+        reuse = engine.check(node, action, dry_run=True)
+        if reuse is not None:
+            known[name] = reuse.output_digest
+            rows.append(PlanRow(name, action.key, reuse.status.value, []))
+            continue
+        must_run.add(name)
+        rec = session.state.nodes.get(name)
+        reasons = explain.changes(rec.inputs if rec else None, action.inputs()) or \
+            ["same inputs as its last build, but the result is in no cache"]
+        rows.append(PlanRow(name, action.key, "run", reasons))
+    return rows, known
+
+
+def plan(session: Session, patterns) -> tuple[list[PlanRow], list[str]]:
+    """Dry run: each selected node, its key, whether it is reusable or why it must run,
+    and the critical path of what must run (by durations recorded in earlier builds)."""
+    rows, _ = _plan(session, session.graph.select(patterns))
+    durations = {n: r.duration for n, r in session.state.nodes.items()}
+    to_run = [r.name for r in rows if r.status == "run"]
+    _, path = session.graph.critical_path(to_run or [r.name for r in rows], durations)
+    return rows, path
+
+
+def why(session: Session, name: str) -> tuple[str, list[str]]:
+    """(node, the inputs of it that changed since its last build); none changed: []."""
+    graph = session.graph
+    if name not in graph.nodes:
+        found = graph.resolve(name)
+        if len(found) != 1:
+            raise UsageError(f"'{name}' names {len(found)} nodes: {', '.join(found)}; pick one")
+        name = found[0]
+    rows, known = _plan(session, graph.closure([name]))
+    node = graph.nodes[name]
+    lines = [f"dependency {d} must rebuild first" for _, d in node.deps if d not in known]
+    action = session.engine.action_for(node, {d: known.get(d, "(rebuilds first)") for _, d in node.deps})
+    rec = session.state.nodes.get(name)
+    lines.extend(explain.changes(rec.inputs if rec else None, action.inputs()))
+    return name, lines

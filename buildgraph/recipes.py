@@ -1,0 +1,49 @@
+"""Build kinds -> shell commands.
+
+Commands refer to the sandbox only through variables ($SRC, $OUT, $WORK, $DEPS,
+$DEP_<NAME>), so the same action key holds wherever the sandbox lives. They never
+pass -j: parallelism comes from the jobserver in MAKEFLAGS, which a nested make
+or cmake --build shares with every other running action.
+"""
+
+from __future__ import annotations
+
+from buildgraph.workspace import Target, When
+
+
+def shell_word(arg: str) -> str:
+    """Quote `arg` for sh, keeping $VARIABLE expansion (so args can say $OUT)."""
+    if arg and all(c.isalnum() or c in "-_=./:,+%@$" for c in arg):
+        return arg
+    escaped = arg.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`")
+    return f'"{escaped}"'
+
+
+def _src_dir(target: Target) -> str:
+    return "$SRC" if target.source_dir == "." else f"$SRC/{target.source_dir}"
+
+
+def commands(target: Target, matched: list[When]) -> tuple[str, ...]:
+    """The commands an action runs for `target` in a variant whose `when` entries are `matched`."""
+    if target.kind == "script":
+        return target.cmds + tuple(c for w in matched for c in w.cmds)
+    if target.kind == "cmake":
+        args = target.cmake_args + tuple(a for w in matched for a in w.cmake_args)
+        configure = ["cmake", "-S", _src_dir(target), "-B", "$WORK/build", "-G", shell_word(target.generator),
+                     "-DCMAKE_BUILD_TYPE=Release", "-DCMAKE_INSTALL_PREFIX=$OUT",
+                     "-DCMAKE_INSTALL_LIBDIR=lib", '-DCMAKE_PREFIX_PATH="$DEPS_PREFIX_PATH"',
+                     *map(shell_word, args)]
+        build = ["cmake", "--build", "$WORK/build"]
+        for t in target.build_targets:
+            build += ["--target", shell_word(t)]
+        return (" ".join(configure), " ".join(build), "cmake --install $WORK/build")
+    if target.kind == "make":
+        args = " ".join(map(shell_word, target.make_args + tuple(a for w in matched for a in w.make_args)))
+        tail = f" {args}" if args else ""
+        steps = [f'cp -R {_src_dir(target)}/. $WORK/src', "chmod -R u+w $WORK/src"]
+        steps.append(f"make -C $WORK/src{''.join(' ' + shell_word(t) for t in target.make_targets)}{tail}")
+        if target.install_targets:
+            installs = " ".join(map(shell_word, target.install_targets))
+            steps.append(f"make -C $WORK/src {installs} PREFIX=$OUT{tail}")
+        return tuple(steps)
+    raise AssertionError(f"unknown kind {target.kind}")  # workspace.py validated it

@@ -1,0 +1,284 @@
+"""Run one action in a fresh directory that holds only its declared inputs.
+
+Layout, seen by the action at the fixed root /sandbox when bubblewrap is used
+(so paths embedded in outputs are the same on every machine and in every run):
+  /sandbox/src          the declared sources, read-only
+  /sandbox/deps/<name>  each dependency's outputs, read-only
+  /sandbox/out          the output root ($OUT); everything in it must be declared
+  /sandbox/work         the working directory ($WORK), scratch
+  /sandbox/tmp, /sandbox/home   TMPDIR and HOME
+  /sandbox/.tools/bin   PATH: links to the toolchain and the declared host tools
+Isolation modes, strongest available first (`auto`):
+  bwrap    bubblewrap: new mount/pid/ipc/uts/net namespaces; the host's /usr and
+           /etc read-only, nothing else of the host (no workspace, no home);
+  unshare  `unshare -n`: no network; sandbox paths are host paths;
+  none     a plain child process (still a scrubbed env and a fresh directory).
+The real directory lives under the cache's sandbox/, on the cache's filesystem,
+so outputs enter the CAS by rename. Inputs are hardlinked under bwrap (the mount
+is read-only) and copied otherwise (a root process could write through a link).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+
+from buildgraph.action import Action, ActionResult, BadResult, OutputFile, OutputSymlink, check_symlink
+from buildgraph.digest import file_digest
+from buildgraph.store.local import LocalStore, _force_remove, link_or_copy
+
+SANDBOX_ROOT = "/sandbox"
+MODES = ("auto", "bwrap", "unshare", "none")
+_BOUND_PREFIXES = ("/usr/", "/etc/", "/bin/", "/lib/", "/lib64/", "/sbin/")
+
+
+def detect_mode(requested: str = "auto") -> str:
+    """The isolation mode to use: `requested`, or the strongest that works here."""
+    if requested != "auto":
+        return requested
+    if shutil.which("bwrap") and _probe(["bwrap", "--ro-bind", "/", "/", "--unshare-net", "true"]):
+        return "bwrap"
+    if shutil.which("unshare") and _probe(["unshare", "-n", "true"]):
+        return "unshare"
+    return "none"
+
+
+def _probe(argv) -> bool:
+    try:
+        return subprocess.run(argv, capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@dataclass
+class RunOutcome:
+    result: ActionResult | None   # None when the action failed
+    error: str | None             # why it failed, one line
+    log: str                      # stdout+stderr tail, for failures
+    duration: float
+
+
+def sandbox_env(action: Action, mapped_root: str) -> dict[str, str]:
+    """The action's environment with the symbolic root replaced by where it really is."""
+    if mapped_root == SANDBOX_ROOT:
+        return dict(action.env)
+    return {k: v.replace(SANDBOX_ROOT, mapped_root) for k, v in action.env}
+
+
+class Sandbox:
+    def __init__(self, store: LocalStore, mode: str, jobserver=None):
+        self.store = store
+        self.mode = mode
+        self.jobserver = jobserver
+        self._running: dict[int, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+        self.cancelled = False
+
+    # ------------------------------------------------------------ public
+
+    def run(self, action: Action, dep_results: dict[str, ActionResult],
+            tool_links: tuple[tuple[str, str], ...], keep: bool = False) -> RunOutcome:
+        """Stage, run and collect one action. Never raises for a failing action."""
+        start = time.monotonic()
+        root = f"{self.store.sandboxes}/{os.getpid()}-{time.monotonic_ns()}-{os.urandom(3).hex()}"
+        try:
+            self._stage(root, action, dep_results, tool_links)
+            code = self._execute(root, action)
+            log = _tail(f"{root}/.stdout") + _tail(f"{root}/.stderr")
+            if self.cancelled:
+                return RunOutcome(None, "interrupted", log, time.monotonic() - start)
+            if code != 0:
+                what = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+                return RunOutcome(None, f"command failed ({what})", log, time.monotonic() - start)
+            try:
+                result = self._collect(root, action, time.monotonic() - start)
+            except OutputError as exc:
+                return RunOutcome(None, str(exc), log, time.monotonic() - start)
+            return RunOutcome(result, None, log, time.monotonic() - start)
+        finally:
+            if not keep:
+                _force_remove(root)
+
+    def cancel_all(self) -> None:
+        """Stop every running action (SIGTERM, then SIGKILL after 2 s)."""
+        self.cancelled = True
+        with self._lock:
+            procs = list(self._running.values())
+        for p in procs:
+            _killpg(p, signal.SIGTERM)
+        deadline = time.monotonic() + 2
+        for p in procs:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _killpg(p, signal.SIGKILL)
+
+    # ------------------------------------------------------------ stages
+
+    def _stage(self, root: str, action: Action, dep_results, tool_links) -> None:
+        linking = self.mode == "bwrap"
+        for sub in ("src", "deps", "out", "work", "tmp", "home", ".tools/bin"):
+            os.makedirs(f"{root}/{sub}")
+        made = set()
+        for (rel, _, _), host in zip(action.srcs, action.src_paths):
+            dest = f"{root}/src/{rel}"
+            parent = os.path.dirname(dest)
+            if parent not in made:
+                os.makedirs(parent, exist_ok=True)
+                made.add(parent)
+            if linking:
+                link_or_copy(host, dest)
+            else:
+                shutil.copy2(host, dest)
+        for dep_target, _ in action.deps:
+            result = dep_results[dep_target]
+            base = f"{root}/deps/{dep_target}"
+            os.makedirs(base, exist_ok=True)
+            for f in result.files:
+                dest = f"{base}/{f.path}"
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                if linking:
+                    self.store.link_out(f.digest, f.executable, dest)
+                else:
+                    shutil.copyfile(self.store.blob_path(f.digest, f.executable), dest)
+                    os.chmod(dest, 0o755 if f.executable else 0o644)
+            for s in result.symlinks:
+                dest = f"{base}/{s.path}"
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                os.symlink(s.target, dest)
+        for name, target in tool_links:
+            os.symlink(target, f"{root}/.tools/bin/{name}")
+        with open(f"{root}/.script.sh", "w") as f:
+            f.write("set -e\n")
+            for cmd in action.commands:
+                f.write(f"printf '%s\\n' {shlex.quote('+ ' + cmd)} >&2\n{cmd}\n")
+
+    def _argv(self, root: str, action: Action) -> tuple[list[str], str]:
+        script = ["/bin/sh", "-e", f"{SANDBOX_ROOT if self.mode == 'bwrap' else root}/.script.sh"]
+        if self.mode == "bwrap":
+            argv = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid",
+                    "--unshare-ipc", "--unshare-uts", "--hostname", "sandbox",
+                    "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc",
+                    "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+                    "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
+                    "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+                    "--bind", root, SANDBOX_ROOT,
+                    "--ro-bind", f"{root}/src", f"{SANDBOX_ROOT}/src",
+                    "--ro-bind", f"{root}/deps", f"{SANDBOX_ROOT}/deps"]
+            for d in sorted({os.path.dirname(t) for _, t in _links_outside(root)}):
+                argv += ["--ro-bind", d, d]
+            if self.jobserver is not None and action.jobserver == "fifo":
+                argv += ["--bind", self.jobserver.fifo, f"{SANDBOX_ROOT}/.jobserver"]
+            argv += ["--chdir", f"{SANDBOX_ROOT}/work", "--"]
+            return argv + script, SANDBOX_ROOT
+        if self.mode == "unshare":
+            return [shutil.which("unshare") or "unshare", "-n", "--"] + script, root
+        return script, root
+
+    def _execute(self, root: str, action: Action) -> int:
+        argv, mapped = self._argv(root, action)
+        env = sandbox_env(action, mapped)
+        fds: tuple[int, ...] = ()
+        if self.jobserver is not None:
+            fifo = f"{SANDBOX_ROOT}/.jobserver" if self.mode == "bwrap" else None
+            env["MAKEFLAGS"] = self.jobserver.makeflags(action.jobserver, fifo)
+            fds = self.jobserver.child_fds
+        with open(f"{root}/.stdout", "wb") as out, open(f"{root}/.stderr", "wb") as err:
+            with self._lock:
+                if self.cancelled:
+                    return -signal.SIGTERM
+                try:
+                    proc = subprocess.Popen(argv, env=env, cwd=f"{root}/work", stdin=subprocess.DEVNULL,
+                                            stdout=out, stderr=err, start_new_session=True, pass_fds=fds)
+                except OSError as exc:
+                    err.write(f"buildgraph: cannot start {argv[0]}: {exc}\n".encode())
+                    return 127
+                self._running[proc.pid] = proc
+            try:
+                return proc.wait()
+            finally:
+                with self._lock:
+                    self._running.pop(proc.pid, None)
+
+    def _collect(self, root: str, action: Action, duration: float) -> ActionResult:
+        out_root = f"{root}/out"
+        files: list[tuple[str, str, bool]] = []   # (relpath, host path, executable)
+        symlinks: list[OutputSymlink] = []
+        for dirpath, dirnames, filenames in os.walk(out_root):
+            for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                path = os.path.join(dirpath, name)
+                rel = os.path.relpath(path, out_root)
+                st = os.lstat(path)
+                if os.path.islink(path):
+                    try:
+                        symlinks.append(OutputSymlink(rel, check_symlink(rel, os.readlink(path))))
+                    except BadResult as exc:
+                        raise OutputError(f"output {exc}") from None
+                elif os.path.isfile(path):
+                    files.append((rel, path, bool(st.st_mode & 0o111)))
+                else:
+                    raise OutputError(f"output {rel!r} is not a regular file or symlink")
+        produced = {rel for rel, _, _ in files} | {s.path for s in symlinks}
+        _check_declared(action.outs, produced)
+        outputs = []
+        for rel, path, exe in files:
+            digest = file_digest(path)
+            size = os.path.getsize(path)
+            self.store.ingest(path, digest, exe)
+            outputs.append(OutputFile(rel, digest, size, exe))
+        logs = []
+        for name in (".stdout", ".stderr"):
+            path = f"{root}/{name}"
+            logs.append(self.store.put_file_copy(path) if os.path.getsize(path) else None)
+        return ActionResult(files=tuple(sorted(outputs, key=lambda f: f.path)),
+                            symlinks=tuple(sorted(symlinks, key=lambda s: s.path)),
+                            stdout=logs[0], stderr=logs[1], exit_code=0, duration=duration)
+
+
+class OutputError(Exception):
+    """The action ran but its outputs do not match what it declared."""
+
+
+def _check_declared(outs: tuple[str, ...], produced: set[str]) -> None:
+    dirs = tuple(o.rstrip("/") + "/" for o in outs)
+    missing = [o for o in outs
+               if o.rstrip("/") not in produced and not any(p.startswith(o.rstrip("/") + "/") for p in produced)]
+    if missing:
+        raise OutputError(f"declared output{'s' if len(missing) > 1 else ''} not produced: {', '.join(missing)}")
+    extra = sorted(p for p in produced if p not in outs and not p.startswith(dirs))
+    if extra:
+        more = f" (and {len(extra) - 5} more)" if len(extra) > 5 else ""
+        raise OutputError(f"undeclared output{'s' if len(extra) > 1 else ''}: {', '.join(extra[:5])}{more}"
+                          " — add to 'outs' (a path ending in / declares a directory)")
+
+
+def _links_outside(root: str):
+    tools = f"{root}/.tools/bin"
+    for name in os.listdir(tools):
+        target = os.readlink(f"{tools}/{name}")
+        if not target.startswith(_BOUND_PREFIXES):
+            yield name, target
+
+
+def _tail(path: str, limit: int = 20000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _killpg(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,163 @@
+"""The scheduler: walk the DAG in parallel, in critical-path order.
+
+`Scheduler.run` is the one long loop of buildgraph; each pass does three things:
+  1. check ready nodes (all dependencies done) inline: compute the action key and
+     ask the engine whether a stored result can be reused — cheap local work, so
+     a no-op build of 10,000 nodes never touches a thread;
+  2. start nodes that must run, highest remaining critical path first, each as
+     soon as the jobserver yields `weight` tokens (the same tokens nested make and
+     cmake builds draw from, so all of them together stay within -j);
+  3. wait for a running action to finish, record its result, release its tokens
+     and make its dependents ready.
+A failure stops new starts (unless --keep-going) but lets running actions finish
+and keeps every result already recorded. Ctrl-C stops the children and returns;
+finished results are in the cache already.
+"""
+
+from __future__ import annotations
+
+import heapq
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+from buildgraph.action import Action, ActionResult
+from buildgraph.engine import Engine, Status
+from buildgraph.graph import BuildGraph
+from buildgraph.sandbox import RunOutcome
+
+
+@dataclass
+class NodeOutcome:
+    name: str
+    status: Status
+    key: str | None = None
+    duration: float = 0.0
+    start: float = 0.0          # seconds since the build began (ran nodes)
+    error: str | None = None
+    log: str = ""
+    lane: int = 0               # which of the -j lanes it ran on (for traces)
+
+
+class Interrupted(Exception):
+    def __init__(self, outcomes):
+        self.outcomes = outcomes
+
+
+class Scheduler:
+    def __init__(self, graph: BuildGraph, engine: Engine, jobs: int, jobserver, reporter,
+                 keep_going: bool = False):
+        self.graph, self.engine, self.jobs = graph, engine, jobs
+        self.jobserver, self.reporter, self.keep_going = jobserver, reporter, keep_going
+
+    def run(self, selected: list[str]) -> dict[str, NodeOutcome]:
+        graph, engine = self.graph, self.engine
+        chosen = set(selected)
+        durations = {n: r.duration for n, r in engine.state.nodes.items()}
+        priority, _ = graph.critical_path(selected, durations)
+        waiting = {n: sum(1 for _, d in graph.nodes[n].deps if d in chosen) for n in selected}
+        ready = [(-priority[n], n) for n in selected if waiting[n] == 0]
+        heapq.heapify(ready)
+        to_run: list[tuple[float, str, Action]] = []
+        outcomes: dict[str, NodeOutcome] = {}
+        events: queue.Queue = queue.Queue()
+        running: dict[str, threading.Thread] = {}
+        free_lanes = list(range(self.jobs))
+        held = b""
+        stopping = False
+        t0 = time.monotonic()
+        self.reporter.begin(len(selected), self.jobs)
+
+        def done(name: str, outcome: NodeOutcome, output_digest: str | None) -> None:
+            outcomes[name] = outcome
+            self.reporter.finished(outcome)
+            if output_digest is not None:
+                engine.outputs[name] = output_digest
+                for r in graph.rdeps[name]:
+                    if r in chosen:
+                        waiting[r] -= 1
+                        if waiting[r] == 0:
+                            heapq.heappush(ready, (-priority[r], r))
+            else:
+                skip = list(graph.rdeps[name])
+                while skip:
+                    r = skip.pop()
+                    if r in chosen and r not in outcomes:
+                        outcomes[r] = NodeOutcome(r, Status.SKIPPED, error=f"{name} failed")
+                        self.reporter.finished(outcomes[r])
+                        skip.extend(graph.rdeps[r])
+
+        def work(name: str, action: Action, deps: dict[str, ActionResult], links, tokens: bytes, lane: int):
+            try:
+                outcome = engine.sandbox.run(action, deps, links)
+            except Exception as exc:  # the tool broke, not the action: report it as a failure
+                outcome = RunOutcome(None, f"internal error: {exc!r}", "", 0.0)
+            events.put((name, action, tokens, lane, outcome))
+
+        try:
+            while True:
+                while ready and not stopping:                                  # 1. check
+                    _, name = heapq.heappop(ready)
+                    node = graph.nodes[name]
+                    action = engine.action_for(node, {d: engine.outputs[d] for _, d in node.deps})
+                    reuse = engine.check(node, action)
+                    if reuse is not None:
+                        done(name, NodeOutcome(name, reuse.status, action.key), reuse.output_digest)
+                    else:
+                        heapq.heappush(to_run, (-priority[name], name, action))
+                while to_run and not stopping:                                 # 2. start
+                    _, name, action = to_run[0]
+                    need = min(action.weight, self.jobs)
+                    if len(held) < need:
+                        held += self.jobserver.try_acquire(need - len(held))
+                    if len(held) < need:
+                        break
+                    heapq.heappop(to_run)
+                    tokens, held = held[:need], held[need:]
+                    node = graph.nodes[name]
+                    deps = {d: engine.result_of(dn, engine.state.nodes[dn].key) for d, dn in node.deps}
+                    lane = free_lanes.pop(0) if free_lanes else 0
+                    self.reporter.started(name)
+                    thread = threading.Thread(target=work, args=(name, action, deps, engine.tool_links(node),
+                                                                 tokens, lane), daemon=True)
+                    running[name] = thread
+                    thread.start()
+                if not running and (stopping or (not ready and not to_run)):
+                    break
+                try:                                                           # 3. wait
+                    name, action, tokens, lane, outcome = events.get(timeout=0.05 if to_run else None)
+                except queue.Empty:
+                    continue
+                running.pop(name).join()
+                self.jobserver.release(tokens)
+                free_lanes.append(lane)
+                start = time.monotonic() - t0 - outcome.duration
+                if outcome.result is not None:
+                    engine.store.put_result(action.key, outcome.result)
+                    engine.materialize(name, outcome.result)
+                    engine.record(name, action, outcome.result)
+                    done(name, NodeOutcome(name, Status.RAN, action.key, outcome.duration, start,
+                                           log=outcome.log, lane=lane), outcome.result.output_digest)
+                else:
+                    engine.write_log(name, outcome.log)
+                    status = Status.CANCELLED if engine.sandbox.cancelled else Status.FAILED
+                    done(name, NodeOutcome(name, status, action.key, outcome.duration, start,
+                                           error=outcome.error, log=outcome.log, lane=lane), None)
+                    if not self.keep_going:
+                        stopping = True
+        except KeyboardInterrupt:
+            engine.sandbox.cancel_all()
+            for thread in running.values():
+                thread.join(timeout=5)
+            while not events.empty():  # keep what finished before the interrupt
+                name, action, tokens, lane, outcome = events.get()
+                self.jobserver.release(tokens)
+                if outcome.result is not None:
+                    engine.store.put_result(action.key, outcome.result)
+                    engine.record(name, action, outcome.result)
+                    outcomes[name] = NodeOutcome(name, Status.RAN, action.key, outcome.duration)
+            raise Interrupted(outcomes) from None
+        finally:
+            self.jobserver.release(held)
+        return outcomes

@@ -1,0 +1,94 @@
+"""Per-workspace state under <workspace>/.buildgraph/: an accelerator, never the truth.
+
+state.pickle holds what makes a no-op build cheap and what `why` compares against:
+  stat cache      path -> ((dev, ino, size, mtime_ns, ctime_ns), digest)
+  resolutions     toolchain and glob results, each with the stat signature it
+                  was computed under
+  config          the parsed workspace and configured graph, keyed by the stat
+                  signatures of every workspace file (no YAML parsing on a no-op)
+  nodes           node -> NodeRecord of its last successful build (key, output
+                  digest, input digests by kind, duration)
+  materialized    node -> (output digest, ((relpath, inode), ...)) of out/<node>
+  last_build      counters of the last build, for `cache stats`
+It is written atomically (temp file + rename) at the end of each build; if it is
+lost or unreadable the next build starts from an empty state and the cache
+answers instead. A build holds .buildgraph/lock exclusively, so two builds of
+one workspace take turns instead of racing on out/.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pickle
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from buildgraph import __version__
+
+STATE_VERSION = (3, __version__)
+
+
+@dataclass
+class NodeRecord:
+    key: str
+    output_digest: str
+    inputs: dict
+    duration: float
+
+
+@dataclass
+class State:
+    version: tuple = STATE_VERSION
+    stat_cache: dict = field(default_factory=dict)
+    resolutions: dict = field(default_factory=dict)
+    config: tuple | None = None
+    nodes: dict = field(default_factory=dict)
+    materialized: dict = field(default_factory=dict)
+    last_build: dict = field(default_factory=dict)
+
+
+class StateDir:
+    """The .buildgraph directory of one workspace."""
+
+    def __init__(self, root: Path):
+        self.dir = root / ".buildgraph"
+        self.out = self.dir / "out"
+        self.logs = self.dir / "logs"
+        self._lock_fd: int | None = None
+
+    def lock(self, wait_message=None) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if wait_message:
+                wait_message("another build is running in this workspace; waiting for it")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def load(self) -> State:
+        try:
+            with open(self.dir / "state.pickle", "rb") as f:
+                state = pickle.load(f)
+            if isinstance(state, State) and state.version == STATE_VERSION:
+                return state
+        except FileNotFoundError:
+            pass
+        except Exception as exc:  # any unreadable state is discarded: it is only a cache
+            print(f"buildgraph: ignoring unreadable state ({exc.__class__.__name__})", file=sys.stderr)
+        return State()
+
+    def save(self, state: State) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f"state.pickle.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, self.dir / "state.pickle")

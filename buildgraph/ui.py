@@ -1,0 +1,114 @@
+"""What a build shows and writes: progress, failures, the event log and a trace.
+
+Reporters receive begin/started/finished/end. On a terminal the progress is a
+rich live display; otherwise one plain line per node that ran, was restored or
+failed (up-to-date nodes are counted, not listed). `--log-json` writes one JSON
+object per node; `--profile` writes a Chrome trace (chrome://tracing, Perfetto).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from buildgraph.engine import Status
+
+_LABEL = {Status.RAN: "ran", Status.CACHED: "cached", Status.UP_TO_DATE: "up-to-date",
+          Status.FAILED: "FAILED", Status.SKIPPED: "skipped", Status.CANCELLED: "cancelled"}
+
+
+class PlainReporter:
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+        self.total = self.count = 0
+
+    def begin(self, total: int, jobs: int) -> None:
+        self.total, self.count = total, 0
+
+    def started(self, name: str) -> None:
+        pass
+
+    def finished(self, o) -> None:
+        self.count += 1
+        if o.status is Status.UP_TO_DATE:
+            return
+        extra = f" ({o.duration:.2f}s)" if o.status is Status.RAN else ""
+        print(f"[{self.count}/{self.total}] {_LABEL[o.status]} {o.name}{extra}", file=self.stream, flush=True)
+        if o.status is Status.FAILED:
+            print(f"  error: {o.error}", file=self.stream)
+            for line in o.log.rstrip().splitlines()[-40:]:
+                print(f"  | {line}", file=self.stream)
+            self.stream.flush()
+
+    def end(self) -> None:
+        pass
+
+
+class RichReporter(PlainReporter):
+    """A live progress bar listing the running nodes; finished ones print above it."""
+
+    def begin(self, total: int, jobs: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        super().begin(total, jobs)
+        self.console = Console(file=self.stream)
+        self.running: dict[str, float] = {}
+        self.progress = Progress(TextColumn("[bold]building"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("{task.description}"),
+                                 console=self.console, transient=True)
+        self.task = self.progress.add_task("", total=total)
+        self.progress.start()
+
+    def started(self, name: str) -> None:
+        self.running[name] = time.monotonic()
+        self._describe()
+
+    def _describe(self) -> None:
+        names = sorted(self.running, key=self.running.get)
+        self.progress.update(self.task, description=", ".join(names[:4]) + (" …" if len(names) > 4 else ""))
+
+    def finished(self, o) -> None:
+        self.count += 1
+        self.running.pop(o.name, None)
+        self.progress.update(self.task, completed=self.count)
+        self._describe()
+        if o.status is Status.UP_TO_DATE:
+            return
+        style = {Status.RAN: "green", Status.CACHED: "cyan", Status.FAILED: "bold red",
+                 Status.SKIPPED: "yellow", Status.CANCELLED: "yellow"}[o.status]
+        extra = f" ({o.duration:.2f}s)" if o.status is Status.RAN else ""
+        self.console.print(f"[{style}]{_LABEL[o.status]:>9}[/] {o.name}{extra}", highlight=False)
+        if o.status is Status.FAILED:
+            self.console.print(f"  [red]error:[/] {o.error}", highlight=False)
+            for line in o.log.rstrip().splitlines()[-40:]:
+                self.console.print(f"  | {line}", markup=False, highlight=False)
+
+    def end(self) -> None:
+        self.progress.stop()
+
+
+def make_reporter(stream=None):
+    stream = stream or sys.stdout
+    if stream.isatty():
+        return RichReporter(stream)
+    return PlainReporter(stream)
+
+
+def write_event_log(path: str, outcomes) -> None:
+    """One JSON object per line and node: name, key, status, duration."""
+    with open(path, "w") as f:
+        for o in outcomes:
+            f.write(json.dumps({"node": o.name, "key": o.key, "status": o.status.value,
+                                "cached": o.status in (Status.CACHED, Status.UP_TO_DATE),
+                                "duration": round(o.duration, 6), "error": o.error}) + "\n")
+
+
+def write_chrome_trace(path: str, outcomes) -> None:
+    """A Chrome trace: one complete event ("ph": "X") per action that ran, one row per lane."""
+    events = [{"name": o.name, "cat": o.status.value, "ph": "X", "pid": 1, "tid": o.lane,
+               "ts": int(o.start * 1e6), "dur": max(1, int(o.duration * 1e6)),
+               "args": {"key": o.key}} for o in outcomes if o.status in (Status.RAN, Status.FAILED)]
+    with open(path, "w") as f:
+        json.dump({"traceEvents": events, "displayTimeUnit": "ms"}, f)

@@ -1,0 +1,472 @@
+"""Load and validate a workspace: BUILD.yaml, deps/*.yaml, toolchains/*.yaml.
+
+The result is a tree of frozen dataclasses; nothing downstream sees YAML. Every
+error names file:line and the field, and suggests the closest valid name.
+
+BUILD.yaml:
+    workspace: NAME
+    variants: {AXIS: [VALUE, ...], ...}     # the variant matrix, in order
+    toolchain: NAME                         # default toolchain for targets
+    host_tools: [sh, make, ...]             # host programs actions may run
+    source_date_epoch: INT
+    targets: {NAME: TARGET, ...}
+deps/NAME.yaml: one TARGET (its name is the file's stem unless `name:` says).
+toolchains/NAME.yaml: one TOOLCHAIN.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from buildgraph.errors import ConfigError, did_you_mean
+from buildgraph.yamlsource import LocatedDict, LocatedList, load_yaml
+
+BUILD_FILE = "BUILD.yaml"
+KINDS = ("script", "cmake", "make")
+JOBSERVER_FORMS = ("pipe", "fifo")
+
+# Programs an action may find on PATH unless the workspace says otherwise.
+DEFAULT_HOST_TOOLS = (
+    "sh", "bash", "cat", "cp", "mv", "rm", "mkdir", "rmdir", "ln", "ls", "sed", "grep",
+    "egrep", "awk", "tr", "sort", "uniq", "head", "tail", "touch", "chmod", "install",
+    "find", "xargs", "env", "date", "uname", "test", "[", "expr", "dirname", "basename",
+    "cmake", "make", "ninja", "tar", "gzip", "wc", "cut", "printf", "echo", "true",
+    "false", "sleep", "diff", "cmp", "readlink", "realpath", "tee", "pwd", "id", "od",
+)
+DEFAULT_SOURCE_DATE_EPOCH = 315532800  # 1980-01-01: zip and friends reject earlier
+
+COMMON_FIELDS = ("kind", "name", "description", "srcs", "deps", "outs", "env", "toolchain",
+                 "features", "weight", "when", "jobserver", "source_dir")
+KIND_FIELDS = {
+    "script": ("cmds",),
+    "cmake": ("cmake_args", "generator", "build_targets"),
+    "make": ("make_args", "make_targets", "install_targets"),
+}
+WHEN_FIELDS = ("if", "deps", "env", "cmds", "cmake_args", "make_args")
+TOP_FIELDS = ("workspace", "variants", "toolchain", "host_tools", "source_date_epoch", "targets")
+TOOLCHAIN_FIELDS = ("name", "version", "provider", "tools", "expect_version", "description")
+TOOLCHAIN_PROVIDERS = ("host",)
+
+
+@dataclass(frozen=True)
+class Location:
+    file: str
+    line: int
+
+
+@dataclass(frozen=True)
+class When:
+    """Extra deps, env and arguments for the variants matching `condition`."""
+
+    condition: tuple[tuple[str, tuple[str, ...]], ...]
+    deps: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    cmds: tuple[str, ...] = ()
+    cmake_args: tuple[str, ...] = ()
+    make_args: tuple[str, ...] = ()
+
+    def matches(self, assignment: dict[str, str]) -> bool:
+        return all(assignment.get(axis) in values for axis, values in self.condition)
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    kind: str
+    loc: Location
+    srcs: tuple[str, ...] = ()
+    deps: tuple[str, ...] = ()
+    outs: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    toolchain: str | None = None
+    features: tuple[str, ...] = ()
+    weight: int = 1
+    when: tuple[When, ...] = ()
+    jobserver: str = "pipe"
+    source_dir: str = "."
+    cmds: tuple[str, ...] = ()
+    cmake_args: tuple[str, ...] = ()
+    generator: str = "Unix Makefiles"
+    build_targets: tuple[str, ...] = ()
+    make_args: tuple[str, ...] = ()
+    make_targets: tuple[str, ...] = ()
+    install_targets: tuple[str, ...] = ("install",)
+    description: str = ""
+    field_lines: tuple[tuple[str, int], ...] = ()
+
+    def line_of(self, name: str) -> int:
+        return dict(self.field_lines).get(name, self.loc.line)
+
+    def all_deps(self) -> tuple[str, ...]:
+        """Every dependency this target may have in some variant."""
+        seen = dict.fromkeys(self.deps)
+        for w in self.when:
+            seen.update(dict.fromkeys(w.deps))
+        return tuple(seen)
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    name: str
+    version: str
+    provider: str
+    loc: Location
+    tools: tuple[tuple[str, str], ...] = ()
+    expect_version: str | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+    name: str
+    axes: tuple[tuple[str, tuple[str, ...]], ...]
+    targets: dict[str, Target]
+    toolchains: dict[str, Toolchain]
+    host_tools: tuple[str, ...] = DEFAULT_HOST_TOOLS
+    source_date_epoch: int = DEFAULT_SOURCE_DATE_EPOCH
+    default_toolchain: str | None = None
+    files: tuple[str, ...] = field(default=())  # every file read, relative to root
+
+    def axis_names(self) -> tuple[str, ...]:
+        return tuple(a for a, _ in self.axes)
+
+
+# ---------------------------------------------------------------- validation helpers
+
+class _Fields:
+    """Typed access to one YAML mapping, raising ConfigError with file:line:field."""
+
+    def __init__(self, data: LocatedDict, prefix: str, allowed: tuple[str, ...]):
+        self.data, self.prefix = data, prefix
+        for key in data:
+            if key not in allowed:
+                raise ConfigError(f"unknown field '{key}'", file=data.file, line=data.line_of(key),
+                                  field=self.path(key),
+                                  hint=did_you_mean(key, allowed) or f"valid fields: {', '.join(allowed)}")
+
+    def path(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def error(self, key: str, message: str, hint: str | None = None, line: int | None = None):
+        return ConfigError(message, file=self.data.file, line=line or self.data.line_of(key),
+                           field=self.path(key), hint=hint)
+
+    def str(self, key: str, default=None, required: bool = False):
+        if key not in self.data:
+            if required:
+                raise ConfigError(f"missing required field '{key}'", file=self.data.file,
+                                  line=self.data.line, field=self.prefix or None)
+            return default
+        value = self.data[key]
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise self.error(key, f"expected a string, got {_kind(value)}")
+        return str(value)
+
+    def int(self, key: str, default: int, minimum: int = 0) -> int:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.error(key, f"expected an integer >= {minimum}, got {_kind(value)}")
+        return value
+
+    def str_list(self, key: str) -> tuple[str, ...]:
+        if key not in self.data or self.data[key] is None:
+            return ()
+        value = self.data[key]
+        if isinstance(value, str):
+            raise self.error(key, "expected a list of strings, got a string",
+                             hint=f"write it as a list: {key}: [{value}]")
+        if not isinstance(value, list):
+            raise self.error(key, f"expected a list of strings, got {_kind(value)}")
+        for i, item in enumerate(value):
+            if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+                raise self.error(key, f"item {i + 1}: expected a string, got {_kind(item)}",
+                                 line=value.line_of(i))
+        return tuple(str(item) for item in value)
+
+    def str_map(self, key: str) -> tuple[tuple[str, str], ...]:
+        if key not in self.data or self.data[key] is None:
+            return ()
+        value = self.data[key]
+        if not isinstance(value, dict):
+            raise self.error(key, f"expected a mapping of names to strings, got {_kind(value)}")
+        out = []
+        for name, item in value.items():
+            if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+                raise ConfigError(f"expected a string, got {_kind(item)}", file=value.file,
+                                  line=value.line_of(name), field=f"{self.path(key)}.{name}")
+            out.append((name, str(item)))
+        return tuple(sorted(out))
+
+    def mapping(self, key: str) -> LocatedDict | None:
+        if key not in self.data or self.data[key] is None:
+            return None
+        value = self.data[key]
+        if not isinstance(value, dict):
+            raise self.error(key, f"expected a mapping, got {_kind(value)}")
+        return value
+
+
+def _kind(value) -> str:
+    if value is None:
+        return "nothing (null)"
+    for cls, name in ((bool, "a boolean"), (int, "an integer"), (float, "a number"),
+                      (str, "a string"), (list, "a list"), (dict, "a mapping")):
+        if isinstance(value, cls):
+            return name
+    return type(value).__name__
+
+
+def _check_name(name, file: str, line: int, field_path: str, what: str) -> str:
+    if not isinstance(name, str) or not name or any(c in name for c in "@/ \t\n\\:*?") \
+            or name.startswith("."):
+        raise ConfigError(f"invalid {what} name {name!r}: use letters, digits, '-', '_' and '.'",
+                          file=file, line=line, field=field_path)
+    return name
+
+
+def _check_relpath(path: str, fields: _Fields, key: str) -> None:
+    if not path or path.startswith("/") or ".." in Path(path).parts:
+        raise fields.error(key, f"path {path!r} must be relative and stay inside the workspace")
+
+
+# ---------------------------------------------------------------- loaders
+
+def _read(path: Path, root: Path):
+    rel = os.path.relpath(path, root)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file not found", file=rel) from None
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", file=rel) from None
+    return load_yaml(text, rel), rel
+
+
+def _parse_when(raw, fields: _Fields, axes: dict[str, tuple[str, ...]], target_features) -> tuple[When, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise fields.error("when", f"expected a list of {{if: ..., ...}} entries, got {_kind(raw)}")
+    result = []
+    for i, item in enumerate(raw):
+        where = f"{fields.path('when')}[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"expected a mapping, got {_kind(item)}", file=raw.file,
+                              line=raw.line_of(i), field=where)
+        wf = _Fields(item, where, WHEN_FIELDS)
+        cond = wf.mapping("if")
+        if not cond:
+            raise ConfigError("missing required field 'if'", file=item.file, line=item.line, field=where)
+        condition = []
+        for axis, values in cond.items():
+            line = cond.line_of(axis)
+            if axis not in axes:
+                raise ConfigError(f"unknown variant axis '{axis}'", file=item.file, line=line,
+                                  field=f"{where}.if", hint=did_you_mean(axis, axes))
+            if axis not in target_features:
+                raise ConfigError(f"condition on axis '{axis}' that the target does not read",
+                                  file=item.file, line=line, field=f"{where}.if",
+                                  hint=f"add '{axis}' to the target's features")
+            vals = tuple(str(v) for v in values) if isinstance(values, list) else (str(values),)
+            for v in vals:
+                if v not in axes[axis]:
+                    raise ConfigError(f"unknown value '{v}' for axis '{axis}'", file=item.file,
+                                      line=line, field=f"{where}.if",
+                                      hint=did_you_mean(v, axes[axis]) or f"values: {', '.join(axes[axis])}")
+            condition.append((axis, vals))
+        result.append(When(condition=tuple(condition), deps=wf.str_list("deps"), env=wf.str_map("env"),
+                           cmds=wf.str_list("cmds"), cmake_args=wf.str_list("cmake_args"),
+                           make_args=wf.str_list("make_args")))
+    return tuple(result)
+
+
+def _parse_target(name: str, data, file: str, line: int, prefix: str,
+                  axes: dict[str, tuple[str, ...]], default_toolchain: str | None) -> Target:
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping describing the target, got {_kind(data)}",
+                          file=file, line=line, field=prefix)
+    kind = data.get("kind")
+    if kind is None:
+        raise ConfigError("missing required field 'kind'", file=file, line=data.line, field=prefix,
+                          hint=f"one of: {', '.join(KINDS)}")
+    if kind not in KINDS:
+        raise ConfigError(f"unknown kind {kind!r}", file=file, line=data.line_of("kind"),
+                          field=f"{prefix}.kind",
+                          hint=did_you_mean(str(kind), KINDS) or f"one of: {', '.join(KINDS)}")
+    f = _Fields(data, prefix, COMMON_FIELDS + KIND_FIELDS[kind])
+    features = f.str_list("features")
+    for i, axis in enumerate(features):
+        if axis not in axes:
+            raise f.error("features", f"unknown variant axis '{axis}'",
+                          hint=did_you_mean(axis, axes) or
+                          (f"declared axes: {', '.join(axes)}" if axes else "BUILD.yaml declares no variants"),
+                          line=data["features"].line_of(i))
+    srcs = f.str_list("srcs")
+    for s in srcs:
+        _check_relpath(s, f, "srcs")
+    outs = f.str_list("outs")
+    for o in outs:
+        _check_relpath(o, f, "outs")
+    jobserver = f.str("jobserver", "pipe")
+    if jobserver not in JOBSERVER_FORMS:
+        raise f.error("jobserver", f"unknown jobserver form {jobserver!r}",
+                      hint=f"one of: {', '.join(JOBSERVER_FORMS)}")
+    source_dir = f.str("source_dir", ".")
+    if source_dir != ".":
+        _check_relpath(source_dir, f, "source_dir")
+    if kind == "script" and not f.str_list("cmds"):
+        raise ConfigError("a script target needs 'cmds'", file=file, line=data.line, field=prefix)
+    field_lines = tuple(sorted((k, data.line_of(k)) for k in data))
+    return Target(
+        name=name, kind=kind, loc=Location(file, data.line), srcs=srcs, deps=f.str_list("deps"),
+        outs=outs, env=f.str_map("env"), toolchain=f.str("toolchain", default_toolchain),
+        features=features, weight=f.int("weight", 1, minimum=1),
+        when=_parse_when(data.get("when"), f, axes, features), jobserver=jobserver,
+        source_dir=source_dir, cmds=f.str_list("cmds"), cmake_args=f.str_list("cmake_args"),
+        generator=f.str("generator", "Unix Makefiles"), build_targets=f.str_list("build_targets"),
+        make_args=f.str_list("make_args"), make_targets=f.str_list("make_targets"),
+        install_targets=f.str_list("install_targets") if "install_targets" in data else ("install",),
+        description=f.str("description", ""), field_lines=field_lines)
+
+
+def _parse_toolchain(data, file: str, stem: str) -> Toolchain:
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping describing the toolchain, got {_kind(data)}", file=file, line=1)
+    f = _Fields(data, "", TOOLCHAIN_FIELDS)
+    name = _check_name(f.str("name", stem), file, data.line_of("name"), "name", "toolchain")
+    provider = f.str("provider", required=True)
+    if provider not in TOOLCHAIN_PROVIDERS:
+        raise f.error("provider", f"unknown provider {provider!r}",
+                      hint=did_you_mean(provider, TOOLCHAIN_PROVIDERS) or
+                      f"one of: {', '.join(TOOLCHAIN_PROVIDERS)}")
+    tools = f.str_map("tools")
+    if not tools:
+        raise ConfigError("a toolchain needs 'tools' (e.g. cc: gcc)", file=file, line=data.line)
+    return Toolchain(name=name, version=f.str("version", required=True), provider=provider,
+                     loc=Location(file, data.line), tools=tools,
+                     expect_version=f.str("expect_version"), description=f.str("description", ""))
+
+
+def find_root(start: Path) -> Path:
+    """The nearest directory at or above `start` holding BUILD.yaml."""
+    start = start.resolve()
+    for d in (start, *start.parents):
+        if (d / BUILD_FILE).is_file():
+            return d
+    raise ConfigError(f"no {BUILD_FILE} in {start} or any parent directory",
+                      hint="run inside a workspace or pass -C DIR")
+
+
+def workspace_files(root: Path) -> list[Path]:
+    """Every file that defines the workspace, in load order."""
+    files = [root / BUILD_FILE]
+    for sub in ("toolchains", "deps"):
+        d = root / sub
+        if d.is_dir():
+            files.extend(sorted(p for p in d.iterdir() if p.suffix in (".yaml", ".yml")))
+    return files
+
+
+def load_workspace(root: Path) -> Workspace:
+    """Parse and validate the workspace at `root`; ConfigError on any bad input."""
+    root = root.resolve()
+    data, build_rel = _read(root / BUILD_FILE, root)
+    if data is None:
+        data = LocatedDict()
+        data.file, data.line, data.key_lines = build_rel, 1, {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping at the top level, got {_kind(data)}", file=build_rel, line=1)
+    top = _Fields(data, "", TOP_FIELDS)
+    files = [build_rel]
+
+    axes: dict[str, tuple[str, ...]] = {}
+    variants = top.mapping("variants")
+    for axis, values in (variants or {}).items():
+        line = variants.line_of(axis)
+        _check_name(axis, build_rel, line, f"variants.{axis}", "axis")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"expected a non-empty list of values, got {_kind(values)}",
+                              file=build_rel, line=line, field=f"variants.{axis}")
+        vals = []
+        for i, v in enumerate(values):
+            v = str(v) if isinstance(v, (str, int, float)) and not isinstance(v, bool) else None
+            if v is None or not v or any(c in v for c in "@-/ "):
+                raise ConfigError(f"invalid value {values[i]!r}: no '-', '@', '/' or spaces",
+                                  file=build_rel, line=values.line_of(i), field=f"variants.{axis}")
+            if v in vals:
+                raise ConfigError(f"duplicate value '{v}'", file=build_rel, line=values.line_of(i),
+                                  field=f"variants.{axis}")
+            vals.append(v)
+        axes[axis] = tuple(vals)
+
+    toolchains: dict[str, Toolchain] = {}
+    tc_dir = root / "toolchains"
+    if tc_dir.is_dir():
+        for path in sorted(tc_dir.glob("*.y*ml")):
+            raw, rel = _read(path, root)
+            files.append(rel)
+            tc = _parse_toolchain(raw, rel, path.stem)
+            if tc.name in toolchains:
+                raise ConfigError(f"toolchain '{tc.name}' is defined twice", file=rel, line=tc.loc.line,
+                                  hint=f"also in {toolchains[tc.name].loc.file}")
+            toolchains[tc.name] = tc
+
+    default_toolchain = top.str("toolchain")
+    targets: dict[str, Target] = {}
+    raw_targets = top.mapping("targets") or {}
+    for name, body in raw_targets.items():
+        line = raw_targets.line_of(name)
+        _check_name(name, build_rel, line, f"targets.{name}", "target")
+        targets[name] = _parse_target(name, body, build_rel, line, f"targets.{name}", axes, default_toolchain)
+    deps_dir = root / "deps"
+    if deps_dir.is_dir():
+        for path in sorted(deps_dir.glob("*.y*ml")):
+            raw, rel = _read(path, root)
+            files.append(rel)
+            name = raw.get("name", path.stem) if isinstance(raw, dict) else path.stem
+            line = raw.line_of("name") if isinstance(raw, dict) else 1
+            _check_name(name, rel, line, "name", "target")
+            if name in targets:
+                raise ConfigError(f"target '{name}' is already defined in {targets[name].loc.file}",
+                                  file=rel, line=line, field="name")
+            targets[name] = _parse_target(name, raw, rel, 1, "", axes, default_toolchain)
+
+    host_tools = top.str_list("host_tools") if "host_tools" in data else DEFAULT_HOST_TOOLS
+    ws = Workspace(root=root, name=top.str("workspace", root.name), axes=tuple(axes.items()),
+                   targets=targets, toolchains=toolchains, host_tools=host_tools,
+                   source_date_epoch=top.int("source_date_epoch", DEFAULT_SOURCE_DATE_EPOCH),
+                   default_toolchain=default_toolchain, files=tuple(files))
+    _check_references(ws, top)
+    return ws
+
+
+def _check_references(ws: Workspace, top: _Fields) -> None:
+    if ws.default_toolchain and ws.default_toolchain not in ws.toolchains:
+        raise top.error("toolchain", f"unknown toolchain '{ws.default_toolchain}'",
+                        hint=did_you_mean(ws.default_toolchain, ws.toolchains) or _tc_hint(ws))
+    for t in ws.targets.values():
+        if t.toolchain and t.toolchain not in ws.toolchains:
+            raise ConfigError(f"unknown toolchain '{t.toolchain}'", file=t.loc.file,
+                              line=t.line_of("toolchain"), field=_field(t, "toolchain"),
+                              hint=did_you_mean(t.toolchain, ws.toolchains) or _tc_hint(ws))
+        for dep in t.all_deps():
+            if dep == t.name:
+                raise ConfigError(f"target '{t.name}' depends on itself", file=t.loc.file,
+                                  line=t.line_of("deps"), field=_field(t, "deps"))
+            if dep not in ws.targets:
+                raise ConfigError(f"unknown target '{dep}'", file=t.loc.file, line=t.line_of("deps"),
+                                  field=_field(t, "deps"), hint=did_you_mean(dep, ws.targets))
+
+
+def _field(t: Target, name: str) -> str:
+    return f"targets.{t.name}.{name}" if t.loc.file.endswith(BUILD_FILE) else name
+
+
+def _tc_hint(ws: Workspace) -> str:
+    return f"toolchains declared: {', '.join(ws.toolchains)}" if ws.toolchains else \
+        "declare it in toolchains/<name>.yaml"

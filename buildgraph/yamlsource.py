@@ -1,0 +1,94 @@
+"""Load YAML keeping the line of every mapping key and sequence item.
+
+Validation errors must name file:line, so the loader returns `LocatedDict` and
+`LocatedList` (plain dict/list subclasses) that remember where each entry was.
+Uses libyaml's composer when present: the workspace is parsed only when one of
+its files changed (see configcache), but first builds of 10k nodes still parse.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from buildgraph.errors import ConfigError
+
+try:
+    _Loader = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - libyaml missing
+    _Loader = yaml.SafeLoader
+
+_MAX_DEPTH = 64
+
+
+class LocatedDict(dict):
+    file: str = ""
+    line: int = 0
+    key_lines: dict
+
+    def line_of(self, key) -> int:
+        return self.key_lines.get(key, self.line)
+
+
+class LocatedList(list):
+    file: str = ""
+    line: int = 0
+    item_lines: list
+
+    def line_of(self, index: int) -> int:
+        return self.item_lines[index] if index < len(self.item_lines) else self.line
+
+
+_scalars = yaml.SafeLoader("")
+
+
+def _convert(node, file: str, depth: int):
+    if depth > _MAX_DEPTH:
+        raise ConfigError("nesting too deep (recursive alias?)", file=file,
+                          line=node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out = LocatedDict()
+        out.file, out.line, out.key_lines = file, node.start_mark.line + 1, {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise ConfigError("mapping keys must be plain names", file=file, line=line)
+            key = _scalars.construct_object(key_node)
+            if not isinstance(key, str):
+                key = str(key)
+            if key in out:
+                raise ConfigError(f"duplicate key '{key}'", file=file, line=line,
+                                  hint=f"first defined on line {out.key_lines[key]}")
+            out[key] = _convert(value_node, file, depth + 1)
+            out.key_lines[key] = line
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        out = LocatedList()
+        out.file, out.line, out.item_lines = file, node.start_mark.line + 1, []
+        for item in node.value:
+            out.append(_convert(item, file, depth + 1))
+            out.item_lines.append(item.start_mark.line + 1)
+        return out
+    try:
+        return _scalars.construct_object(node)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"bad scalar: {exc}", file=file, line=node.start_mark.line + 1) from None
+
+
+def load_yaml(text: str, file: str):
+    """Parse one YAML document into Located containers; ConfigError on bad YAML."""
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise ConfigError(f"invalid YAML: {exc.problem or exc}", file=file, line=line) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", file=file) from None
+    except (ValueError, UnicodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", file=file) from None
+    if node is None:
+        return None
+    try:
+        return _convert(node, file, 0)
+    except RecursionError:
+        raise ConfigError("nesting too deep", file=file) from None
