@@ -25,7 +25,7 @@ from buildgraph.sandbox import SANDBOX_ROOT, Sandbox
 from buildgraph.state import NodeRecord, State, StateDir
 from buildgraph.store.local import LocalStore, _force_remove
 from buildgraph.toolchains import ToolchainResolver
-from buildgraph.workspace import Workspace, load_workspace, workspace_files
+from buildgraph.workspace import Workspace, field_path, load_workspace, workspace_files
 
 BASE_ENV = (("LC_ALL", "C"), ("TZ", "UTC"), ("HOME", f"{SANDBOX_ROOT}/home"),
             ("TMPDIR", f"{SANDBOX_ROOT}/tmp"), ("PATH", f"{SANDBOX_ROOT}/.tools/bin"),
@@ -111,8 +111,7 @@ class Engine:
             paths, visited, empty = globs.expand(root, t.srcs)
             if empty:
                 raise ConfigError(f"pattern {empty[0]!r} matches no file", file=t.loc.file,
-                                  line=t.line_of("srcs"), field=f"targets.{t.name}.srcs"
-                                  if t.loc.file.endswith("BUILD.yaml") else "srcs")
+                                  line=t.line_of("srcs"), field=field_path(t, "srcs"))
             self.state.resolutions[("glob", t.srcs)] = (paths, visited)
         triples, hosts = [], []
         for rel in paths:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from buildgraph import recipes
 from buildgraph.errors import ConfigError, UsageError, did_you_mean
-from buildgraph.workspace import Target, Workspace
+from buildgraph.workspace import Target, Workspace, field_path
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def _target_order(ws: Workspace) -> list[str]:
     if cycle:
         first = ws.targets[cycle[0]]
         raise ConfigError("dependency cycle: " + " → ".join(cycle), file=first.loc.file,
-                          line=first.line_of("deps"), field="deps",
+                          line=first.line_of("deps"), field=field_path(first, "deps"),
                           hint="remove one of these dependencies")
     order, done = [], set()
 

@@ -452,18 +452,19 @@ def _check_references(ws: Workspace, top: _Fields) -> None:
     for t in ws.targets.values():
         if t.toolchain and t.toolchain not in ws.toolchains:
             raise ConfigError(f"unknown toolchain '{t.toolchain}'", file=t.loc.file,
-                              line=t.line_of("toolchain"), field=_field(t, "toolchain"),
+                              line=t.line_of("toolchain"), field=field_path(t, "toolchain"),
                               hint=did_you_mean(t.toolchain, ws.toolchains) or _tc_hint(ws))
         for dep in t.all_deps():
             if dep == t.name:
                 raise ConfigError(f"target '{t.name}' depends on itself", file=t.loc.file,
-                                  line=t.line_of("deps"), field=_field(t, "deps"))
+                                  line=t.line_of("deps"), field=field_path(t, "deps"))
             if dep not in ws.targets:
                 raise ConfigError(f"unknown target '{dep}'", file=t.loc.file, line=t.line_of("deps"),
-                                  field=_field(t, "deps"), hint=did_you_mean(dep, ws.targets))
+                                  field=field_path(t, "deps"), hint=did_you_mean(dep, ws.targets))
 
 
-def _field(t: Target, name: str) -> str:
+def field_path(t: Target, name: str) -> str:
+    """How errors name a target's field: targets.NAME.FIELD in BUILD.yaml, FIELD in deps/*.yaml."""
     return f"targets.{t.name}.{name}" if t.loc.file.endswith(BUILD_FILE) else name
 
 

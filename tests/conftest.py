@@ -1,0 +1,83 @@
+"""Fixtures: throwaway workspaces in tmp dirs, each with its own cache directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from buildgraph.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+HOST_GCC = """\
+name: host-gcc
+version: "12"
+provider: host
+tools:
+  cc: gcc
+  cxx: g++
+  ar: ar
+  as: as
+  ld: ld
+"""
+
+
+class Workspace:
+    """A workspace on disk plus helpers to run buildgraph on it."""
+
+    def __init__(self, root: Path, cache: Path):
+        self.root, self.cache = root, cache
+
+    def write(self, rel: str, text: str, mode: int | None = None) -> Path:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+        if mode is not None:
+            path.chmod(mode)
+        return path
+
+    def run(self, *args, capsys=None) -> tuple[int, str, str]:
+        """Run the CLI in this process; returns (exit code, stdout, stderr)."""
+        rc = main([*args[:1], "-C", str(self.root), "--cache-dir", str(self.cache), *args[1:]])
+        if capsys is not None:
+            out, err = capsys.readouterr()
+            return rc, out, err
+        return rc, "", ""
+
+    def build(self, *args, capsys) -> dict:
+        """Build in-process with an event log; returns node -> status."""
+        log = self.root / ".events.json"
+        rc, out, err = self.run("build", "--log-json", str(log), *args, capsys=capsys)
+        statuses = {}
+        if log.exists():
+            statuses = {e["node"]: e["status"] for e in map(json.loads, log.read_text().splitlines())}
+        statuses["_rc"], statuses["_out"], statuses["_err"] = rc, out, err
+        return statuses
+
+    def spawn(self, *args, **kw) -> subprocess.Popen:
+        """Run the CLI as a separate process (for kills, signals and concurrency)."""
+        cmd = [sys.executable, "-m", "buildgraph", args[0], "-C", str(self.root),
+               "--cache-dir", str(self.cache), *args[1:]]
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, PYTHONPATH=str(REPO)), **kw)
+
+    def out(self, node: str) -> Path:
+        return self.root / ".buildgraph" / "out" / node
+
+
+@pytest.fixture
+def ws(tmp_path) -> Workspace:
+    w = Workspace(tmp_path / "ws", tmp_path / "cache")
+    w.root.mkdir()
+    w.write("toolchains/host-gcc.yaml", HOST_GCC)
+    return w
+
+
+def ran(statuses: dict) -> set[str]:
+    return {n for n, s in statuses.items() if s == "ran"}

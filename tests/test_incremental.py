@@ -1,0 +1,149 @@
+"""Keys and incremental builds: what reruns after a change, and what does not."""
+
+from conftest import ran
+
+CHAIN = """\
+targets:
+  gen:
+    kind: script
+    srcs: [data.txt]
+    outs: [lines.txt]
+    cmds: ["grep -v '^#' $SRC/data.txt > $OUT/lines.txt"]
+  lib:
+    kind: script
+    srcs: ["lib/*.c"]
+    deps: [gen]
+    outs: [lib.txt]
+    env: {FLAGS: "-O2"}
+    cmds: ["cat $SRC/lib/*.c $DEP_GEN/lines.txt > $OUT/lib.txt; echo $FLAGS >> $OUT/lib.txt"]
+  other:
+    kind: script
+    srcs: [other.c]
+    outs: [other.txt]
+    cmds: ["cp $SRC/other.c $OUT/other.txt"]
+  app:
+    kind: script
+    deps: [lib, other]
+    outs: [app.txt]
+    cmds: ["cat $DEP_LIB/lib.txt $DEP_OTHER/other.txt > $OUT/app.txt"]
+"""
+
+
+def make_chain(ws):
+    ws.write("BUILD.yaml", CHAIN)
+    ws.write("data.txt", "# header\none\ntwo\n")
+    ws.write("lib/a.c", "int a;\n")
+    ws.write("lib/b.c", "int b;\n")
+    ws.write("other.c", "int other;\n")
+
+
+def test_no_change_runs_nothing_and_hashes_nothing(ws, capsys):
+    make_chain(ws)
+    first = ws.build(capsys=capsys)
+    assert ran(first) == {"gen", "lib", "other", "app"}
+    second = ws.build(capsys=capsys)
+    assert ran(second) == set()
+    assert {second[n] for n in ("gen", "lib", "other", "app")} == {"up-to-date"}
+    assert "0 ran" in second["_out"]
+    assert (ws.out("app") / "app.txt").read_text() == "int a;\nint b;\none\ntwo\n-O2\nint other;\n"
+
+
+def test_one_edit_reruns_exactly_its_downstream(ws, capsys):
+    make_chain(ws)
+    ws.build(capsys=capsys)
+    ws.write("lib/b.c", "int b2;\n")
+    assert ran(ws.build(capsys=capsys)) == {"lib", "app"}
+    ws.write("other.c", "int other2;\n")
+    assert ran(ws.build(capsys=capsys)) == {"other", "app"}
+    assert "int b2;" in (ws.out("app") / "app.txt").read_text()
+
+
+def test_identical_output_stops_the_rebuild_early_cutoff(ws, capsys):
+    make_chain(ws)
+    ws.build(capsys=capsys)
+    ws.write("data.txt", "# another comment, same lines\none\ntwo\n")
+    assert ran(ws.build(capsys=capsys)) == {"gen"}
+
+
+def test_added_source_file_is_seen(ws, capsys):
+    make_chain(ws)
+    ws.build(capsys=capsys)
+    ws.write("lib/c.c", "int c;\n")
+    assert ran(ws.build(capsys=capsys)) == {"lib", "app"}
+
+
+def test_env_flag_and_command_changes_give_new_keys(ws, capsys):
+    make_chain(ws)
+    keys = [ws.build(capsys=capsys) and _key(ws, "lib")]
+    ws.write("BUILD.yaml", CHAIN.replace('FLAGS: "-O2"', 'FLAGS: "-O3"'))
+    assert ran(ws.build(capsys=capsys)) == {"lib", "app"}
+    keys.append(_key(ws, "lib"))
+    ws.write("BUILD.yaml", CHAIN.replace('FLAGS: "-O2"', 'FLAGS: "-O3"').replace("echo $FLAGS", "echo x$FLAGS"))
+    assert ran(ws.build(capsys=capsys)) == {"lib", "app"}
+    keys.append(_key(ws, "lib"))
+    assert len(set(keys)) == 3
+
+
+def test_toolchain_change_gives_new_key(ws, capsys, tmp_path):
+    # A toolchain whose compiler is a copy we can change byte by byte.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    cc = fake / "mycc"
+    cc.write_text("#!/bin/sh\necho v1\n")
+    cc.chmod(0o755)
+    ws.write("toolchains/mine.yaml", f"name: mine\nversion: '1'\nprovider: host\ntools: {{cc: {cc}}}\n")
+    ws.write("BUILD.yaml", """\
+        targets:
+          t:
+            kind: script
+            toolchain: mine
+            outs: [v]
+            cmds: ["echo built > $OUT/v"]
+        """)
+    ws.build(capsys=capsys)
+    k1 = _key(ws, "t")
+    assert ran(ws.build(capsys=capsys)) == set()
+    cc.write_text("#!/bin/sh\necho v2\n")
+    assert ran(ws.build(capsys=capsys)) == {"t"}
+    assert _key(ws, "t") != k1
+    rc, out, _ = ws.run("why", "t", capsys=capsys)
+    assert "no input changed" in out
+
+
+def test_why_names_the_changed_inputs(ws, capsys):
+    make_chain(ws)
+    ws.build(capsys=capsys)
+    ws.write("lib/a.c", "int a2;\n")
+    ws.write("BUILD.yaml", CHAIN.replace('FLAGS: "-O2"', 'FLAGS: "-O0"'))
+    rc, out, _ = ws.run("why", "lib", capsys=capsys)
+    assert rc == 0
+    assert "lib: source changed: lib/a.c" in out
+    assert "lib: env FLAGS: '-O2' → '-O0'" in out
+    rc, out, _ = ws.run("plan", capsys=capsys)
+    assert "lib" in out and "run: source changed: lib/a.c" in out
+    assert "app" in out and "after lib" in out
+
+
+def test_cache_restores_after_clean(ws, capsys):
+    make_chain(ws)
+    ws.build(capsys=capsys)
+    assert ws.run("clean", capsys=capsys)[0] == 0
+    statuses = ws.build(capsys=capsys)
+    assert ran(statuses) == set()
+    assert {statuses[n] for n in ("gen", "lib", "other", "app")} == {"cached"}
+    assert (ws.out("app") / "app.txt").exists()
+
+
+def test_deleted_output_is_restored(ws, capsys):
+    make_chain(ws)
+    ws.build(capsys=capsys)
+    (ws.out("app") / "app.txt").unlink()
+    statuses = ws.build(capsys=capsys)
+    assert statuses["app"] == "cached"
+    assert (ws.out("app") / "app.txt").exists()
+
+
+def _key(ws, node):
+    from buildgraph.state import StateDir
+
+    return StateDir(ws.root).load().nodes[node].key

@@ -1,0 +1,108 @@
+"""The sandbox: only declared inputs, scrubbed env, no network, declared outputs only."""
+
+import os
+import socket
+import threading
+
+import pytest
+
+from buildgraph.sandbox import detect_mode
+
+
+def one(ws, cmds, **extra):
+    lines = [f"    {k}: {v}" for k, v in extra.items()]
+    ws.write("BUILD.yaml", "targets:\n  t:\n    kind: script\n" + "\n".join(lines) +
+             "\n    cmds:\n" + "".join(f"      - {c!r}\n" for c in cmds))
+
+
+def test_reading_an_undeclared_file_fails(ws, capsys):
+    ws.write("declared.txt", "yes\n")
+    ws.write("secret.txt", "no\n")
+    one(ws, ["cat $SRC/declared.txt > $OUT/o", "cat $SRC/secret.txt >> $OUT/o"],
+        srcs="[declared.txt]", outs="[o]")
+    st = ws.build(capsys=capsys)
+    assert st["_rc"] == 1 and st["t"] == "failed"
+    assert "secret.txt: No such file" in st["_out"]
+
+
+@pytest.mark.skipif(detect_mode() != "bwrap", reason="needs bubblewrap to hide the host filesystem")
+def test_workspace_is_invisible_by_absolute_path(ws, capsys):
+    ws.write("secret.txt", "no\n")
+    one(ws, [f"cat {ws.root}/secret.txt > $OUT/o"], outs="[o]")
+    st = ws.build(capsys=capsys)
+    assert st["t"] == "failed" and "No such file" in st["_out"]
+
+
+def test_sources_are_read_only(ws, capsys):
+    ws.write("a.txt", "a\n")
+    one(ws, ["echo x >> $SRC/a.txt", "touch $OUT/o"], srcs="[a.txt]", outs="[o]")
+    st = ws.build(capsys=capsys)
+    assert st["t"] == "failed"
+    assert (ws.root / "a.txt").read_text() == "a\n"
+
+
+def test_environment_is_scrubbed_and_pinned(ws, capsys, monkeypatch):
+    monkeypatch.setenv("LEAKY_SECRET", "hunter2")
+    one(ws, ["env | sort > $OUT/env", "umask > $OUT/umask"], outs="[env, umask]")
+    assert ws.build(capsys=capsys)["t"] == "ran"
+    env = dict(line.split("=", 1) for line in (ws.out("t") / "env").read_text().splitlines() if "=" in line)
+    assert "LEAKY_SECRET" not in env
+    assert env["TZ"] == "UTC" and env["LC_ALL"] == "C"
+    assert env["SOURCE_DATE_EPOCH"] == "315532800"
+    assert env["HOME"].endswith("/home") and env["TMPDIR"].endswith("/tmp")
+    assert env["PATH"].endswith("/.tools/bin") and ":" not in env["PATH"]
+    assert env["HOME"].startswith(env["SRC"].removesuffix("/src"))  # HOME lives in the sandbox
+
+
+@pytest.mark.skipif(detect_mode() == "none", reason="no network namespace available")
+def test_network_is_off(ws, capsys):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True).start()
+    ws.write("net.sh", f"if (exec 3<>/dev/tcp/127.0.0.1/{port}); then echo connected; else echo refused; fi\n")
+    one(ws, ["bash $SRC/net.sh > $OUT/o 2>/dev/null"], srcs="[net.sh]", outs="[o]")
+    st = ws.build(capsys=capsys)
+    assert st["t"] == "ran", st["_out"]
+    assert (ws.out("t") / "o").read_text().strip() == "refused"
+    assert not accepted
+    server.close()
+
+
+def test_missing_declared_output_is_an_error(ws, capsys):
+    one(ws, ["touch $OUT/a"], outs="[a, b]")
+    st = ws.build(capsys=capsys)
+    assert st["t"] == "failed"
+    assert "declared output not produced: b" in st["_out"]
+
+
+def test_undeclared_output_is_an_error(ws, capsys):
+    one(ws, ["touch $OUT/a $OUT/stray"], outs="[a]")
+    st = ws.build(capsys=capsys)
+    assert st["t"] == "failed"
+    assert "undeclared output: stray" in st["_out"]
+
+
+def test_directory_outputs_and_symlinks(ws, capsys):
+    one(ws, ["mkdir -p $OUT/lib", "echo so > $OUT/lib/libx.so.1", "ln -s libx.so.1 $OUT/lib/libx.so"],
+        outs="[lib/]")
+    assert ws.build(capsys=capsys)["t"] == "ran"
+    assert os.readlink(ws.out("t") / "lib/libx.so") == "libx.so.1"
+    assert (ws.out("t") / "lib/libx.so").read_text() == "so\n"
+
+
+def test_symlink_leaving_the_output_root_is_rejected(ws, capsys):
+    one(ws, ["ln -s ../../etc/passwd $OUT/p"], outs="[p]")
+    st = ws.build(capsys=capsys)
+    assert st["t"] == "failed" and "leaves the output root" in st["_out"]
+
+
+def test_failure_shows_stderr_and_keeps_a_log(ws, capsys):
+    one(ws, ["echo to-stdout", "echo boom-on-stderr >&2", "exit 3"], outs="[o]")
+    st = ws.build(capsys=capsys)
+    assert st["_rc"] == 1
+    assert "boom-on-stderr" in st["_out"] and "exit code 3" in st["_out"]
+    log = (ws.root / ".buildgraph/logs/t.log").read_text()
+    assert "to-stdout" in log and "boom-on-stderr" in log

@@ -1,0 +1,156 @@
+"""The local store: poisoned and corrupt entries, gc, kill -9, concurrent builds."""
+
+import os
+import signal
+import time
+
+from conftest import ran
+
+from buildgraph.digest import file_digest
+from buildgraph.store.local import LocalStore
+
+TWO = """\
+targets:
+  a: {kind: script, srcs: [a.txt], outs: [a], cmds: ["cp $SRC/a.txt $OUT/a"]}
+  b: {kind: script, deps: [a], outs: [b], cmds: ["cat $DEP_A/a $DEP_A/a > $OUT/b"]}
+"""
+
+
+def setup_two(ws):
+    ws.write("BUILD.yaml", TWO)
+    ws.write("a.txt", "hello\n")
+
+
+def _keys(ws):
+    from buildgraph.state import StateDir
+    return {n: r.key for n, r in StateDir(ws.root).load().nodes.items()}
+
+
+def verify_cas(cache) -> int:
+    """Every blob's content matches its name; returns how many were checked."""
+    count = 0
+    for shard in (cache / "cas").iterdir():
+        for blob in shard.iterdir():
+            assert file_digest(blob) == blob.name.removesuffix(".x"), blob
+            count += 1
+    return count
+
+
+def test_poisoned_result_is_rejected_and_rebuilt(ws, capsys):
+    setup_two(ws)
+    ws.build(capsys=capsys)
+    key = _keys(ws)["a"]
+    ws.run("clean", capsys=capsys)
+    store = LocalStore(ws.cache)
+    data, used = store.ac.get(key)
+    store.ac.set(key, (data.replace(b'"a"', b'"../../evil"'), used))
+    store.close()
+    statuses = ws.build(capsys=capsys)
+    assert statuses["a"] == "ran"
+    assert not (ws.root / ".buildgraph" / "evil").exists()
+    assert (ws.out("b") / "b").read_text() == "hello\nhello\n"
+
+
+def test_garbage_entry_and_missing_blob_are_misses(ws, capsys):
+    setup_two(ws)
+    ws.build(capsys=capsys)
+    keys = _keys(ws)
+    ws.run("clean", capsys=capsys)
+    store = LocalStore(ws.cache)
+    store.ac.set(keys["a"], (b"{not json", time.time()))
+    for shard in (ws.cache / "cas").iterdir():   # remove b's output blob ("hello\nhello\n")
+        for blob in shard.iterdir():
+            if blob.read_bytes() == b"hello\nhello\n":
+                blob.unlink()
+    store.close()
+    statuses = ws.build(capsys=capsys)
+    assert statuses["a"] == "ran" and statuses["b"] == "ran"
+    assert (ws.out("b") / "b").read_text() == "hello\nhello\n"
+
+
+def test_gc_evicts_least_recently_used(ws, capsys):
+    ws.write("BUILD.yaml", """\
+        targets:
+          old: {kind: script, outs: [o], cmds: ["head -c 300000 /dev/zero | tr '\\\\0' o > $OUT/o"]}
+          new: {kind: script, outs: [n], cmds: ["head -c 300000 /dev/zero | tr '\\\\0' n > $OUT/n"]}
+        """)
+    ws.build("old", capsys=capsys)
+    store = LocalStore(ws.cache)
+    key_old = _keys(ws)["old"]
+    data, _ = store.ac.get(key_old)
+    store.ac.set(key_old, (data, time.time() - 86400))  # used a day ago
+    store.close()
+    ws.build("new", capsys=capsys)
+    rc, out, _ = ws.run("cache", "gc", "--max-size", "400K", capsys=capsys)
+    assert rc == 0 and "evicted 1 action results" in out
+    store = LocalStore(ws.cache)
+    assert store.ac.get(key_old) is None
+    assert store.get_result(_keys(ws)["new"]) is not None
+    store.close()
+    rc, out, _ = ws.run("cache", "stats", capsys=capsys)
+    assert "action results: 1" in out
+
+
+def test_kill_9_mid_build_leaves_a_trustworthy_cache(ws):
+    ws.write("BUILD.yaml", """\
+        targets:
+          quick: {kind: script, srcs: [in.txt], outs: [q], cmds: ["cp $SRC/in.txt $OUT/q"]}
+          slow:
+            kind: script
+            deps: [quick]
+            outs: [big, s]
+            cmds:
+              - "head -c 2000000 /dev/urandom > $OUT/big"
+              - "sleep 30"
+              - "cp $DEP_QUICK/q $OUT/s"
+        """)
+    ws.write("in.txt", "data\n")
+    proc = ws.spawn("build", "-j2")
+    deadline = time.time() + 30
+    while not (ws.out("quick") / "q").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # slow is now running, with its big output half written
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ws.write("BUILD.yaml", (ws.root / "BUILD.yaml").read_text().replace("sleep 30", "sleep 0"))
+    proc = ws.spawn("build")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    assert (ws.out("slow") / "s").read_text() == "data\n"
+    assert os.path.getsize(ws.out("slow") / "big") == 2000000
+    assert verify_cas(ws.cache) >= 3
+    assert not any((ws.cache / "sandbox").iterdir()) and not any((ws.cache / "tmp").iterdir())
+
+
+def _workspace_copy(ws, name):
+    from conftest import HOST_GCC, Workspace
+
+    other = Workspace(ws.root.parent / name, ws.cache)
+    other.root.mkdir()
+    other.write("toolchains/host-gcc.yaml", HOST_GCC)
+    return other
+
+
+def test_two_builds_at_once_on_one_cache_directory(ws):
+    spec = """\
+        targets:
+        """ + "".join(f"""\
+          n{i}: {{kind: script, outs: [o], cmds: ["sleep 0.2; echo {i} > $OUT/o"]}}
+        """ for i in range(8))
+    other = _workspace_copy(ws, "ws2")
+    for w in (ws, other):
+        w.write("BUILD.yaml", spec)
+    procs = [w.spawn("build", "-j2") for w in (ws, other)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    for w in (ws, other):
+        assert all((w.out(f"n{i}") / "o").read_text() == f"{i}\n" for i in range(8))
+    verify_cas(ws.cache)
+
+
+def test_two_builds_of_one_workspace_take_turns(ws):
+    setup_two(ws)
+    procs = [ws.spawn("build") for _ in range(2)]
+    results = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    assert (ws.out("b") / "b").read_text() == "hello\nhello\n"
