@@ -2,9 +2,11 @@
 
 Action key, version 1
 ---------------------
-key = xxh3-128 hex of canonical(spec), where canonical is digest.canonical and
-spec is the JSON object below. Everything that can change an output is in it;
-nothing else is:
+key = xxh3-128 hex of the compact JSON array (no whitespace, UTF-8)
+  [v, commands, env, toolchain, tools, srcs, deps, features, outs]
+with the fields below, in exactly that order (`Action.spec()` gives the same
+fields as an object, for manifests). Everything that can change an output is in
+it; nothing else is:
 
   "v"          1 — bumped when this encoding changes, disowning every old entry.
   "commands"   the shell commands, in order, exactly as run by `sh -e`.
@@ -40,7 +42,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import PurePosixPath
 
-from buildgraph.digest import tree_digest, value_digest
+from buildgraph.digest import bytes_digest, tree_digest, value_digest
 
 KEY_VERSION = 1
 RESULT_VERSION = 1
@@ -64,7 +66,7 @@ class Action:
 
     @cached_property
     def srcs_digest(self) -> str:
-        return tree_digest(self.srcs)
+        return tree_digest(self.srcs)  # srcs are sorted (relpath, digest, exec) triples
 
     def spec(self) -> dict:
         return {
@@ -81,7 +83,10 @@ class Action:
 
     @cached_property
     def key(self) -> str:
-        return value_digest(self.spec())
+        return bytes_digest(json.dumps(
+            [KEY_VERSION, self.commands, self.env, self.toolchain, self.tools_digest, self.srcs_digest,
+             self.deps, self.features, sorted(self.outs)],
+            separators=(",", ":"), ensure_ascii=False).encode())
 
     def inputs(self) -> dict:
         """Input digests by kind, for `why`, `plan` and manifests."""

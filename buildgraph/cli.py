@@ -133,7 +133,7 @@ def cmd_cache(args) -> int:
     from buildgraph.workspace import find_root
 
     try:
-        last = StateDir(find_root(Path(args.directory))).load().last_build
+        last = StateDir(find_root(Path(args.directory))).last_build()
     except BuildgraphError:
         last = None
     if last:
@@ -156,7 +156,8 @@ def cmd_clean(args) -> int:
     try:
         shutil.rmtree(state_dir.out, ignore_errors=True)
         shutil.rmtree(state_dir.logs, ignore_errors=True)
-        (state_dir.dir / "state.pickle").unlink(missing_ok=True)
+        for name in ("state.pickle", "last-build.json"):
+            (state_dir.dir / name).unlink(missing_ok=True)
     finally:
         state_dir.unlock()
     print(f"removed outputs and state of {state_dir.dir.parent}")

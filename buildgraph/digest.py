@@ -78,5 +78,8 @@ class StatCache:
 
 
 def tree_digest(entries) -> str:
-    """Digest of a file tree given as (relpath, digest, executable) triples, any order."""
-    return value_digest(sorted([p, d, bool(x)] for p, d, x in entries))
+    """Digest of a file tree given as (relpath, digest, executable) triples.
+
+    MUST: triples sorted by relpath; encoded as a compact JSON array of arrays.
+    """
+    return bytes_digest(json.dumps(sorted(entries), separators=(",", ":"), ensure_ascii=False).encode())

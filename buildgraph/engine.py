@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import enum
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +87,7 @@ class Engine:
         self._srcs: dict[str, tuple] = {}
         self._dir_memo: dict[str, int | None] = {}
         self._host_tools = None
+        self._changed = False
         self.results: dict[str, ActionResult] = {}   # node -> result known this build
         self.outputs: dict[str, str] = {}            # node -> output digest known this build
 
@@ -113,6 +113,7 @@ class Engine:
                 raise ConfigError(f"pattern {empty[0]!r} matches no file", file=t.loc.file,
                                   line=t.line_of("srcs"), field=field_path(t, "srcs"))
             self.state.resolutions[("glob", t.srcs)] = (paths, visited)
+            self._changed = True
         triples, hosts = [], []
         for rel in paths:
             host = f"{root}/{rel}"
@@ -195,6 +196,7 @@ class Engine:
         self.results[name] = result
         self.outputs[name] = result.output_digest
         self.state.nodes[name] = NodeRecord(action.key, result.output_digest, action.inputs(), result.duration)
+        self._changed = True
 
     # ------------------------------------------------------------ outputs
 
@@ -238,10 +240,11 @@ class Engine:
         else:
             os.replace(tmp, final)
         self.state.materialized[name] = (result.output_digest, tuple(listing))
+        self._changed = True
 
-    def clean_outputs(self) -> None:
-        shutil.rmtree(self.state_dir.out, ignore_errors=True)
-        self.state.materialized.clear()
+    def changed(self) -> bool:
+        """Whether this build changed the state (a no-op build does not)."""
+        return self._changed or self.stat_cache.dirty or self.resolver.changed
 
     def write_log(self, name: str, log: str) -> Path:
         self.state_dir.logs.mkdir(parents=True, exist_ok=True)

@@ -38,11 +38,14 @@ class Session:
         self.root = find_root(opts.directory)
         self.state_dir = StateDir(self.root)
         self.write = write
+        self.dirty = False  # set when the state must be saved
         if write:
             self.state_dir.lock(notify)
         try:
             self.state = self.state_dir.load()
+            config_before = self.state.config
             self.ws, self.graph = load_configured(self.root, self.state)
+            self.dirty = self.state.config is not config_before
             self.store = LocalStore(opts.cache_dir or default_cache_dir(),
                                     opts.cache_max_bytes or DEFAULT_MAX_BYTES)
             self.engine = Engine(self.ws, self.graph, self.store, self.state, self.state_dir, None)
@@ -52,7 +55,7 @@ class Session:
 
     def close(self) -> None:
         try:
-            if self.write:
+            if self.write and (self.dirty or self.engine.changed()):
                 self.state_dir.save(self.state)
         finally:
             self.store.close()
@@ -113,19 +116,20 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
         outcomes, interrupted = exc.outcomes, exc
     finally:
         reporter.end()
+        engine.sandbox.close()
         jobserver.close()
     ordered = [outcomes[n] for n in selected if n in outcomes]
     summary = BuildSummary(ordered, time.monotonic() - t0, hashed_files=engine.stat_cache.hashed,
                            selected=len(selected))
     for o in ordered:
         summary.counts[o.status.value] = summary.counts.get(o.status.value, 0) + 1
-    session.state.last_build = {"nodes": len(ordered), **summary.counts,
+    session.state_dir.save_last_build({"nodes": len(ordered), **summary.counts,
                                 "local_hits": store.counters.hits, "local_misses": store.counters.misses,
                                 "rejected": store.counters.rejected, "bytes_stored": store.counters.bytes_in,
-                                "seconds": round(summary.elapsed, 3), "finished": time.time()}
+                                "seconds": round(summary.elapsed, 3), "finished": time.time()})
     if interrupted is not None:
         raise KeyboardInterrupt
-    if store.over_limit():
+    if store.counters.bytes_in and store.over_limit():
         store.close()  # release the shared lock so gc can take it exclusively
         try:
             store.gc()

@@ -6,22 +6,25 @@ Layout, seen by the action at the fixed root /sandbox when bubblewrap is used
   /sandbox/deps/<name>  each dependency's outputs, read-only
   /sandbox/out          the output root ($OUT); everything in it must be declared
   /sandbox/work         the working directory ($WORK), scratch
-  /sandbox/tmp, /sandbox/home   TMPDIR and HOME
-  /sandbox/.tools/bin   PATH: links to the toolchain and the declared host tools
+  /sandbox/tmp, /sandbox/home   TMPDIR and HOME (in memory under bwrap)
+  /sandbox/.tools/bin   PATH: links to the toolchain and the declared host tools,
+                        one directory per distinct tool set, shared by the build
 Isolation modes, strongest available first (`auto`):
   bwrap    bubblewrap: new mount/pid/ipc/uts/net namespaces; the host's /usr and
            /etc read-only, nothing else of the host (no workspace, no home);
   unshare  `unshare -n`: no network; sandbox paths are host paths;
   none     a plain child process (still a scrubbed env and a fresh directory).
 The real directory lives under the cache's sandbox/, on the cache's filesystem,
-so outputs enter the CAS by rename. Inputs are hardlinked under bwrap (the mount
+so outputs enter the CAS by rename. Under bwrap /sandbox itself is a tmpfs and
+only src, deps, out and work come from disk: directory operations are the
+largest part of the per-action overhead on slow filesystems, so each action
+makes as few as it can. Inputs are hardlinked under bwrap (the mount
 is read-only) and copied otherwise (a root process could write through a link).
 """
 
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -78,6 +81,7 @@ class Sandbox:
         self.jobserver = jobserver
         self._running: dict[int, subprocess.Popen] = {}
         self._lock = threading.Lock()
+        self._tool_dirs: dict[tuple, str] = {}
         self.cancelled = False
 
     # ------------------------------------------------------------ public
@@ -89,7 +93,7 @@ class Sandbox:
         root = f"{self.store.sandboxes}/{os.getpid()}-{time.monotonic_ns()}-{os.urandom(3).hex()}"
         try:
             self._stage(root, action, dep_results, tool_links)
-            code = self._execute(root, action)
+            code = self._execute(root, action, self.tools_dir(tool_links))
             log = _tail(f"{root}/.stdout") + _tail(f"{root}/.stderr")
             if self.cancelled:
                 return RunOutcome(None, "interrupted", log, time.monotonic() - start)
@@ -121,11 +125,33 @@ class Sandbox:
 
     # ------------------------------------------------------------ stages
 
+    def tools_dir(self, tool_links: tuple[tuple[str, str], ...]) -> str:
+        """A directory of links named as the action sees its tools; one per tool set and build."""
+        with self._lock:
+            path = self._tool_dirs.get(tool_links)
+            if path is None:
+                path = f"{self.store.sandboxes}/tools-{os.getpid()}-{len(self._tool_dirs)}"
+                os.makedirs(f"{path}/bin")
+                for name, target in tool_links:
+                    os.symlink(target, f"{path}/bin/{name}")
+                self._tool_dirs[tool_links] = path
+            return path
+
+    def close(self) -> None:
+        for path in self._tool_dirs.values():
+            _force_remove(path)
+        self._tool_dirs.clear()
+
     def _stage(self, root: str, action: Action, dep_results, tool_links) -> None:
         linking = self.mode == "bwrap"
-        for sub in ("src", "deps", "out", "work", "tmp", "home", ".tools/bin"):
-            os.makedirs(f"{root}/{sub}")
-        made = set()
+        subdirs = ("src", "deps", "out", "work") if linking else ("src", "deps", "out", "work", "tmp", "home")
+        os.mkdir(root)
+        for sub in subdirs:
+            os.mkdir(f"{root}/{sub}")
+        tools = self.tools_dir(tool_links)
+        if not linking:
+            os.symlink(tools, f"{root}/.tools")
+        made = {f"{root}/src"}
         for (rel, _, _), host in zip(action.srcs, action.src_paths):
             dest = f"{root}/src/{rel}"
             parent = os.path.dirname(dest)
@@ -139,28 +165,24 @@ class Sandbox:
         for dep_target, _ in action.deps:
             result = dep_results[dep_target]
             base = f"{root}/deps/{dep_target}"
-            os.makedirs(base, exist_ok=True)
-            for f in result.files:
-                dest = f"{base}/{f.path}"
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
-                if linking:
-                    self.store.link_out(f.digest, f.executable, dest)
+            os.mkdir(base)
+            made.add(base)
+            for entry in (*result.files, *result.symlinks):
+                dest = f"{base}/{entry.path}"
+                parent = os.path.dirname(dest)
+                if parent not in made:
+                    os.makedirs(parent, exist_ok=True)
+                    made.add(parent)
+                if isinstance(entry, OutputSymlink):
+                    os.symlink(entry.target, dest)
+                elif linking:
+                    self.store.link_out(entry.digest, entry.executable, dest)
                 else:
-                    shutil.copyfile(self.store.blob_path(f.digest, f.executable), dest)
-                    os.chmod(dest, 0o755 if f.executable else 0o644)
-            for s in result.symlinks:
-                dest = f"{base}/{s.path}"
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
-                os.symlink(s.target, dest)
-        for name, target in tool_links:
-            os.symlink(target, f"{root}/.tools/bin/{name}")
-        with open(f"{root}/.script.sh", "w") as f:
-            f.write("set -e\n")
-            for cmd in action.commands:
-                f.write(f"printf '%s\\n' {shlex.quote('+ ' + cmd)} >&2\n{cmd}\n")
+                    shutil.copyfile(self.store.blob_path(entry.digest, entry.executable), dest)
+                    os.chmod(dest, 0o755 if entry.executable else 0o644)
 
-    def _argv(self, root: str, action: Action) -> tuple[list[str], str]:
-        script = ["/bin/sh", "-e", f"{SANDBOX_ROOT if self.mode == 'bwrap' else root}/.script.sh"]
+    def _argv(self, root: str, action: Action, tools: str) -> tuple[list[str], str]:
+        script = ["/bin/sh", "-e", "-c", _script(action.commands)]
         if self.mode == "bwrap":
             argv = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid",
                     "--unshare-ipc", "--unshare-uts", "--hostname", "sandbox",
@@ -168,10 +190,13 @@ class Sandbox:
                     "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
                     "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
                     "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-                    "--bind", root, SANDBOX_ROOT,
+                    "--tmpfs", SANDBOX_ROOT, "--dir", f"{SANDBOX_ROOT}/tmp", "--dir", f"{SANDBOX_ROOT}/home",
                     "--ro-bind", f"{root}/src", f"{SANDBOX_ROOT}/src",
-                    "--ro-bind", f"{root}/deps", f"{SANDBOX_ROOT}/deps"]
-            for d in sorted({os.path.dirname(t) for _, t in _links_outside(root)}):
+                    "--ro-bind", f"{root}/deps", f"{SANDBOX_ROOT}/deps",
+                    "--bind", f"{root}/out", f"{SANDBOX_ROOT}/out",
+                    "--bind", f"{root}/work", f"{SANDBOX_ROOT}/work",
+                    "--ro-bind", tools, f"{SANDBOX_ROOT}/.tools"]
+            for d in sorted({os.path.dirname(t) for _, t in _links_outside(tools)}):
                 argv += ["--ro-bind", d, d]
             if self.jobserver is not None and action.jobserver == "fifo":
                 argv += ["--bind", self.jobserver.fifo, f"{SANDBOX_ROOT}/.jobserver"]
@@ -181,8 +206,8 @@ class Sandbox:
             return [shutil.which("unshare") or "unshare", "-n", "--"] + script, root
         return script, root
 
-    def _execute(self, root: str, action: Action) -> int:
-        argv, mapped = self._argv(root, action)
+    def _execute(self, root: str, action: Action, tools: str) -> int:
+        argv, mapped = self._argv(root, action, tools)
         env = sandbox_env(action, mapped)
         fds: tuple[int, ...] = ()
         if self.jobserver is not None:
@@ -258,12 +283,22 @@ def _check_declared(outs: tuple[str, ...], produced: set[str]) -> None:
                           " — add to 'outs' (a path ending in / declares a directory)")
 
 
-def _links_outside(root: str):
-    tools = f"{root}/.tools/bin"
-    for name in os.listdir(tools):
-        target = os.readlink(f"{tools}/{name}")
+def _links_outside(tools: str):
+    for name in os.listdir(f"{tools}/bin"):
+        target = os.readlink(f"{tools}/bin/{name}")
         if not target.startswith(_BOUND_PREFIXES):
             yield name, target
+
+
+_TRAP = ("trap 'bg_rc=$?; [ $bg_rc -eq 0 ] || echo \"buildgraph: command $bg_step of {n} failed "
+         "(exit code $bg_rc)\" >&2' EXIT\n")
+
+
+def _script(commands: tuple[str, ...]) -> str:
+    """The shell program of an action. `sh -e` stops at the first failing command, and the
+    exit trap names it, so a successful quiet action writes nothing to stderr."""
+    steps = "".join(f"bg_step={i}\n{cmd}\n" for i, cmd in enumerate(commands, 1))
+    return _TRAP.format(n=len(commands)) + steps
 
 
 def _tail(path: str, limit: int = 20000) -> str:

@@ -38,6 +38,17 @@ class NodeOutcome:
     error: str | None = None
     log: str = ""
     lane: int = 0               # which of the -j lanes it ran on (for traces)
+    command: str | None = None  # the command that failed, when known
+
+
+def failed_command(action: Action, log: str) -> str | None:
+    """The command the sandbox's exit trap reported as failing, if any."""
+    import re
+
+    found = re.findall(r"buildgraph: command (\d+) of \d+ failed", log)
+    if found and 0 < int(found[-1]) <= len(action.commands):
+        return action.commands[int(found[-1]) - 1]
+    return None
 
 
 class Interrupted(Exception):
@@ -143,7 +154,8 @@ class Scheduler:
                     engine.write_log(name, outcome.log)
                     status = Status.CANCELLED if engine.sandbox.cancelled else Status.FAILED
                     done(name, NodeOutcome(name, status, action.key, outcome.duration, start,
-                                           error=outcome.error, log=outcome.log, lane=lane), None)
+                                           error=outcome.error, log=outcome.log, lane=lane,
+                                           command=failed_command(action, outcome.log)), None)
                     if not self.keep_going:
                         stopping = True
         except KeyboardInterrupt:

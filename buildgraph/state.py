@@ -9,9 +9,9 @@ state.pickle holds what makes a no-op build cheap and what `why` compares agains
   nodes           node -> NodeRecord of its last successful build (key, output
                   digest, input digests by kind, duration)
   materialized    node -> (output digest, ((relpath, inode), ...)) of out/<node>
-  last_build      counters of the last build, for `cache stats`
-It is written atomically (temp file + rename) at the end of each build; if it is
-lost or unreadable the next build starts from an empty state and the cache
+It is written atomically (temp file + rename) at the end of a build that changed
+any of it (a no-op build writes nothing); last-build.json beside it holds the
+counters of the last build, for `cache stats`. If the state is lost or unreadable the next build starts from an empty state and the cache
 answers instead. A build holds .buildgraph/lock exclusively, so two builds of
 one workspace take turns instead of racing on out/.
 """
@@ -19,6 +19,7 @@ one workspace take turns instead of racing on out/.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pickle
 import sys
@@ -46,7 +47,6 @@ class State:
     config: tuple | None = None
     nodes: dict = field(default_factory=dict)
     materialized: dict = field(default_factory=dict)
-    last_build: dict = field(default_factory=dict)
 
 
 class StateDir:
@@ -87,8 +87,20 @@ class StateDir:
         return State()
 
     def save(self, state: State) -> None:
+        self._write("state.pickle", pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def save_last_build(self, counters: dict) -> None:
+        self._write("last-build.json", json.dumps(counters, indent=1).encode())
+
+    def last_build(self) -> dict:
+        try:
+            return json.loads((self.dir / "last-build.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _write(self, name: str, data: bytes) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f"state.pickle.{os.getpid()}.tmp"
+        tmp = self.dir / f"{name}.{os.getpid()}.tmp"
         with open(tmp, "wb") as f:
-            pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, self.dir / "state.pickle")
+            f.write(data)
+        os.replace(tmp, self.dir / name)

@@ -62,6 +62,7 @@ class ToolchainResolver:
         self.stat_cache = stat_cache
         self.cache = cache
         self._resolved: dict[str, ResolvedToolchain] = {}
+        self.changed = False
 
     def resolve(self, tc: Toolchain) -> ResolvedToolchain:
         if tc.name in self._resolved:
@@ -72,6 +73,7 @@ class ToolchainResolver:
         else:
             resolved = self._resolve_host(tc)
             self.cache[("toolchain", tc)] = (resolved, _signature(resolved.files))
+            self.changed = True
         self._resolved[tc.name] = resolved
         return resolved
 

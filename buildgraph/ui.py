@@ -36,9 +36,8 @@ class PlainReporter:
         extra = f" ({o.duration:.2f}s)" if o.status is Status.RAN else ""
         print(f"[{self.count}/{self.total}] {_LABEL[o.status]} {o.name}{extra}", file=self.stream, flush=True)
         if o.status is Status.FAILED:
-            print(f"  error: {o.error}", file=self.stream)
-            for line in o.log.rstrip().splitlines()[-40:]:
-                print(f"  | {line}", file=self.stream)
+            for line in failure_lines(o):
+                print(line, file=self.stream)
             self.stream.flush()
 
     def end(self) -> None:
@@ -81,12 +80,20 @@ class RichReporter(PlainReporter):
         extra = f" ({o.duration:.2f}s)" if o.status is Status.RAN else ""
         self.console.print(f"[{style}]{_LABEL[o.status]:>9}[/] {o.name}{extra}", highlight=False)
         if o.status is Status.FAILED:
-            self.console.print(f"  [red]error:[/] {o.error}", highlight=False)
-            for line in o.log.rstrip().splitlines()[-40:]:
-                self.console.print(f"  | {line}", markup=False, highlight=False)
+            for line in failure_lines(o):
+                self.console.print(line, markup=False, highlight=False)
 
     def end(self) -> None:
         self.progress.stop()
+
+
+def failure_lines(o) -> list[str]:
+    """What a failure shows: the error, the command that failed, and the log's tail."""
+    lines = [f"  error: {o.error}"]
+    if o.command:
+        lines.append(f"  command: {o.command}")
+    lines.extend(f"  | {line}" for line in o.log.rstrip().splitlines()[-40:])
+    return lines
 
 
 def make_reporter(stream=None):

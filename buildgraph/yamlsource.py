@@ -8,14 +8,7 @@ its files changed (see configcache), but first builds of 10k nodes still parse.
 
 from __future__ import annotations
 
-import yaml
-
 from buildgraph.errors import ConfigError
-
-try:
-    _Loader = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - libyaml missing
-    _Loader = yaml.SafeLoader
 
 _MAX_DEPTH = 64
 
@@ -38,10 +31,7 @@ class LocatedList(list):
         return self.item_lines[index] if index < len(self.item_lines) else self.line
 
 
-_scalars = yaml.SafeLoader("")
-
-
-def _convert(node, file: str, depth: int):
+def _convert(node, file: str, depth: int, yaml, scalars):
     if depth > _MAX_DEPTH:
         raise ConfigError("nesting too deep (recursive alias?)", file=file,
                           line=node.start_mark.line + 1)
@@ -52,32 +42,34 @@ def _convert(node, file: str, depth: int):
             line = key_node.start_mark.line + 1
             if not isinstance(key_node, yaml.ScalarNode):
                 raise ConfigError("mapping keys must be plain names", file=file, line=line)
-            key = _scalars.construct_object(key_node)
+            key = scalars.construct_object(key_node)
             if not isinstance(key, str):
                 key = str(key)
             if key in out:
                 raise ConfigError(f"duplicate key '{key}'", file=file, line=line,
                                   hint=f"first defined on line {out.key_lines[key]}")
-            out[key] = _convert(value_node, file, depth + 1)
+            out[key] = _convert(value_node, file, depth + 1, yaml, scalars)
             out.key_lines[key] = line
         return out
     if isinstance(node, yaml.SequenceNode):
         out = LocatedList()
         out.file, out.line, out.item_lines = file, node.start_mark.line + 1, []
         for item in node.value:
-            out.append(_convert(item, file, depth + 1))
+            out.append(_convert(item, file, depth + 1, yaml, scalars))
             out.item_lines.append(item.start_mark.line + 1)
         return out
     try:
-        return _scalars.construct_object(node)
+        return scalars.construct_object(node)
     except yaml.YAMLError as exc:
         raise ConfigError(f"bad scalar: {exc}", file=file, line=node.start_mark.line + 1) from None
 
 
 def load_yaml(text: str, file: str):
     """Parse one YAML document into Located containers; ConfigError on bad YAML."""
+    import yaml  # not imported on a no-op build: the parsed workspace is cached
+
     try:
-        node = yaml.compose(text, Loader=_Loader)
+        node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -89,6 +81,6 @@ def load_yaml(text: str, file: str):
     if node is None:
         return None
     try:
-        return _convert(node, file, 0)
+        return _convert(node, file, 0, yaml, yaml.SafeLoader(""))
     except RecursionError:
         raise ConfigError("nesting too deep", file=file) from None

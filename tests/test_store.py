@@ -118,7 +118,7 @@ def test_kill_9_mid_build_leaves_a_trustworthy_cache(ws):
     assert proc.returncode == 0, out + err
     assert (ws.out("slow") / "s").read_text() == "data\n"
     assert os.path.getsize(ws.out("slow") / "big") == 2000000
-    assert verify_cas(ws.cache) >= 3
+    assert verify_cas(ws.cache) >= 2  # "data\n" (q and s share it) and big
     assert not any((ws.cache / "sandbox").iterdir()) and not any((ws.cache / "tmp").iterdir())
 
 

@@ -31,6 +31,7 @@ import errno
 import fcntl
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,8 @@ class LocalStore:
             raise StoreError(f"cannot use cache directory {self.root}: {exc}") from None
         self._ac = None
         self._lock_fd: int | None = None
+        self._lock = threading.Lock()
+        self._bytes_counted = 0
         self.counters = StoreCounters()
 
     # ------------------------------------------------------------ locking
@@ -114,6 +117,7 @@ class LocalStore:
         self._lock_fd = fd
 
     def close(self) -> None:
+        self._count_bytes()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -191,8 +195,8 @@ class LocalStore:
         os.makedirs(os.path.dirname(final), exist_ok=True)
         try:
             os.link(tmp, final)  # fails if present: the first writer wins, content is equal
-            self.counters.bytes_in += size
-            self.ac.incr("cas-bytes", size)
+            with self._lock:
+                self.counters.bytes_in += size
         except FileExistsError:
             pass
         finally:
@@ -250,7 +254,15 @@ class LocalStore:
         return {"directory": str(self.root), "action_entries": entries, "blobs": blobs,
                 "bytes": size, "max_bytes": self.max_bytes}
 
+    def _count_bytes(self) -> None:
+        """Add the bytes this process stored to the shared counter (one sqlite write per build)."""
+        new = self.counters.bytes_in - self._bytes_counted
+        if new:
+            self.ac.incr("cas-bytes", new)
+            self._bytes_counted += new
+
     def over_limit(self) -> bool:
+        self._count_bytes()
         return (self.ac.get("cas-bytes") or 0) > self.max_bytes
 
     def gc(self, max_bytes: int | None = None) -> dict:
