@@ -6,7 +6,9 @@
      a no-op build of 10,000 nodes never touches a thread;
   2. start nodes that must run, highest remaining critical path first, each as
      soon as the jobserver yields `weight` tokens (the same tokens nested make and
-     cmake builds draw from, so all of them together stay within -j);
+     cmake builds draw from, so all of them together stay within -j); a node whose
+     key is already queued or running waits for that one and is then restored
+     from its result instead of running the same action twice;
   3. wait for a running action to finish, record its result, release its tokens
      and make its dependents ready.
 A failure stops new starts (unless --keep-going) but lets running actions finish
@@ -71,6 +73,7 @@ class Scheduler:
         ready = [(-priority[n], n) for n in selected if waiting[n] == 0]
         heapq.heapify(ready)
         to_run: list[tuple[float, str, Action]] = []
+        same_key: dict[str, list[str]] = {}   # key queued or running -> nodes waiting for it
         outcomes: dict[str, NodeOutcome] = {}
         events: queue.Queue = queue.Queue()
         running: dict[str, threading.Thread] = {}
@@ -115,7 +118,10 @@ class Scheduler:
                     reuse = engine.check(node, action)
                     if reuse is not None:
                         done(name, NodeOutcome(name, reuse.status, action.key), reuse.output_digest)
+                    elif action.key in same_key:
+                        same_key[action.key].append(name)
                     else:
+                        same_key[action.key] = []
                         heapq.heappush(to_run, (-priority[name], name, action))
                 while to_run and not stopping:                                 # 2. start
                     _, name, action = to_run[0]
@@ -143,6 +149,8 @@ class Scheduler:
                 running.pop(name).join()
                 self.jobserver.release(tokens)
                 free_lanes.append(lane)
+                for waiter in same_key.pop(action.key, []):   # check again: a hit now, or run
+                    heapq.heappush(ready, (-priority[waiter], waiter))
                 start = time.monotonic() - t0 - outcome.duration
                 if outcome.result is not None:
                     engine.store.put_result(action.key, outcome.result)

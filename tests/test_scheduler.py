@@ -122,7 +122,7 @@ def test_critical_path_runs_first(ws, capsys):
     spec = """\
         targets:
           a_short1: {kind: script, srcs: [v], outs: [o], cmds: ["sleep 0.05; cp $SRC/v $OUT/o"]}
-          b_short2: {kind: script, srcs: [v], outs: [o], cmds: ["sleep 0.05; cp $SRC/v $OUT/o"]}
+          b_short2: {kind: script, srcs: [v], outs: [o], cmds: ["sleep 0.06; cp $SRC/v $OUT/o"]}
           z_long: {kind: script, srcs: [v], outs: [o], cmds: ["sleep 0.6; cp $SRC/v $OUT/o"]}
           z_tail: {kind: script, deps: [z_long], outs: [o], cmds: ["cp $DEP_Z_LONG/o $OUT/o"]}
         """
