@@ -158,6 +158,7 @@ def cmd_clean(args) -> int:
         shutil.rmtree(state_dir.logs, ignore_errors=True)
         for name in ("state.pickle", "last-build.json"):
             (state_dir.dir / name).unlink(missing_ok=True)
+        shutil.rmtree(state_dir.dir / "inputs", ignore_errors=True)
     finally:
         state_dir.unlock()
     print(f"removed outputs and state of {state_dir.dir.parent}")

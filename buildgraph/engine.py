@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buildgraph import globs
-from buildgraph.action import Action, ActionResult
+from buildgraph.action import Action, ActionResult, OutputFile, OutputSymlink
 from buildgraph.digest import StatCache
-from buildgraph.errors import ConfigError
+from buildgraph.errors import ConfigError, StoreError
 from buildgraph.graph import BuildGraph, Node, configure
 from buildgraph.sandbox import SANDBOX_ROOT, Sandbox
 from buildgraph.state import NodeRecord, State, StateDir
@@ -90,6 +90,7 @@ class Engine:
         self._changed = False
         self.results: dict[str, ActionResult] = {}   # node -> result known this build
         self.outputs: dict[str, str] = {}            # node -> output digest known this build
+        self.new_inputs: dict[str, dict] = {}        # node -> input digests, for nodes recorded this build
 
     # ------------------------------------------------------------ actions
 
@@ -183,19 +184,46 @@ class Engine:
         return Reuse(Status.CACHED, result.output_digest, result)
 
     def result_of(self, name: str, key: str) -> ActionResult:
-        """The full result of a node satisfied this build (loaded lazily on the fast path)."""
-        result = self.results.get(name)
+        """The full result of a node satisfied this build (loaded lazily on the fast path).
+
+        If the cache lost the entry (gc, a wiped cache) while out/<name> still holds the
+        outputs, the entry is rebuilt from them — but only if they still hash to the
+        recorded output digest.
+        """
+        result = self.results.get(name) or self.store.get_result(key)
         if result is None:
-            result = self.store.get_result(key)
+            result = self._result_from_outputs(name)
             if result is None:
-                raise LookupError(name)
-            self.results[name] = result
+                raise StoreError(f"the outputs of {name} are neither in the cache nor intact in "
+                                 f"{self.out_dir(name)}; run `buildgraph clean` and build again")
+            self.store.put_result(key, result)
+        self.results[name] = result
         return result
+
+    def _result_from_outputs(self, name: str) -> ActionResult | None:
+        rec = self.state.nodes.get(name)
+        base = str(self.out_dir(name))
+        if rec is None or not os.path.isdir(base):
+            return None
+        files, links = [], []
+        for dirpath, dirnames, filenames in os.walk(base):
+            for entry in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                path = os.path.join(dirpath, entry)
+                rel = os.path.relpath(path, base)
+                if os.path.islink(path):
+                    links.append(OutputSymlink(rel, os.readlink(path)))
+                else:
+                    exe = bool(os.stat(path).st_mode & 0o111)
+                    files.append(OutputFile(rel, self.store.put_file_copy(path, exe), os.path.getsize(path), exe))
+        result = ActionResult(files=tuple(sorted(files, key=lambda f: f.path)),
+                              symlinks=tuple(sorted(links, key=lambda s: s.path)), duration=rec.duration)
+        return result if result.output_digest == rec.output_digest else None
 
     def record(self, name: str, action: Action, result: ActionResult) -> None:
         self.results[name] = result
         self.outputs[name] = result.output_digest
-        self.state.nodes[name] = NodeRecord(action.key, result.output_digest, action.inputs(), result.duration)
+        self.state.nodes[name] = NodeRecord(action.key, result.output_digest, result.duration)
+        self.new_inputs[name] = action.inputs()
         self._changed = True
 
     # ------------------------------------------------------------ outputs

@@ -57,9 +57,11 @@ class Session:
         try:
             if self.write and (self.dirty or self.engine.changed()):
                 self.state_dir.save(self.state)
+            if self.write and self.engine.new_inputs:
+                self.state_dir.write_inputs(self.engine.new_inputs)
         finally:
             self.store.close()
-            self.state_dir.unlock()
+            self.state_dir.close()
 
     def __enter__(self):
         return self
@@ -163,8 +165,7 @@ def _plan(session: Session, selected: list[str]) -> tuple[list[PlanRow], dict[st
             rows.append(PlanRow(name, action.key, reuse.status.value, []))
             continue
         must_run.add(name)
-        rec = session.state.nodes.get(name)
-        reasons = explain.changes(rec.inputs if rec else None, action.inputs()) or \
+        reasons = explain.changes(session.state_dir.read_inputs(name), action.inputs()) or \
             ["same inputs as its last build, but the result is in no cache"]
         rows.append(PlanRow(name, action.key, "run", reasons))
     return rows, known
@@ -192,6 +193,5 @@ def why(session: Session, name: str) -> tuple[str, list[str]]:
     node = graph.nodes[name]
     lines = [f"dependency {d} must rebuild first" for _, d in node.deps if d not in known]
     action = session.engine.action_for(node, {d: known.get(d, "(rebuilds first)") for _, d in node.deps})
-    rec = session.state.nodes.get(name)
-    lines.extend(explain.changes(rec.inputs if rec else None, action.inputs()))
+    lines.extend(explain.changes(session.state_dir.read_inputs(name), action.inputs()))
     return name, lines

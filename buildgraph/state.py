@@ -7,11 +7,13 @@ state.pickle holds what makes a no-op build cheap and what `why` compares agains
   config          the parsed workspace and configured graph, keyed by the stat
                   signatures of every workspace file (no YAML parsing on a no-op)
   nodes           node -> NodeRecord of its last successful build (key, output
-                  digest, input digests by kind, duration)
+                  digest, duration)
   materialized    node -> (output digest, ((relpath, inode), ...)) of out/<node>
 It is written atomically (temp file + rename) at the end of a build that changed
 any of it (a no-op build writes nothing); last-build.json beside it holds the
-counters of the last build, for `cache stats`. If the state is lost or unreadable the next build starts from an empty state and the cache
+counters of the last build, for `cache stats`; inputs/ (a diskcache) holds each
+node's input digests by kind, read only by `plan` and `why` and written in one
+transaction per build for the nodes that ran. If the state is lost or unreadable the next build starts from an empty state and the cache
 answers instead. A build holds .buildgraph/lock exclusively, so two builds of
 one workspace take turns instead of racing on out/.
 """
@@ -19,6 +21,7 @@ one workspace take turns instead of racing on out/.
 from __future__ import annotations
 
 import fcntl
+import gc
 import json
 import os
 import pickle
@@ -28,14 +31,13 @@ from pathlib import Path
 
 from buildgraph import __version__
 
-STATE_VERSION = (3, __version__)
+STATE_VERSION = (4, __version__)
 
 
 @dataclass
 class NodeRecord:
     key: str
     output_digest: str
-    inputs: dict
     duration: float
 
 
@@ -57,6 +59,7 @@ class StateDir:
         self.out = self.dir / "out"
         self.logs = self.dir / "logs"
         self._lock_fd: int | None = None
+        self._inputs_cache = None
 
     def lock(self, wait_message=None) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -77,7 +80,15 @@ class StateDir:
     def load(self) -> State:
         try:
             with open(self.dir / "state.pickle", "rb") as f:
-                state = pickle.load(f)
+                data = f.read()
+            # Unpickling creates ~10 objects per node; without the cyclic GC running
+            # over them half way through, a 10,000-node state loads twice as fast.
+            gc.disable()
+            try:
+                state = pickle.loads(data)
+            finally:
+                gc.enable()
+            gc.freeze()  # and later collections need not traverse it again
             if isinstance(state, State) and state.version == STATE_VERSION:
                 return state
         except FileNotFoundError:
@@ -88,6 +99,30 @@ class StateDir:
 
     def save(self, state: State) -> None:
         self._write("state.pickle", pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def _inputs(self, create: bool):
+        if self._inputs_cache is None and (create or (self.dir / "inputs").is_dir()):
+            import diskcache
+
+            self._inputs_cache = diskcache.Cache(str(self.dir / "inputs"))
+        return self._inputs_cache
+
+    def read_inputs(self, name: str) -> dict | None:
+        """The input digests of `name`'s last build, or None."""
+        cache = self._inputs(create=False)
+        return cache.get(name) if cache is not None else None
+
+    def write_inputs(self, inputs: dict[str, dict]) -> None:
+        cache = self._inputs(create=True)
+        with cache.transact():
+            for name, value in inputs.items():
+                cache.set(name, value)
+
+    def close(self) -> None:
+        if self._inputs_cache is not None:
+            self._inputs_cache.close()
+            self._inputs_cache = None
+        self.unlock()
 
     def save_last_build(self, counters: dict) -> None:
         self._write("last-build.json", json.dumps(counters, indent=1).encode())

@@ -154,3 +154,15 @@ def test_two_builds_of_one_workspace_take_turns(ws):
     results = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
     assert (ws.out("b") / "b").read_text() == "hello\nhello\n"
+
+
+def test_up_to_date_dependency_survives_a_wiped_cache(ws, capsys):
+    import shutil
+
+    setup_two(ws)
+    ws.build(capsys=capsys)
+    shutil.rmtree(ws.cache)                     # the cache is gone; out/ still holds a's outputs
+    ws.write("BUILD.yaml", TWO.replace("$DEP_A/a $DEP_A/a", "$DEP_A/a"))
+    statuses = ws.build(capsys=capsys)
+    assert statuses["a"] == "up-to-date" and statuses["b"] == "ran", statuses["_out"]
+    assert (ws.out("b") / "b").read_text() == "hello\n"
