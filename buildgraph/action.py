@@ -57,6 +57,7 @@ class Action:
     tools_digest: str
     srcs: tuple[tuple[str, str, bool], ...]      # (relpath, digest, executable), sorted
     src_paths: tuple[str, ...]                   # host paths, same order; not in the key
+    src_stats: tuple[tuple, ...]                 # their stat signatures when hashed; not in the key
     deps: tuple[tuple[str, str], ...]            # (dep target name, output digest), sorted
     features: tuple[tuple[str, str], ...]
     outs: tuple[str, ...]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from buildgraph import globs
 from buildgraph.action import Action, ActionResult, OutputFile, OutputSymlink
-from buildgraph.digest import StatCache
+from buildgraph.digest import StatCache, stat_signature
 from buildgraph.errors import ConfigError, StoreError
 from buildgraph.graph import BuildGraph, Node, configure
 from buildgraph.sandbox import SANDBOX_ROOT, Sandbox
@@ -115,7 +115,7 @@ class Engine:
                                   line=t.line_of("srcs"), field=field_path(t, "srcs"))
             self.state.resolutions[("glob", t.srcs)] = (paths, visited)
             self._changed = True
-        triples, hosts = [], []
+        triples, hosts, sigs = [], [], []
         for rel in paths:
             host = f"{root}/{rel}"
             try:
@@ -126,7 +126,8 @@ class Engine:
                 raise
             triples.append((rel, self.stat_cache.digest(host, st), bool(st.st_mode & 0o111)))
             hosts.append(host)
-        self._srcs[target_name] = (tuple(triples), tuple(hosts))
+            sigs.append(stat_signature(st))
+        self._srcs[target_name] = (tuple(triples), tuple(hosts), tuple(sigs))
         return self._srcs[target_name]
 
     def host_tools(self):
@@ -144,7 +145,7 @@ class Engine:
     def action_for(self, node: Node, dep_outputs: dict[str, str]) -> Action:
         """The action of `node`, given the output digest of each dependency node."""
         t = self.ws.targets[node.target]
-        srcs, hosts = self._sources(node.target)
+        srcs, hosts, sigs = self._sources(node.target)
         env = dict(node.env)
         toolchain = None
         if t.toolchain:
@@ -161,6 +162,7 @@ class Engine:
         env["DEPS_PREFIX_PATH"] = ";".join(prefix)
         return Action(node=node.name, commands=node.commands, env=tuple(sorted(env.items())),
                       toolchain=toolchain, tools_digest=self.host_tools()[1], srcs=srcs, src_paths=hosts,
+                      src_stats=sigs,
                       deps=tuple(sorted((d, dep_outputs[n]) for d, n in node.deps)),
                       features=node.features, outs=t.outs, weight=t.weight, jobserver=t.jobserver,
                       dep_nodes=node.deps)

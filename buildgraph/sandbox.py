@@ -33,8 +33,8 @@ import time
 from dataclasses import dataclass
 
 from buildgraph.action import Action, ActionResult, BadResult, OutputFile, OutputSymlink, check_symlink
-from buildgraph.digest import file_digest
-from buildgraph.store.local import LocalStore, _force_remove, link_or_copy
+from buildgraph.digest import file_digest, stat_signature
+from buildgraph.store.local import LocalStore, _force_remove, copy_file
 
 SANDBOX_ROOT = "/sandbox"
 MODES = ("auto", "bwrap", "unshare", "none")
@@ -92,7 +92,10 @@ class Sandbox:
         start = time.monotonic()
         root = f"{self.store.sandboxes}/{os.getpid()}-{time.monotonic_ns()}-{os.urandom(3).hex()}"
         try:
-            self._stage(root, action, dep_results, tool_links)
+            try:
+                self._stage(root, action, dep_results, tool_links)
+            except OutputError as exc:
+                return RunOutcome(None, str(exc), "", time.monotonic() - start)
             code = self._execute(root, action, self.tools_dir(tool_links))
             log = _tail(f"{root}/.stdout") + _tail(f"{root}/.stderr")
             if self.cancelled:
@@ -158,10 +161,8 @@ class Sandbox:
             if parent not in made:
                 os.makedirs(parent, exist_ok=True)
                 made.add(parent)
-            if linking:
-                link_or_copy(host, dest)
-            else:
-                shutil.copy2(host, dest)
+            copy_file(host, dest)
+        _check_inputs_unchanged(action)
         for dep_target, _ in action.deps:
             result = dep_results[dep_target]
             base = f"{root}/deps/{dep_target}"
@@ -268,6 +269,17 @@ class Sandbox:
 
 class OutputError(Exception):
     """The action ran but its outputs do not match what it declared."""
+
+
+def _check_inputs_unchanged(action: Action) -> None:
+    """Refuse to run an action whose sources changed after they were hashed: its key would lie."""
+    for path, sig in zip(action.src_paths, action.src_stats):
+        try:
+            now = stat_signature(os.stat(path))
+        except OSError:
+            now = None
+        if now != sig:
+            raise OutputError(f"source {path} changed during the build; not run — build again")
 
 
 def _check_declared(outs: tuple[str, ...], produced: set[str]) -> None:

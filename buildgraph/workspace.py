@@ -36,6 +36,10 @@ DEFAULT_HOST_TOOLS = (
     "false", "sleep", "diff", "cmp", "readlink", "realpath", "tee", "pwd", "id", "od",
 )
 DEFAULT_SOURCE_DATE_EPOCH = 315532800  # 1980-01-01: zip and friends reject earlier
+# Variables the sandbox sets itself; a target's env may not redefine them.
+RESERVED_ENV = frozenset({"PATH", "HOME", "TMPDIR", "TZ", "LC_ALL", "SRC", "OUT", "WORK", "DEPS",
+                          "DEPS_PREFIX_PATH", "SOURCE_DATE_EPOCH", "MAKEFLAGS"})
+RESERVED_ENV_PREFIXES = ("DEP_", "BG_")
 
 COMMON_FIELDS = ("kind", "name", "description", "srcs", "deps", "outs", "env", "toolchain",
                  "features", "weight", "when", "jobserver", "source_dir")
@@ -188,6 +192,17 @@ class _Fields:
                                  line=value.line_of(i))
         return tuple(str(item) for item in value)
 
+    def env(self, key: str) -> tuple[tuple[str, str], ...]:
+        pairs = self.str_map(key)
+        for name, _ in pairs:
+            if name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES) or not name.isidentifier():
+                raise ConfigError(f"environment variable name {name!r} is reserved or invalid",
+                                  file=self.data.file, line=self.data[key].line_of(name),
+                                  field=f"{self.path(key)}.{name}",
+                                  hint="the sandbox sets PATH, HOME, TMPDIR, TZ, LC_ALL, SRC, OUT, WORK, "
+                                       "DEPS*, DEP_*, BG_* and SOURCE_DATE_EPOCH itself")
+        return pairs
+
     def str_map(self, key: str) -> tuple[tuple[str, str], ...]:
         if key not in self.data or self.data[key] is None:
             return ()
@@ -279,7 +294,7 @@ def _parse_when(raw, fields: _Fields, axes: dict[str, tuple[str, ...]], target_f
                                       line=line, field=f"{where}.if",
                                       hint=did_you_mean(v, axes[axis]) or f"values: {', '.join(axes[axis])}")
             condition.append((axis, vals))
-        result.append(When(condition=tuple(condition), deps=wf.str_list("deps"), env=wf.str_map("env"),
+        result.append(When(condition=tuple(condition), deps=wf.str_list("deps"), env=wf.env("env"),
                            cmds=wf.str_list("cmds"), cmake_args=wf.str_list("cmake_args"),
                            make_args=wf.str_list("make_args")))
     return tuple(result)
@@ -324,7 +339,7 @@ def _parse_target(name: str, data, file: str, line: int, prefix: str,
     field_lines = tuple(sorted((k, data.line_of(k)) for k in data))
     return Target(
         name=name, kind=kind, loc=Location(file, data.line), srcs=srcs, deps=f.str_list("deps"),
-        outs=outs, env=f.str_map("env"), toolchain=f.str("toolchain", default_toolchain),
+        outs=outs, env=f.env("env"), toolchain=f.str("toolchain", default_toolchain),
         features=features, weight=f.int("weight", 1, minimum=1),
         when=_parse_when(data.get("when"), f, axes, features), jobserver=jobserver,
         source_dir=source_dir, cmds=f.str_list("cmds"), cmake_args=f.str_list("cmake_args"),

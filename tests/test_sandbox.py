@@ -106,3 +106,56 @@ def test_failure_shows_stderr_and_keeps_a_log(ws, capsys):
     assert "boom-on-stderr" in st["_out"] and "exit code 3" in st["_out"]
     log = (ws.root / ".buildgraph/logs/t.log").read_text()
     assert "to-stdout" in log and "boom-on-stderr" in log
+
+
+def test_dependency_outputs_are_read_only(ws, capsys):
+    ws.write("BUILD.yaml", """\
+        targets:
+          dep: {kind: script, outs: [d], cmds: ["echo d > $OUT/d"]}
+          user: {kind: script, deps: [dep], outs: [u], cmds: ["echo tampered >> $DEP_DEP/d", "touch $OUT/u"]}
+        """)
+    st = ws.build(capsys=capsys)
+    assert st["dep"] == "ran" and st["user"] == "failed"
+    assert (ws.out("dep") / "d").read_text() == "d\n"
+
+
+def test_source_edited_after_hashing_is_not_run(ws, capsys):
+    ws.write("a.txt", "one\n")
+    ws.write("BUILD.yaml", """\
+        targets:
+          t: {kind: script, srcs: [a.txt], outs: [o], cmds: ["cp $SRC/a.txt $OUT/o"]}
+        """)
+    from buildgraph import sandbox
+
+    real = sandbox.copy_file
+
+    def edit_first(src, dest):  # an editor saves the file between hashing and staging
+        (ws.root / "a.txt").write_text("two\n")
+        real(src, dest)
+
+    sandbox.copy_file = edit_first
+    try:
+        st = ws.build(capsys=capsys)
+    finally:
+        sandbox.copy_file = real
+    assert st["t"] == "failed" and "changed during the build" in st["_out"]
+    assert ws.build(capsys=capsys)["t"] == "ran"
+    assert (ws.out("t") / "o").read_text() == "two\n"
+
+
+def test_staging_does_not_touch_source_stat(ws, capsys):
+    src = ws.write("a.txt", "one\n")
+    before = src.stat()
+    ws.write("BUILD.yaml", """\
+        targets:
+          t: {kind: script, srcs: [a.txt], outs: [o], cmds: ["cp $SRC/a.txt $OUT/o"]}
+        """)
+    assert ws.build(capsys=capsys)["t"] == "ran"
+    after = src.stat()
+    assert (after.st_ctime_ns, after.st_nlink) == (before.st_ctime_ns, before.st_nlink)
+
+
+def test_reserved_env_names_are_rejected(ws, capsys):
+    ws.write("BUILD.yaml", "targets:\n  t:\n    kind: script\n    cmds: [\"true\"]\n    env:\n      PATH: /usr/bin\n")
+    rc, _, err = ws.run("plan", capsys=capsys)
+    assert rc == 2 and "BUILD.yaml:6: targets.t.env.PATH: environment variable name 'PATH' is reserved" in err

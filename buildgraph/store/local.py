@@ -61,6 +61,11 @@ def link_or_copy(src: str, dest: str) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES):
             raise
+    copy_file(src, dest)
+
+
+def copy_file(src: str, dest: str) -> None:
+    """Copy `src` to a new file `dest` (reflink where the filesystem can), keeping its mode."""
     with open(src, "rb") as fin, open(dest, "wb") as fout:
         try:
             fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
