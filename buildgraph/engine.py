@@ -192,7 +192,7 @@ class Engine:
         outputs, the entry is rebuilt from them — but only if they still hash to the
         recorded output digest.
         """
-        result = self.results.get(name) or self.store.get_result(key)
+        result = self.results.get(name) or self.store.get_result(key, count=False)
         if result is None:
             result = self._result_from_outputs(name)
             if result is None:

@@ -191,7 +191,10 @@ def why(session: Session, name: str) -> tuple[str, list[str]]:
         name = found[0]
     rows, known = _plan(session, graph.closure([name]))
     node = graph.nodes[name]
+    old = session.state_dir.read_inputs(name)
     lines = [f"dependency {d} must rebuild first" for _, d in node.deps if d not in known]
-    action = session.engine.action_for(node, {d: known.get(d, "(rebuilds first)") for _, d in node.deps})
-    lines.extend(explain.changes(session.state_dir.read_inputs(name), action.inputs()))
+    # A dependency that must rebuild has no output digest yet: compare the rest.
+    last = (old or {}).get("deps", {})
+    outputs = {d: known.get(d, last.get(t, "unknown")) for t, d in node.deps}
+    lines.extend(explain.changes(old, session.engine.action_for(node, outputs).inputs()))
     return name, lines

@@ -65,3 +65,32 @@ def test_help_and_bad_usage(capsys):
 def test_missing_workspace_is_a_usage_error(tmp_path, capsys):
     assert main(["plan", "-C", str(tmp_path)]) == 2
     assert "no BUILD.yaml" in capsys.readouterr().err
+
+
+def test_terminal_progress_shows_each_node(ws, capsys, monkeypatch):
+    import io
+
+    from buildgraph import ui
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Tty()
+    monkeypatch.setattr(ui.sys, "stdout", stream)
+    ws.write("BUILD.yaml", DIAMOND.replace('echo base', 'exit 1; echo base').replace("  left:", "  ok: {kind: script, outs: [o], cmds: ['touch $OUT/o']}\n  left:"))
+    rc, _, _ = ws.run("build", "-k", capsys=capsys)
+    text = stream.getvalue()
+    assert rc == 1
+    assert "ran" in text and " ok" in text
+    assert "FAILED" in text and "base" in text and "command: exit 1; echo base" in text
+    assert "skipped" in text
+
+
+def test_plan_names_the_critical_path(ws, capsys):
+    ws.write("BUILD.yaml", DIAMOND)
+    rc, out, _ = ws.run("plan", "top@static", capsys=capsys)
+    assert rc == 0
+    assert "4 nodes, 4 to run; critical path: base → left → top@static" in out or \
+        "critical path: base → right@static → top@static" in out
+    assert "never built in this workspace" in out

@@ -213,11 +213,16 @@ class LocalStore:
 
     # ------------------------------------------------------------ AC
 
-    def get_result(self, key: str) -> ActionResult | None:
-        """The cached result for `key` if it is valid and all its blobs are present."""
+    def get_result(self, key: str, count: bool = True) -> ActionResult | None:
+        """The cached result for `key` if it is valid and all its blobs are present.
+
+        `count`: whether this lookup is a reuse check (counted as a hit or miss in the
+        build's statistics) rather than a fetch of a result already known to exist.
+        """
+        counters = self.counters if count else StoreCounters()
         raw = self.ac.get(key)
         if raw is None:
-            self.counters.misses += 1
+            counters.misses += 1
             return None
         try:
             data, used = raw
@@ -225,15 +230,15 @@ class LocalStore:
         except (BadResult, TypeError, ValueError):
             self.ac.delete(key)
             self.counters.rejected += 1
-            self.counters.misses += 1
+            counters.misses += 1
             return None
         if not all(self.has_blob(f.digest, f.executable) for f in result.files):
             self.ac.delete(key)  # a blob vanished (gc, manual deletion): not a hit
-            self.counters.misses += 1
+            counters.misses += 1
             return None
         if time.time() - used > _USED_RESOLUTION:
             self.ac.set(key, (data, time.time()))
-        self.counters.hits += 1
+        counters.hits += 1
         return result
 
     def put_result(self, key: str, result: ActionResult) -> None:
