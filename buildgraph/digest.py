@@ -70,8 +70,11 @@ class StatCache:
         self.hashed += 1
         # A file modified within the same clock tick as we read it could change
         # without its mtime moving ("racy" entries, as git calls them): do not
-        # remember digests of files younger than two seconds.
-        if time.time_ns() - st.st_mtime_ns > 2_000_000_000:
+        # remember digests of files that young. The tick is the kernel's coarse
+        # clock (<= 10 ms) on filesystems with sub-second timestamps, and up to
+        # 2 s on those that store whole seconds.
+        racy_ns = 2_000_000_000 if st.st_mtime_ns % 1_000_000_000 == 0 else 100_000_000
+        if time.time_ns() - st.st_mtime_ns > racy_ns:
             self.entries[path] = (sig, digest)
             self.dirty = True
         return digest

@@ -9,13 +9,14 @@ Ctrl-C, so every finished node stays recorded.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from buildgraph import explain
 from buildgraph.engine import Engine, Status, load_configured
-from buildgraph.errors import UsageError
+from buildgraph.errors import StoreError, UsageError
 from buildgraph.state import StateDir
 
 
@@ -75,7 +76,6 @@ class BuildSummary:
     outcomes: list
     elapsed: float
     counts: dict = field(default_factory=dict)
-    hashed_files: int = 0
     selected: int = 0
 
     @property
@@ -111,32 +111,32 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
     engine = session.engine
     engine.sandbox = Sandbox(store, detect_mode(session.opts.sandbox), jobserver)
     scheduler = Scheduler(session.graph, engine, jobs, jobserver, reporter, session.opts.keep_going)
-    interrupted = None
+    interrupted = False
     try:
         outcomes = scheduler.run(selected)
     except Interrupted as exc:
-        outcomes, interrupted = exc.outcomes, exc
+        outcomes, interrupted = exc.outcomes, True
     finally:
         reporter.end()
         engine.sandbox.close()
         jobserver.close()
     ordered = [outcomes[n] for n in selected if n in outcomes]
-    summary = BuildSummary(ordered, time.monotonic() - t0, hashed_files=engine.stat_cache.hashed,
-                           selected=len(selected))
+    summary = BuildSummary(ordered, time.monotonic() - t0, selected=len(selected))
     for o in ordered:
         summary.counts[o.status.value] = summary.counts.get(o.status.value, 0) + 1
-    session.state_dir.save_last_build({"nodes": len(ordered), **summary.counts,
-                                "local_hits": store.counters.hits, "local_misses": store.counters.misses,
-                                "rejected": store.counters.rejected, "bytes_stored": store.counters.bytes_in,
-                                "seconds": round(summary.elapsed, 3), "finished": time.time()})
-    if interrupted is not None:
+    session.state_dir.save_last_build({
+        "nodes": len(ordered), **summary.counts, "files_hashed": engine.stat_cache.hashed,
+        "local_hits": store.counters.hits, "local_misses": store.counters.misses,
+        "rejected": store.counters.rejected, "bytes_stored": store.counters.bytes_in,
+        "seconds": round(summary.elapsed, 3), "finished": time.time()})
+    if interrupted:
         raise KeyboardInterrupt
     if store.counters.bytes_in and store.over_limit():
         store.close()  # release the shared lock so gc can take it exclusively
         try:
             store.gc()
-        except Exception:
-            pass
+        except StoreError as exc:  # another build holds the cache: the next build will collect
+            print(f"buildgraph: warning: cache over its size limit; {exc}", file=sys.stderr)
     return summary
 
 
