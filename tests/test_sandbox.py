@@ -159,3 +159,28 @@ def test_reserved_env_names_are_rejected(ws, capsys):
     ws.write("BUILD.yaml", "targets:\n  t:\n    kind: script\n    cmds: [\"true\"]\n    env:\n      PATH: /usr/bin\n")
     rc, _, err = ws.run("plan", capsys=capsys)
     assert rc == 2 and "BUILD.yaml:6: targets.t.env.PATH: environment variable name 'PATH' is reserved" in err
+
+
+@pytest.mark.parametrize("mode", ["unshare", "none"])
+def test_fallback_modes_build_scrub_and_isolate(ws, capsys, mode):
+    if mode == "unshare" and detect_mode("auto") == "none":
+        pytest.skip("unshare -n does not work here")
+    ws.write("in.txt", "data\n")
+    ws.write("secret.txt", "no\n")
+    ws.write("BUILD.yaml", """\
+        targets:
+          a: {kind: script, srcs: [in.txt], outs: [o, env], cmds: ["cp $SRC/in.txt $OUT/o", "env > $OUT/env"]}
+          b: {kind: script, deps: [a], outs: [o], cmds: ["cat $DEP_A/o $DEP_A/o > $OUT/o"]}
+          bad: {kind: script, srcs: [in.txt], outs: [o], cmds: ["cat $SRC/secret.txt > $OUT/o"]}
+        """)
+    st = ws.build("-k", "--sandbox", mode, capsys=capsys)
+    assert (st["a"], st["b"], st["bad"]) == ("ran", "ran", "failed"), st["_out"]
+    assert (ws.out("b") / "o").read_text() == "data\ndata\n"
+    env = (ws.out("a") / "env").read_text()
+    assert "TZ=UTC" in env and "SRC=/sandbox/" not in env     # paths mapped to the real sandbox
+    assert ran_again_nothing(ws, capsys, mode)
+
+
+def ran_again_nothing(ws, capsys, mode) -> bool:
+    st = ws.build("--sandbox", mode, "a", "b", capsys=capsys)
+    return st["a"] == "up-to-date" and st["b"] == "up-to-date"
