@@ -28,6 +28,7 @@ def _options(args):
     from buildgraph.operations import Options
 
     return Options(directory=Path(args.directory), cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+                   toolchain_dir=Path(args.toolchain_dir) if args.toolchain_dir else None,
                    cache_max_bytes=getattr(args, "max_size", None), sandbox=args.sandbox,
                    jobs=getattr(args, "jobs", 0) or 0, keep_going=getattr(args, "keep_going", False))
 
@@ -145,6 +146,43 @@ def cmd_cache(args) -> int:
     return EXIT_OK
 
 
+def cmd_toolchain(args) -> int:
+    from buildgraph import operations
+
+    with _session(args, write=False) as s:
+        if args.action == "list":
+            rows = operations.toolchain_list(s, args.names)
+            nw = max([len(r["name"]) for r in rows] + [4])
+            vw = max([len(r["version"]) for r in rows] + [7])
+            print(f"{'name':<{nw}}  {'version':<{vw}}  {'provider':<8}  {'digest':<16}  {'hermetic':<8}  installed")
+            for r in rows:
+                print(f"{r['name']:<{nw}}  {r['version']:<{vw}}  {r['provider']:<8}  {(r['digest'] or '-')[:16]:<16}  "
+                      f"{'yes' if r['hermetic'] else 'no':<8}  {r['installed']}")
+            return EXIT_OK
+        if args.action == "fetch":
+            failed = 0
+            for name, result in operations.toolchain_fetch(s, args.names, force=args.force):
+                if isinstance(result, Exception):
+                    failed += 1
+                    print(f"buildgraph: error: {result}", file=sys.stderr)
+                else:
+                    print(f"{name}: {result.digest[:16]} at {result.path}")
+            return EXIT_FAILED if failed else EXIT_OK
+        bad = 0
+        for name, problems in operations.toolchain_verify(s, args.names):
+            if problems is None:
+                print(f"{name}: not fetched")
+            elif problems:
+                bad += 1
+                print(f"{name}: TAMPERED ({len(problems)} files); keys now follow the files as they are; "
+                      f"`buildgraph toolchain fetch --force {name}` restores it")
+                for p in problems[:20]:
+                    print(f"  {p}")
+            else:
+                print(f"{name}: ok")
+        return EXIT_FAILED if bad else EXIT_OK
+
+
 def cmd_clean(args) -> int:
     import shutil
 
@@ -179,6 +217,8 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--cache-dir", help="local cache directory (default: $BUILDGRAPH_CACHE_DIR or ~/.cache/buildgraph)")
     common.add_argument("--sandbox", default="auto", choices=("auto", "bwrap", "unshare", "none"),
                         help="action isolation (default: the strongest available)")
+    common.add_argument("--toolchain-dir", help="toolchain store (default: $BUILDGRAPH_TOOLCHAIN_DIR or "
+                                                "CACHE_DIR/toolchains)")
 
     p = argparse.ArgumentParser(prog="buildgraph", description="Declarative build graph with Bazel-like caching.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -215,6 +255,17 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("action", choices=("stats", "gc"))
     c.add_argument("--max-size", type=_size, help="size to shrink to (gc) or the limit shown (stats)")
     c.set_defaults(func=cmd_cache)
+
+    t = sub.add_parser("toolchain", help="pinned toolchains: list | fetch | verify")
+    tsub = t.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (("list", "name, version, provider, digest, hermetic, installed"),
+                         ("fetch", "install into the toolchain store (default: those the targets use)"),
+                         ("verify", "re-hash fetched toolchains and name any changed file")):
+        ta = tsub.add_parser(action, parents=[common], help=text)
+        ta.add_argument("names", nargs="*", help="toolchains (default: all declared)")
+        if action == "fetch":
+            ta.add_argument("--force", action="store_true", help="fetch again even if the store has it")
+        ta.set_defaults(func=cmd_toolchain)
 
     cl = sub.add_parser("clean", parents=[common], help="remove the workspace's outputs and state")
     cl.add_argument("--cache", action="store_true", help="also delete the whole local cache")

@@ -23,7 +23,8 @@ from buildgraph.graph import BuildGraph, Node, configure
 from buildgraph.sandbox import SANDBOX_ROOT, Sandbox
 from buildgraph.state import NodeRecord, State, StateDir
 from buildgraph.store.local import LocalStore, _force_remove
-from buildgraph.toolchains import ToolchainResolver
+from buildgraph.toolchains import Mount, ToolchainResolver, host_tools
+from buildgraph.toolstore import ToolStore
 from buildgraph.workspace import Workspace, field_path, load_workspace, workspace_files
 
 BASE_ENV = (("LC_ALL", "C"), ("TZ", "UTC"), ("HOME", f"{SANDBOX_ROOT}/home"),
@@ -78,12 +79,12 @@ def env_name(target: str) -> str:
 
 class Engine:
     def __init__(self, ws: Workspace, graph: BuildGraph, store: LocalStore, state: State,
-                 state_dir: StateDir, sandbox: Sandbox | None):
+                 state_dir: StateDir, sandbox: Sandbox | None, toolstore: ToolStore):
         self.ws, self.graph, self.store, self.state = ws, graph, store, state
         self.state_dir = state_dir
         self.sandbox = sandbox
         self.stat_cache = StatCache(state.stat_cache)
-        self.resolver = ToolchainResolver(self.stat_cache, state.resolutions)
+        self.resolver = ToolchainResolver(toolstore, ws.toolchains, self.stat_cache)
         self._srcs: dict[str, tuple] = {}
         self._dir_memo: dict[str, int | None] = {}
         self._host_tools = None
@@ -94,10 +95,13 @@ class Engine:
 
     # ------------------------------------------------------------ actions
 
-    def resolve_sources(self, nodes) -> None:
-        """Expand and digest the srcs of every target in `nodes` (ConfigError before anything runs)."""
-        for target in dict.fromkeys(self.graph.nodes[n].target for n in nodes):
+    def prepare(self, nodes) -> None:
+        """Before anything runs: expand and digest the srcs of every target in `nodes`
+        (ConfigError on a bad pattern) and fetch the toolchains they use (FetchError)."""
+        targets = list(dict.fromkeys(self.graph.nodes[n].target for n in nodes))
+        for target in targets:
             self._sources(target)
+        self.resolver.ensure(t.toolchain for t in map(self.ws.targets.get, targets) if t.toolchain)
 
     def _sources(self, target_name: str, fresh: bool = False):
         """(relpath, digest, exec) triples and host paths of a target's srcs."""
@@ -132,15 +136,18 @@ class Engine:
 
     def host_tools(self):
         if self._host_tools is None:
-            self._host_tools = self.resolver.host_tools(self.ws.host_tools)
+            self._host_tools = host_tools(self.ws.host_tools, self.stat_cache)
         return self._host_tools
 
-    def tool_links(self, node: Node) -> tuple[tuple[str, str], ...]:
+    def tools_for(self, node: Node) -> tuple[tuple[tuple[str, str], ...], tuple[Mount, ...]]:
+        """What the node's action finds on PATH (name -> target) and the store entries it needs."""
         links = dict(self.host_tools()[0])
         tc_name = self.ws.targets[node.target].toolchain
-        if tc_name:
-            links.update(self.resolver.resolve(self.ws.toolchains[tc_name]).links)
-        return tuple(sorted(links.items()))
+        if not tc_name:
+            return tuple(sorted(links.items())), ()
+        resolved = self.resolver.resolve(tc_name)
+        links.update(resolved.links)
+        return tuple(sorted(links.items())), resolved.mounts
 
     def action_for(self, node: Node, dep_outputs: dict[str, str]) -> Action:
         """The action of `node`, given the output digest of each dependency node."""
@@ -149,7 +156,7 @@ class Engine:
         env = dict(node.env)
         toolchain = None
         if t.toolchain:
-            tc = self.resolver.resolve(self.ws.toolchains[t.toolchain])
+            tc = self.resolver.resolve(t.toolchain)
             toolchain = (tc.name, tc.digest)
             env.update(tc.env)
         env.update(BASE_ENV)
@@ -274,7 +281,7 @@ class Engine:
 
     def changed(self) -> bool:
         """Whether this build changed the state (a no-op build does not)."""
-        return self._changed or self.stat_cache.dirty or self.resolver.changed
+        return self._changed or self.stat_cache.dirty
 
     def write_log(self, name: str, log: str) -> Path:
         self.state_dir.logs.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from buildgraph import explain
 from buildgraph.engine import Engine, Status, load_configured
 from buildgraph.errors import StoreError, UsageError
 from buildgraph.state import StateDir
+from buildgraph.toolstore import ToolStore, default_toolchain_dir
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Options:
     directory: Path = Path(".")
     cache_dir: Path | None = None
     cache_max_bytes: int | None = None
+    toolchain_dir: Path | None = None
     sandbox: str = "auto"
     jobs: int = 0
     keep_going: bool = False
@@ -47,9 +49,11 @@ class Session:
             config_before = self.state.config
             self.ws, self.graph = load_configured(self.root, self.state)
             self.dirty = self.state.config is not config_before
-            self.store = LocalStore(opts.cache_dir or default_cache_dir(),
-                                    opts.cache_max_bytes or DEFAULT_MAX_BYTES)
-            self.engine = Engine(self.ws, self.graph, self.store, self.state, self.state_dir, None)
+            cache_dir = opts.cache_dir or default_cache_dir()
+            self.store = LocalStore(cache_dir, opts.cache_max_bytes or DEFAULT_MAX_BYTES)
+            self.toolstore = ToolStore(opts.toolchain_dir or default_toolchain_dir(cache_dir))
+            self.engine = Engine(self.ws, self.graph, self.store, self.state, self.state_dir, None,
+                                 self.toolstore)
         except BaseException:
             self.state_dir.unlock()
             raise
@@ -105,7 +109,7 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
     selected = session.graph.select(patterns)
     jobs = session.opts.jobs or os.cpu_count() or 1
     store = session.store
-    session.engine.resolve_sources(selected)
+    session.engine.prepare(selected)
     store.open_for_build()
     jobserver = Jobserver(jobs)
     engine = session.engine
@@ -198,3 +202,51 @@ def why(session: Session, name: str) -> tuple[str, list[str]]:
     outputs = {d: known.get(d, last.get(t, "unknown")) for t, d in node.deps}
     lines.extend(explain.changes(old, session.engine.action_for(node, outputs).inputs()))
     return name, lines
+
+
+def _toolchain_names(session: Session, names) -> list[str]:
+    for n in names:
+        if n not in session.ws.toolchains:
+            from buildgraph.errors import did_you_mean
+            hint = did_you_mean(n, session.ws.toolchains)
+            raise UsageError(f"no toolchain named '{n}'" + (f"; {hint}" if hint else ""))
+    return list(names) or list(session.ws.toolchains)
+
+
+def toolchain_list(session: Session, names) -> list[dict]:
+    """Each toolchain: name, version, provider, digest (if fetched), hermetic, installed."""
+    rows = []
+    for name in _toolchain_names(session, names):
+        tc = session.ws.toolchains[name]
+        entry = session.toolstore.entry(tc)
+        installed = "no"
+        if entry is not None:
+            installed = "TAMPERED" if entry.tampered else "yes"
+        rows.append({"name": name, "version": tc.version, "provider": tc.provider,
+                     "digest": entry.digest if entry else None,
+                     "hermetic": tc.provider != "host", "installed": installed})
+    return rows
+
+
+def toolchain_fetch(session: Session, names, force: bool = False):
+    """Fetch toolchains (with their host compiler and linker); yields (name, Entry or error)."""
+    from buildgraph.toolstore import FetchError
+
+    wanted = list(names) or sorted({t.toolchain for t in session.ws.targets.values() if t.toolchain})
+    for name in _toolchain_names(session, wanted) if wanted else []:
+        for member in session.engine.resolver.members(name):
+            try:
+                yield member, session.toolstore.fetch(session.ws.toolchains[member], force=force,
+                                                      log=lambda m: print(f"buildgraph: {m}", file=sys.stderr))
+            except FetchError as exc:
+                yield member, exc
+
+
+def toolchain_verify(session: Session, names):
+    """Re-hash fetched toolchains; yields (name, problems or None if not fetched)."""
+    for name in _toolchain_names(session, names):
+        tc = session.ws.toolchains[name]
+        if session.toolstore.entry(tc) is None:
+            yield name, None
+        else:
+            yield name, session.toolstore.verify(tc)

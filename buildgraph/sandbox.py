@@ -9,6 +9,8 @@ Layout, seen by the action at the fixed root /sandbox when bubblewrap is used
   /sandbox/tmp, /sandbox/home   TMPDIR and HOME (in memory under bwrap)
   /sandbox/.tools/bin   PATH: links to the toolchain and the declared host tools,
                         one directory per distinct tool set, shared by the build
+  /toolchains/<entry>   each toolchain store entry the action uses, read-only (its
+                        declared writable subdirectories, e.g. zig's cache, read-write)
 Isolation modes, strongest available first (`auto`):
   bwrap    bubblewrap: new mount/pid/ipc/uts/net namespaces; the host's /usr and
            /etc read-only, nothing else of the host (no workspace, no home);
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from buildgraph.action import Action, ActionResult, BadResult, OutputFile, OutputSymlink, check_symlink
 from buildgraph.digest import file_digest, stat_signature
 from buildgraph.store.local import LocalStore, _force_remove, copy_file
+from buildgraph.toolstore import SANDBOX_TOOLCHAINS
 
 SANDBOX_ROOT = "/sandbox"
 MODES = ("auto", "bwrap", "unshare", "none")
@@ -67,11 +70,19 @@ class RunOutcome:
     duration: float
 
 
-def sandbox_env(action: Action, mapped_root: str) -> dict[str, str]:
-    """The action's environment with the symbolic root replaced by where it really is."""
+def _unmapped(value: str, root: str, mounts) -> str:
+    """`value` with the symbolic /sandbox and /toolchains/<entry> paths made real host paths."""
+    value = value.replace(SANDBOX_ROOT, root)
+    for m in mounts:
+        value = value.replace(f"{SANDBOX_TOOLCHAINS}/{m.name}", m.host)
+    return value
+
+
+def sandbox_env(action: Action, mapped_root: str, mounts=()) -> dict[str, str]:
+    """The action's environment as it runs: symbolic paths mapped where they really are."""
     if mapped_root == SANDBOX_ROOT:
         return dict(action.env)
-    return {k: v.replace(SANDBOX_ROOT, mapped_root) for k, v in action.env}
+    return {k: _unmapped(v, mapped_root, mounts) for k, v in action.env}
 
 
 class Sandbox:
@@ -86,17 +97,16 @@ class Sandbox:
 
     # ------------------------------------------------------------ public
 
-    def run(self, action: Action, dep_results: dict[str, ActionResult],
-            tool_links: tuple[tuple[str, str], ...], keep: bool = False) -> RunOutcome:
+    def run(self, action: Action, dep_results: dict[str, ActionResult], tools, keep: bool = False) -> RunOutcome:
         """Stage, run and collect one action. Never raises for a failing action."""
         start = time.monotonic()
         root = f"{self.store.sandboxes}/{os.getpid()}-{time.monotonic_ns()}-{os.urandom(3).hex()}"
         try:
             try:
-                self._stage(root, action, dep_results, tool_links)
+                self._stage(root, action, dep_results, tools)
             except OutputError as exc:
                 return RunOutcome(None, str(exc), "", time.monotonic() - start)
-            code = self._execute(root, action, self.tools_dir(tool_links))
+            code = self._execute(root, action, tools)
             log = _tail(f"{root}/.stdout") + _tail(f"{root}/.stderr")
             if self.cancelled:
                 return RunOutcome(None, "interrupted", log, time.monotonic() - start)
@@ -128,16 +138,24 @@ class Sandbox:
 
     # ------------------------------------------------------------ stages
 
-    def tools_dir(self, tool_links: tuple[tuple[str, str], ...]) -> str:
-        """A directory of links named as the action sees its tools; one per tool set and build."""
+    def tools_dir(self, tools) -> str:
+        """A directory of links named as the action sees its tools; one per tool set and build.
+
+        `tools` is (links, mounts) from Engine.tools_for. Under bwrap the links keep their
+        /toolchains/<entry> targets (the entries are mounted there); otherwise they point
+        at the entries' host paths.
+        """
+        links, mounts = tools
         with self._lock:
-            path = self._tool_dirs.get(tool_links)
+            path = self._tool_dirs.get(tools)
             if path is None:
                 path = f"{self.store.sandboxes}/tools-{os.getpid()}-{len(self._tool_dirs)}"
                 os.makedirs(f"{path}/bin")
-                for name, target in tool_links:
+                for name, target in links:
+                    if self.mode != "bwrap":
+                        target = _unmapped(target, SANDBOX_ROOT, mounts)
                     os.symlink(target, f"{path}/bin/{name}")
-                self._tool_dirs[tool_links] = path
+                self._tool_dirs[tools] = path
             return path
 
     def close(self) -> None:
@@ -145,15 +163,14 @@ class Sandbox:
             _force_remove(path)
         self._tool_dirs.clear()
 
-    def _stage(self, root: str, action: Action, dep_results, tool_links) -> None:
+    def _stage(self, root: str, action: Action, dep_results, tools) -> None:
         linking = self.mode == "bwrap"
         subdirs = ("src", "deps", "out", "work") if linking else ("src", "deps", "out", "work", "tmp", "home")
         os.mkdir(root)
         for sub in subdirs:
             os.mkdir(f"{root}/{sub}")
-        tools = self.tools_dir(tool_links)
         if not linking:
-            os.symlink(tools, f"{root}/.tools")
+            os.symlink(self.tools_dir(tools), f"{root}/.tools")
         made = {f"{root}/src"}
         for (rel, _, _), host in zip(action.srcs, action.src_paths):
             dest = f"{root}/src/{rel}"
@@ -182,7 +199,7 @@ class Sandbox:
                     shutil.copyfile(self.store.blob_path(entry.digest, entry.executable), dest)
                     os.chmod(dest, 0o755 if entry.executable else 0o644)
 
-    def _argv(self, root: str, action: Action, tools: str) -> tuple[list[str], str]:
+    def _argv(self, root: str, action: Action, tools) -> tuple[list[str], str]:
         script = ["/bin/sh", "-e", "-c", _script(action.commands)]
         if self.mode == "bwrap":
             argv = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid",
@@ -196,8 +213,13 @@ class Sandbox:
                     "--ro-bind", f"{root}/deps", f"{SANDBOX_ROOT}/deps",
                     "--bind", f"{root}/out", f"{SANDBOX_ROOT}/out",
                     "--bind", f"{root}/work", f"{SANDBOX_ROOT}/work",
-                    "--ro-bind", tools, f"{SANDBOX_ROOT}/.tools"]
-            for d in sorted({os.path.dirname(t) for _, t in _links_outside(tools)}):
+                    "--ro-bind", self.tools_dir(tools), f"{SANDBOX_ROOT}/.tools"]
+            links, mounts = tools
+            for m in mounts:
+                argv += ["--ro-bind", m.host, f"{SANDBOX_TOOLCHAINS}/{m.name}"]
+                for w in m.writable:
+                    argv += ["--bind", f"{m.host}/{w}", f"{SANDBOX_TOOLCHAINS}/{m.name}/{w}"]
+            for d in _outside_dirs(links, mounts):
                 argv += ["--ro-bind", d, d]
             if self.jobserver is not None and action.jobserver == "fifo":
                 argv += ["--bind", self.jobserver.fifo, f"{SANDBOX_ROOT}/.jobserver"]
@@ -207,9 +229,10 @@ class Sandbox:
             return [shutil.which("unshare") or "unshare", "-n", "--"] + script, root
         return script, root
 
-    def _execute(self, root: str, action: Action, tools: str) -> int:
+    def _execute(self, root: str, action: Action, tools) -> int:
         argv, mapped = self._argv(root, action, tools)
-        env = sandbox_env(action, mapped)
+        env = sandbox_env(action, mapped, tools[1])
+        env["BUILDGRAPH_SANDBOX"] = mapped  # for -ffile-prefix-map in toolchain wrappers; not in the key
         fds: tuple[int, ...] = ()
         if self.jobserver is not None:
             fifo = f"{SANDBOX_ROOT}/.jobserver" if self.mode == "bwrap" else None
@@ -295,11 +318,17 @@ def _check_declared(outs: tuple[str, ...], produced: set[str]) -> None:
                           " — add to 'outs' (a path ending in / declares a directory)")
 
 
-def _links_outside(tools: str):
-    for name in os.listdir(f"{tools}/bin"):
-        target = os.readlink(f"{tools}/bin/{name}")
-        if not target.startswith(_BOUND_PREFIXES):
-            yield name, target
+def _outside_dirs(links, mounts) -> list[str]:
+    """Host directories the tools live in that the sandbox does not show yet (host toolchains
+    outside /usr): the directories of absolute link targets, followed one level through the
+    entries' bin/ links."""
+    targets = [t for _, t in links if not t.startswith(SANDBOX_TOOLCHAINS)]
+    for m in mounts:
+        bin_dir = f"{m.host}/bin"
+        if os.path.isdir(bin_dir):
+            targets.extend(os.readlink(f"{bin_dir}/{n}") for n in os.listdir(bin_dir)
+                           if os.path.islink(f"{bin_dir}/{n}"))
+    return sorted({os.path.dirname(t) for t in targets if t.startswith("/") and not t.startswith(_BOUND_PREFIXES)})
 
 
 _TRAP = ("trap 'bg_rc=$?; [ $bg_rc -eq 0 ] || echo \"buildgraph: command $bg_step of {n} failed "

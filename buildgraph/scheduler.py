@@ -102,9 +102,9 @@ class Scheduler:
                         self.reporter.finished(outcomes[r])
                         skip.extend(graph.rdeps[r])
 
-        def work(name: str, action: Action, deps: dict[str, ActionResult], links, tokens: bytes, lane: int):
+        def work(name: str, action: Action, deps: dict[str, ActionResult], tools, tokens: bytes, lane: int):
             try:
-                outcome = engine.sandbox.run(action, deps, links)
+                outcome = engine.sandbox.run(action, deps, tools)
             except Exception as exc:  # the tool broke, not the action: report it as a failure
                 outcome = RunOutcome(None, f"internal error: {exc!r}", "", 0.0)
             events.put((name, action, tokens, lane, outcome))
@@ -136,7 +136,7 @@ class Scheduler:
                     deps = {d: engine.result_of(dn, engine.state.nodes[dn].key) for d, dn in node.deps}
                     lane = free_lanes.pop(0) if free_lanes else 0
                     self.reporter.started(name)
-                    thread = threading.Thread(target=work, args=(name, action, deps, engine.tool_links(node),
+                    thread = threading.Thread(target=work, args=(name, action, deps, engine.tools_for(node),
                                                                  tokens, lane), daemon=True)
                     running[name] = thread
                     thread.start()

@@ -1,121 +1,156 @@
-"""Resolve toolchains and host tools into what an action sees and what its key hashes.
+"""Resolve a target's toolchain into what its action sees and what its key hashes.
 
-A toolchain's identity in the key is the digest of its files' contents, never its
-version string: changing one byte of a compiler changes every dependent key.
-Provider `host` (this issue) uses programs already installed, checks the version
-they report, and is shown as non-hermetic. Resolutions are cached in the
-workspace state and trusted while the tools' stat signatures are unchanged, so
-a no-op build runs no compiler to ask for its version.
+An action sees a toolchain as names on PATH (links into the store entry's bin/),
+environment variables (CC, CXX, AR, RANLIB, CMAKE_TOOLCHAIN_FILE, the toolchain's
+own), and the entry itself mounted at /toolchains/<entry> — the same path on
+every machine, so nothing host-specific reaches the key or the outputs. Its
+identity in the key is the entry's digest (see toolstore.py), never a version
+string.
+
+A CUDA toolchain is composite: nvcc from its own entry, its `host_compiler` (the
+gcc nvcc runs through -ccbin) exposed as host-cc / host-c++ and CUDAHOSTCXX, and
+its `link_with` toolchain's cc / c++ / ar / ranlib as the default CC / CXX, so the
+final link of a CUDA library can target glibc 2.17.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
+import sys
 from dataclasses import dataclass
 
-from buildgraph.digest import StatCache, stat_signature, value_digest
-from buildgraph.errors import ConfigError
+from buildgraph.digest import StatCache, value_digest
+from buildgraph.toolstore import ROLE_NAMES, SANDBOX_TOOLCHAINS, Entry, ToolStore
 from buildgraph.workspace import Toolchain
 
-# Role in toolchains/*.yaml -> name on the action's PATH, and the variable naming it.
-ROLE_LINKS = {"cc": "cc", "cxx": "c++", "ar": "ar", "ranlib": "ranlib", "as": "as", "ld": "ld",
-              "nm": "nm", "strip": "strip", "objcopy": "objcopy", "objdump": "objdump",
-              "readelf": "readelf", "cpp": "cpp"}
 ROLE_ENV = {"cc": "CC", "cxx": "CXX", "ar": "AR", "ranlib": "RANLIB", "nm": "NM", "strip": "STRIP",
-            "objcopy": "OBJCOPY", "ld": "LD"}
-# gcc runs these helpers; their contents are part of the compiler.
-_GCC_HELPERS = {"cc": ("cc1", "collect2", "lto-wrapper"), "cxx": ("cc1plus",)}
+            "objcopy": "OBJCOPY", "ld": "LD", "nvcc": "CUDACXX"}
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A store entry an action needs: bound read-only at /toolchains/<name> (writable subdirs rw)."""
+
+    name: str
+    host: str
+    writable: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class ResolvedToolchain:
     name: str
-    version: str
     digest: str
-    links: tuple[tuple[str, str], ...]   # (name on PATH, host path)
-    env: tuple[tuple[str, str], ...]     # CC=cc, CXX=c++, ...
+    links: tuple[tuple[str, str], ...]   # name on PATH -> /toolchains/<entry>/bin/<name>
+    env: tuple[tuple[str, str], ...]
+    mounts: tuple[Mount, ...]
     hermetic: bool
-    files: tuple[str, ...]               # every host file in the digest
 
 
-def _which(name: str) -> str | None:
-    found = shutil.which(name) if "/" not in name else (name if os.access(name, os.X_OK) else None)
-    return os.path.realpath(found) if found else None
-
-
-def _signature(paths) -> tuple:
-    sig = []
-    for p in paths:
-        try:
-            sig.append((p, stat_signature(os.stat(p))))
-        except OSError:
-            sig.append((p, None))
-    return tuple(sig)
+def _entry_view(tc: Toolchain, entry: Entry, rename: dict[str, str] | None = None):
+    """Links and env for one entry; `rename` maps roles to other names (host-cc)."""
+    base = f"{SANDBOX_TOOLCHAINS}/{entry.name}"
+    links, env = {}, {}
+    roles = dict.fromkeys([r for r, _ in tc.tools] + [r for r, _ in tc.wrappers])
+    for role in roles:
+        name = ROLE_NAMES.get(role, role)
+        exposed = (rename or {}).get(role, name)
+        links[exposed] = f"{base}/bin/{name}"
+        if rename is None and role in ROLE_ENV:
+            env[ROLE_ENV[role]] = name
+    if rename is None:
+        if tc.cmake_toolchain:
+            env["CMAKE_TOOLCHAIN_FILE"] = f"{base}/cmake/toolchain.cmake"
+        for key, value in tc.env:
+            env[key] = value.replace("{entry}", base)
+    return links, env
 
 
 class ToolchainResolver:
-    """Resolves toolchains for one build; `cache` is the persisted resolution cache."""
+    """Resolves toolchains for one build against the store; fetches what is missing."""
 
-    def __init__(self, stat_cache: StatCache, cache: dict):
-        self.stat_cache = stat_cache
-        self.cache = cache
+    def __init__(self, store: ToolStore, toolchains: dict[str, Toolchain], stat_cache: StatCache,
+                 log=None):
+        self.store, self.toolchains, self.stat_cache = store, toolchains, stat_cache
+        self.log = log or (lambda message: print(f"buildgraph: {message}", file=sys.stderr))
         self._resolved: dict[str, ResolvedToolchain] = {}
-        self.changed = False
+        self._entries: dict[str, tuple[Entry, str]] = {}
 
-    def resolve(self, tc: Toolchain) -> ResolvedToolchain:
-        if tc.name in self._resolved:
-            return self._resolved[tc.name]
-        entry = self.cache.get(("toolchain", tc))
-        if entry is not None and _signature(entry[0].files) == entry[1]:
-            resolved = entry[0]
-        else:
-            resolved = self._resolve_host(tc)
-            self.cache[("toolchain", tc)] = (resolved, _signature(resolved.files))
-            self.changed = True
-        self._resolved[tc.name] = resolved
+    def members(self, name: str) -> list[str]:
+        """`name` and the toolchains it brings along (host compiler, linker)."""
+        tc = self.toolchains[name]
+        return [name] + [m for m in (tc.host_compiler, tc.link_with) if m]
+
+    def ensure(self, names) -> None:
+        """Fetch every toolchain in `names` (and their members) that is not in the store yet."""
+        for name in dict.fromkeys(m for n in names for m in self.members(n)):
+            self._entry(name)
+
+    def _entry(self, name: str) -> tuple[Entry, str]:
+        if name not in self._entries:
+            tc = self.toolchains[name]
+            entry = self.store.entry(tc) or self.store.fetch(tc, log=self.log)
+            digest, changed = self.store.current_digest(entry, self.stat_cache)
+            if changed:
+                self.log(f"warning: toolchain {name}: {', '.join(changed[:3])} changed since it was "
+                         f"fetched; keys follow the change (run `buildgraph toolchain verify {name}`)")
+            self._entries[name] = (entry, digest)
+        return self._entries[name]
+
+    def resolve(self, name: str) -> ResolvedToolchain:
+        if name in self._resolved:
+            return self._resolved[name]
+        tc = self.toolchains[name]
+        entry, digest = self._entry(name)
+        links, env = {}, {}
+        mounts = [Mount(entry.name, str(entry.path), tc.writable)]
+        digests = [[name, digest]]
+        hermetic = tc.provider in ("pypi", "archive", "apt")
+        if tc.link_with:
+            linker = self.toolchains[tc.link_with]
+            l_entry, l_digest = self._entry(tc.link_with)
+            l_links, l_env = _entry_view(linker, l_entry)
+            links.update(l_links)
+            env.update(l_env)
+            mounts.append(Mount(l_entry.name, str(l_entry.path), linker.writable))
+            digests.append([tc.link_with, l_digest])
+            hermetic = hermetic and linker.provider != "host"
+        if tc.host_compiler:
+            host = self.toolchains[tc.host_compiler]
+            h_entry, h_digest = self._entry(tc.host_compiler)
+            h_links, _ = _entry_view(host, h_entry, rename={"cc": "host-cc", "cxx": "host-c++"})
+            links.update({k: v for k, v in h_links.items() if k not in links})
+            env["CUDAHOSTCXX"] = "host-c++"
+            mounts.append(Mount(h_entry.name, str(h_entry.path), host.writable))
+            digests.append([tc.host_compiler, h_digest])
+            hermetic = hermetic and host.provider != "host"
+        # The toolchain's own names fill what its members left: with a linker, the linker's
+        # cc, c++, ar, ranlib (and its CMake file) are the defaults.
+        own_links, own_env = _entry_view(tc, entry)
+        for k, v in own_links.items():
+            links.setdefault(k, v)
+        linker_owned = ("CC", "CXX", "AR", "RANLIB", "CMAKE_TOOLCHAIN_FILE") if tc.link_with else ()
+        env.update((k, v) for k, v in own_env.items() if k not in linker_owned)
+        if tc.cuda:
+            env["CUDA_HOME"] = f"{SANDBOX_TOOLCHAINS}/{entry.name}/root/{_cuda_home(tc)}"
+        resolved = ResolvedToolchain(name=name, digest=value_digest(digests) if len(digests) > 1 else digest,
+                                     links=tuple(sorted(links.items())), env=tuple(sorted(env.items())),
+                                     mounts=tuple(mounts), hermetic=hermetic)
+        self._resolved[name] = resolved
         return resolved
 
-    def _resolve_host(self, tc: Toolchain) -> ResolvedToolchain:
-        links, env, files = [], [], []
-        for role, command in tc.tools:
-            path = _which(command)
-            if path is None:
-                raise ConfigError(f"toolchain '{tc.name}': tool {role}={command!r} not found on this machine",
-                                  file=tc.loc.file, line=tc.loc.line, field=f"tools.{role}",
-                                  hint="install it or point the tool at an existing path")
-            links.append((ROLE_LINKS.get(role, role), path))
-            if role in ROLE_ENV:
-                env.append((ROLE_ENV[role], ROLE_LINKS[role]))
-            files.append(path)
-            for helper in _GCC_HELPERS.get(role, ()):
-                out = subprocess.run([path, f"-print-prog-name={helper}"], capture_output=True, text=True)
-                helper_path = out.stdout.strip()
-                if out.returncode == 0 and os.path.isabs(helper_path) and os.path.exists(helper_path):
-                    files.append(os.path.realpath(helper_path))
-        reported = ""
-        cc = dict(tc.tools).get("cc") or dict(tc.tools).get("cxx")
-        if cc:
-            out = subprocess.run([_which(cc), "--version"], capture_output=True, text=True)
-            reported = (out.stdout.splitlines() or [""])[0]
-        if tc.expect_version and tc.expect_version not in reported:
-            raise ConfigError(f"toolchain '{tc.name}' expects version {tc.expect_version!r}, "
-                              f"but {cc} reports {reported!r}", file=tc.loc.file, line=tc.loc.line,
-                              field="expect_version")
-        files = sorted(set(files))
-        digest = value_digest({"provider": tc.provider, "tools": sorted([n, self.stat_cache.digest(p)] for n, p in links),
-                               "files": [self.stat_cache.digest(p) for p in files]})
-        return ResolvedToolchain(name=tc.name, version=tc.version, digest=digest, links=tuple(links),
-                                 env=tuple(sorted(env)), hermetic=tc.provider != "host", files=tuple(files))
 
-    def host_tools(self, names: tuple[str, ...]) -> tuple[tuple[tuple[str, str], ...], str]:
-        """The host tools that exist here as (name, path) links, and the digest of their contents."""
-        links = []
-        for name in names:
-            path = _which(name)
-            if path is not None:
-                links.append((name, path))
-        digest = value_digest(sorted([n, self.stat_cache.digest(p)] for n, p in links))
-        return tuple(links), digest
+def _cuda_home(tc: Toolchain) -> str:
+    """The toolkit root: the directory above nvcc's bin/."""
+    nvcc = dict(tc.tools).get("nvcc", "bin/nvcc")
+    return os.path.dirname(os.path.dirname(nvcc)) or "."
 
+
+def host_tools(names: tuple[str, ...], stat_cache: StatCache) -> tuple[tuple[tuple[str, str], ...], str]:
+    """The host programs actions may run, as (name, path) links, and the digest of their contents."""
+    links = []
+    for name in names:
+        found = shutil.which(name)
+        if found is not None:
+            links.append((name, os.path.realpath(found)))
+    return tuple(links), value_digest(sorted([n, stat_cache.digest(p)] for n, p in links))

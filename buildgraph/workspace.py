@@ -50,8 +50,12 @@ KIND_FIELDS = {
 }
 WHEN_FIELDS = ("if", "deps", "env", "cmds", "cmake_args", "make_args")
 TOP_FIELDS = ("workspace", "variants", "toolchain", "host_tools", "source_date_epoch", "targets")
-TOOLCHAIN_FIELDS = ("name", "version", "provider", "tools", "expect_version", "description")
-TOOLCHAIN_PROVIDERS = ("host",)
+TOOLCHAIN_FIELDS = ("name", "version", "provider", "description", "tools", "expect_version",
+                    "requirements", "packages", "url", "sha256", "strip_components", "wrappers",
+                    "cmake_toolchain", "env", "writable", "host_compiler", "link_with", "cuda")
+TOOLCHAIN_PROVIDERS = ("pypi", "apt", "host", "archive")
+# What each provider needs besides name, version and tools.
+PROVIDER_REQUIRES = {"pypi": ("requirements",), "apt": ("packages",), "host": (), "archive": ("url", "sha256")}
 
 
 @dataclass(frozen=True)
@@ -113,13 +117,35 @@ class Target:
 
 @dataclass(frozen=True)
 class Toolchain:
+    """A pinned toolchain as declared in toolchains/NAME.yaml (see toolstore.py for providers)."""
+
     name: str
     version: str
-    provider: str
+    provider: str                                # pypi | apt | host | archive
     loc: Location
-    tools: tuple[tuple[str, str], ...] = ()
-    expect_version: str | None = None
+    tools: tuple[tuple[str, str], ...] = ()      # role -> path (relative to the entry for pypi/archive)
+    expect_version: str | None = None            # must appear in `<cc or nvcc> --version`
     description: str = ""
+    requirements: tuple[str, ...] = ()           # pypi: pinned pip requirements
+    packages: tuple[tuple[str, str], ...] = ()   # apt: package -> pinned version
+    url: str | None = None                       # archive
+    sha256: str | None = None                    # archive
+    strip_components: int = 0                    # archive
+    wrappers: tuple[tuple[str, str], ...] = ()   # role -> command template, e.g. "{zig} cc -target ..."
+    cmake_toolchain: bool = False                # generate cmake/toolchain.cmake from cc/cxx/ar/ranlib
+    env: tuple[tuple[str, str], ...] = ()        # extra variables; "{entry}" is the store entry
+    writable: tuple[str, ...] = ()               # entry subdirectories actions may write (zig's cache)
+    host_compiler: str | None = None             # CUDA: toolchain nvcc uses through -ccbin
+    link_with: str | None = None                 # CUDA: toolchain whose cc/c++ do the final link
+    cuda: str | None = None                      # CUDA: the nvcc version the compatibility rules use
+
+    def spec(self) -> dict:
+        """Everything that defines the store entry's contents (not where it was declared)."""
+        return {"name": self.name, "version": self.version, "provider": self.provider,
+                "tools": self.tools, "requirements": self.requirements, "packages": self.packages,
+                "url": self.url, "sha256": self.sha256, "strip_components": self.strip_components,
+                "wrappers": self.wrappers, "cmake_toolchain": self.cmake_toolchain, "env": self.env,
+                "writable": self.writable}
 
 
 @dataclass(frozen=True)
@@ -359,12 +385,43 @@ def _parse_toolchain(data, file: str, stem: str) -> Toolchain:
         raise f.error("provider", f"unknown provider {provider!r}",
                       hint=did_you_mean(provider, TOOLCHAIN_PROVIDERS) or
                       f"one of: {', '.join(TOOLCHAIN_PROVIDERS)}")
-    tools = f.str_map("tools")
-    if not tools:
+    for needed in PROVIDER_REQUIRES[provider]:
+        if needed not in data:
+            raise ConfigError(f"a {provider} toolchain needs '{needed}'", file=file, line=data.line)
+    tools, wrappers = f.str_map("tools"), f.str_map("wrappers")
+    if not tools and not wrappers and not (data.get("host_compiler") or data.get("link_with")):
         raise ConfigError("a toolchain needs 'tools' (e.g. cc: gcc)", file=file, line=data.line)
+    for role, template in wrappers:
+        for ref in _template_refs(template):
+            if ref not in dict(tools) and ref not in ("entry", "prefix_maps"):
+                raise ConfigError(f"wrapper refers to unknown tool '{{{ref}}}'", file=file,
+                                  line=data["wrappers"].line_of(role), field=f"wrappers.{role}",
+                                  hint=did_you_mean(ref, dict(tools)) or "name one of 'tools', {entry} or {prefix_maps}")
+    if provider in ("pypi", "archive"):
+        for role, path in tools:
+            if path.startswith("/") or ".." in Path(path).parts:
+                raise ConfigError(f"tool path {path!r} must be relative to the unpacked toolchain",
+                                  file=file, line=data["tools"].line_of(role), field=f"tools.{role}")
+    sha256 = f.str("sha256")
+    if sha256 is not None and (len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256)):
+        raise f.error("sha256", "expected 64 lowercase hex digits")
+    writable = f.str_list("writable")
+    for w in writable:
+        _check_relpath(w, f, "writable")
     return Toolchain(name=name, version=f.str("version", required=True), provider=provider,
-                     loc=Location(file, data.line), tools=tools,
-                     expect_version=f.str("expect_version"), description=f.str("description", ""))
+                     loc=Location(file, data.line), tools=tools, expect_version=f.str("expect_version"),
+                     description=f.str("description", ""), requirements=f.str_list("requirements"),
+                     packages=f.str_map("packages"), url=f.str("url"), sha256=sha256,
+                     strip_components=f.int("strip_components", 0), wrappers=wrappers,
+                     cmake_toolchain=bool(data.get("cmake_toolchain", False)), env=f.str_map("env"),
+                     writable=writable, host_compiler=f.str("host_compiler"), link_with=f.str("link_with"),
+                     cuda=f.str("cuda"))
+
+
+def _template_refs(template: str) -> list[str]:
+    import re
+
+    return re.findall(r"\{([A-Za-z0-9_+-]+)\}", template)
 
 
 def find_root(start: Path) -> Path:
@@ -460,7 +517,21 @@ def load_workspace(root: Path) -> Workspace:
     return ws
 
 
+def _check_toolchain_references(ws: Workspace) -> None:
+    from buildgraph import compat
+
+    for tc in ws.toolchains.values():
+        for field_name in ("host_compiler", "link_with"):
+            ref = getattr(tc, field_name)
+            if ref is not None and ref not in ws.toolchains:
+                raise ConfigError(f"unknown toolchain '{ref}'", file=tc.loc.file, line=tc.loc.line,
+                                  field=field_name, hint=did_you_mean(ref, ws.toolchains) or _tc_hint(ws))
+        if tc.cuda and tc.host_compiler:
+            compat.check_cuda_host(tc, ws.toolchains[tc.host_compiler])
+
+
 def _check_references(ws: Workspace, top: _Fields) -> None:
+    _check_toolchain_references(ws)
     if ws.default_toolchain and ws.default_toolchain not in ws.toolchains:
         raise top.error("toolchain", f"unknown toolchain '{ws.default_toolchain}'",
                         hint=did_you_mean(ws.default_toolchain, ws.toolchains) or _tc_hint(ws))

@@ -14,6 +14,11 @@ import pytest
 from buildgraph.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
+# Heavy toolchains (zig, CUDA) are fetched once into this store and shared by every
+# test and every run on this machine; the store's locking makes concurrent fetches safe.
+SHARED_TOOLCHAINS = Path(os.environ.get("BUILDGRAPH_TEST_TOOLCHAINS") or
+                         Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                         / "buildgraph-test-toolchains")
 
 HOST_GCC = """\
 name: host-gcc
@@ -28,11 +33,17 @@ tools:
 """
 
 
+def _command_words(args) -> int:
+    """How many leading arguments name the (sub)command: `toolchain fetch` has two."""
+    return 2 if args and args[0] == "toolchain" else 1
+
+
 class Workspace:
     """A workspace on disk plus helpers to run buildgraph on it."""
 
-    def __init__(self, root: Path, cache: Path):
+    def __init__(self, root: Path, cache: Path, toolchain_dir: Path | None = None):
         self.root, self.cache = root, cache
+        self.toolchain_dir = toolchain_dir
 
     def write(self, rel: str, text: str, mode: int | None = None) -> Path:
         path = self.root / rel
@@ -44,7 +55,8 @@ class Workspace:
 
     def run(self, *args, capsys=None) -> tuple[int, str, str]:
         """Run the CLI in this process; returns (exit code, stdout, stderr)."""
-        rc = main([*args[:1], "-C", str(self.root), "--cache-dir", str(self.cache), *args[1:]])
+        n = _command_words(args)
+        rc = main([*args[:n], "-C", str(self.root), "--cache-dir", str(self.cache), *self._tc_args(), *args[n:]])
         if capsys is not None:
             out, err = capsys.readouterr()
             return rc, out, err
@@ -62,10 +74,19 @@ class Workspace:
 
     def spawn(self, *args, **kw) -> subprocess.Popen:
         """Run the CLI as a separate process (for kills, signals and concurrency)."""
-        cmd = [sys.executable, "-m", "buildgraph", args[0], "-C", str(self.root),
-               "--cache-dir", str(self.cache), *args[1:]]
+        n = _command_words(args)
+        cmd = [sys.executable, "-m", "buildgraph", *args[:n], "-C", str(self.root),
+               "--cache-dir", str(self.cache), *self._tc_args(), *args[n:]]
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=dict(os.environ, PYTHONPATH=str(REPO)), **kw)
+
+    def _tc_args(self) -> list[str]:
+        return ["--toolchain-dir", str(self.toolchain_dir)] if self.toolchain_dir else []
+
+    def use_toolchains(self, *names: str) -> None:
+        """Copy the repository's pinned toolchains/<name>.yaml into this workspace."""
+        for name in names:
+            self.write(f"toolchains/{name}.yaml", (REPO / "toolchains" / f"{name}.yaml").read_text())
 
     def out(self, node: str) -> Path:
         return self.root / ".buildgraph" / "out" / node
@@ -76,6 +97,14 @@ def ws(tmp_path) -> Workspace:
     w = Workspace(tmp_path / "ws", tmp_path / "cache")
     w.root.mkdir()
     w.write("toolchains/host-gcc.yaml", HOST_GCC)
+    return w
+
+
+@pytest.fixture
+def shared_ws(tmp_path) -> Workspace:
+    """A workspace whose toolchain store is the shared one (for zig, CUDA, apt gcc)."""
+    w = Workspace(tmp_path / "ws", tmp_path / "cache", SHARED_TOOLCHAINS)
+    w.root.mkdir()
     return w
 
 

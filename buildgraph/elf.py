@@ -1,0 +1,78 @@
+"""Read what an ELF file needs from the system: symbol versions and libraries.
+
+`requirements(path)` reports, for a shared library or executable, the highest
+version it needs of each versioned namespace (GLIBC, GLIBCXX, CXXABI, GCC, ...) and
+its NEEDED entries. This is the input of a manylinux-style audit: a library built
+on Debian 12 that needs GLIBC_2.34 will not load on CentOS 7 (glibc 2.17).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_VERSION = re.compile(r"^([A-Z_]+?)_(\d+(?:\.\d+)*)$")
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split("."))
+
+
+@dataclass
+class ElfRequirements:
+    path: str
+    needed: list[str] = field(default_factory=list)
+    # namespace (GLIBC, GLIBCXX, ...) -> (highest version, one symbol needing it)
+    highest: dict[str, tuple[tuple[int, ...], str]] = field(default_factory=dict)
+
+    def max_version(self, namespace: str) -> str | None:
+        found = self.highest.get(namespace)
+        return ".".join(map(str, found[0])) if found else None
+
+
+def requirements(path: str) -> ElfRequirements:
+    """Symbol versions and libraries `path` needs; ValueError if it is not an ELF file."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.dynamic import DynamicSection
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.gnuversions import GNUVerNeedSection, GNUVerSymSection
+
+    out = ElfRequirements(path)
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            versym = None
+            version_names: dict[int, str] = {}
+            for section in elf.iter_sections():
+                if isinstance(section, DynamicSection):
+                    out.needed.extend(t.needed for t in section.iter_tags() if t.entry.d_tag == "DT_NEEDED")
+                elif isinstance(section, GNUVerNeedSection):
+                    for _, auxes in section.iter_versions():
+                        for aux in auxes:
+                            version_names[aux.entry.vna_other] = aux.name
+                elif isinstance(section, GNUVerSymSection):
+                    versym = section
+            dynsym = elf.get_section_by_name(".dynsym")
+            if dynsym is not None and versym is not None:
+                for i, sym in enumerate(dynsym.iter_symbols()):
+                    if sym["st_shndx"] != "SHN_UNDEF" or not sym.name:
+                        continue
+                    index = versym.get_symbol(i)["ndx"]
+                    name = version_names.get(index if isinstance(index, int) else -1)
+                    if name:
+                        _note(out, name, sym.name)
+            for name in version_names.values():  # versions required without a symbol we saw
+                _note(out, name, "")
+    except ELFError as exc:
+        raise ValueError(f"{path}: not an ELF file ({exc})") from None
+    return out
+
+
+def _note(out: ElfRequirements, version_name: str, symbol: str) -> None:
+    m = _VERSION.match(version_name)
+    if not m:
+        return
+    namespace, version = m.group(1), parse_version(m.group(2))
+    best = out.highest.get(namespace)
+    if best is None or version > best[0] or (version == best[0] and not best[1] and symbol):
+        out.highest[namespace] = (version, symbol)

@@ -1,0 +1,494 @@
+"""The toolchain store: pinned toolchains fetched once, identified by the digest of their files.
+
+Layout of the store directory (default <cache dir>/toolchains, or $BUILDGRAPH_TOOLCHAIN_DIR)
+-------------------------------------------------------------------------------------------
+  <name>-<d16>/             one entry per toolchain *definition*; d16 = digest of its spec,
+                            so a new version or requirement is a new entry
+      root/                 what the provider installed (pypi: pip --target; archive: unpacked)
+      bin/                  a script per `wrappers` role and a link per `tools` role
+      cmake/toolchain.cmake when `cmake_toolchain` is set
+      <writable>/           e.g. zig-cache: shared by all actions, mounted read-write
+      manifest.json         every file's digest (entry-relative, or absolute for apt/host files)
+      digest.json           written last: the entry's digest and the stat signatures of its
+                            executables; its presence means the entry is complete
+  <entry>.lock              flock held while fetching: two processes fetching at once do the
+                            work once; the second waits and finds the entry complete
+  .tmp-<entry>-<pid>/       an entry being built; renamed into place when complete
+
+The digest covers the spec (so a version change alone changes it) and the content of
+every file. It is computed once, at fetch. A build re-checks only the stat signatures of
+the executables (tens of stats, not the 15,000 files of a zig install); a changed
+executable is re-hashed and changes the digest, and so every dependent key.
+`toolchain verify` re-hashes everything, names what changed, and records the digest
+the files really have, so builds that follow get new keys too.
+
+Providers: pypi (pinned requirements, pip --target), apt (a Debian package at a pinned
+version; the digest covers `dpkg -L` of each package), host (an existing program checked
+against an expected version; not hermetic), archive (url + sha256, looked up first in
+mirror directories).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from buildgraph.digest import file_digest, stat_signature, value_digest
+from buildgraph.errors import BuildgraphError
+from buildgraph.workspace import Toolchain
+
+MANIFEST_VERSION = 1
+SANDBOX_TOOLCHAINS = "/toolchains"  # where entries appear inside the bwrap sandbox
+# Role in toolchains/*.yaml -> name on the action's PATH.
+ROLE_NAMES = {"cxx": "c++"}
+# gcc runs these helpers: their contents are part of the compiler.
+_GCC_HELPERS = {"cc": ("cc1", "collect2", "lto-wrapper"), "cxx": ("cc1plus",)}
+
+
+class FetchError(BuildgraphError):
+    """A toolchain could not be obtained; the message says what was tried and how to supply it."""
+
+
+class TamperedError(BuildgraphError):
+    """`verify` found files that differ from what was fetched."""
+
+
+def default_toolchain_dir(cache_dir: Path) -> Path:
+    env = os.environ.get("BUILDGRAPH_TOOLCHAIN_DIR")
+    return Path(env) if env else cache_dir / "toolchains"
+
+
+def mirror_dirs() -> list[Path]:
+    """Directories searched for archives before their URL: $BUILDGRAPH_MIRROR (':'-separated)."""
+    return [Path(p) for p in os.environ.get("BUILDGRAPH_MIRROR", "").split(":") if p]
+
+
+@dataclass(frozen=True)
+class Entry:
+    toolchain: Toolchain
+    path: Path                          # host path of the entry
+    name: str                           # its directory name (appears as /toolchains/<name>)
+    digest: str
+    watch: tuple[tuple[str, tuple], ...]  # (host path, stat signature) of executables
+    tampered: tuple[str, ...] = ()
+
+
+def entry_name(tc: Toolchain) -> str:
+    return f"{tc.name}-{value_digest(tc.spec())[:16]}"
+
+
+class ToolStore:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def entry_path(self, tc: Toolchain) -> Path:
+        return self.root / entry_name(tc)
+
+    # ------------------------------------------------------------ reading
+
+    def entry(self, tc: Toolchain) -> Entry | None:
+        """The complete entry for `tc`, or None if it has not been fetched."""
+        path = self.entry_path(tc)
+        try:
+            info = json.loads((path / "digest.json").read_text())
+        except (OSError, ValueError):
+            return None
+        watch = tuple((_host_path(path, p), tuple(sig)) for p, sig in info["watch"])
+        return Entry(tc, path, path.name, info["digest"], watch, tuple(info.get("tampered", ())))
+
+    def current_digest(self, entry: Entry, stat_cache) -> tuple[str, list[str]]:
+        """The entry's digest now, and the executables that changed since it was fetched."""
+        changed = []
+        for path, sig in entry.watch:
+            try:
+                now = stat_signature(os.stat(path))
+            except OSError:
+                now = None
+            if now != sig:
+                changed.append(path)
+        if not changed:
+            return entry.digest, []
+        extra = []
+        for p in changed:
+            try:
+                extra.append([p, stat_cache.digest(p)])
+            except OSError:
+                extra.append([p, None])
+        return value_digest([entry.digest, extra]), changed
+
+    # ------------------------------------------------------------ fetching
+
+    def fetch(self, tc: Toolchain, force: bool = False, log=None) -> Entry:
+        """Make the entry for `tc` exist; idempotent and safe to run from two processes at once."""
+        existing = self.entry(tc)
+        if existing is not None and not force:
+            return existing
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.entry_path(tc)
+        with open(f"{final}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            existing = self.entry(tc)
+            if existing is not None and not force:
+                return existing   # another process fetched it while we waited
+            tmp = self.root / f".tmp-{final.name}-{os.getpid()}"
+            _remove(tmp)
+            tmp.mkdir()
+            try:
+                if log:
+                    log(f"fetching toolchain {tc.name} {tc.version} ({tc.provider})")
+                host_files = PROVIDERS[tc.provider](tc, tmp)
+                tools = _tool_paths(tc, tmp, host_files)
+                _write_bin(tc, tmp, tools)
+                if tc.cmake_toolchain:
+                    _write_cmake_file(tmp)
+                for w in tc.writable:
+                    (tmp / w).mkdir(parents=True, exist_ok=True)
+                self._record(tc, tmp, host_files)
+                if final.exists():
+                    _remove(final)
+                os.rename(tmp, final)
+            except BaseException:
+                _remove(tmp)
+                raise
+        entry = self.entry(tc)
+        assert entry is not None
+        return entry
+
+    def _record(self, tc: Toolchain, tmp: Path, host_files: list[str]) -> None:
+        skip = {f"{w}/" for w in tc.writable}
+        files, watch = {}, []
+        for dirpath, dirnames, filenames in os.walk(tmp):
+            rel_dir = os.path.relpath(dirpath, tmp)
+            if rel_dir != "." and any(f"{rel_dir}/".startswith(s) for s in skip):
+                dirnames[:] = []
+                continue
+            for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                path = os.path.join(dirpath, name)
+                rel = os.path.relpath(path, tmp)
+                files[rel], exe = _file_entry(path)
+                if exe:
+                    watch.append((rel, list(stat_signature(os.stat(path)))))
+        for path in host_files:
+            files[path], exe = _file_entry(path)
+            if exe:
+                watch.append((path, list(stat_signature(os.stat(path)))))
+        digest = value_digest({"spec": tc.spec(), "files": sorted(files.items())})
+        (tmp / "manifest.json").write_text(json.dumps({"v": MANIFEST_VERSION, "toolchain": tc.name,
+                                                       "version": tc.version, "digest": digest,
+                                                       "files": files}, sort_keys=True))
+        _write_atomic(tmp / "digest.json", {"digest": digest, "watch": sorted(watch)})
+
+    # ------------------------------------------------------------ verifying
+
+    def verify(self, tc: Toolchain) -> list[str]:
+        """Re-hash every file of the entry; returns what differs from the fetch (empty: intact).
+
+        When something differs, the entry's recorded digest becomes the digest of the
+        files as they are, so later builds key their actions on the real contents.
+        """
+        entry = self.entry(tc)
+        if entry is None:
+            raise FetchError(f"toolchain {tc.name} is not fetched; run `buildgraph toolchain fetch {tc.name}`")
+        manifest = json.loads((entry.path / "manifest.json").read_text())
+        recorded = manifest["files"]
+        problems, actual = [], {}
+        for rel, expected in sorted(recorded.items()):
+            path = _host_path(entry.path, rel)
+            try:
+                actual[rel], _ = _file_entry(path)
+            except OSError:
+                problems.append(f"{path}: missing")
+                continue
+            if actual[rel] != expected:
+                problems.append(f"{path}: content changed")
+        skip = {"manifest.json", "digest.json"} | {f"{w}/" for w in tc.writable}
+        for dirpath, dirnames, filenames in os.walk(entry.path):
+            for name in filenames:
+                rel = os.path.relpath(os.path.join(dirpath, name), entry.path)
+                if rel not in recorded and rel not in skip and not any(rel.startswith(s) for s in skip):
+                    problems.append(f"{os.path.join(dirpath, name)}: not part of the fetched toolchain")
+                    actual[rel], _ = _file_entry(os.path.join(dirpath, name))
+        info = json.loads((entry.path / "digest.json").read_text())
+        if problems:
+            info["digest"] = value_digest({"spec": tc.spec(), "files": sorted(actual.items())})
+            info["tampered"] = problems
+            info["watch"] = [[p, list(stat_signature(os.stat(_host_path(entry.path, p))))]
+                             for p, _ in info["watch"] if os.path.exists(_host_path(entry.path, p))]
+        else:
+            info.pop("tampered", None)
+            info["digest"] = manifest["digest"]
+        _write_atomic(entry.path / "digest.json", info)
+        return problems
+
+
+# ---------------------------------------------------------------- helpers
+
+def _host_path(entry: Path, rel: str) -> str:
+    return rel if rel.startswith("/") else str(entry / rel)
+
+
+def _file_entry(path: str) -> tuple[list, bool]:
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return ["->", os.readlink(path)], False
+    exe = bool(st.st_mode & 0o111)
+    return [file_digest(path), exe], exe
+
+
+def _write_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        for dirpath, dirnames, _ in os.walk(path):
+            for d in dirnames:
+                try:
+                    os.chmod(os.path.join(dirpath, d), 0o755)
+                except OSError:
+                    pass
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _which(command: str) -> str | None:
+    if "/" in command:
+        return command if os.access(command, os.X_OK) else None
+    return shutil.which(command)
+
+
+def _tool_paths(tc: Toolchain, tmp: Path, host_files: list[str]) -> dict[str, str]:
+    """role -> how a wrapper refers to the tool: "$d/root/<rel>" or an absolute host path."""
+    out = {}
+    for role, path in tc.tools:
+        if tc.provider in ("pypi", "archive"):
+            if not (tmp / "root" / path).exists():
+                raise FetchError(f"toolchain {tc.name}: tool {role}={path!r} is not in the installed "
+                                 f"files (looked for root/{path})")
+            out[role] = f'"$d/root/{path}"'
+        else:
+            out[role] = os.path.realpath(_which(path) or path)
+    return out
+
+
+def _write_bin(tc: Toolchain, tmp: Path, tools: dict[str, str]) -> None:
+    """bin/: a link per tool (relative for installed files) and a script per wrapper."""
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir()
+    wrapped = dict(tc.wrappers)
+    for role, ref in tools.items():
+        name = ROLE_NAMES.get(role, role)
+        if name in wrapped or role in wrapped:
+            continue
+        target = os.path.join("..", "root", dict(tc.tools)[role]) if ref.startswith('"$d') else ref
+        os.symlink(target, bin_dir / name)
+    for role, template in tc.wrappers:
+        command = template
+        for ref, value in tools.items():
+            command = command.replace("{" + ref + "}", value)
+        command = command.replace("{entry}", '"$d"').replace(
+            "{prefix_maps}", f'-ffile-prefix-map="${{BUILDGRAPH_SANDBOX:-/sandbox}}"=/sandbox '
+                             f'-ffile-prefix-map="$d"={SANDBOX_TOOLCHAINS}/{_entry_dir_name(tmp)}')
+        script = bin_dir / ROLE_NAMES.get(role, role)
+        script.write_text("#!/bin/sh\n"
+                          f"# generated by buildgraph from toolchain {tc.name} (wrappers.{role})\n"
+                          'd=$(dirname "$(dirname "$(readlink -f "$0")")")\n'
+                          f'exec {command} "$@"\n')
+        script.chmod(0o755)
+
+
+def _entry_dir_name(tmp: Path) -> str:
+    """The final entry name of a temp dir named .tmp-<entry>-<pid>."""
+    return tmp.name.removeprefix(".tmp-").rsplit("-", 1)[0]
+
+
+def _write_cmake_file(tmp: Path) -> None:
+    (tmp / "cmake").mkdir()
+    lines = ["# generated by buildgraph: use this toolchain's wrappers; no build RPATH (reproducible)"]
+    for var, name in (("CMAKE_C_COMPILER", "cc"), ("CMAKE_CXX_COMPILER", "c++")):
+        if (tmp / "bin" / name).exists():
+            lines.append(f'set({var} "${{CMAKE_CURRENT_LIST_DIR}}/../bin/{name}")')
+    for var, name in (("CMAKE_AR", "ar"), ("CMAKE_RANLIB", "ranlib")):
+        if (tmp / "bin" / name).exists():
+            lines.append(f'set({var} "${{CMAKE_CURRENT_LIST_DIR}}/../bin/{name}" CACHE FILEPATH "")')
+    lines.append("set(CMAKE_SKIP_BUILD_RPATH ON)")
+    (tmp / "cmake" / "toolchain.cmake").write_text("\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------- providers
+# Each installs into tmp/root (if it installs anything) and returns the host files
+# outside the entry that belong to the toolchain (apt and host providers).
+
+def _fetch_pypi(tc: Toolchain, tmp: Path) -> list[str]:
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+           "--no-compile", "--only-binary=:all:", "--target", str(tmp / "root"), *tc.requirements]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
+        raise FetchError(f"toolchain {tc.name}: pip could not install {' '.join(tc.requirements)}:\n{tail}")
+    _check_expected_version(tc, tmp)
+    return []
+
+
+def _fetch_apt(tc: Toolchain, tmp: Path) -> list[str]:
+    wrong = []
+    for package, version in tc.packages:
+        installed = subprocess.run(["dpkg-query", "-W", "-f=${Status} ${Version}", package],
+                                   capture_output=True, text=True).stdout
+        if not installed.startswith("install ok installed") or installed.split()[-1] != version:
+            wrong.append((package, version, installed.split()[-1] if "installed" in installed else None))
+    if wrong:
+        specs = [f"{p}={v}" for p, v, _ in wrong]
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+            proc = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *specs],
+                                  capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env)
+                proc = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *specs],
+                                      capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                raise FetchError(f"toolchain {tc.name}: apt-get could not install {' '.join(specs)}: "
+                                 f"{proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
+        else:
+            found = ", ".join(f"{p} {have or 'not installed'}" for p, _, have in wrong)
+            raise FetchError(f"toolchain {tc.name} needs {' '.join(specs)} (found: {found}); "
+                             f"install with: sudo apt-get install {' '.join(specs)}")
+    files = []
+    for package, _ in tc.packages:
+        listing = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True).stdout.split("\n")
+        files.extend(p for p in listing if p and os.path.isfile(p) and not os.path.islink(p)
+                     and not p.startswith("/usr/share/doc/"))
+    _check_expected_version(tc, tmp)
+    return sorted(set(files))
+
+
+def _fetch_host(tc: Toolchain, tmp: Path) -> list[str]:
+    files = []
+    missing = []
+    for role, command in tc.tools:
+        path = _which(command)
+        if path is None:
+            missing.append(f"{role}={command}")
+            continue
+        path = os.path.realpath(path)
+        files.append(path)
+        for helper in _GCC_HELPERS.get(role, ()):
+            out = subprocess.run([path, f"-print-prog-name={helper}"], capture_output=True, text=True)
+            found = out.stdout.strip()
+            if out.returncode == 0 and os.path.isabs(found) and os.path.exists(found):
+                files.append(os.path.realpath(found))
+    if missing:
+        where = "" if all("/" in m for m in missing) else " on PATH"
+        raise FetchError(f"toolchain {tc.name} {tc.version} (host) is not on this machine: looked for "
+                         f"{', '.join(missing)}{where}. "
+                         f"Install it there, or edit 'tools' in {tc.loc.file} to point at an existing "
+                         f"installation" + (f" that reports version {tc.expect_version!r}"
+                                            if tc.expect_version else ""))
+    _check_expected_version(tc, tmp)
+    return sorted(set(files))
+
+
+def _fetch_archive(tc: Toolchain, tmp: Path) -> list[str]:
+    archive = tmp / "archive"
+    tried = []
+    for mirror in mirror_dirs():
+        for candidate in (mirror / tc.sha256, mirror / os.path.basename(tc.url)):
+            tried.append(str(candidate))
+            if candidate.is_file():
+                shutil.copyfile(candidate, archive)
+                break
+        if archive.exists():
+            break
+    if not archive.exists():
+        tried.append(tc.url)
+        try:
+            with urllib.request.urlopen(tc.url, timeout=30) as resp, open(archive, "wb") as out:
+                shutil.copyfileobj(resp, out, 1 << 20)
+        except Exception as exc:  # any failure to download is reported with what was tried
+            _remove(archive)
+            mirrors = ", ".join(str(m) for m in mirror_dirs()) or "none set"
+            raise FetchError(
+                f"toolchain {tc.name} {tc.version}: cannot get its archive: {exc}. Looked in: "
+                f"{'; '.join(tried)}. To supply it, download {tc.url} elsewhere, check that its "
+                f"sha256 is {tc.sha256}, and put it in a mirror directory as {tc.sha256} "
+                f"(BUILDGRAPH_MIRROR=DIR; mirrors now: {mirrors})") from None
+    h = hashlib.sha256()
+    with open(archive, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    if h.hexdigest() != tc.sha256:
+        raise FetchError(f"toolchain {tc.name}: archive {tc.url} has sha256 {h.hexdigest()}, "
+                         f"expected {tc.sha256}")
+    _unpack(archive, tmp / "root", tc.strip_components)
+    archive.unlink()
+    _check_expected_version(tc, tmp)
+    return []
+
+
+def _unpack(archive: Path, dest: Path, strip: int) -> None:
+    dest.mkdir()
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            for info in z.infolist():
+                parts = Path(info.filename).parts[strip:]
+                if not parts or info.is_dir():
+                    continue
+                target = dest.joinpath(*parts)
+                if ".." in parts or target.is_absolute() and not str(target).startswith(str(dest)):
+                    raise FetchError(f"archive member {info.filename!r} leaves the toolchain directory")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with z.open(info) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+                if info.external_attr >> 16 & 0o111:
+                    target.chmod(0o755)
+        return
+    with tarfile.open(archive) as t:
+        members = []
+        for m in t.getmembers():
+            parts = Path(m.name).parts[strip:]
+            if not parts:
+                continue
+            m.name = str(Path(*parts))
+            members.append(m)
+        t.extractall(dest, members=members, filter="data")
+
+
+def _check_expected_version(tc: Toolchain, tmp: Path) -> None:
+    """The compiler must report `expect_version` (host and apt toolchains pin by it)."""
+    if not tc.expect_version:
+        return
+    role = next((r for r in ("cc", "cxx", "nvcc") if r in dict(tc.tools)), None)
+    if role is None:
+        return
+    path = dict(tc.tools)[role]
+    exe = str(tmp / "root" / path) if tc.provider in ("pypi", "archive") else _which(path)
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+        reported = out.stdout + out.stderr
+    except (OSError, subprocess.SubprocessError) as exc:
+        reported = str(exc)
+    if tc.expect_version not in reported:
+        first = (reported.strip().splitlines() or [""])[0]
+        raise FetchError(f"toolchain {tc.name}: {path} reports {first!r}, expected it to contain "
+                         f"{tc.expect_version!r} (declared in {tc.loc.file})")
+
+
+PROVIDERS = {"pypi": _fetch_pypi, "apt": _fetch_apt, "host": _fetch_host, "archive": _fetch_archive}
+
+

@@ -1,0 +1,298 @@
+"""Pinned toolchains: the store, providers, the portable glibc-2.17 toolchain, CUDA, rules."""
+
+import io
+import json
+import os
+import tarfile
+import time
+
+import pytest
+from conftest import REPO, ran
+
+from buildgraph.elf import parse_version, requirements
+
+C_SRC = """\
+#include <string.h>
+#include <stdlib.h>
+int portable_c(const char *s) {
+    char *d = malloc(strlen(s) + 1);
+    memcpy(d, s, strlen(s) + 1);
+    int n = (int)strlen(d);
+    free(d);
+    return n;
+}
+"""
+CPP_SRC = """\
+#include <string>
+#include <thread>
+static std::string& name() { static std::string n("portable"); return n; }  // function-local static
+extern "C" int portable_cpp() {
+    int result = 0;
+    std::thread t([&] { result = (int)name().size(); });
+    t.join();
+    return result;
+}
+"""
+CU_SRC = """\
+__global__ void add_one(float *x, int n) { int i = blockIdx.x * blockDim.x + threadIdx.x; if (i < n) x[i] += 1.0f; }
+extern "C" int launch_add_one(float *x, int n) { add_one<<<(n + 255) / 256, 256>>>(x, n); return 0; }
+"""
+
+
+def glibc_needed(path) -> tuple[int, ...]:
+    found = requirements(str(path)).highest.get("GLIBC")
+    return found[0] if found else ()
+
+
+@pytest.mark.slow
+def test_portable_libraries_need_no_more_than_glibc_2_17(shared_ws, capsys):
+    ws = shared_ws
+    ws.use_toolchains("portable", "gcc-12")
+    ws.write("lib.c", C_SRC)
+    ws.write("lib.cpp", CPP_SRC)
+    ws.write("BUILD.yaml", """\
+        targets:
+          c: {kind: script, toolchain: portable, srcs: [lib.c], outs: [lib.so],
+              cmds: ["$CC -O2 -fPIC -shared $SRC/lib.c -o $OUT/lib.so"]}
+          cpp: {kind: script, toolchain: portable, srcs: [lib.cpp], outs: [lib.so],
+                cmds: ["$CXX -O2 -fPIC -shared $SRC/lib.cpp -o $OUT/lib.so"]}
+          cpp_gcc12: {kind: script, toolchain: gcc-12, srcs: [lib.cpp], outs: [lib.so],
+                      cmds: ["$CXX -O2 -fPIC -shared $SRC/lib.cpp -o $OUT/lib.so"]}
+        """)
+    st = ws.build(capsys=capsys)
+    assert st["_rc"] == 0, st["_out"] + st["_err"]
+    for node in ("c", "cpp"):
+        req = requirements(str(ws.out(node) / "lib.so"))
+        assert glibc_needed(ws.out(node) / "lib.so") <= (2, 17), req.highest
+        assert not any(n.startswith(("libstdc++", "libgcc_s")) for n in req.needed), req.needed
+        assert "GLIBCXX" not in req.highest and "CXXABI" not in req.highest
+    host = requirements(str(ws.out("cpp_gcc12") / "lib.so"))
+    assert "libstdc++.so.6" in host.needed        # the same source with gcc 12 needs more
+    assert host.highest["GLIBCXX"][0] >= parse_version("3.4.22")
+    # Reproducible: nothing host-specific is embedded.
+    data = (ws.out("cpp") / "lib.so").read_bytes()
+    assert str(ws.root).encode() not in data and str(ws.toolchain_dir).encode() not in data
+
+
+@pytest.mark.slow
+def test_portable_toolchain_through_cmake(shared_ws, capsys):
+    ws = shared_ws
+    ws.use_toolchains("portable")
+    ws.write("proj/lib.c", C_SRC)
+    ws.write("proj/CMakeLists.txt", """\
+        cmake_minimum_required(VERSION 3.16)
+        project(p C)
+        add_library(p SHARED lib.c)
+        install(TARGETS p LIBRARY DESTINATION lib)
+        """)
+    ws.write("BUILD.yaml", """\
+        targets:
+          p: {kind: cmake, toolchain: portable, srcs: ["proj/*"], source_dir: proj, outs: [lib/libp.so]}
+        """)
+    st = ws.build(capsys=capsys)
+    assert st["p"] == "ran", st["_out"]
+    assert glibc_needed(ws.out("p") / "lib/libp.so") <= (2, 17)
+    assert "RPATH" not in str(requirements(str(ws.out("p") / "lib/libp.so")).needed)
+
+
+@pytest.mark.slow
+def test_cuda_13_compiles_with_gcc_host_and_links_for_glibc_2_17(shared_ws, capsys):
+    ws = shared_ws
+    ws.use_toolchains("cuda-13.0", "gcc-12", "portable")
+    ws.write("k.cu", CU_SRC)
+    ws.write("BUILD.yaml", """\
+        targets:
+          kernel:
+            kind: script
+            toolchain: cuda-13.0
+            srcs: [k.cu]
+            outs: [libk.so, nvcc-version.txt]
+            cmds:
+              - nvcc --version > $OUT/nvcc-version.txt
+              - nvcc -Xcompiler -fPIC -c $SRC/k.cu -o k.o
+              - $CXX -shared k.o -L$CUDA_HOME/lib -l:libcudart.so.13 -o $OUT/libk.so
+        """)
+    st = ws.build(capsys=capsys)
+    assert st["kernel"] == "ran", st["_out"]
+    assert "release 13.0" in (ws.out("kernel") / "nvcc-version.txt").read_text()
+    req = requirements(str(ws.out("kernel") / "libk.so"))
+    assert "libcudart.so.13" in req.needed
+    assert glibc_needed(ws.out("kernel") / "libk.so") <= (2, 17)
+
+
+def test_incompatible_cuda_and_gcc_exit_2_before_anything_runs(ws, capsys):
+    ws.use_toolchains("gcc-12", "portable")
+    pinned = (REPO / "toolchains" / "cuda-11.8.yaml").read_text()
+    ws.write("toolchains/cuda-11.8.yaml", pinned.replace("host_compiler: gcc-11", "host_compiler: gcc-12"))
+    ws.write("BUILD.yaml", "targets:\n  k: {kind: script, toolchain: cuda-11.8, outs: [o], cmds: ['touch $OUT/o']}\n")
+    rc, _, err = ws.run("build", capsys=capsys)
+    assert rc == 2
+    assert "toolchain 'cuda-11.8' (CUDA 11.8) cannot use host compiler 'gcc-12' (gcc 12.2.0)" in err
+    assert "CUDA 11.8 supports gcc <= 11" in err and "toolchains/cuda-11.8.yaml" in err
+    assert not (ws.root / ".buildgraph" / "out").exists()
+
+
+def test_missing_gcc5_and_old_cuda_say_what_they_looked_for(ws, capsys):
+    ws.use_toolchains("gcc-5", "cuda-10.1", "portable")
+    ws.write("BUILD.yaml", "targets: {}\n")
+    rc, out, err = ws.run("toolchain", "fetch", "gcc-5", capsys=capsys)
+    assert rc == 1
+    assert "toolchain gcc-5 5.5.0 (host) is not on this machine: looked for cc=gcc-5, cxx=g++-5 on PATH" in err
+    assert "edit 'tools' in toolchains/gcc-5.yaml" in err
+    rc, out, err = ws.run("toolchain", "list", capsys=capsys)
+    assert rc == 0
+    line = next(l for l in out.splitlines() if l.startswith("gcc-5 "))
+    assert "host" in line and line.split()[-2:] == ["no", "no"]   # not hermetic, not installed
+
+
+# ------------------------------------------------------------------ store, with a small archive toolchain
+
+def make_archive(tmp_path, tool_body="echo tool-v1", big=0):
+    """A toolchain archive with bin/tool, share/data.txt (and optional padding), in a mirror dir."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir(exist_ok=True)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        def add(name, data, mode=0o644):
+            info = tarfile.TarInfo(f"mytc-1.0/{name}")
+            info.size, info.mode = len(data), mode
+            t.addfile(info, io.BytesIO(data))
+        add("bin/tool", f"#!/bin/sh\n{tool_body}\n".encode(), 0o755)
+        add("share/data.txt", b"data v1\n")
+        if big:
+            add("share/padding.bin", os.urandom(big))
+    import hashlib
+    sha = hashlib.sha256(buf.getvalue()).hexdigest()
+    (mirror / sha).write_bytes(buf.getvalue())
+    return mirror, sha
+
+
+def archive_workspace(ws, tmp_path, monkeypatch, **kw):
+    mirror, sha = make_archive(tmp_path, **kw)
+    monkeypatch.setenv("BUILDGRAPH_MIRROR", str(mirror))
+    ws.write("toolchains/mytc.yaml", f"""\
+        name: mytc
+        version: "1.0"
+        provider: archive
+        url: https://example.invalid/mytc-1.0.tar.gz
+        sha256: {sha}
+        strip_components: 1
+        tools: {{tool: bin/tool}}
+        """)
+    ws.write("BUILD.yaml", """\
+        targets:
+          t: {kind: script, toolchain: mytc, outs: [o], cmds: ["tool > $OUT/o"]}
+        """)
+    return mirror, sha
+
+
+def _key(ws, node):
+    from buildgraph.state import StateDir
+    return StateDir(ws.root).load().nodes[node].key
+
+
+def test_archive_toolchain_from_a_mirror_builds_and_lists(ws, capsys, tmp_path, monkeypatch):
+    archive_workspace(ws, tmp_path, monkeypatch)
+    st = ws.build(capsys=capsys)
+    assert st["t"] == "ran", st["_out"] + st["_err"]
+    assert (ws.out("t") / "o").read_text() == "tool-v1\n"
+    rc, out, _ = ws.run("toolchain", "list", "mytc", capsys=capsys)
+    fields = out.splitlines()[1].split()
+    assert fields[:3] == ["mytc", "1.0", "archive"] and fields[-2:] == ["yes", "yes"]
+
+
+def test_archive_with_wrong_checksum_or_unreachable_url_is_refused(ws, capsys, tmp_path, monkeypatch):
+    mirror, sha = archive_workspace(ws, tmp_path, monkeypatch)
+    (mirror / sha).write_bytes(b"not the archive")
+    rc, _, err = ws.run("toolchain", "fetch", "mytc", capsys=capsys)
+    assert rc == 1 and f"expected {sha}" in err
+    (mirror / sha).unlink()
+    rc, _, err = ws.run("toolchain", "fetch", "mytc", capsys=capsys)
+    assert rc == 1 and "cannot get its archive" in err and f"put it in a mirror directory as {sha}" in err
+
+
+def test_fetch_is_idempotent_and_safe_from_two_processes(ws, tmp_path, monkeypatch):
+    archive_workspace(ws, tmp_path, monkeypatch, big=30_000_000)
+    procs = [ws.spawn("toolchain", "fetch", "mytc") for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    assert sum("fetching toolchain mytc" in err for _, err in results) == 1   # the work was done once
+    digests = {out.split(":")[1].split()[0] for out, _ in results}
+    assert len(digests) == 1
+    store = ws.cache / "toolchains"
+    assert [p.name for p in store.iterdir() if p.is_dir()] == [next(p.name for p in store.iterdir() if p.is_dir())]
+    assert not [p for p in store.iterdir() if p.name.startswith(".tmp-")]
+    again = ws.spawn("toolchain", "fetch", "mytc")
+    out, err = again.communicate(timeout=60)
+    assert again.returncode == 0 and "fetching" not in err and out.split(":")[1].split()[0] in digests
+
+
+def test_tampered_toolchain_is_caught_by_verify_and_changes_keys(ws, capsys, tmp_path, monkeypatch):
+    archive_workspace(ws, tmp_path, monkeypatch)
+    ws.build(capsys=capsys)
+    key1 = _key(ws, "t")
+    entry = next(p for p in (ws.cache / "toolchains").iterdir() if p.is_dir())
+    assert ws.run("toolchain", "verify", capsys=capsys)[0] == 0
+
+    # A data file: only a full re-hash can see it. verify names it and keys follow.
+    (entry / "root/share/data.txt").write_text("data v2\n")
+    rc, out, _ = ws.run("toolchain", "verify", "mytc", capsys=capsys)
+    assert rc == 1 and "TAMPERED" in out and "root/share/data.txt: content changed" in out
+    assert ran(ws.build(capsys=capsys)) == {"t"}
+    key2 = _key(ws, "t")
+    assert key2 != key1
+    rc, out, _ = ws.run("toolchain", "list", capsys=capsys)
+    assert "TAMPERED" in out
+
+    # An executable: every build checks those, no verify needed.
+    tool = entry / "root/bin/tool"
+    time.sleep(0.01)
+    tool.write_text("#!/bin/sh\necho tool-v2\n")
+    st = ws.build(capsys=capsys)
+    assert st["t"] == "ran" and "changed since it was fetched" in st["_err"]
+    assert _key(ws, "t") not in (key1, key2)
+
+    # fetch --force restores the fetched toolchain, and with it the first key.
+    assert ws.run("toolchain", "fetch", "--force", "mytc", capsys=capsys)[0] == 0
+    assert ws.run("toolchain", "verify", "mytc", capsys=capsys)[0] == 0
+    st = ws.build(capsys=capsys)
+    assert st["t"] in ("cached", "up-to-date") and _key(ws, "t") == key1
+
+
+def test_version_change_is_a_new_entry_and_a_new_key(ws, capsys, tmp_path, monkeypatch):
+    archive_workspace(ws, tmp_path, monkeypatch)
+    ws.build(capsys=capsys)
+    key1 = _key(ws, "t")
+    text = (ws.root / "toolchains/mytc.yaml").read_text().replace('version: "1.0"', 'version: "1.0-r2"')
+    ws.write("toolchains/mytc.yaml", text)
+    assert ran(ws.build(capsys=capsys)) == {"t"}
+    assert _key(ws, "t") != key1
+    assert len([p for p in (ws.cache / "toolchains").iterdir() if p.is_dir()]) == 2
+
+
+def test_toolchain_digest_is_read_not_recomputed_per_build(ws, capsys, tmp_path, monkeypatch):
+    archive_workspace(ws, tmp_path, monkeypatch)
+    ws.build(capsys=capsys)
+    entry = next(p for p in (ws.cache / "toolchains").iterdir() if p.is_dir())
+    recorded = json.loads((entry / "digest.json").read_text())["digest"]
+    from buildgraph.state import StateDir
+    ws.write("BUILD.yaml", (ws.root / "BUILD.yaml").read_text().replace("tool >", "tool >>"))
+    ws.build(capsys=capsys)
+    assert StateDir(ws.root).last_build()["files_hashed"] == 0   # nothing of the toolchain re-hashed
+    assert recorded in json.dumps(StateDir(ws.root).read_inputs("t"))
+
+
+@pytest.mark.slow
+def test_apt_gcc_toolchain_digest_covers_its_package_files(shared_ws, capsys):
+    ws = shared_ws
+    ws.use_toolchains("gcc-12")
+    ws.write("BUILD.yaml", "targets: {}\n")
+    rc, out, err = ws.run("toolchain", "fetch", "gcc-12", capsys=capsys)
+    assert rc == 0, err
+    entry = next(p for p in ws.toolchain_dir.iterdir() if p.name.startswith("gcc-12-") and p.is_dir())
+    files = json.loads((entry / "manifest.json").read_text())["files"]
+    assert "/usr/bin/x86_64-linux-gnu-gcc-12" in files
+    assert any(p.endswith("/cc1plus") for p in files)
+    assert any(p.startswith("/usr/include/c++/12/") for p in files)
+    rc, out, _ = ws.run("toolchain", "verify", "gcc-12", capsys=capsys)
+    assert rc == 0 and "gcc-12: ok" in out
