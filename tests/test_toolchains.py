@@ -296,3 +296,20 @@ def test_apt_gcc_toolchain_digest_covers_its_package_files(shared_ws, capsys):
     assert any(p.startswith("/usr/include/c++/12/") for p in files)
     rc, out, _ = ws.run("toolchain", "verify", "gcc-12", capsys=capsys)
     assert rc == 0 and "gcc-12: ok" in out
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "none"])
+def test_toolchain_entry_is_reachable_in_every_sandbox_mode(ws, capsys, tmp_path, monkeypatch, mode):
+    from buildgraph.sandbox import detect_mode
+    if mode == "bwrap" and detect_mode() != "bwrap":
+        pytest.skip("bubblewrap not available")
+    archive_workspace(ws, tmp_path, monkeypatch)
+    ws.write("toolchains/mytc.yaml", (ws.root / "toolchains/mytc.yaml").read_text() +
+             'env: {MYTC_DATA: "{entry}/root/share/data.txt"}\n')
+    ws.write("BUILD.yaml", """\
+        targets:
+          t: {kind: script, toolchain: mytc, outs: [o], cmds: ["tool > $OUT/o", "cat $MYTC_DATA >> $OUT/o"]}
+        """)
+    st = ws.build("--sandbox", mode, capsys=capsys)
+    assert st["t"] == "ran", st["_out"]
+    assert (ws.out("t") / "o").read_text() == "tool-v1\ndata v1\n"
