@@ -22,6 +22,7 @@ def parse_version(text: str) -> tuple[int, ...]:
 class ElfRequirements:
     path: str
     needed: list[str] = field(default_factory=list)
+    rpaths: list[str] = field(default_factory=list)   # DT_RPATH and DT_RUNPATH entries
     # namespace (GLIBC, GLIBCXX, ...) -> (highest version, one symbol needing it)
     highest: dict[str, tuple[tuple[int, ...], str]] = field(default_factory=dict)
 
@@ -45,7 +46,13 @@ def requirements(path: str) -> ElfRequirements:
             version_names: dict[int, str] = {}
             for section in elf.iter_sections():
                 if isinstance(section, DynamicSection):
-                    out.needed.extend(t.needed for t in section.iter_tags() if t.entry.d_tag == "DT_NEEDED")
+                    for tag in section.iter_tags():
+                        if tag.entry.d_tag == "DT_NEEDED":
+                            out.needed.append(tag.needed)
+                        elif tag.entry.d_tag == "DT_RPATH":
+                            out.rpaths.append(tag.rpath)
+                        elif tag.entry.d_tag == "DT_RUNPATH":
+                            out.rpaths.append(tag.runpath)
                 elif isinstance(section, GNUVerNeedSection):
                     for _, auxes in section.iter_versions():
                         for aux in auxes:
