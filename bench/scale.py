@@ -11,7 +11,6 @@ figures and ratios; asserts nothing.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys

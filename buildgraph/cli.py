@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from buildgraph.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, BuildgraphError, UsageError
+from buildgraph.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, BuildgraphError
 
 
 def _size(text: str) -> int:

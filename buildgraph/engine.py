@@ -22,7 +22,8 @@ from buildgraph.errors import ConfigError, StoreError
 from buildgraph.graph import BuildGraph, Node, configure
 from buildgraph.sandbox import SANDBOX_ROOT, Sandbox
 from buildgraph.state import NodeRecord, State, StateDir
-from buildgraph.store.local import LocalStore, _force_remove
+from buildgraph.fsutil import force_remove
+from buildgraph.store.local import LocalStore
 from buildgraph.toolchains import Mount, ToolchainResolver, host_tools
 from buildgraph.toolstore import ToolStore
 from buildgraph.workspace import Workspace, field_path, load_workspace, workspace_files
@@ -256,7 +257,7 @@ class Engine:
             return
         final = self.out_dir(name)
         tmp = final.parent / f".{name}.{os.getpid()}.tmp"
-        _force_remove(str(tmp))
+        force_remove(str(tmp))
         tmp.mkdir(parents=True)
         listing = []
         for f in result.files:
@@ -273,7 +274,7 @@ class Engine:
             trash = final.parent / f".{name}.{os.getpid()}.old"
             os.replace(final, trash)
             os.replace(tmp, final)
-            _force_remove(str(trash))
+            force_remove(str(trash))
         else:
             os.replace(tmp, final)
         self.state.materialized[name] = (result.output_digest, tuple(listing))

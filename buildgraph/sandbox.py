@@ -36,7 +36,8 @@ from dataclasses import dataclass
 
 from buildgraph.action import Action, ActionResult, BadResult, OutputFile, OutputSymlink, check_symlink
 from buildgraph.digest import file_digest, stat_signature
-from buildgraph.store.local import LocalStore, _force_remove, copy_file
+from buildgraph.fsutil import copy_file, force_remove
+from buildgraph.store.local import LocalStore
 from buildgraph.toolstore import SANDBOX_TOOLCHAINS
 
 SANDBOX_ROOT = "/sandbox"
@@ -120,7 +121,7 @@ class Sandbox:
             return RunOutcome(result, None, log, time.monotonic() - start)
         finally:
             if not keep:
-                _force_remove(root)
+                force_remove(root)
 
     def cancel_all(self) -> None:
         """Stop every running action (SIGTERM, then SIGKILL after 2 s)."""
@@ -160,7 +161,7 @@ class Sandbox:
 
     def close(self) -> None:
         for path in self._tool_dirs.values():
-            _force_remove(path)
+            force_remove(path)
         self._tool_dirs.clear()
 
     def _stage(self, root: str, action: Action, dep_results, tools) -> None:

@@ -132,7 +132,7 @@ class ToolchainResolver:
         linker_owned = ("CC", "CXX", "AR", "RANLIB", "CMAKE_TOOLCHAIN_FILE") if tc.link_with else ()
         env.update((k, v) for k, v in own_env.items() if k not in linker_owned)
         if tc.cuda:
-            env["CUDA_HOME"] = f"{SANDBOX_TOOLCHAINS}/{entry.name}/root/{_cuda_home(tc)}"
+            env["CUDA_HOME"] = f"{SANDBOX_TOOLCHAINS}/{entry.name}/install/{_cuda_home(tc)}"
         resolved = ResolvedToolchain(name=name, digest=value_digest(digests) if len(digests) > 1 else digest,
                                      links=tuple(sorted(links.items())), env=tuple(sorted(env.items())),
                                      mounts=tuple(mounts), hermetic=hermetic)

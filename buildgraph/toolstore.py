@@ -4,7 +4,7 @@ Layout of the store directory (default <cache dir>/toolchains, or $BUILDGRAPH_TO
 -------------------------------------------------------------------------------------------
   <name>-<d16>/             one entry per toolchain *definition*; d16 = digest of its spec,
                             so a new version or requirement is a new entry
-      root/                 what the provider installed (pypi: pip --target; archive: unpacked)
+      install/              what the provider installed (pypi: pip --target; archive: unpacked)
       bin/                  a script per `wrappers` role and a link per `tools` role
       cmake/toolchain.cmake when `cmake_toolchain` is set
       <writable>/           e.g. zig-cache: shared by all actions, mounted read-write
@@ -39,7 +39,6 @@ import stat
 import subprocess
 import sys
 import tarfile
-import time
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -47,9 +46,11 @@ from pathlib import Path
 
 from buildgraph.digest import file_digest, stat_signature, value_digest
 from buildgraph.errors import BuildgraphError
+from buildgraph.fsutil import force_remove
 from buildgraph.workspace import Toolchain
 
 MANIFEST_VERSION = 1
+STORE_LAYOUT = 2  # part of every entry name: a new layout never reuses old entries
 SANDBOX_TOOLCHAINS = "/toolchains"  # where entries appear inside the bwrap sandbox
 # Role in toolchains/*.yaml -> name on the action's PATH.
 ROLE_NAMES = {"cxx": "c++"}
@@ -86,7 +87,7 @@ class Entry:
 
 
 def entry_name(tc: Toolchain) -> str:
-    return f"{tc.name}-{value_digest(tc.spec())[:16]}"
+    return f"{tc.name}-{value_digest([STORE_LAYOUT, tc.spec()])[:16]}"
 
 
 class ToolStore:
@@ -143,7 +144,7 @@ class ToolStore:
             if existing is not None and not force:
                 return existing   # another process fetched it while we waited
             tmp = self.root / f".tmp-{final.name}-{os.getpid()}"
-            _remove(tmp)
+            force_remove(tmp)
             tmp.mkdir()
             try:
                 if log:
@@ -157,10 +158,10 @@ class ToolStore:
                     (tmp / w).mkdir(parents=True, exist_ok=True)
                 self._record(tc, tmp, host_files)
                 if final.exists():
-                    _remove(final)
+                    force_remove(final)
                 os.rename(tmp, final)
             except BaseException:
-                _remove(tmp)
+                force_remove(tmp)
                 raise
         entry = self.entry(tc)
         assert entry is not None
@@ -253,19 +254,6 @@ def _write_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.exists():
-        for dirpath, dirnames, _ in os.walk(path):
-            for d in dirnames:
-                try:
-                    os.chmod(os.path.join(dirpath, d), 0o755)
-                except OSError:
-                    pass
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def _which(command: str) -> str | None:
     if "/" in command:
         return command if os.access(command, os.X_OK) else None
@@ -273,14 +261,14 @@ def _which(command: str) -> str | None:
 
 
 def _tool_paths(tc: Toolchain, tmp: Path, host_files: list[str]) -> dict[str, str]:
-    """role -> how a wrapper refers to the tool: "$d/root/<rel>" or an absolute host path."""
+    """role -> how a wrapper refers to the tool: "$d/install/<rel>" or an absolute host path."""
     out = {}
     for role, path in tc.tools:
         if tc.provider in ("pypi", "archive"):
-            if not (tmp / "root" / path).exists():
+            if not (tmp / "install" / path).exists():
                 raise FetchError(f"toolchain {tc.name}: tool {role}={path!r} is not in the installed "
-                                 f"files (looked for root/{path})")
-            out[role] = f'"$d/root/{path}"'
+                                 f"files (looked for install/{path})")
+            out[role] = f'"$d/install/{path}"'
         else:
             out[role] = os.path.realpath(_which(path) or path)
     return out
@@ -295,7 +283,7 @@ def _write_bin(tc: Toolchain, tmp: Path, tools: dict[str, str]) -> None:
         name = ROLE_NAMES.get(role, role)
         if name in wrapped or role in wrapped:
             continue
-        target = os.path.join("..", "root", dict(tc.tools)[role]) if ref.startswith('"$d') else ref
+        target = os.path.join("..", "install", dict(tc.tools)[role]) if ref.startswith('"$d') else ref
         os.symlink(target, bin_dir / name)
     for role, template in tc.wrappers:
         command = template
@@ -331,12 +319,12 @@ def _write_cmake_file(tmp: Path) -> None:
 
 
 # ---------------------------------------------------------------- providers
-# Each installs into tmp/root (if it installs anything) and returns the host files
+# Each installs into tmp/install (if it installs anything) and returns the host files
 # outside the entry that belong to the toolchain (apt and host providers).
 
 def _fetch_pypi(tc: Toolchain, tmp: Path) -> list[str]:
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-           "--no-compile", "--only-binary=:all:", "--target", str(tmp / "root"), *tc.requirements]
+           "--no-compile", "--only-binary=:all:", "--target", str(tmp / "install"), *tc.requirements]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
@@ -421,7 +409,7 @@ def _fetch_archive(tc: Toolchain, tmp: Path) -> list[str]:
             with urllib.request.urlopen(tc.url, timeout=30) as resp, open(archive, "wb") as out:
                 shutil.copyfileobj(resp, out, 1 << 20)
         except Exception as exc:  # any failure to download is reported with what was tried
-            _remove(archive)
+            force_remove(archive)
             mirrors = ", ".join(str(m) for m in mirror_dirs()) or "none set"
             raise FetchError(
                 f"toolchain {tc.name} {tc.version}: cannot get its archive: {exc}. Looked in: "
@@ -435,7 +423,7 @@ def _fetch_archive(tc: Toolchain, tmp: Path) -> list[str]:
     if h.hexdigest() != tc.sha256:
         raise FetchError(f"toolchain {tc.name}: archive {tc.url} has sha256 {h.hexdigest()}, "
                          f"expected {tc.sha256}")
-    _unpack(archive, tmp / "root", tc.strip_components)
+    _unpack(archive, tmp / "install", tc.strip_components)
     archive.unlink()
     _check_expected_version(tc, tmp)
     return []
@@ -477,7 +465,7 @@ def _check_expected_version(tc: Toolchain, tmp: Path) -> None:
     if role is None:
         return
     path = dict(tc.tools)[role]
-    exe = str(tmp / "root" / path) if tc.provider in ("pypi", "archive") else _which(path)
+    exe = str(tmp / "install" / path) if tc.provider in ("pypi", "archive") else _which(path)
     try:
         out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
         reported = out.stdout + out.stderr

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from buildgraph.errors import ConfigError, did_you_mean
-from buildgraph.yamlsource import LocatedDict, LocatedList, load_yaml
+from buildgraph.yamlsource import LocatedDict, load_yaml
 
 BUILD_FILE = "BUILD.yaml"
 KINDS = ("script", "cmake", "make")

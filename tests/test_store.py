@@ -4,7 +4,6 @@ import os
 import signal
 import time
 
-from conftest import ran
 
 from buildgraph.digest import file_digest
 from buildgraph.store.local import LocalStore

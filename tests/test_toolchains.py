@@ -235,9 +235,9 @@ def test_tampered_toolchain_is_caught_by_verify_and_changes_keys(ws, capsys, tmp
     assert ws.run("toolchain", "verify", capsys=capsys)[0] == 0
 
     # A data file: only a full re-hash can see it. verify names it and keys follow.
-    (entry / "root/share/data.txt").write_text("data v2\n")
+    (entry / "install/share/data.txt").write_text("data v2\n")
     rc, out, _ = ws.run("toolchain", "verify", "mytc", capsys=capsys)
-    assert rc == 1 and "TAMPERED" in out and "root/share/data.txt: content changed" in out
+    assert rc == 1 and "TAMPERED" in out and "install/share/data.txt: content changed" in out
     assert ran(ws.build(capsys=capsys)) == {"t"}
     key2 = _key(ws, "t")
     assert key2 != key1
@@ -245,7 +245,7 @@ def test_tampered_toolchain_is_caught_by_verify_and_changes_keys(ws, capsys, tmp
     assert "TAMPERED" in out
 
     # An executable: every build checks those, no verify needed.
-    tool = entry / "root/bin/tool"
+    tool = entry / "install/bin/tool"
     time.sleep(0.01)
     tool.write_text("#!/bin/sh\necho tool-v2\n")
     st = ws.build(capsys=capsys)
@@ -305,7 +305,7 @@ def test_toolchain_entry_is_reachable_in_every_sandbox_mode(ws, capsys, tmp_path
         pytest.skip("bubblewrap not available")
     archive_workspace(ws, tmp_path, monkeypatch)
     ws.write("toolchains/mytc.yaml", (ws.root / "toolchains/mytc.yaml").read_text() +
-             'env: {MYTC_DATA: "{entry}/root/share/data.txt"}\n')
+             'env: {MYTC_DATA: "{entry}/install/share/data.txt"}\n')
     ws.write("BUILD.yaml", """\
         targets:
           t: {kind: script, toolchain: mytc, outs: [o], cmds: ["tool > $OUT/o", "cat $MYTC_DATA >> $OUT/o"]}

@@ -27,7 +27,6 @@ removed by the next process that can take the lock exclusively.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import shutil
@@ -39,10 +38,10 @@ from pathlib import Path
 from buildgraph.action import ActionResult, BadResult, parse_result
 from buildgraph.digest import bytes_digest, file_digest
 from buildgraph.errors import StoreError
+from buildgraph.fsutil import force_remove, link_or_copy
 
 DEFAULT_MAX_BYTES = 10 * 1024 ** 3
 _USED_RESOLUTION = 3600.0  # refresh an entry's last-used time at most hourly
-_FICLONE = 0x40049409
 
 
 def default_cache_dir() -> Path:
@@ -51,27 +50,6 @@ def default_cache_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "buildgraph"
-
-
-def link_or_copy(src: str, dest: str) -> None:
-    """Put `src`'s content at `dest`: hardlink, else reflink, else copy (mode kept)."""
-    try:
-        os.link(src, dest)
-        return
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES):
-            raise
-    copy_file(src, dest)
-
-
-def copy_file(src: str, dest: str) -> None:
-    """Copy `src` to a new file `dest` (reflink where the filesystem can), keeping its mode."""
-    with open(src, "rb") as fin, open(dest, "wb") as fout:
-        try:
-            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
-        except OSError:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-    shutil.copymode(src, dest)
 
 
 @dataclass
@@ -133,7 +111,7 @@ class LocalStore:
     def _clean_leftovers(self) -> None:
         for d in (self.tmp, self.sandboxes):
             for entry in os.scandir(d):
-                _force_remove(entry.path)
+                force_remove(entry.path)
 
     # ------------------------------------------------------------ CAS
 
@@ -338,19 +316,3 @@ class LocalStore:
         finally:
             os.close(fd)
 
-
-def _force_remove(path: str) -> None:
-    """Remove a file or a tree, even one an action left read-only."""
-    if os.path.isdir(path) and not os.path.islink(path):
-        for dirpath, dirnames, _ in os.walk(path):
-            for d in dirnames:
-                try:
-                    os.chmod(os.path.join(dirpath, d), 0o755)
-                except OSError:
-                    pass
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
