@@ -83,11 +83,16 @@ class Action:
         }
 
     @cached_property
-    def key(self) -> str:
-        return bytes_digest(json.dumps(
+    def key_bytes(self) -> bytes:
+        """The canonical encoding: its xxh3 is the local key, its SHA-256 the remote one."""
+        return json.dumps(
             [KEY_VERSION, self.commands, self.env, self.toolchain, self.tools_digest, self.srcs_digest,
              self.deps, self.features, sorted(self.outs)],
-            separators=(",", ":"), ensure_ascii=False).encode())
+            separators=(",", ":"), ensure_ascii=False).encode()
+
+    @cached_property
+    def key(self) -> str:
+        return bytes_digest(self.key_bytes)
 
     def inputs(self) -> dict:
         """Input digests by kind, for `why`, `plan` and manifests."""

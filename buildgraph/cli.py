@@ -24,10 +24,24 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500M, 10G)") from None
 
 
+def _remote_options(args):
+    """RemoteOptions from --remote-* flags (and $BUILDGRAPH_REMOTE_CACHE), or None."""
+    import os
+
+    url = getattr(args, "remote_cache", None) or os.environ.get("BUILDGRAPH_REMOTE_CACHE")
+    if not url:
+        return None
+    from buildgraph.store.remote import RemoteOptions, credentials
+
+    return RemoteOptions(url=url, read_only=args.remote_read_only, instance_name=args.remote_instance_name,
+                         headers=credentials(url), ca_file=args.remote_ca, timeout=args.remote_timeout,
+                         retries=args.remote_retries, jobs=args.remote_jobs)
+
+
 def _options(args):
     from buildgraph.operations import Options
 
-    return Options(directory=Path(args.directory), cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+    return Options(remote=_remote_options(args) if hasattr(args, "remote_cache") else None,directory=Path(args.directory), cache_dir=Path(args.cache_dir) if args.cache_dir else None,
                    toolchain_dir=Path(args.toolchain_dir) if args.toolchain_dir else None,
                    cache_max_bytes=getattr(args, "max_size", None), sandbox=args.sandbox,
                    jobs=getattr(args, "jobs", 0) or 0, keep_going=getattr(args, "keep_going", False))
@@ -143,6 +157,11 @@ def cmd_cache(args) -> int:
               f"failed {last.get('failed', 0)}")
         print(f"  local store: {last.get('local_hits', 0)} hits, {last.get('local_misses', 0)} misses, "
               f"{last.get('rejected', 0)} rejected entries, {last.get('bytes_stored', 0) / 1e6:.2f} MB stored")
+        if "remote_hits" in last:
+            print(f"  remote cache: {last['remote_hits']} hits, {last['remote_misses']} misses, "
+                  f"{last['remote_rejected']} rejected, {last['remote_errors']} errors; "
+                  f"{last['remote_bytes_down'] / 1e6:.2f} MB down, {last['remote_bytes_up'] / 1e6:.2f} MB up "
+                  f"({last['remote_uploads']} results uploaded)")
     return EXIT_OK
 
 
@@ -230,6 +249,16 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--log-json", metavar="FILE", help="write one JSON event per node")
     b.add_argument("--profile", metavar="FILE", help="write a Chrome trace of the actions that ran")
     b.add_argument("--max-size", type=_size, help="local cache size limit (default 10G); gc runs when exceeded")
+    r = b.add_argument_group("remote cache (credentials: $BUILDGRAPH_REMOTE_HEADERS, $BUILDGRAPH_NETRC or ~/.netrc)")
+    r.add_argument("--remote-cache", metavar="URL",
+                   help="http(s)://host[:port][/prefix] (Bazel HTTP cache) or grpc(s)://host:port (REAPI); "
+                        "default $BUILDGRAPH_REMOTE_CACHE")
+    r.add_argument("--remote-read-only", action="store_true", help="use remote results, never upload")
+    r.add_argument("--remote-instance-name", default="", help="REAPI instance name")
+    r.add_argument("--remote-ca", metavar="FILE", help="CA certificates for https/grpcs")
+    r.add_argument("--remote-timeout", type=float, default=10.0, metavar="SECONDS", help="per request (default 10)")
+    r.add_argument("--remote-retries", type=int, default=2, help="retries of failed requests, with backoff (default 2)")
+    r.add_argument("--remote-jobs", type=int, default=8, help="parallel remote lookups and transfers (default 8)")
     b.set_defaults(func=cmd_build)
 
     pl = sub.add_parser("plan", parents=[common], help="dry run: each node, its key, cached or why it must run")

@@ -89,6 +89,7 @@ class Engine:
         self._srcs: dict[str, tuple] = {}
         self._dir_memo: dict[str, int | None] = {}
         self._host_tools = None
+        self.remote = None  # a RemoteLayer when --remote-cache is given
         self._changed = False
         self.results: dict[str, ActionResult] = {}   # node -> result known this build
         self.outputs: dict[str, str] = {}            # node -> output digest known this build
@@ -192,6 +193,15 @@ class Engine:
             self.materialize(node.name, result)
             self.record(node.name, action, result)
         return Reuse(Status.CACHED, result.output_digest, result)
+
+    def fetch_remote(self, action: Action) -> ActionResult | None:
+        """The action's result from the remote cache (now also local), or None. Thread-safe."""
+        return self.remote.fetch(action) if self.remote is not None else None
+
+    def adopt(self, node: Node, action: Action, result: ActionResult) -> None:
+        """Use a result restored from a remote: materialize and record it."""
+        self.materialize(node.name, result)
+        self.record(node.name, action, result)
 
     def result_of(self, name: str, key: str) -> ActionResult:
         """The full result of a node satisfied this build (loaded lazily on the fast path).

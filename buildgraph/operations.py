@@ -30,6 +30,7 @@ class Options:
     sandbox: str = "auto"
     jobs: int = 0
     keep_going: bool = False
+    remote: object = None   # store.remote.RemoteOptions when --remote-cache is given
 
 
 class Session:
@@ -114,6 +115,7 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
     jobserver = Jobserver(jobs)
     engine = session.engine
     engine.sandbox = Sandbox(store, detect_mode(session.opts.sandbox), jobserver)
+    engine.remote = open_remote_layer(store, session.opts.remote)
     scheduler = Scheduler(session.graph, engine, jobs, jobserver, reporter, session.opts.keep_going)
     interrupted = False
     try:
@@ -124,6 +126,8 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
         reporter.end()
         engine.sandbox.close()
         jobserver.close()
+        if engine.remote is not None:
+            engine.remote.close()   # waits for background uploads
     ordered = [outcomes[n] for n in selected if n in outcomes]
     summary = BuildSummary(ordered, time.monotonic() - t0, selected=len(selected))
     for o in ordered:
@@ -132,6 +136,7 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
         "nodes": len(ordered), **summary.counts, "files_hashed": engine.stat_cache.hashed,
         "local_hits": store.counters.hits, "local_misses": store.counters.misses,
         "rejected": store.counters.rejected, "bytes_stored": store.counters.bytes_in,
+        **({f"remote_{k}": v for k, v in vars(engine.remote.counters).items()} if engine.remote else {}),
         "seconds": round(summary.elapsed, 3), "finished": time.time()})
     if interrupted:
         raise KeyboardInterrupt
@@ -142,6 +147,24 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
         except StoreError as exc:  # another build holds the cache: the next build will collect
             print(f"buildgraph: warning: cache over its size limit; {exc}", file=sys.stderr)
     return summary
+
+
+def open_remote_layer(store, options):
+    """A RemoteLayer over `store`, or None without a remote (or when it cannot even be opened)."""
+    if options is None:
+        return None
+    from buildgraph.store.layered import RemoteLayer
+    from buildgraph.store.remote import open_remote, redact
+
+    def warn(message: str) -> None:
+        print(f"buildgraph: {message}", file=sys.stderr)
+
+    try:
+        remote = open_remote(options)
+    except (ImportError, OSError, ValueError) as exc:
+        warn(f"warning: cannot use remote cache {redact(options.url)}: {exc}; building locally")
+        return None
+    return RemoteLayer(store, remote, options, warn)
 
 
 @dataclass

@@ -3,7 +3,9 @@
 `Scheduler.run` is the one long loop of buildgraph; each pass does three things:
   1. check ready nodes (all dependencies done) inline: compute the action key and
      ask the engine whether a stored result can be reused — cheap local work, so
-     a no-op build of 10,000 nodes never touches a thread;
+     a no-op build of 10,000 nodes never touches a thread; a local miss goes to a
+     pool of remote-cache lookups (when a remote is configured), whose answers
+     come back as events: a hit is restored, a miss joins the nodes to run;
   2. start nodes that must run, highest remaining critical path first, each as
      soon as the jobserver yields `weight` tokens (the same tokens nested make and
      cmake builds draw from, so all of them together stay within -j); a node whose
@@ -41,6 +43,7 @@ class NodeOutcome:
     log: str = ""
     lane: int = 0               # which of the -j lanes it ran on (for traces)
     command: str | None = None  # the command that failed, when known
+    remote: bool = False        # restored from the remote cache
 
 
 def failed_command(action: Action, log: str) -> str | None:
@@ -77,6 +80,19 @@ class Scheduler:
         outcomes: dict[str, NodeOutcome] = {}
         events: queue.Queue = queue.Queue()
         running: dict[str, threading.Thread] = {}
+        lookups = 0
+        pool = None
+        if engine.remote is not None:
+            from concurrent.futures import ThreadPoolExecutor
+            pool = ThreadPoolExecutor(max_workers=max(1, engine.remote.options.jobs),
+                                      thread_name_prefix="bg-lookup")
+
+        def lookup(name: str, action: Action) -> None:
+            try:
+                result = engine.fetch_remote(action)
+            except Exception:  # a broken lookup is a miss, never a failed build
+                result = None
+            events.put(("lookup", name, action, result))
         free_lanes = list(range(self.jobs))
         held = b""
         stopping = False
@@ -107,7 +123,7 @@ class Scheduler:
                 outcome = engine.sandbox.run(action, deps, tools)
             except Exception as exc:  # the tool broke, not the action: report it as a failure
                 outcome = RunOutcome(None, f"internal error: {exc!r}", "", 0.0)
-            events.put((name, action, tokens, lane, outcome))
+            events.put(("ran", name, action, tokens, lane, outcome))
 
         try:
             while True:
@@ -120,6 +136,10 @@ class Scheduler:
                         done(name, NodeOutcome(name, reuse.status, action.key), reuse.output_digest)
                     elif action.key in same_key:
                         same_key[action.key].append(name)
+                    elif pool is not None and engine.remote.healthy:
+                        same_key[action.key] = []
+                        lookups += 1
+                        pool.submit(lookup, name, action)
                     else:
                         same_key[action.key] = []
                         heapq.heappush(to_run, (-priority[name], name, action))
@@ -140,12 +160,24 @@ class Scheduler:
                                                                  tokens, lane), daemon=True)
                     running[name] = thread
                     thread.start()
-                if not running and (stopping or (not ready and not to_run)):
+                if not running and not lookups and (stopping or (not ready and not to_run)):
                     break
                 try:                                                           # 3. wait
-                    name, action, tokens, lane, outcome = events.get(timeout=0.05 if to_run else None)
+                    event = events.get(timeout=0.05 if to_run else None)
                 except queue.Empty:
                     continue
+                if event[0] == "lookup":
+                    _, name, action, result = event
+                    lookups -= 1
+                    if result is not None:
+                        engine.adopt(graph.nodes[name], action, result)
+                        for waiter in same_key.pop(action.key, []):
+                            heapq.heappush(ready, (-priority[waiter], waiter))
+                        done(name, NodeOutcome(name, Status.CACHED, action.key, remote=True), result.output_digest)
+                    else:
+                        heapq.heappush(to_run, (-priority[name], name, action))
+                    continue
+                _, name, action, tokens, lane, outcome = event
                 running.pop(name).join()
                 self.jobserver.release(tokens)
                 free_lanes.append(lane)
@@ -156,6 +188,8 @@ class Scheduler:
                     engine.store.put_result(action.key, outcome.result)
                     engine.materialize(name, outcome.result)
                     engine.record(name, action, outcome.result)
+                    if engine.remote is not None:
+                        engine.remote.upload(action, outcome.result)
                     done(name, NodeOutcome(name, Status.RAN, action.key, outcome.duration, start,
                                            log=outcome.log, lane=lane), outcome.result.output_digest)
                 else:
@@ -171,7 +205,10 @@ class Scheduler:
             for thread in running.values():
                 thread.join(timeout=5)
             while not events.empty():  # keep what finished before the interrupt
-                name, action, tokens, lane, outcome = events.get()
+                event = events.get()
+                if event[0] != "ran":
+                    continue
+                _, name, action, tokens, lane, outcome = event
                 self.jobserver.release(tokens)
                 if outcome.result is not None:
                     engine.store.put_result(action.key, outcome.result)
@@ -180,4 +217,6 @@ class Scheduler:
             raise Interrupted(outcomes) from None
         finally:
             self.jobserver.release(held)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         return outcomes

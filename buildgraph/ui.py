@@ -33,7 +33,7 @@ class PlainReporter:
         self.count += 1
         if o.status is Status.UP_TO_DATE:
             return
-        extra = f" ({o.duration:.2f}s)" if o.status is Status.RAN else ""
+        extra = f" ({o.duration:.2f}s)" if o.status is Status.RAN else " (remote)" if o.remote else ""
         print(f"[{self.count}/{self.total}] {_LABEL[o.status]} {o.name}{extra}", file=self.stream, flush=True)
         if o.status is Status.FAILED:
             for line in failure_lines(o):
@@ -77,7 +77,7 @@ class RichReporter(PlainReporter):
             return
         style = {Status.RAN: "green", Status.CACHED: "cyan", Status.FAILED: "bold red",
                  Status.SKIPPED: "yellow", Status.CANCELLED: "yellow"}[o.status]
-        extra = f" ({o.duration:.2f}s)" if o.status is Status.RAN else ""
+        extra = f" ({o.duration:.2f}s)" if o.status is Status.RAN else " (remote)" if o.remote else ""
         self.console.print(f"[{style}]{_LABEL[o.status]:>9}[/] {o.name}{extra}", highlight=False)
         if o.status is Status.FAILED:
             for line in failure_lines(o):
@@ -108,7 +108,7 @@ def write_event_log(path: str, outcomes) -> None:
     with open(path, "w") as f:
         for o in outcomes:
             f.write(json.dumps({"node": o.name, "key": o.key, "status": o.status.value,
-                                "cached": o.status in (Status.CACHED, Status.UP_TO_DATE),
+                                "cached": o.status in (Status.CACHED, Status.UP_TO_DATE), "remote": o.remote,
                                 "duration": round(o.duration, 6), "error": o.error}) + "\n")
 
 

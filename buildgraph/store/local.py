@@ -7,6 +7,8 @@ Layout of the cache directory (design note)
                       modes, so a blob wanted both ways is stored twice)
   ac/                 diskcache: action key -> (ActionResult JSON, last-used time);
                       also the counter "cas-bytes" (approximate CAS size)
+  sha256/             diskcache: SHA-256 <-> xxh3 of blobs that crossed the remote
+                      boundary, so a blob is hashed with SHA-256 at most once
   tmp/                blobs being written; they appear in cas/ by link(2), atomically
   sandbox/            action sandboxes: on the same filesystem, so outputs enter the
                       CAS by rename, without copying
@@ -73,6 +75,7 @@ class LocalStore:
         except OSError as exc:
             raise StoreError(f"cannot use cache directory {self.root}: {exc}") from None
         self._ac = None
+        self._sha = None
         self._lock_fd: int | None = None
         self._lock = threading.Lock()
         self._bytes_counted = 0
@@ -104,9 +107,10 @@ class LocalStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-        if self._ac is not None:
-            self._ac.close()
-            self._ac = None
+        for cache in (self._ac, self._sha):
+            if cache is not None:
+                cache.close()
+        self._ac = self._sha = None
 
     def _clean_leftovers(self) -> None:
         for d in (self.tmp, self.sandboxes):
@@ -160,6 +164,27 @@ class LocalStore:
         else:
             self._link_in(tmp, final, os.path.getsize(tmp))
         return digest
+
+    def temp_path(self) -> str:
+        """A fresh path in tmp/, on the CAS's filesystem (ingest moves it in without copying)."""
+        return self._tmp_name()
+
+    @property
+    def sha_index(self):
+        if self._sha is None:
+            import diskcache
+            self._sha = diskcache.Cache(str(self.root / "sha256"), timeout=60)
+        return self._sha
+
+    def remember_sha256(self, digest: str, sha256: str) -> None:
+        self.sha_index.set(f"x{digest}", sha256)
+        self.sha_index.set(f"s{sha256}", digest)
+
+    def sha256_for(self, digest: str) -> str | None:
+        return self.sha_index.get(f"x{digest}")
+
+    def xxh3_for_sha256(self, sha256: str) -> str | None:
+        return self.sha_index.get(f"s{sha256}")
 
     def read_bytes(self, digest: str) -> bytes:
         with open(self.blob_path(digest), "rb") as f:

@@ -1,0 +1,137 @@
+"""Bazel HTTP remote cache client: GET/PUT/HEAD <prefix>/ac/<sha256> and <prefix>/cas/<sha256>.
+
+Works with bazel-remote and with any WebDAV server that stores what is PUT (nginx with
+`dav_methods PUT`). One keep-alive connection per thread; bodies stream in 1 MiB blocks
+in both directions. Connection errors and 5xx answers are retried with exponential
+backoff; a timeout is not (a slow server would only make the build slower), and every
+failure surfaces as RemoteError for the layer above to decide.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+import threading
+import time
+from urllib.parse import urlsplit
+
+from buildgraph.store.remote import RDigest, RemoteError, RemoteOptions, redact
+
+_BLOCK = 1 << 20
+
+
+class _Transient(Exception):
+    pass
+
+
+class HttpCache:
+    def __init__(self, options: RemoteOptions):
+        parts = urlsplit(options.url)
+        self.options = options
+        self.https = parts.scheme == "https"
+        self.host = parts.hostname or "localhost"
+        self.port = parts.port or (443 if self.https else 80)
+        self.prefix = parts.path.rstrip("/")
+        self.headers = dict(options.headers)
+        self.name = redact(options.url)
+        self._ssl = None
+        if self.https:
+            self._ssl = ssl.create_default_context(cafile=options.ca_file)
+        self._local = threading.local()
+        self._all: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ transport
+
+    def _conn(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self.https:
+                conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.options.timeout,
+                                                   context=self._ssl, blocksize=_BLOCK)
+            else:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=self.options.timeout,
+                                                  blocksize=_BLOCK)
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def _request(self, method: str, path: str, body=None, size: int | None = None, sink=None) -> int:
+        """Send one request; returns the status (200/201/204/404). `sink(chunk)` gets a GET's body."""
+        headers = dict(self.headers)
+        if size is not None:
+            headers["Content-Length"] = str(size)
+        delay = 0.2
+        delivered = False  # once part of a body went to `sink`, a retry would duplicate it
+        for attempt in range(self.options.retries + 1):
+            try:
+                if hasattr(body, "seek"):
+                    body.seek(0)
+                conn = self._conn()
+                conn.request(method, self.prefix + path, body=body, headers=headers)
+                resp = conn.getresponse()
+                if resp.status in (200, 201, 204):
+                    while chunk := resp.read(_BLOCK):
+                        if sink is not None:
+                            delivered = True
+                            sink(chunk)
+                    return resp.status
+                resp.read()
+                if resp.status == 404:
+                    return 404
+                if resp.status >= 500 or resp.status == 429:
+                    raise _Transient(f"HTTP {resp.status}")
+                raise RemoteError(f"{method} {path}: HTTP {resp.status} {resp.reason}")
+            except (socket.timeout, TimeoutError) as exc:
+                self._drop()
+                raise RemoteError(f"{method} {path}: timed out after {self.options.timeout:g}s") from exc
+            except (_Transient, OSError, http.client.HTTPException) as exc:
+                self._drop()
+                if attempt == self.options.retries or delivered:
+                    raise RemoteError(f"{method} {path}: {exc}") from None
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------ cache protocol
+
+    def get_action_result(self, digest: RDigest) -> bytes | None:
+        parts: list[bytes] = []
+        status = self._request("GET", f"/ac/{digest.hash}", sink=parts.append)
+        return None if status == 404 else b"".join(parts)
+
+    def update_action_result(self, digest: RDigest, data: bytes) -> None:
+        self._request("PUT", f"/ac/{digest.hash}", body=data, size=len(data))
+
+    def find_missing(self, digests: list[RDigest]) -> list[RDigest]:
+        return [d for d in digests if self._request("HEAD", f"/cas/{d.hash}") == 404]
+
+    def upload_blob(self, digest: RDigest, path: str) -> None:
+        with open(path, "rb") as f:
+            self._request("PUT", f"/cas/{digest.hash}", body=f, size=digest.size)
+
+    def download_blob(self, digest: RDigest, sink) -> bool:
+        """Stream a blob into `sink(chunk)`; False if the server does not have it."""
+        return self._request("GET", f"/cas/{digest.hash}", sink=sink) != 404
+
+    def read_blobs(self, digests: list[RDigest]) -> dict[RDigest, bytes]:
+        out = {}
+        for d in digests:
+            parts: list[bytes] = []
+            if self.download_blob(d, parts.append):
+                out[d] = b"".join(parts)
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()

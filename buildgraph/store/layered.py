@@ -1,0 +1,243 @@
+"""Local store first, then a remote cache; remote hits fill the local store.
+
+`fetch` (called from the scheduler's lookup threads) asks the remote for an action
+result, validates it, downloads the blobs the local store lacks — each checked against
+its SHA-256 and size before it is used — and records the result locally. `upload` (after
+an action ran) queues the result for background upload: FindMissingBlobs (HEAD over
+HTTP) first, then the missing blobs, then the ActionResult; the build waits for uploads
+only at its end (`wait`). `--remote-read-only` never writes.
+
+Faults never fail a build that can run locally. A remote that is down, times out or
+answers errors is reported once and then left alone for the rest of the build; a
+corrupt blob or a poisoned/garbage result is a miss for that action (counted as
+rejected, warned once), and the action runs locally.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+import xxhash
+
+from buildgraph.action import Action, ActionResult, BadResult, OutputFile, OutputSymlink
+from buildgraph.store.local import LocalStore
+from buildgraph.store.remote import (RDigest, RemoteError, RemoteOptions, action_digest, decode_result,
+                                     encode_result)
+
+_SMALL = 1 << 20   # blobs up to this size are fetched in batches
+
+
+class BlobMismatch(Exception):
+    """A downloaded blob did not hash to the digest it was asked for."""
+
+
+@dataclass
+class RemoteCounters:
+    hits: int = 0
+    misses: int = 0
+    rejected: int = 0
+    bytes_down: int = 0
+    bytes_up: int = 0
+    uploads: int = 0
+    errors: int = 0
+
+
+class RemoteLayer:
+    def __init__(self, local: LocalStore, remote, options: RemoteOptions, warn):
+        self.local, self.remote, self.options = local, remote, options
+        self.warn = warn
+        self.counters = RemoteCounters()
+        self.healthy = True
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+        self._uploads = ThreadPoolExecutor(max_workers=max(1, options.jobs), thread_name_prefix="bg-upload")
+        self._pending: list[Future] = []
+
+    # ------------------------------------------------------------ faults
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        with self._lock:
+            if kind in self._warned:
+                return
+            self._warned.add(kind)
+        self.warn(message)
+
+    def _down(self, exc: Exception) -> None:
+        with self._lock:
+            self.counters.errors += 1
+            self.healthy = False
+        self._warn_once("down", f"warning: remote cache {self.remote.name} failed ({exc}); "
+                                "continuing with the local cache only for this build")
+
+    def _count(self, **deltas) -> None:
+        with self._lock:
+            for name, value in deltas.items():
+                setattr(self.counters, name, getattr(self.counters, name) + value)
+
+    # ------------------------------------------------------------ reads
+
+    def fetch(self, action: Action) -> ActionResult | None:
+        """The result of `action` from the remote, now also in the local store; None on a miss."""
+        if not self.healthy:
+            return None
+        try:
+            data = self.remote.get_action_result(action_digest(action.key_bytes))
+            if data is None:
+                self._count(misses=1)
+                return None
+            remote_result = decode_result(data)
+            result = self._localize(remote_result, action)
+        except (BadResult, BlobMismatch) as exc:
+            self._count(rejected=1, misses=1)
+            self._warn_once("rejected", f"warning: rejected a remote cache entry for {action.node}: {exc}; "
+                                        "building it locally")
+            return None
+        except RemoteError as exc:
+            self._down(exc)
+            return None
+        except Exception as exc:  # a remote answering nonsense must not break the build
+            self._down(RemoteError(f"{type(exc).__name__}: {exc}"))
+            return None
+        if result is None:
+            self._count(misses=1)
+            return None
+        self.local.put_result(action.key, result)
+        self._count(hits=1)
+        return result
+
+    def _localize(self, rr, action: Action) -> ActionResult | None:
+        """Download what the local store lacks; the result in local (xxh3) terms, or None if
+        the remote lost a blob it references."""
+        local_of: dict[RDigest, str] = {}
+        todo = []
+        for d in rr.blobs():
+            known = self.local.xxh3_for_sha256(d.hash)
+            if known is not None and (self.local.has_blob(known) or self.local.has_blob(known, True)):
+                local_of[d] = known
+            else:
+                todo.append(d)
+        small = [d for d in todo if d.size <= _SMALL]
+        if small:
+            got = self.remote.read_blobs(small)
+            for d in small:
+                if d not in got:
+                    return None
+                local_of[d] = self._ingest_bytes(d, got[d])
+        large = [d for d in todo if d.size > _SMALL]
+        if large:  # in parallel: one connection per transfer thread
+            with ThreadPoolExecutor(max_workers=min(len(large), max(1, self.options.jobs))) as pool:
+                for d, digest in zip(large, pool.map(self._download, large)):
+                    if digest is None:
+                        return None
+                    local_of[d] = digest
+        files = []
+        for path, d, exe in rr.files:
+            digest = local_of[d]
+            if not self.local.has_blob(digest, exe):   # wanted with the other mode bit
+                source = self.local.blob_path(digest, not exe)
+                self.local.put_file_copy(source, exe)
+            files.append(OutputFile(path, digest, d.size, exe))
+        return ActionResult(files=tuple(sorted(files, key=lambda f: f.path)),
+                            symlinks=tuple(OutputSymlink(p, t) for p, t in sorted(rr.symlinks)),
+                            stdout=local_of.get(rr.stdout) if rr.stdout else None,
+                            stderr=local_of.get(rr.stderr) if rr.stderr else None)
+
+    def _ingest_bytes(self, d: RDigest, data: bytes) -> str:
+        if len(data) != d.size or hashlib.sha256(data).hexdigest() != d.hash:
+            raise BlobMismatch(f"blob {d.hash[:16]}… does not match its digest")
+        self._count(bytes_down=len(data))
+        digest = self.local.put_bytes(data)
+        self.local.remember_sha256(digest, d.hash)
+        return digest
+
+    def _download(self, d: RDigest) -> str | None:
+        """Stream a large blob to a temp file, hashing as it comes; verify; ingest."""
+        tmp = self.local.temp_path()
+        sha, xxh, size = hashlib.sha256(), xxhash.xxh3_128(), 0
+        try:
+            with open(tmp, "wb") as f:
+                def sink(chunk):
+                    nonlocal size
+                    sha.update(chunk)
+                    xxh.update(chunk)
+                    size += len(chunk)
+                    f.write(chunk)
+                found = self.remote.download_blob(d, sink)
+            if not found:
+                return None
+            if size != d.size or sha.hexdigest() != d.hash:
+                raise BlobMismatch(f"blob {d.hash[:16]}… does not match its digest")
+            self._count(bytes_down=size)
+            digest = xxh.hexdigest()
+            self.local.ingest(tmp, digest, False)
+            self.local.remember_sha256(digest, d.hash)
+            return digest
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    # ------------------------------------------------------------ writes
+
+    def upload(self, action: Action, result: ActionResult) -> None:
+        """Queue `result` for upload in the background (nothing in read-only mode)."""
+        if self.options.read_only or not self.healthy:
+            return
+        self._pending.append(self._uploads.submit(self._upload, action, result))
+
+    def _upload(self, action: Action, result: ActionResult) -> None:
+        if not self.healthy:
+            return
+        try:
+            files, blobs = [], {}
+            for f in result.files:
+                rd = self._remote_digest(f.digest, f.executable, f.size)
+                files.append((f.path, rd, f.executable))
+                blobs[rd] = self.local.blob_path(f.digest, f.executable)
+            logs = []
+            for digest in (result.stdout, result.stderr):
+                if digest is None:
+                    logs.append(None)
+                    continue
+                rd = self._remote_digest(digest, False, os.path.getsize(self.local.blob_path(digest)))
+                blobs[rd] = self.local.blob_path(digest)
+                logs.append(rd)
+            missing = self.remote.find_missing(sorted(blobs, key=lambda d: d.hash))
+            pairs = [(d, blobs[d]) for d in missing]
+            if hasattr(self.remote, "upload_blobs"):
+                self.remote.upload_blobs(pairs)
+            else:
+                for d, path in pairs:
+                    self.remote.upload_blob(d, path)
+            data = encode_result(files, [(s.path, s.target) for s in result.symlinks], logs[0], logs[1],
+                                 result.exit_code)
+            self.remote.update_action_result(action_digest(action.key_bytes), data)
+            self._count(uploads=1, bytes_up=sum(d.size for d in missing))
+        except RemoteError as exc:
+            self._down(exc)
+        except Exception as exc:  # never let an upload problem fail the build
+            self._down(RemoteError(f"{type(exc).__name__}: {exc}"))
+
+    def _remote_digest(self, digest: str, executable: bool, size: int) -> RDigest:
+        sha = self.local.sha256_for(digest)
+        if sha is None:
+            h = hashlib.sha256()
+            with open(self.local.blob_path(digest, executable), "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+            sha = h.hexdigest()
+            self.local.remember_sha256(digest, sha)
+        return RDigest(sha, size)
+
+    def wait(self) -> None:
+        """Wait for queued uploads (each bounded by the remote's timeouts)."""
+        wait(self._pending)
+        self._pending.clear()
+
+    def close(self) -> None:
+        self.wait()
+        self._uploads.shutdown(wait=True)
+        self.remote.close()
