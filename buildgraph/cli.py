@@ -78,6 +78,11 @@ def cmd_plan(args) -> int:
 
     with _session(args, write=False) as s:
         rows, path = operations.plan(s, args.targets)
+    if args.format == "json":
+        print(json.dumps({"nodes": [{"node": r.name, "key": r.key, "action_digest": r.action_digest,
+                                     "status": r.status, "reasons": r.reasons} for r in rows],
+                          "critical_path": path}, indent=2))
+        return EXIT_OK
     width = max((len(r.name) for r in rows), default=4)
     for r in rows:
         key = (r.key or "?")[:16]
@@ -263,6 +268,8 @@ def parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plan", parents=[common], help="dry run: each node, its key, cached or why it must run")
     pl.add_argument("targets", nargs="*")
+    pl.add_argument("--format", choices=("text", "json"), default="text",
+                    help="json adds each node's remote action digest (SHA-256, as remote caches see it)")
     pl.set_defaults(func=cmd_plan)
 
     w = sub.add_parser("why", parents=[common], help="which inputs of NODE changed since its last build")

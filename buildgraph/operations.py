@@ -8,6 +8,7 @@ Ctrl-C, so every finished node stays recorded.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -173,6 +174,7 @@ class PlanRow:
     key: str | None
     status: str          # up-to-date, cached, run
     reasons: list[str]
+    action_digest: dict | None = None  # the key as remote caches see it: SHA-256 of the key bytes
 
 
 def _plan(session: Session, selected: list[str]) -> tuple[list[PlanRow], dict[str, str]]:
@@ -186,15 +188,16 @@ def _plan(session: Session, selected: list[str]) -> tuple[list[PlanRow], dict[st
             rows.append(PlanRow(name, None, "run", [f"after {', '.join(blocked)} (key known then)"]))
             continue
         action = engine.action_for(node, {d: known[d] for _, d in node.deps})
+        remote_key = {"hash": hashlib.sha256(action.key_bytes).hexdigest(), "size_bytes": len(action.key_bytes)}
         reuse = engine.check(node, action, dry_run=True)
         if reuse is not None:
             known[name] = reuse.output_digest
-            rows.append(PlanRow(name, action.key, reuse.status.value, []))
+            rows.append(PlanRow(name, action.key, reuse.status.value, [], remote_key))
             continue
         must_run.add(name)
         reasons = explain.changes(session.state_dir.read_inputs(name), action.inputs()) or \
             ["same inputs as its last build, but the result is in no cache"]
-        rows.append(PlanRow(name, action.key, "run", reasons))
+        rows.append(PlanRow(name, action.key, "run", reasons, remote_key))
     return rows, known
 
 

@@ -1,0 +1,240 @@
+"""Real cache servers for tests: nginx (WebDAV, the Bazel HTTP cache protocol) and
+BuildGrid (REAPI CAS + ActionCache), each started in the test's own directory on a
+free loopback port and stopped by PID.
+
+BuildGrid runs from its own virtualenv (its dependencies pin versions that clash with
+ours): $BUILDGRAPH_TEST_BUILDGRID names its `bgd`, default
+$BUILDGRAPH_TEST_SERVERS/buildgrid/bin/bgd (default ~/.cache/buildgraph-test-servers),
+which `.ci/setup --tests` installs.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+SERVERS = Path(os.environ.get("BUILDGRAPH_TEST_SERVERS") or
+               Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "buildgraph-test-servers")
+BGD = Path(os.environ.get("BUILDGRAPH_TEST_BUILDGRID") or SERVERS / "buildgrid" / "bin" / "bgd")
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, log: Path, seconds: float = 30) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server did not listen on {port} within {seconds}s:\n{log.read_text()[-2000:]}")
+
+
+class Server:
+    kind = ""
+    url = ""
+    proc: subprocess.Popen
+
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def kill(self) -> None:
+        """Stop it hard, as a crash would: SIGKILL to its whole process group (nginx's
+        workers would otherwise go on serving after their master died)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+    def stop(self) -> None:
+        """Stop it by PID (SIGTERM to the server process; it stops its own workers)."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()  # anything left of its process group
+
+
+class NginxServer(Server):
+    """nginx with WebDAV PUT: GET/PUT/HEAD /ac/<sha256> and /cas/<sha256>."""
+
+    kind = "nginx"
+
+    def __init__(self, root: Path, basic_auth: tuple[str, str] | None = None):
+        self.root = root
+        self.data = root / "data"
+        for d in ("data", "logs", "tmp"):
+            (root / d).mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        auth = ""
+        if basic_auth:
+            user, password = basic_auth
+            hashed = subprocess.run(["openssl", "passwd", "-6", password], capture_output=True, text=True,
+                                    check=True).stdout.strip()
+            (root / "htpasswd").write_text(f"{user}:{hashed}\n")
+            auth = f'auth_basic "cache"; auth_basic_user_file {root}/htpasswd;'
+        conf = f"""
+worker_processes 1;
+daemon off;
+pid {root}/nginx.pid;
+error_log {root}/logs/error.log warn;
+user root;
+events {{ worker_connections 256; }}
+http {{
+    access_log {root}/logs/access.log;
+    client_body_temp_path {root}/tmp/body;
+    proxy_temp_path {root}/tmp/proxy;
+    fastcgi_temp_path {root}/tmp/fastcgi;
+    uwsgi_temp_path {root}/tmp/uwsgi;
+    scgi_temp_path {root}/tmp/scgi;
+    server {{
+        listen 127.0.0.1:{self.port};
+        root {self.data};
+        client_max_body_size 0;
+        location / {{
+            {auth}
+            dav_methods PUT DELETE;
+            create_full_put_path on;
+            dav_access user:rw group:r all:r;
+        }}
+    }}
+}}
+"""
+        (root / "nginx.conf").write_text(conf)
+        log = root / "logs" / "stderr.log"
+        self.proc = subprocess.Popen([NGINX, "-c", str(root / "nginx.conf"), "-p", str(root)],
+                                     stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for_port(self.port, self.proc, log)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def blobs(self) -> list[Path]:
+        return sorted((self.data / "cas").glob("*")) if (self.data / "cas").is_dir() else []
+
+    def blob_path(self, sha256: str) -> Path:
+        return self.data / "cas" / sha256
+
+    def stored(self) -> int:
+        return sum(1 for p in self.data.rglob("*") if p.is_file())
+
+    def put_action_result(self, action_digest: dict, data: bytes) -> None:
+        path = self.data / "ac" / action_digest["hash"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def get_action_result(self, action_digest: dict) -> bytes | None:
+        path = self.data / "ac" / action_digest["hash"]
+        return path.read_bytes() if path.exists() else None
+
+
+class BuildGridServer(Server):
+    """BuildGrid 0.4.4: CAS + ByteStream + ActionCache with disk storage."""
+
+    kind = "buildgrid"
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.cas = root / "cas"
+        self.cas.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        config = f"""
+description: buildgraph test cache
+server:
+  - !channel
+    address: "127.0.0.1:{self.port}"
+    insecure-mode: true
+authorization:
+  method: none
+storages:
+  - !disk-storage &cas
+    path: {self.cas}
+caches:
+  - !lru-action-cache &ac
+    storage: *cas
+    max-cached-refs: 10000
+    allow-updates: true
+    cache-failed-actions: true
+instances:
+  - name: ""
+    services:
+      - !cas
+        storage: *cas
+      - !bytestream
+        storage: *cas
+      - !action-cache
+        cache: *ac
+thread-pool-size: 10
+"""
+        (root / "bgd.yml").write_text(config)
+        log = root / "bgd.log"
+        self.proc = subprocess.Popen([str(BGD), "server", "start", "-v", "--pid-file", str(root / "bgd.pid"),
+                                      str(root / "bgd.yml")], stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        wait_for_port(self.port, self.proc, log, seconds=60)
+        self.url = f"grpc://127.0.0.1:{self.port}"
+        self._ready()
+
+    def _ready(self) -> None:
+        """Wait until the services answer (the port opens before they are registered)."""
+        deadline = time.time() + 30
+        while True:
+            try:
+                self._stub("ActionCacheStub").GetActionResult(
+                    self._pb().GetActionResultRequest(action_digest=self._pb().Digest(hash="0" * 64, size_bytes=1)),
+                    timeout=2)
+            except Exception as exc:  # NOT_FOUND means it is serving
+                if "NOT_FOUND" in str(getattr(exc, "code", lambda: "")()) or time.time() > deadline:
+                    return
+                time.sleep(0.1)
+
+    def _pb(self):
+        from buildgrid.common.protos.build.bazel.remote.execution.v2 import remote_execution_pb2
+        return remote_execution_pb2
+
+    def _stub(self, name: str):
+        import grpc
+        from buildgrid.common.protos.build.bazel.remote.execution.v2 import remote_execution_pb2_grpc
+        return getattr(remote_execution_pb2_grpc, name)(grpc.insecure_channel(f"127.0.0.1:{self.port}"))
+
+    def blobs(self) -> list[Path]:
+        return sorted(p for p in self.cas.rglob("*") if p.is_file())
+
+    def blob_path(self, sha256: str) -> Path:
+        return self.cas / "cas" / "objects" / sha256[:2] / sha256[2:]
+
+    def stored(self) -> int:
+        return len(self.blobs())
+
+    def put_action_result(self, action_digest: dict, data: bytes) -> None:
+        pb = self._pb()
+        self._stub("ActionCacheStub").UpdateActionResult(pb.UpdateActionResultRequest(
+            action_digest=pb.Digest(**action_digest), action_result=pb.ActionResult.FromString(data)), timeout=10)
+
+    def get_action_result(self, action_digest: dict) -> bytes | None:
+        import grpc
+        pb = self._pb()
+        try:
+            return self._stub("ActionCacheStub").GetActionResult(pb.GetActionResultRequest(
+                action_digest=pb.Digest(**action_digest)), timeout=10).SerializeToString()
+        except grpc.RpcError:
+            return None
+
+
+def basic_auth_header(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
