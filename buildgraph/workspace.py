@@ -33,7 +33,7 @@ DEFAULT_HOST_TOOLS = (
     "egrep", "awk", "tr", "sort", "uniq", "head", "tail", "touch", "chmod", "install",
     "find", "xargs", "env", "date", "uname", "test", "[", "expr", "dirname", "basename",
     "cmake", "make", "ninja", "tar", "gzip", "wc", "cut", "printf", "echo", "true",
-    "false", "sleep", "diff", "cmp", "readlink", "realpath", "tee", "pwd", "id", "od",
+    "false", "sleep", "diff", "cmp", "readlink", "realpath", "tee", "pwd", "id", "od", "seq",
 )
 DEFAULT_SOURCE_DATE_EPOCH = 315532800  # 1980-01-01: zip and friends reject earlier
 # Variables the sandbox sets itself; a target's env may not redefine them.
