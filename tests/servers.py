@@ -77,7 +77,7 @@ class NginxServer(Server):
 
     kind = "nginx"
 
-    def __init__(self, root: Path, basic_auth: tuple[str, str] | None = None):
+    def __init__(self, root: Path, basic_auth: tuple[str, str] | None = None, tls: tuple[Path, Path] | None = None):
         self.root = root
         self.data = root / "data"
         for d in ("data", "logs", "tmp"):
@@ -117,12 +117,16 @@ http {{
     }}
 }}
 """
+        if tls:
+            cert, key = tls
+            conf = conf.replace(f"listen 127.0.0.1:{self.port};",
+                                f"listen 127.0.0.1:{self.port} ssl; ssl_certificate {cert}; ssl_certificate_key {key};")
         (root / "nginx.conf").write_text(conf)
         log = root / "logs" / "stderr.log"
         self.proc = subprocess.Popen([NGINX, "-c", str(root / "nginx.conf"), "-p", str(root)],
                                      stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
         wait_for_port(self.port, self.proc, log)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
 
     def blobs(self) -> list[Path]:
         return sorted((self.data / "cas").glob("*")) if (self.data / "cas").is_dir() else []
@@ -234,6 +238,22 @@ thread-pool-size: 10
                 action_digest=pb.Digest(**action_digest)), timeout=10).SerializeToString()
         except grpc.RpcError:
             return None
+
+
+def make_tls(root: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a certificate for 127.0.0.1 signed by it: (ca.pem, cert.pem, key.pem)."""
+    root.mkdir(parents=True, exist_ok=True)
+
+    def ssl(*args):
+        subprocess.run(["openssl", *args], cwd=root, check=True, capture_output=True)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=buildgraph test CA",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "key.pem", "-out", "cert.csr")
+    (root / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    ssl("x509", "-req", "-in", "cert.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+        "-extfile", "ext.cnf", "-out", "cert.pem")
+    return root / "ca.pem", root / "cert.pem", root / "key.pem"
 
 
 def basic_auth_header(user: str, password: str) -> str:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 from conftest import ran
-from servers import BGD, NGINX, BuildGridServer, NginxServer
+from servers import BGD, NGINX, BuildGridServer, NginxServer, make_tls
 
 GRAPH = """\
 targets:
@@ -254,3 +254,22 @@ def test_slow_server_costs_at_most_its_timeout(ws, capsys, tmp_path):
         for s in held:
             s.close()
         listener.close()
+
+
+def test_https_with_a_custom_ca(ws, capsys, tmp_path):
+    if not os.path.exists(NGINX):
+        pytest.skip("nginx not installed")
+    ca, cert, key = make_tls(tmp_path / "tls")
+    srv = NginxServer(tmp_path / "tls-nginx", tls=(cert, key))
+    try:
+        setup_graph(ws)
+        st = ws.build("--remote-cache", srv.url, capsys=capsys)        # unknown CA: refused, warned, local
+        assert st["_rc"] == 0 and "CERTIFICATE_VERIFY_FAILED" in st["_err"] and srv.stored() == 0
+        wipe_local(ws)
+        st = ws.build("--remote-cache", srv.url, "--remote-ca", str(ca), capsys=capsys)
+        assert st["_rc"] == 0 and "warning" not in st["_err"] and srv.stored() > 0
+        wipe_local(ws)
+        st = ws.build("--remote-cache", srv.url, "--remote-ca", str(ca), capsys=capsys)
+        assert {st[n] for n in NODES} == {"cached"}
+    finally:
+        srv.stop()
