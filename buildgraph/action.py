@@ -3,7 +3,7 @@
 Action key, version 1
 ---------------------
 key = xxh3-128 hex of the compact JSON array (no whitespace, UTF-8)
-  [v, commands, env, toolchain, tools, srcs, deps, features, outs]
+  [v, commands, env, toolchain, tools, srcs, deps, features, outs, source]
 with the fields below, in exactly that order (`Action.spec()` gives the same
 fields as an object, for manifests). Everything that can change an output is in
 it; nothing else is:
@@ -21,6 +21,9 @@ it; nothing else is:
                (early cutoff).
   "features"   [[axis, value], ...] sorted: only the variant axes the target reads.
   "outs"       the declared outputs, sorted.
+  "source"     the upstream source's identity (kind, pin, subdirectory, strip count,
+               version; for a workspace `path` source the tree digest of its files), or
+               null. Pins are known before fetching, so a cached build needs no source.
 
 Not in the key: node and target names, host paths, the workspace location,
 timestamps, usernames, the jobserver (MAKEFLAGS), -j, credentials.
@@ -44,7 +47,7 @@ from pathlib import PurePosixPath
 
 from buildgraph.digest import bytes_digest, tree_digest, value_digest
 
-KEY_VERSION = 1
+KEY_VERSION = 2
 RESULT_VERSION = 1
 
 
@@ -64,6 +67,8 @@ class Action:
     weight: int = 1
     jobserver: str = "pipe"
     dep_nodes: tuple[tuple[str, str], ...] = ()  # (dep target name, node name); not in the key
+    source: tuple | None = None                  # the source's identity (in the key)
+    source_fetch: object = None                  # sources.Source to fetch, or a path source's files; not in the key
 
     @cached_property
     def srcs_digest(self) -> str:
@@ -80,6 +85,7 @@ class Action:
             "deps": [list(d) for d in self.deps],
             "features": [list(f) for f in self.features],
             "outs": sorted(self.outs),
+            "source": list(self.source) if self.source else None,
         }
 
     @cached_property
@@ -87,7 +93,7 @@ class Action:
         """The canonical encoding: its xxh3 is the local key, its SHA-256 the remote one."""
         return json.dumps(
             [KEY_VERSION, self.commands, self.env, self.toolchain, self.tools_digest, self.srcs_digest,
-             self.deps, self.features, sorted(self.outs)],
+             self.deps, self.features, sorted(self.outs), self.source],
             separators=(",", ":"), ensure_ascii=False).encode()
 
     @cached_property
@@ -105,6 +111,7 @@ class Action:
             "deps": dict(self.deps),
             "features": dict(self.features),
             "outs": sorted(self.outs),
+            "source": list(self.source) if self.source else None,
         }
 
 

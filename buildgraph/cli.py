@@ -44,7 +44,8 @@ def _options(args):
     return Options(remote=_remote_options(args) if hasattr(args, "remote_cache") else None,directory=Path(args.directory), cache_dir=Path(args.cache_dir) if args.cache_dir else None,
                    toolchain_dir=Path(args.toolchain_dir) if args.toolchain_dir else None,
                    cache_max_bytes=getattr(args, "max_size", None), sandbox=args.sandbox,
-                   jobs=getattr(args, "jobs", 0) or 0, keep_going=getattr(args, "keep_going", False))
+                   jobs=getattr(args, "jobs", 0) or 0, keep_going=getattr(args, "keep_going", False),
+                   mirrors=tuple(getattr(args, "mirror", None) or ()))
 
 
 def _session(args, write=True):
@@ -71,6 +72,23 @@ def cmd_build(args) -> int:
             print(f"buildgraph: {o.name} failed: {o.error} (log: .buildgraph/logs/{o.name}.log)", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def cmd_fetch(args) -> int:
+    from buildgraph import operations
+
+    failed = 0
+    mirror = Path(args.mirror[0]) if args.mirror else None   # fetch fills the (first) mirror
+    if mirror is not None:
+        mirror.mkdir(parents=True, exist_ok=True)
+    with _session(args, write=False) as s:
+        for target, src, result in operations.fetch_sources(s, args.targets, mirror):
+            if isinstance(result, Exception):
+                failed += 1
+                print(f"buildgraph: error: {result}", file=sys.stderr)
+            else:
+                print(f"{target}: {src.describe()} -> {result}")
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_plan(args) -> int:
@@ -243,6 +261,8 @@ def parser() -> argparse.ArgumentParser:
                         help="action isolation (default: the strongest available)")
     common.add_argument("--toolchain-dir", help="toolchain store (default: $BUILDGRAPH_TOOLCHAIN_DIR or "
                                                 "CACHE_DIR/toolchains)")
+    common.add_argument("--mirror", action="append", metavar="DIR_OR_URL",
+                        help="look for sources here first (repeatable; then $BUILDGRAPH_MIRROR, then upstream)")
 
     p = argparse.ArgumentParser(prog="buildgraph", description="Declarative build graph with Bazel-like caching.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -265,6 +285,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--remote-retries", type=int, default=2, help="retries of failed requests, with backoff (default 2)")
     r.add_argument("--remote-jobs", type=int, default=8, help="parallel remote lookups and transfers (default 8)")
     b.set_defaults(func=cmd_build)
+
+    f = sub.add_parser("fetch", parents=[common], help="fetch the upstream sources targets need; with "
+                                                       "--mirror DIR, store them there by digest")
+    f.add_argument("targets", nargs="*")
+    f.set_defaults(func=cmd_fetch)
 
     pl = sub.add_parser("plan", parents=[common], help="dry run: each node, its key, cached or why it must run")
     pl.add_argument("targets", nargs="*")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from buildgraph import globs
 from buildgraph.action import Action, ActionResult, OutputFile, OutputSymlink
-from buildgraph.digest import StatCache, stat_signature
+from buildgraph.digest import StatCache, stat_signature, tree_digest
 from buildgraph.errors import ConfigError, StoreError
 from buildgraph.graph import BuildGraph, Node, configure
 from buildgraph.sandbox import SANDBOX_ROOT, Sandbox
@@ -103,7 +103,8 @@ class Engine:
         targets = list(dict.fromkeys(self.graph.nodes[n].target for n in nodes))
         for target in targets:
             self._sources(target)
-        self.resolver.ensure(t.toolchain for t in map(self.ws.targets.get, targets) if t.toolchain)
+        self.resolver.ensure(dict.fromkeys(self.graph.nodes[n].toolchain for n in nodes
+                                           if self.graph.nodes[n].toolchain))
 
     def _sources(self, target_name: str, fresh: bool = False):
         """(relpath, digest, exec) triples and host paths of a target's srcs."""
@@ -144,10 +145,9 @@ class Engine:
     def tools_for(self, node: Node) -> tuple[tuple[tuple[str, str], ...], tuple[Mount, ...]]:
         """What the node's action finds on PATH (name -> target) and the store entries it needs."""
         links = dict(self.host_tools()[0])
-        tc_name = self.ws.targets[node.target].toolchain
-        if not tc_name:
+        if not node.toolchain:
             return tuple(sorted(links.items())), ()
-        resolved = self.resolver.resolve(tc_name)
+        resolved = self.resolver.resolve(node.toolchain)
         links.update(resolved.links)
         return tuple(sorted(links.items())), resolved.mounts
 
@@ -157,8 +157,8 @@ class Engine:
         srcs, hosts, sigs = self._sources(node.target)
         env = dict(node.env)
         toolchain = None
-        if t.toolchain:
-            tc = self.resolver.resolve(t.toolchain)
+        if node.toolchain:
+            tc = self.resolver.resolve(node.toolchain)
             toolchain = (tc.name, tc.digest)
             env.update(tc.env)
         env.update(BASE_ENV)
@@ -169,12 +169,39 @@ class Engine:
             env[f"DEP_{env_name(dep_target)}"] = path
             prefix.append(path)
         env["DEPS_PREFIX_PATH"] = ";".join(prefix)
+        source, source_fetch = self._source_of(t)
+        if source is not None:
+            env["SOURCE"] = f"{SANDBOX_ROOT}/source"
         return Action(node=node.name, commands=node.commands, env=tuple(sorted(env.items())),
                       toolchain=toolchain, tools_digest=self.host_tools()[1], srcs=srcs, src_paths=hosts,
                       src_stats=sigs,
                       deps=tuple(sorted((d, dep_outputs[n]) for d, n in node.deps)),
                       features=node.features, outs=t.outs, weight=t.weight, jobserver=t.jobserver,
-                      dep_nodes=node.deps)
+                      dep_nodes=node.deps, source=source, source_fetch=source_fetch)
+
+    def _source_of(self, t) -> tuple[tuple | None, object]:
+        """(identity for the key, what the sandbox stages) of a target's upstream source."""
+        if t.source is None:
+            return None, None
+        if t.source.kind != "path":
+            return tuple(t.source.identity()), t.source
+        cached = self._srcs.get(("source", t.name))
+        if cached is None:
+            base = t.source.location.rstrip("/")
+            paths, _, empty = globs.expand(str(self.ws.root), (f"{base}/**",))
+            if empty:
+                raise ConfigError(f"source path {base!r} holds no files", file=t.loc.file,
+                                  line=t.line_of("source"), field=field_path(t, "source"))
+            files, entries = [], []
+            for rel in paths:
+                host = f"{self.ws.root}/{rel}"
+                st = os.stat(host)
+                inner = rel[len(base) + 1:]
+                entries.append((inner, self.stat_cache.digest(host, st), bool(st.st_mode & 0o111)))
+                files.append((inner, host, stat_signature(st)))
+            identity = tuple(t.source.identity()) + (tree_digest(entries),)
+            cached = self._srcs[("source", t.name)] = (identity, tuple(files))
+        return cached
 
     # ------------------------------------------------------------ reuse
 

@@ -26,6 +26,7 @@ class Node:
     deps: tuple[tuple[str, str], ...]         # (dep target, dep node name)
     commands: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
+    toolchain: str | None = None              # the target's, or a matching `when`'s
 
 
 def node_name(target: str, values: list[str]) -> str:
@@ -223,4 +224,5 @@ def _make_node(t: Target, assignment: dict[str, str], eff, effective) -> Node:
         env[f"BG_{axis.upper()}"] = value
     return Node(name=node_name(t.name, [assignment[a] for a in eff]), target=t.name,
                 assignment=tuple(assignment.items()), features=tuple(sorted(features)), deps=deps,
-                commands=recipes.commands(t, matched), env=tuple(sorted(env.items())))
+                commands=recipes.commands(t, matched), env=tuple(sorted(env.items())),
+                toolchain=next((w.toolchain for w in reversed(matched) if w.toolchain), t.toolchain))

@@ -19,6 +19,7 @@ from buildgraph import explain
 from buildgraph.engine import Engine, Status, load_configured
 from buildgraph.errors import StoreError, UsageError
 from buildgraph.state import StateDir
+from buildgraph.sources import SourceStore, mirror_list
 from buildgraph.toolstore import ToolStore, default_toolchain_dir
 
 
@@ -32,6 +33,7 @@ class Options:
     jobs: int = 0
     keep_going: bool = False
     remote: object = None   # store.remote.RemoteOptions when --remote-cache is given
+    mirrors: tuple[str, ...] = ()   # --mirror: searched for sources before $BUILDGRAPH_MIRROR and upstream
 
 
 class Session:
@@ -54,6 +56,7 @@ class Session:
             cache_dir = opts.cache_dir or default_cache_dir()
             self.store = LocalStore(cache_dir, opts.cache_max_bytes or DEFAULT_MAX_BYTES)
             self.toolstore = ToolStore(opts.toolchain_dir or default_toolchain_dir(cache_dir))
+            self.sources = SourceStore(cache_dir / "sources", mirror_list(opts.mirrors))
             self.engine = Engine(self.ws, self.graph, self.store, self.state, self.state_dir, None,
                                  self.toolstore)
         except BaseException:
@@ -115,7 +118,7 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
     store.open_for_build()
     jobserver = Jobserver(jobs)
     engine = session.engine
-    engine.sandbox = Sandbox(store, detect_mode(session.opts.sandbox), jobserver)
+    engine.sandbox = Sandbox(store, detect_mode(session.opts.sandbox), jobserver, session.sources)
     engine.remote = open_remote_layer(store, session.opts.remote)
     scheduler = Scheduler(session.graph, engine, jobs, jobserver, reporter, session.opts.keep_going)
     interrupted = False
@@ -258,7 +261,7 @@ def toolchain_fetch(session: Session, names, force: bool = False):
     """Fetch toolchains (with their host compiler and linker); yields (name, Entry or error)."""
     from buildgraph.toolstore import FetchError
 
-    wanted = list(names) or sorted({t.toolchain for t in session.ws.targets.values() if t.toolchain})
+    wanted = list(names) or sorted({n.toolchain for n in session.graph.nodes.values() if n.toolchain})
     for name in _toolchain_names(session, wanted) if wanted else []:
         for member in session.engine.resolver.members(name):
             try:
@@ -276,3 +279,24 @@ def toolchain_verify(session: Session, names):
             yield name, None
         else:
             yield name, session.toolstore.verify(tc)
+
+
+def fetch_sources(session: Session, patterns, mirror: Path | None):
+    """Fetch the upstream sources the selected nodes need; with `mirror`, also store each
+    archive there by digest. Yields (target, Source, path or SourceError)."""
+    from buildgraph.sources import SourceError
+
+    targets = dict.fromkeys(session.graph.nodes[n].target for n in session.graph.select(patterns))
+    log = lambda m: print(f"buildgraph: {m}", file=sys.stderr)  # noqa: E731
+    for name in targets:
+        src = session.ws.targets[name].source
+        if src is None or src.kind == "path":
+            continue
+        try:
+            if mirror is not None:
+                yield name, src, session.sources.to_mirror(src, mirror, log)
+                session.sources.mirrors.insert(0, str(mirror))   # unpack from what we just stored
+            else:
+                yield name, src, session.sources.get(src, log)
+        except SourceError as exc:
+            yield name, src, exc

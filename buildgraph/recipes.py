@@ -20,11 +20,18 @@ def shell_word(arg: str) -> str:
 
 
 def _src_dir(target: Target) -> str:
-    return "$SRC" if target.source_dir == "." else f"$SRC/{target.source_dir}"
+    """Where the project to configure lives: the upstream tree ($SOURCE) or the workspace files ($SRC)."""
+    base = "$SOURCE" if target.source is not None else "$SRC"
+    return base if target.source_dir == "." else f"{base}/{target.source_dir}"
 
 
 def commands(target: Target, matched: list[When]) -> tuple[str, ...]:
     """The commands an action runs for `target` in a variant whose `when` entries are `matched`."""
+    steps = _kind_commands(target, matched)
+    return steps + target.post_install if target.kind != "script" else steps
+
+
+def _kind_commands(target: Target, matched: list[When]) -> tuple[str, ...]:
     if target.kind == "script":
         return target.cmds + tuple(c for w in matched for c in w.cmds)
     if target.kind == "cmake":
@@ -45,5 +52,17 @@ def commands(target: Target, matched: list[When]) -> tuple[str, ...]:
         if target.install_targets:
             installs = " ".join(map(shell_word, target.install_targets))
             steps.append(f"make -C $WORK/src {installs} PREFIX=$OUT{tail}")
+        return tuple(steps)
+    if target.kind == "autotools":
+        # Out of tree ("VPATH") build: the sources stay read-only.
+        conf = " ".join(map(shell_word, target.configure_args + tuple(a for w in matched for a in w.configure_args)))
+        args = " ".join(map(shell_word, target.make_args + tuple(a for w in matched for a in w.make_args)))
+        steps = ["mkdir -p $WORK/build",
+                 f"cd $WORK/build && {_src_dir(target)}/configure --prefix=$OUT{' ' + conf if conf else ''}",
+                 f"make -C $WORK/build{''.join(' ' + shell_word(t) for t in target.make_targets)}"
+                 f"{' ' + args if args else ''}"]
+        if target.install_targets:
+            steps.append(f"make -C $WORK/build {' '.join(map(shell_word, target.install_targets))}"
+                         f"{' ' + args if args else ''}")
         return tuple(steps)
     raise AssertionError(f"unknown kind {target.kind}")  # workspace.py validated it

@@ -38,6 +38,7 @@ from buildgraph.action import Action, ActionResult, BadResult, OutputFile, Outpu
 from buildgraph.digest import file_digest, stat_signature
 from buildgraph.fsutil import copy_file, force_remove
 from buildgraph.store.local import LocalStore
+from buildgraph.sources import SourceError
 from buildgraph.toolstore import SANDBOX_TOOLCHAINS
 
 SANDBOX_ROOT = "/sandbox"
@@ -87,8 +88,9 @@ def sandbox_env(action: Action, mapped_root: str, mounts=()) -> dict[str, str]:
 
 
 class Sandbox:
-    def __init__(self, store: LocalStore, mode: str, jobserver=None):
+    def __init__(self, store: LocalStore, mode: str, jobserver=None, sources=None):
         self.store = store
+        self.sources = sources   # a SourceStore: upstream trees, fetched when an action needs one
         self.mode = mode
         self.jobserver = jobserver
         self._running: dict[int, subprocess.Popen] = {}
@@ -105,9 +107,10 @@ class Sandbox:
         try:
             try:
                 self._stage(root, action, dep_results, tools)
-            except OutputError as exc:
+                source_tree = self._stage_source(root, action)
+            except (OutputError, SourceError) as exc:
                 return RunOutcome(None, str(exc), "", time.monotonic() - start)
-            code = self._execute(root, action, tools)
+            code = self._execute(root, action, tools, source_tree)
             log = _tail(f"{root}/.stdout") + _tail(f"{root}/.stderr")
             if self.cancelled:
                 return RunOutcome(None, "interrupted", log, time.monotonic() - start)
@@ -200,7 +203,31 @@ class Sandbox:
                     shutil.copyfile(self.store.blob_path(entry.digest, entry.executable), dest)
                     os.chmod(dest, 0o755 if entry.executable else 0o644)
 
-    def _argv(self, root: str, action: Action, tools) -> tuple[list[str], str]:
+    def _stage_source(self, root: str, action: Action) -> str | None:
+        """Make the upstream tree available: returns a tree for bwrap to mount read-only at
+        /sandbox/source, or None when it was copied into the sandbox (or there is none)."""
+        fetch = action.source_fetch
+        if fetch is None:
+            return None
+        if isinstance(fetch, tuple):   # a workspace `path` source: copied, and checked unchanged
+            made = set()
+            for rel, host, sig in fetch:
+                dest = f"{root}/source/{rel}"
+                parent = os.path.dirname(dest)
+                if parent not in made:
+                    os.makedirs(parent, exist_ok=True)
+                    made.add(parent)
+                copy_file(host, dest)
+                if stat_signature(os.stat(host)) != sig:
+                    raise OutputError(f"source {host} changed during the build; not run — build again")
+            return None
+        tree = str(self.sources.get(fetch))
+        if self.mode == "bwrap":
+            return tree
+        shutil.copytree(tree, f"{root}/source", symlinks=True)
+        return None
+
+    def _argv(self, root: str, action: Action, tools, source_tree: str | None = None) -> tuple[list[str], str]:
         script = ["/bin/sh", "-e", "-c", _script(action.commands)]
         if self.mode == "bwrap":
             argv = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid",
@@ -222,6 +249,10 @@ class Sandbox:
                     argv += ["--bind", f"{m.host}/{w}", f"{SANDBOX_TOOLCHAINS}/{m.name}/{w}"]
             for d in _outside_dirs(links, mounts):
                 argv += ["--ro-bind", d, d]
+            if source_tree is not None:
+                argv += ["--ro-bind", source_tree, f"{SANDBOX_ROOT}/source"]
+            elif os.path.isdir(f"{root}/source"):
+                argv += ["--ro-bind", f"{root}/source", f"{SANDBOX_ROOT}/source"]
             if self.jobserver is not None and action.jobserver == "fifo":
                 argv += ["--bind", self.jobserver.fifo, f"{SANDBOX_ROOT}/.jobserver"]
             argv += ["--chdir", f"{SANDBOX_ROOT}/work", "--"]
@@ -230,8 +261,8 @@ class Sandbox:
             return [shutil.which("unshare") or "unshare", "-n", "--"] + script, root
         return script, root
 
-    def _execute(self, root: str, action: Action, tools) -> int:
-        argv, mapped = self._argv(root, action, tools)
+    def _execute(self, root: str, action: Action, tools, source_tree: str | None = None) -> int:
+        argv, mapped = self._argv(root, action, tools, source_tree)
         env = sandbox_env(action, mapped, tools[1])
         env["BUILDGRAPH_SANDBOX"] = mapped  # for -ffile-prefix-map in toolchain wrappers; not in the key
         fds: tuple[int, ...] = ()

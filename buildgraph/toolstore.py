@@ -25,22 +25,18 @@ the files really have, so builds that follow get new keys too.
 Providers: pypi (pinned requirements, pip --target), apt (a Debian package at a pinned
 version; the digest covers `dpkg -L` of each package), host (an existing program checked
 against an expected version; not hermetic), archive (url + sha256, looked up first in
-mirror directories).
+the mirrors as sha256/<sha256>, like every source; see sources.py).
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
 import stat
 import subprocess
 import sys
-import tarfile
-import urllib.request
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,11 +65,6 @@ class TamperedError(BuildgraphError):
 def default_toolchain_dir(cache_dir: Path) -> Path:
     env = os.environ.get("BUILDGRAPH_TOOLCHAIN_DIR")
     return Path(env) if env else cache_dir / "toolchains"
-
-
-def mirror_dirs() -> list[Path]:
-    """Directories searched for archives before their URL: $BUILDGRAPH_MIRROR (':'-separated)."""
-    return [Path(p) for p in os.environ.get("BUILDGRAPH_MIRROR", "").split(":") if p]
 
 
 @dataclass(frozen=True)
@@ -393,68 +384,21 @@ def _fetch_host(tc: Toolchain, tmp: Path) -> list[str]:
 
 
 def _fetch_archive(tc: Toolchain, tmp: Path) -> list[str]:
-    archive = tmp / "archive"
-    tried = []
-    for mirror in mirror_dirs():
-        for candidate in (mirror / tc.sha256, mirror / os.path.basename(tc.url)):
-            tried.append(str(candidate))
-            if candidate.is_file():
-                shutil.copyfile(candidate, archive)
-                break
-        if archive.exists():
-            break
-    if not archive.exists():
-        tried.append(tc.url)
-        try:
-            with urllib.request.urlopen(tc.url, timeout=30) as resp, open(archive, "wb") as out:
-                shutil.copyfileobj(resp, out, 1 << 20)
-        except Exception as exc:  # any failure to download is reported with what was tried
-            force_remove(archive)
-            mirrors = ", ".join(str(m) for m in mirror_dirs()) or "none set"
-            raise FetchError(
-                f"toolchain {tc.name} {tc.version}: cannot get its archive: {exc}. Looked in: "
-                f"{'; '.join(tried)}. To supply it, download {tc.url} elsewhere, check that its "
-                f"sha256 is {tc.sha256}, and put it in a mirror directory as {tc.sha256} "
-                f"(BUILDGRAPH_MIRROR=DIR; mirrors now: {mirrors})") from None
-    h = hashlib.sha256()
-    with open(archive, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    if h.hexdigest() != tc.sha256:
-        raise FetchError(f"toolchain {tc.name}: archive {tc.url} has sha256 {h.hexdigest()}, "
-                         f"expected {tc.sha256}")
-    _unpack(archive, tmp / "install", tc.strip_components)
+    """Through the source machinery: mirrors first (as sha256/<sha256>), then the URL;
+    sha256 checked; unpacked without letting any member leave the directory."""
+    from buildgraph.sources import Source, SourceError, SourceStore, mirror_list
+
+    src = Source("url", tc.url, sha256=tc.sha256, strip_components=tc.strip_components,
+                 declared_in=f"toolchain {tc.name}, {tc.loc.file}")
+    store = SourceStore(tmp, mirror_list())
+    try:
+        archive = store.obtain(src, tmp)
+        store.unpack(src, archive, tmp / "install")
+    except SourceError as exc:
+        raise FetchError(str(exc)) from None
     archive.unlink()
     _check_expected_version(tc, tmp)
     return []
-
-
-def _unpack(archive: Path, dest: Path, strip: int) -> None:
-    dest.mkdir()
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as z:
-            for info in z.infolist():
-                parts = Path(info.filename).parts[strip:]
-                if not parts or info.is_dir():
-                    continue
-                target = dest.joinpath(*parts)
-                if ".." in parts or target.is_absolute() and not str(target).startswith(str(dest)):
-                    raise FetchError(f"archive member {info.filename!r} leaves the toolchain directory")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with z.open(info) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out)
-                if info.external_attr >> 16 & 0o111:
-                    target.chmod(0o755)
-        return
-    with tarfile.open(archive) as t:
-        members = []
-        for m in t.getmembers():
-            parts = Path(m.name).parts[strip:]
-            if not parts:
-                continue
-            m.name = str(Path(*parts))
-            members.append(m)
-        t.extractall(dest, members=members, filter="data")
 
 
 def _check_expected_version(tc: Toolchain, tmp: Path) -> None:

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from buildgraph.errors import ConfigError, did_you_mean
+from buildgraph.sources import Source
 from buildgraph.yamlsource import LocatedDict, load_yaml
 
 BUILD_FILE = "BUILD.yaml"
-KINDS = ("script", "cmake", "make")
+KINDS = ("script", "cmake", "make", "autotools")
 JOBSERVER_FORMS = ("pipe", "fifo")
 
 # Programs an action may find on PATH unless the workspace says otherwise.
@@ -42,13 +43,17 @@ RESERVED_ENV = frozenset({"PATH", "HOME", "TMPDIR", "TZ", "LC_ALL", "SRC", "OUT"
 RESERVED_ENV_PREFIXES = ("DEP_", "BG_")
 
 COMMON_FIELDS = ("kind", "name", "description", "srcs", "deps", "outs", "env", "toolchain",
-                 "features", "weight", "when", "jobserver", "source_dir")
+                 "features", "weight", "when", "jobserver", "source_dir", "source", "licenses", "version",
+                 "post_install")
 KIND_FIELDS = {
     "script": ("cmds",),
     "cmake": ("cmake_args", "generator", "build_targets"),
     "make": ("make_args", "make_targets", "install_targets"),
+    "autotools": ("configure_args", "make_args", "make_targets", "install_targets"),
 }
-WHEN_FIELDS = ("if", "deps", "env", "cmds", "cmake_args", "make_args")
+SOURCE_KINDS = ("url", "pypi-sdist", "git", "path")
+SOURCE_FIELDS = SOURCE_KINDS + ("sha256", "commit", "version", "subdirectory", "strip_components")
+WHEN_FIELDS = ("if", "deps", "env", "cmds", "cmake_args", "make_args", "configure_args", "toolchain")
 TOP_FIELDS = ("workspace", "variants", "toolchain", "host_tools", "source_date_epoch", "targets")
 TOOLCHAIN_FIELDS = ("name", "version", "provider", "description", "tools", "expect_version",
                     "requirements", "packages", "url", "sha256", "strip_components", "wrappers",
@@ -74,6 +79,8 @@ class When:
     cmds: tuple[str, ...] = ()
     cmake_args: tuple[str, ...] = ()
     make_args: tuple[str, ...] = ()
+    configure_args: tuple[str, ...] = ()
+    toolchain: str | None = None
 
     def matches(self, assignment: dict[str, str]) -> bool:
         return all(assignment.get(axis) in values for axis, values in self.condition)
@@ -101,6 +108,11 @@ class Target:
     make_args: tuple[str, ...] = ()
     make_targets: tuple[str, ...] = ()
     install_targets: tuple[str, ...] = ("install",)
+    configure_args: tuple[str, ...] = ()
+    post_install: tuple[str, ...] = ()           # commands after a cmake/make/autotools install
+    source: Source | None = None                 # the upstream tree, at $SOURCE
+    licenses: tuple[str, ...] = ()               # licence files in the outputs (for artifacts)
+    version: str = ""                            # the upstream release, for metadata
     description: str = ""
     field_lines: tuple[tuple[str, int], ...] = ()
 
@@ -322,7 +334,8 @@ def _parse_when(raw, fields: _Fields, axes: dict[str, tuple[str, ...]], target_f
             condition.append((axis, vals))
         result.append(When(condition=tuple(condition), deps=wf.str_list("deps"), env=wf.env("env"),
                            cmds=wf.str_list("cmds"), cmake_args=wf.str_list("cmake_args"),
-                           make_args=wf.str_list("make_args")))
+                           make_args=wf.str_list("make_args"), configure_args=wf.str_list("configure_args"),
+                           toolchain=wf.str("toolchain")))
     return tuple(result)
 
 
@@ -363,6 +376,10 @@ def _parse_target(name: str, data, file: str, line: int, prefix: str,
     if kind == "script" and not f.str_list("cmds"):
         raise ConfigError("a script target needs 'cmds'", file=file, line=data.line, field=prefix)
     field_lines = tuple(sorted((k, data.line_of(k)) for k in data))
+    source = _parse_source(f.mapping("source"), f) if "source" in data else None
+    licenses = f.str_list("licenses")
+    for lic in licenses:
+        _check_relpath(lic, f, "licenses")
     return Target(
         name=name, kind=kind, loc=Location(file, data.line), srcs=srcs, deps=f.str_list("deps"),
         outs=outs, env=f.env("env"), toolchain=f.str("toolchain", default_toolchain),
@@ -372,7 +389,45 @@ def _parse_target(name: str, data, file: str, line: int, prefix: str,
         generator=f.str("generator", "Unix Makefiles"), build_targets=f.str_list("build_targets"),
         make_args=f.str_list("make_args"), make_targets=f.str_list("make_targets"),
         install_targets=f.str_list("install_targets") if "install_targets" in data else ("install",),
-        description=f.str("description", ""), field_lines=field_lines)
+        configure_args=f.str_list("configure_args"), post_install=f.str_list("post_install"),
+        source=source, licenses=licenses,
+        version=f.str("version", ""), description=f.str("description", ""), field_lines=field_lines)
+
+
+def _parse_source(data, parent: _Fields) -> Source:
+    if data is None:
+        raise parent.error("source", "expected a mapping such as {url: ..., sha256: ...}")
+    f = _Fields(data, parent.path("source"), SOURCE_FIELDS)
+    kinds = [k for k in SOURCE_KINDS if k in data]
+    if len(kinds) != 1:
+        raise ConfigError(f"a source names exactly one of {', '.join(SOURCE_KINDS)}", file=data.file,
+                          line=data.line, field=parent.path("source"))
+    kind = kinds[0]
+    where = f"{data.file}:{data.line}"
+    location = f.str(kind, required=True)
+    sha256 = f.str("sha256")
+    commit = f.str("commit")
+
+    def hexpin(value, key, length):
+        if value is None or len(value) != length or any(c not in "0123456789abcdef" for c in value):
+            raise f.error(key, f"expected {length} lowercase hex digits" if value else f"'{kind}' needs a pinned '{key}'",
+                          line=data.line_of(key) if key in data else data.line)
+        return value
+
+    if kind in ("url", "pypi-sdist"):
+        hexpin(sha256, "sha256", 64)
+    if kind == "git":
+        hexpin(commit, "commit", 40)
+    version = f.str("version")
+    if kind == "pypi-sdist" and not version:
+        raise f.error("version", "a pypi-sdist source needs 'version'", line=data.line)
+    subdirectory = f.str("subdirectory", "")
+    if subdirectory:
+        _check_relpath(subdirectory, f, "subdirectory")
+    if kind == "path":
+        _check_relpath(location, f, "path")
+    return Source(kind=kind, location=location, sha256=sha256, commit=commit, version=version,
+                  subdirectory=subdirectory, strip_components=f.int("strip_components", 0), declared_in=where)
 
 
 def _parse_toolchain(data, file: str, stem: str) -> Toolchain:
@@ -536,10 +591,11 @@ def _check_references(ws: Workspace, top: _Fields) -> None:
         raise top.error("toolchain", f"unknown toolchain '{ws.default_toolchain}'",
                         hint=did_you_mean(ws.default_toolchain, ws.toolchains) or _tc_hint(ws))
     for t in ws.targets.values():
-        if t.toolchain and t.toolchain not in ws.toolchains:
-            raise ConfigError(f"unknown toolchain '{t.toolchain}'", file=t.loc.file,
-                              line=t.line_of("toolchain"), field=field_path(t, "toolchain"),
-                              hint=did_you_mean(t.toolchain, ws.toolchains) or _tc_hint(ws))
+        for name, field_name in [(t.toolchain, "toolchain")] + [(w.toolchain, "when") for w in t.when]:
+            if name and name not in ws.toolchains:
+                raise ConfigError(f"unknown toolchain '{name}'", file=t.loc.file,
+                                  line=t.line_of(field_name), field=field_path(t, field_name),
+                                  hint=did_you_mean(name, ws.toolchains) or _tc_hint(ws))
         for dep in t.all_deps():
             if dep == t.name:
                 raise ConfigError(f"target '{t.name}' depends on itself", file=t.loc.file,

@@ -163,7 +163,8 @@ def make_archive(tmp_path, tool_body="echo tool-v1", big=0):
             add("share/padding.bin", os.urandom(big))
     import hashlib
     sha = hashlib.sha256(buf.getvalue()).hexdigest()
-    (mirror / sha).write_bytes(buf.getvalue())
+    (mirror / "sha256").mkdir(exist_ok=True)
+    (mirror / "sha256" / sha).write_bytes(buf.getvalue())
     return mirror, sha
 
 
@@ -203,12 +204,13 @@ def test_archive_toolchain_from_a_mirror_builds_and_lists(ws, capsys, tmp_path, 
 
 def test_archive_with_wrong_checksum_or_unreachable_url_is_refused(ws, capsys, tmp_path, monkeypatch):
     mirror, sha = archive_workspace(ws, tmp_path, monkeypatch)
-    (mirror / sha).write_bytes(b"not the archive")
+    (mirror / "sha256" / sha).write_bytes(b"not the archive")
     rc, _, err = ws.run("toolchain", "fetch", "mytc", capsys=capsys)
-    assert rc == 1 and f"expected {sha}" in err
-    (mirror / sha).unlink()
+    assert rc == 1 and f"expected {sha}" in err and "toolchain mytc" in err
+    (mirror / "sha256" / sha).unlink()
     rc, _, err = ws.run("toolchain", "fetch", "mytc", capsys=capsys)
-    assert rc == 1 and "cannot get its archive" in err and f"put it in a mirror directory as {sha}" in err
+    assert rc == 1 and "cannot fetch url https://example.invalid/mytc-1.0.tar.gz" in err
+    assert f"Put it in a mirror as sha256/{sha}" in err
 
 
 def test_fetch_is_idempotent_and_safe_from_two_processes(ws, tmp_path, monkeypatch):

@@ -1,0 +1,259 @@
+"""Upstream sources: pinned, fetched once, looked up in mirrors first, unpacked into a store.
+
+A target may name one `source` (its upstream tree, seen by the action read-only at
+$SOURCE) besides its `srcs` (workspace files, at $SRC). Kinds and their identity — the
+identity is in every dependent key, and is known before anything is fetched, so a
+cached build needs no source at all:
+
+  url         {url, sha256, strip_components}          sha256 of the archive
+  pypi-sdist  {pypi-sdist: NAME, version, sha256,        sha256 of the sdist, fetched with
+               subdirectory}                            `pip download` (e.g. the full OpenCV
+                                                        tree inside opencv-python's sdist)
+  git         {git: URL, commit: 40-hex SHA}            the commit (git verifies its objects)
+  path        {path: DIR}                               tree digest of DIR in the workspace
+
+Mirror layout (a directory, or an http(s) base URL), by digest:
+  <mirror>/sha256/<sha256>          url and pypi-sdist archives
+  <mirror>/git/<commit>.bundle      a git bundle holding the commit
+Lookup order: the unpacked store, then each mirror in --mirror / $BUILDGRAPH_MIRROR
+(':'-separated), then upstream. A downloaded archive whose sha256 differs is an
+error naming the source and both digests; nothing is unpacked from it.
+
+Store: <cache>/sources/<identity digest>/tree, built in a temp dir and renamed in
+under a lock (two builds fetching one source do it once).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from buildgraph.digest import value_digest
+from buildgraph.errors import BuildgraphError
+from buildgraph.fsutil import force_remove
+
+
+class SourceError(BuildgraphError):
+    """A source could not be obtained, or was not what it was pinned to."""
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str                     # url | pypi-sdist | git | path
+    location: str                 # URL, package name, repository URL or workspace path
+    sha256: str | None = None
+    commit: str | None = None
+    version: str | None = None
+    subdirectory: str = ""
+    strip_components: int = 0
+    declared_in: str = ""         # file:line, for messages
+
+    def identity(self) -> list:
+        """What the key hashes for this source (path sources add their tree digest)."""
+        pin = {"url": self.sha256, "pypi-sdist": self.sha256, "git": self.commit, "path": self.location}[self.kind]
+        return [self.kind, pin, self.subdirectory, self.strip_components,
+                self.version if self.kind == "pypi-sdist" else None]
+
+    def describe(self) -> str:
+        if self.kind == "pypi-sdist":
+            return f"pypi-sdist {self.location}=={self.version}"
+        return f"{self.kind} {self.location}" + (f"@{self.commit[:12]}" if self.commit else "")
+
+    def mirror_name(self) -> str:
+        return f"git/{self.commit}.bundle" if self.kind == "git" else f"sha256/{self.sha256}"
+
+
+def mirror_list(extra=()) -> list[str]:
+    env = [p for p in os.environ.get("BUILDGRAPH_MIRROR", "").split(":") if p]
+    # http(s) URLs contain ':' themselves: re-join "https" + "//host/..." pieces
+    joined, i = [], 0
+    while i < len(env):
+        if env[i] in ("http", "https") and i + 1 < len(env):
+            joined.append(f"{env[i]}:{env[i + 1]}")
+            i += 2
+        else:
+            joined.append(env[i])
+            i += 1
+    return [str(m) for m in extra] + joined
+
+
+class SourceStore:
+    def __init__(self, root: Path, mirrors: list[str]):
+        self.root = Path(root)
+        self.mirrors = mirrors
+
+    def tree_path(self, src: Source) -> Path:
+        return self.root / value_digest(src.identity())[:24] / "tree"
+
+    def get(self, src: Source, log=None) -> Path:
+        """The unpacked tree of `src` (its subdirectory), fetching it if needed."""
+        if src.kind == "path":
+            raise AssertionError("path sources live in the workspace")
+        tree = self.tree_path(src)
+        if (tree.parent / "complete").exists():
+            return tree / src.subdirectory if src.subdirectory else tree
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        with open(tree.parent.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (tree.parent / "complete").exists():
+                tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=self.root))
+                try:
+                    archive = self.obtain(src, tmp, log)
+                    self.unpack(src, archive, tmp / "tree")
+                    if tree.exists():
+                        force_remove(tree)
+                    os.rename(tmp / "tree", tree)
+                    (tree.parent / "complete").write_text(src.describe() + "\n")
+                finally:
+                    force_remove(tmp)
+        if src.subdirectory and not (tree / src.subdirectory).is_dir():
+            raise SourceError(f"{src.describe()} ({src.declared_in}): no directory {src.subdirectory!r} in it")
+        return tree / src.subdirectory if src.subdirectory else tree
+
+    def to_mirror(self, src: Source, mirror: Path, log=None) -> Path:
+        """Put `src` into the mirror directory (if it is not there); returns its path there."""
+        dest = mirror / src.mirror_name()
+        if dest.exists():
+            return dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".mirror-", dir=mirror))
+        try:
+            archive = self.obtain(src, tmp, log)
+            os.replace(archive, dest)
+        finally:
+            force_remove(tmp)
+        return dest
+
+    # ------------------------------------------------------------ obtaining
+
+    def obtain(self, src: Source, tmp: Path, log=None) -> Path:
+        """The archive (or git bundle) for `src` in `tmp`, verified, from a mirror or upstream."""
+        tried = []
+        for mirror in self.mirrors:
+            where = f"{mirror.rstrip('/')}/{src.mirror_name()}"
+            tried.append(where)
+            got = tmp / "archive"
+            try:
+                if mirror.startswith(("http://", "https://")):
+                    _download(where, got)
+                elif os.path.isfile(where):
+                    shutil.copyfile(where, got)
+                else:
+                    continue
+            except OSError:
+                force_remove(got)
+                continue
+            self._verify(src, got, where)
+            return got
+        if log:
+            log(f"fetching {src.describe()} from upstream")
+        tried.append("upstream")
+        try:
+            got = {"url": self._from_url, "pypi-sdist": self._from_pypi, "git": self._from_git}[src.kind](src, tmp)
+        except SourceError:
+            raise
+        except Exception as exc:  # any failure to reach upstream is reported with what was tried
+            raise SourceError(f"cannot fetch {src.describe()} ({src.declared_in}): {exc}. Looked in: "
+                              f"{', '.join(tried)}. Put it in a mirror as {src.mirror_name()} "
+                              f"(`buildgraph fetch --mirror DIR` on a machine that can reach it)") from None
+        self._verify(src, got, "upstream")
+        return got
+
+    def _verify(self, src: Source, archive: Path, where: str) -> None:
+        if src.kind == "git":
+            return  # `git fetch` from the bundle verifies every object against the commit
+        h = hashlib.sha256()
+        with open(archive, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        if h.hexdigest() != src.sha256:
+            raise SourceError(f"{src.describe()} ({src.declared_in}) from {where}: sha256 is {h.hexdigest()}, "
+                              f"expected {src.sha256}")
+
+    def _from_url(self, src: Source, tmp: Path) -> Path:
+        if src.location.startswith("file://"):
+            shutil.copyfile(src.location[len("file://"):], tmp / "archive")
+        else:
+            _download(src.location, tmp / "archive")
+        return tmp / "archive"
+
+    def _from_pypi(self, src: Source, tmp: Path) -> Path:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", src.location,
+               "--dest", str(tmp / "pip"), f"{src.location}=={src.version}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        files = list((tmp / "pip").glob("*")) if (tmp / "pip").is_dir() else []
+        if proc.returncode != 0 or len(files) != 1:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
+            raise SourceError(f"pip could not download the sdist of {src.location}=={src.version}: {tail}")
+        return files[0]
+
+    def _from_git(self, src: Source, tmp: Path) -> Path:
+        repo = tmp / "repo"
+        _git("init", "-q", "--bare", str(repo))
+        _git("-C", str(repo), "fetch", "-q", "--depth", "1", src.location, src.commit)
+        # A bundle needs a ref to carry the commit; fetching from it verifies every object.
+        _git("-C", str(repo), "update-ref", "refs/heads/pinned", src.commit)
+        bundle = tmp / "archive"
+        _git("-C", str(repo), "bundle", "create", "-q", str(bundle), "refs/heads/pinned")
+        return bundle
+
+    # ------------------------------------------------------------ unpacking
+
+    def unpack(self, src: Source, archive: Path, dest: Path) -> None:
+        """Unpack a verified archive (or check out a bundle) into the new directory `dest`."""
+        dest.mkdir()
+        if src.kind == "git":
+            repo = dest.parent / "git"
+            _git("init", "-q", str(repo))
+            _git("-C", str(repo), "fetch", "-q", str(archive), src.commit)
+            _git("-C", str(repo), "-c", "advice.detachedHead=false", "checkout", "-q", src.commit)
+            shutil.rmtree(repo / ".git")
+            os.rmdir(dest)
+            os.rename(repo, dest)
+            return
+        strip = src.strip_components if src.kind == "url" else 1   # an sdist holds NAME-VERSION/
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as z:
+                for info in z.infolist():
+                    parts = Path(info.filename).parts[strip:]
+                    if not parts or info.is_dir():
+                        continue
+                    if ".." in parts or Path(info.filename).is_absolute():
+                        raise SourceError(f"{src.describe()}: archive member {info.filename!r} leaves the tree")
+                    target = dest.joinpath(*parts)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with z.open(info) as fin, open(target, "wb") as fout:
+                        shutil.copyfileobj(fin, fout)
+                    if info.external_attr >> 16 & 0o111:
+                        target.chmod(0o755)
+            return
+        with tarfile.open(archive) as t:
+            members = []
+            for m in t.getmembers():
+                parts = Path(m.name).parts[strip:]
+                if parts:
+                    m.name = str(Path(*parts))
+                    members.append(m)
+            t.extractall(dest, members=members, filter="data")
+
+
+def _download(url: str, dest: Path) -> None:
+    with urllib.request.urlopen(url, timeout=60) as resp, open(dest, "wb") as out:
+        shutil.copyfileobj(resp, out, 1 << 20)
+
+
+def _git(*args) -> None:
+    proc = subprocess.run(["git", *args], capture_output=True, text=True,
+                          env=dict(os.environ, GIT_TERMINAL_PROMPT="0"))
+    if proc.returncode != 0:
+        raise SourceError(f"git {' '.join(args[:3])}…: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
