@@ -7,7 +7,7 @@ BUILD.yaml:
     workspace: NAME
     variants: {AXIS: [VALUE, ...], ...}     # the variant matrix, in order
     toolchain: NAME                         # default toolchain for targets
-    host_tools: [sh, make, ...]             # host programs actions may run
+    host_tools: [default, nasm, ...]        # host programs actions may run ("default": the usual set)
     source_date_epoch: INT
     targets: {NAME: TARGET, ...}
 deps/NAME.yaml: one TARGET (its name is the file's stem unless `name:` says).
@@ -563,7 +563,10 @@ def load_workspace(root: Path) -> Workspace:
                                   file=rel, line=line, field="name")
             targets[name] = _parse_target(name, raw, rel, 1, "", axes, default_toolchain)
 
-    host_tools = top.str_list("host_tools") if "host_tools" in data else DEFAULT_HOST_TOOLS
+    host_tools = top.str_list("host_tools") if "host_tools" in data else ("default",)
+    # "default" in the list stands for the default set, so a workspace can add to it.
+    host_tools = tuple(dict.fromkeys(t for name in host_tools
+                                     for t in (DEFAULT_HOST_TOOLS if name == "default" else (name,))))
     ws = Workspace(root=root, name=top.str("workspace", root.name), axes=tuple(axes.items()),
                    targets=targets, toolchains=toolchains, host_tools=host_tools,
                    source_date_epoch=top.int("source_date_epoch", DEFAULT_SOURCE_DATE_EPOCH),
