@@ -8,7 +8,10 @@
      come back as events: a hit is restored, a miss joins the nodes to run;
   2. start nodes that must run, highest remaining critical path first, each as
      soon as the jobserver yields `weight` tokens (the same tokens nested make and
-     cmake builds draw from, so all of them together stay within -j); a node whose
+     cmake builds draw from, so all of them together stay within -j). `weight` is
+     admission: a heavy node starts only when that many slots are free; it then keeps
+     one (its make's implicit slot) and hands the rest back, for its own make to draw
+     on as fast as it can use them; a node whose
      key is already queued or running waits for that one and is then restored
      from its result instead of running the same action twice;
   3. wait for a running action to finish, record its result, release its tokens
@@ -151,7 +154,8 @@ class Scheduler:
                     if len(held) < need:
                         break
                     heapq.heappop(to_run)
-                    tokens, held = held[:need], held[need:]
+                    tokens, extra, held = held[:1], held[1:need], held[need:]
+                    self.jobserver.release(extra)  # admitted: extra slots go back to the pool its make draws on
                     node = graph.nodes[name]
                     deps = {d: engine.result_of(dn, engine.state.nodes[dn].key) for d, dn in node.deps}
                     lane = free_lanes.pop(0) if free_lanes else 0

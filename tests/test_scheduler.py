@@ -142,3 +142,18 @@ def test_critical_path_runs_first(ws, capsys):
     assert {e["name"] for e in events} == {"a_short1", "b_short2", "z_long", "z_tail"}
     assert all(e["ph"] == "X" and e["dur"] > 0 for e in events)
     assert set(order) == {"a_short1", "b_short2", "z_long", "z_tail"}
+
+
+def test_weight_is_admission_and_the_heavy_nodes_make_gets_the_slots(ws, capsys):
+    """A weight-2 node on -j2 starts only when both slots are free, then its own make
+    runs two jobs at once (it is not left with one slot while buildgraph holds the other)."""
+    ws.write("Makefile", MAKEFILE)
+    ws.write("BUILD.yaml", """\
+        targets:
+          heavy: {kind: script, weight: 2, srcs: [Makefile], outs: [spans/],
+                  cmds: ["mkdir $OUT/spans", "make -f $SRC/Makefile OUT=$OUT/spans"]}
+        """)
+    st = ws.build("-j2", capsys=capsys)
+    assert st["heavy"] == "ran", st["_out"]
+    spans = [tuple(map(int, p.read_text().split())) for p in (ws.out("heavy") / "spans").iterdir()]
+    assert max_overlap(spans) == 2
