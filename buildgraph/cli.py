@@ -334,11 +334,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a CI job cancelled) stops the build like Ctrl-C: children stopped, results kept."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv=None) -> int:
     try:
         args = parser().parse_args(argv)
     except SystemExit as exc:  # argparse: --help exits 0, bad usage exits 2
         return int(exc.code or 0)
+    _stop_on_sigterm()
     try:
         return args.func(args)
     except BuildgraphError as exc:

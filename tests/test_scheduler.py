@@ -2,6 +2,8 @@
 
 import json
 import signal
+
+import pytest
 import subprocess
 import time
 
@@ -93,7 +95,8 @@ def test_without_keep_going_nothing_new_starts_after_a_failure(ws, capsys):
     assert "1 not started" in st["_out"]
 
 
-def test_ctrl_c_stops_children_and_keeps_finished_results(ws):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_children_and_keeps_finished_results(ws, sig):
     ws.write("BUILD.yaml", """\
         targets:
           quick: {kind: script, outs: [q], cmds: ["echo q > $OUT/q"]}
@@ -105,7 +108,7 @@ def test_ctrl_c_stops_children_and_keeps_finished_results(ws):
         time.sleep(0.05)
     time.sleep(0.3)
     t0 = time.time()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, out + err
     assert time.time() - t0 < 10
