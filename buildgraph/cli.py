@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def _options(args):
                    toolchain_dir=Path(args.toolchain_dir) if args.toolchain_dir else None,
                    cache_max_bytes=getattr(args, "max_size", None), sandbox=args.sandbox,
                    jobs=getattr(args, "jobs", 0) or 0, keep_going=getattr(args, "keep_going", False),
-                   mirrors=tuple(getattr(args, "mirror", None) or ()))
+                   mirrors=tuple(getattr(args, "mirror", None) or ()), git_sha=getattr(args, "git_sha", None))
 
 
 def _session(args, write=True):
@@ -89,6 +90,54 @@ def cmd_fetch(args) -> int:
             else:
                 print(f"{target}: {src.describe()} -> {result}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_audit(args) -> int:
+    from buildgraph import audit
+
+    policy = audit.policy_named(args.policy)
+    if policy is None:
+        print(f"buildgraph: error: unknown policy {args.policy!r}", file=sys.stderr)
+        return EXIT_FAILED + 1
+    bad = 0
+    for path in args.files:
+        try:
+            a = audit.audit_file(path, shipped={os.path.basename(p) for p in args.files})
+        except (ValueError, OSError) as exc:
+            print(f"buildgraph: error: {exc}", file=sys.stderr)
+            bad += 1
+            continue
+        versions = ", ".join(f"{ns} {a.req.max_version(ns)}" for ns in ("GLIBC", "GLIBCXX", "CXXABI", "GCC")
+                             if a.req.max_version(ns))
+        print(f"{path}: {a.tag} (needs {versions or 'no versioned symbols'}; NEEDED {', '.join(a.req.needed) or '-'})")
+        for v in a.violations(policy):
+            print(f"  not {policy.name}: {v}")
+            bad += 1
+    return EXIT_FAILED if bad else EXIT_OK
+
+
+def cmd_artifact(args) -> int:
+    from buildgraph import repository
+
+    if args.action == "push":
+        with _session(args, write=False) as s:
+            names = s.graph.resolve(args.node)
+            commit = repository.resolve_commit(args.git_sha, s.root)
+            if commit is None:
+                print("buildgraph: error: no commit: pass --git-sha, set MXNET_SHA or GIT_COMMIT, or push from a "
+                      "git checkout", file=sys.stderr)
+                return EXIT_FAILED + 1
+            for name in names:
+                dist = s.state_dir.out / name / "dist"
+                if not dist.is_dir():
+                    print(f"buildgraph: error: {name} is not built (buildgraph build {name})", file=sys.stderr)
+                    return EXIT_FAILED
+                prefix = repository.push(dist, args.url, commit, args.remote_ca)
+                print(f"{name}: pushed to {args.url.rstrip('/')}/{prefix}/")
+        return EXIT_OK
+    files = repository.pull(args.url, args.prefix, args.library, Path(args.output), args.remote_ca)
+    print(f"pulled {len(files)} files into {args.output}, each verified against {args.library}.meta")
+    return EXIT_OK
 
 
 def cmd_plan(args) -> int:
@@ -274,6 +323,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--log-json", metavar="FILE", help="write one JSON event per node")
     b.add_argument("--profile", metavar="FILE", help="write a Chrome trace of the actions that ran")
     b.add_argument("--max-size", type=_size, help="local cache size limit (default 10G); gc runs when exceeded")
+    b.add_argument("--git-sha", help="the commit artifacts record (default $MXNET_SHA, $GIT_COMMIT, git rev-parse HEAD)")
     r = b.add_argument_group("remote cache (credentials: $BUILDGRAPH_REMOTE_HEADERS, $BUILDGRAPH_NETRC or ~/.netrc)")
     r.add_argument("--remote-cache", metavar="URL",
                    help="http(s)://host[:port][/prefix] (Bazel HTTP cache) or grpc(s)://host:port (REAPI); "
@@ -327,6 +377,27 @@ def parser() -> argparse.ArgumentParser:
         if action == "fetch":
             ta.add_argument("--force", action="store_true", help="fetch again even if the store has it")
         ta.set_defaults(func=cmd_toolchain)
+
+    au = sub.add_parser("audit", help="symbol versions and libraries ELF files need; their manylinux tag")
+    au.add_argument("files", nargs="+")
+    au.add_argument("--policy", default="manylinux_2_17", help="report what keeps each file from this policy")
+    au.set_defaults(func=cmd_audit)
+
+    ar = sub.add_parser("artifact", help="push built artifacts to, or pull them from, an artifact repository")
+    asub = ar.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ap = asub.add_parser("push", parents=[common], help="upload NODE's dist/ under <commit>/<os>/<variant>/<linking>/")
+    ap.add_argument("node")
+    ap.add_argument("--to", dest="url", required=True, help="a directory, http(s):// (WebDAV) or s3://bucket/prefix")
+    ap.add_argument("--git-sha")
+    ap.add_argument("--remote-ca", metavar="FILE")
+    ap.set_defaults(func=cmd_artifact)
+    apl = asub.add_parser("pull", help="download and verify an artifact")
+    apl.add_argument("--from", dest="url", required=True)
+    apl.add_argument("--prefix", required=True, help="<commit>/<os>/<variant>/<linking>")
+    apl.add_argument("--library", required=True, help="the library's file name (its .meta names the rest)")
+    apl.add_argument("-o", "--output", required=True)
+    apl.add_argument("--remote-ca", metavar="FILE")
+    apl.set_defaults(func=cmd_artifact)
 
     cl = sub.add_parser("clean", parents=[common], help="remove the workspace's outputs and state")
     cl.add_argument("--cache", action="store_true", help="also delete the whole local cache")

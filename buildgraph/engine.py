@@ -90,6 +90,8 @@ class Engine:
         self._dir_memo: dict[str, int | None] = {}
         self._host_tools = None
         self.remote = None  # a RemoteLayer when --remote-cache is given
+        self.commit = "unknown"   # what artifacts record as the source commit (--git-sha, ...)
+        self.os_id = "unknown"    # e.g. debian12
         self._changed = False
         self.results: dict[str, ActionResult] = {}   # node -> result known this build
         self.outputs: dict[str, str] = {}            # node -> output digest known this build
@@ -172,12 +174,31 @@ class Engine:
         source, source_fetch = self._source_of(t)
         if source is not None:
             env["SOURCE"] = f"{SANDBOX_ROOT}/source"
-        return Action(node=node.name, commands=node.commands, env=tuple(sorted(env.items())),
+        commands = self._artifact_commands(node, t, dep_outputs) if t.kind == "artifact" else node.commands
+        return Action(node=node.name, commands=commands, env=tuple(sorted(env.items())),
                       toolchain=toolchain, tools_digest=self.host_tools()[1], srcs=srcs, src_paths=hosts,
                       src_stats=sigs,
                       deps=tuple(sorted((d, dep_outputs[n]) for d, n in node.deps)),
                       features=node.features, outs=t.outs, weight=t.weight, jobserver=t.jobserver,
                       dep_nodes=node.deps, source=source, source_fetch=source_fetch)
+
+    def _artifact_commands(self, node: Node, t, dep_outputs: dict[str, str]) -> tuple[str, ...]:
+        """A built-in artifact action: its spec is its command (so all of it is in the key)."""
+        from buildgraph.artifact import ARTIFACT_VERSION, spec_json
+
+        assignment = dict(node.assignment)
+        deps = {d: {"version": self.ws.targets[d].version, "licenses": list(self.ws.targets[d].licenses),
+                    "output": dep_outputs[dn]} for d, dn in node.deps}
+        toolchains = {}
+        for _, dn in node.deps:
+            tc = self.graph.nodes[dn].toolchain
+            if tc:
+                toolchains[tc] = self.resolver.resolve(tc).digest
+        spec = {"backend": t.backend, "library": t.library, "policy": t.policy, "wheel": t.wheel,
+                "version": t.version or "0", "linking": assignment.get("linking", "dynamic"),
+                "variant": "-".join(assignment.values()) or "default", "commit": self.commit, "os": self.os_id,
+                "dependencies": deps, "toolchains": toolchains}
+        return (f"builtin:artifact v{ARTIFACT_VERSION}", spec_json(spec))
 
     def _source_of(self, t) -> tuple[tuple | None, object]:
         """(identity for the key, what the sandbox stages) of a target's upstream source."""

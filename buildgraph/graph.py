@@ -209,7 +209,31 @@ def configure(ws: Workspace) -> BuildGraph:
         for values in itertools.product(*(axes[a] for a in eff)):
             assignment = dict(zip(eff, values))
             nodes[node_name(name, list(values))] = _make_node(t, assignment, eff, effective)
+    _check_static_licences(ws, nodes)
     return BuildGraph(nodes)
+
+
+def _check_static_licences(ws: Workspace, nodes: dict[str, Node]) -> None:
+    """Refuse, before anything builds, to link a copyleft dependency statically into a shipped artifact."""
+    from buildgraph.workspace import STATIC_DENY
+
+    for node in nodes.values():
+        t = ws.targets[node.target]
+        if t.kind != "artifact" or dict(node.assignment).get("linking") != "static":
+            continue
+        todo, seen = [d for _, d in node.deps], set()
+        while todo:
+            dep = nodes[todo.pop()]
+            if dep.name in seen:
+                continue
+            seen.add(dep.name)
+            todo.extend(d for _, d in dep.deps)
+            lic = ws.targets[dep.target].license
+            if lic.startswith(STATIC_DENY):
+                dt = ws.targets[dep.target]
+                raise ConfigError(f"{node.name} would link {dep.target} ({lic}) statically into a shipped artifact",
+                                  file=dt.loc.file, line=dt.line_of("license"), field=field_path(dt, "license"),
+                                  hint="ship it as a shared library (the dynamic variant) or drop it from this variant")
 
 
 def _make_node(t: Target, assignment: dict[str, str], eff, effective) -> Node:

@@ -34,6 +34,7 @@ class Options:
     keep_going: bool = False
     remote: object = None   # store.remote.RemoteOptions when --remote-cache is given
     mirrors: tuple[str, ...] = ()   # --mirror: searched for sources before $BUILDGRAPH_MIRROR and upstream
+    git_sha: str | None = None      # --git-sha: the commit artifacts record
 
 
 class Session:
@@ -59,6 +60,10 @@ class Session:
             self.sources = SourceStore(cache_dir / "sources", mirror_list(opts.mirrors))
             self.engine = Engine(self.ws, self.graph, self.store, self.state, self.state_dir, None,
                                  self.toolstore)
+            if any(t.kind == "artifact" for t in self.ws.targets.values()):
+                from buildgraph.repository import os_id, resolve_commit
+                self.engine.commit = resolve_commit(opts.git_sha, self.root) or "unknown"
+                self.engine.os_id = os_id()
         except BaseException:
             self.state_dir.unlock()
             raise

@@ -28,10 +28,12 @@ def _src_dir(target: Target) -> str:
 def commands(target: Target, matched: list[When]) -> tuple[str, ...]:
     """The commands an action runs for `target` in a variant whose `when` entries are `matched`."""
     steps = _kind_commands(target, matched)
-    return steps + target.post_install if target.kind != "script" else steps
+    return steps + target.post_install if target.kind not in ("script", "artifact") else steps
 
 
 def _kind_commands(target: Target, matched: list[When]) -> tuple[str, ...]:
+    if target.kind == "artifact":
+        return ()   # a built-in action: the engine writes its spec (artifact.py)
     if target.kind == "script":
         return target.cmds + tuple(c for w in matched for c in w.cmds)
     if target.kind == "cmake":

@@ -110,6 +110,8 @@ class Sandbox:
                 source_tree = self._stage_source(root, action)
             except (OutputError, SourceError) as exc:
                 return RunOutcome(None, str(exc), "", time.monotonic() - start)
+            if action.commands[:1] and action.commands[0].startswith("builtin:artifact"):
+                return self._run_artifact(root, action, start)
             code = self._execute(root, action, tools, source_tree)
             log = _tail(f"{root}/.stdout") + _tail(f"{root}/.stderr")
             if self.cancelled:
@@ -202,6 +204,22 @@ class Sandbox:
                 else:
                     shutil.copyfile(self.store.blob_path(entry.digest, entry.executable), dest)
                     os.chmod(dest, 0o755 if entry.executable else 0o644)
+
+    def _run_artifact(self, root: str, action: Action, start: float) -> RunOutcome:
+        """The built-in artifact action: in-process, on the staged dependency outputs."""
+        import json
+        from pathlib import Path
+
+        from buildgraph import artifact
+
+        for name in (".stdout", ".stderr"):
+            open(f"{root}/{name}", "w").close()
+        try:
+            artifact.build(json.loads(action.commands[1]), Path(f"{root}/deps"), Path(f"{root}/out"))
+            result = self._collect(root, action, time.monotonic() - start)
+        except (artifact.ArtifactError, OutputError) as exc:
+            return RunOutcome(None, str(exc), "", time.monotonic() - start)
+        return RunOutcome(result, None, "", time.monotonic() - start)
 
     def _stage_source(self, root: str, action: Action) -> str | None:
         """Make the upstream tree available: returns a tree for bwrap to mount read-only at

@@ -25,7 +25,7 @@ from buildgraph.sources import Source
 from buildgraph.yamlsource import LocatedDict, load_yaml
 
 BUILD_FILE = "BUILD.yaml"
-KINDS = ("script", "cmake", "make", "autotools")
+KINDS = ("script", "cmake", "make", "autotools", "artifact")
 JOBSERVER_FORMS = ("pipe", "fifo")
 
 # Programs an action may find on PATH unless the workspace says otherwise.
@@ -33,7 +33,7 @@ DEFAULT_HOST_TOOLS = (
     "sh", "bash", "cat", "cp", "mv", "rm", "mkdir", "rmdir", "ln", "ls", "sed", "grep",
     "egrep", "awk", "tr", "sort", "uniq", "head", "tail", "touch", "chmod", "install",
     "find", "xargs", "env", "date", "uname", "test", "[", "expr", "dirname", "basename",
-    "cmake", "make", "ninja", "tar", "gzip", "wc", "cut", "printf", "echo", "true",
+    "cmake", "make", "ninja", "tar", "gzip", "wc", "cut", "printf", "echo", "true", "patchelf",
     "false", "sleep", "diff", "cmp", "readlink", "realpath", "tee", "pwd", "id", "od", "seq",
 )
 DEFAULT_SOURCE_DATE_EPOCH = 315532800  # 1980-01-01: zip and friends reject earlier
@@ -44,13 +44,16 @@ RESERVED_ENV_PREFIXES = ("DEP_", "BG_")
 
 COMMON_FIELDS = ("kind", "name", "description", "srcs", "deps", "outs", "env", "toolchain",
                  "features", "weight", "when", "jobserver", "source_dir", "source", "licenses", "version",
-                 "post_install")
+                 "post_install", "license")
 KIND_FIELDS = {
     "script": ("cmds",),
     "cmake": ("cmake_args", "generator", "build_targets"),
     "make": ("make_args", "make_targets", "install_targets"),
     "autotools": ("configure_args", "make_args", "make_targets", "install_targets"),
+    "artifact": ("backend", "library", "policy", "wheel"),
 }
+# Licences that forbid linking into a shipped binary statically (SPDX prefixes).
+STATIC_DENY = ("GPL-", "AGPL-", "LGPL-")
 SOURCE_KINDS = ("url", "pypi-sdist", "git", "path")
 SOURCE_FIELDS = SOURCE_KINDS + ("sha256", "commit", "version", "subdirectory", "strip_components")
 WHEN_FIELDS = ("if", "deps", "env", "cmds", "cmake_args", "make_args", "configure_args", "toolchain")
@@ -112,6 +115,11 @@ class Target:
     post_install: tuple[str, ...] = ()           # commands after a cmake/make/autotools install
     source: Source | None = None                 # the upstream tree, at $SOURCE
     licenses: tuple[str, ...] = ()               # licence files in the outputs (for artifacts)
+    license: str = ""                            # SPDX identifier (the static-linking policy reads it)
+    backend: str = ""                            # artifact: the target whose library it ships
+    library: str = ""                            # artifact: the library's path in the backend's outputs
+    policy: str = "manylinux_2_17"               # artifact: the platform policy it must meet
+    wheel: str = ""                              # artifact: Python package name of an optional wheel
     version: str = ""                            # the upstream release, for metadata
     description: str = ""
     field_lines: tuple[tuple[str, int], ...] = ()
@@ -373,9 +381,22 @@ def _parse_target(name: str, data, file: str, line: int, prefix: str,
     source_dir = f.str("source_dir", ".")
     if source_dir != ".":
         _check_relpath(source_dir, f, "source_dir")
-    if kind == "script" and not f.str_list("cmds"):
+    if kind == "artifact":
+        for needed in ("backend", "library"):
+            if needed not in data:
+                raise ConfigError(f"an artifact needs '{needed}'", file=file, line=data.line, field=prefix or None)
+        if f.str("backend") not in f.str_list("deps"):
+            raise f.error("backend", "the backend must also be listed in 'deps'")
+        from buildgraph.audit import policy_named
+        if policy_named(f.str("policy", "manylinux_2_17")) is None:
+            raise f.error("policy", f"unknown policy {f.str('policy')!r}",
+                          hint="manylinux_2_5 … manylinux_2_35, or an alias such as manylinux2014")
+    when = _parse_when(data.get("when"), f, axes, features)
+    if kind == "script" and not f.str_list("cmds") and not any(w.cmds for w in when):
         raise ConfigError("a script target needs 'cmds'", file=file, line=data.line, field=prefix)
     field_lines = tuple(sorted((k, data.line_of(k)) for k in data))
+    if kind == "artifact" and not outs:
+        outs = ("dist/", "wheel/") if f.str("wheel") else ("dist/",)
     source = _parse_source(f.mapping("source"), f) if "source" in data else None
     licenses = f.str_list("licenses")
     for lic in licenses:
@@ -384,13 +405,15 @@ def _parse_target(name: str, data, file: str, line: int, prefix: str,
         name=name, kind=kind, loc=Location(file, data.line), srcs=srcs, deps=f.str_list("deps"),
         outs=outs, env=f.env("env"), toolchain=f.str("toolchain", default_toolchain),
         features=features, weight=f.int("weight", 1, minimum=1),
-        when=_parse_when(data.get("when"), f, axes, features), jobserver=jobserver,
+        when=when, jobserver=jobserver,
         source_dir=source_dir, cmds=f.str_list("cmds"), cmake_args=f.str_list("cmake_args"),
         generator=f.str("generator", "Unix Makefiles"), build_targets=f.str_list("build_targets"),
         make_args=f.str_list("make_args"), make_targets=f.str_list("make_targets"),
         install_targets=f.str_list("install_targets") if "install_targets" in data else ("install",),
         configure_args=f.str_list("configure_args"), post_install=f.str_list("post_install"),
-        source=source, licenses=licenses,
+        source=source, licenses=licenses, license=f.str("license", ""),
+        backend=f.str("backend", ""), library=f.str("library", ""),
+        policy=f.str("policy", "manylinux_2_17"), wheel=f.str("wheel", ""),
         version=f.str("version", ""), description=f.str("description", ""), field_lines=field_lines)
 
 

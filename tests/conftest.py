@@ -34,8 +34,8 @@ tools:
 
 
 def _command_words(args) -> int:
-    """How many leading arguments name the (sub)command: `toolchain fetch` has two."""
-    return 2 if args and args[0] == "toolchain" else 1
+    """How many leading arguments name the (sub)command: `toolchain fetch`, `artifact push` have two."""
+    return 2 if args and args[0] in ("toolchain", "artifact") else 1
 
 
 class Workspace:

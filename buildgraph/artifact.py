@@ -1,0 +1,203 @@
+"""The artifact node: turn a backend variant into something a user can download and load.
+
+A built-in action (it runs in-process on the staged dependency outputs; its key is an
+ordinary action key over the spec below and those outputs). Output layout:
+
+  dist/lib/<library>            the backend library
+  dist/lib/<name>-<h8>.so.N     each shared library it needs from our dependencies (dynamic
+                                linking): copied, renamed with 8 hex digits of its SHA-256,
+                                SONAME and the NEEDED entries that name it rewritten, RPATH
+                                $ORIGIN everywhere — the auditwheel "repair" method (patchelf)
+  dist/licenses/<dep>/<file>    the licence files of every dependency (shipped or linked
+                                statically); a dependency that declares none is an error
+  dist/<library>.meta           properties: variant, linking, commit, os, platform tag,
+                                toolchain digests, dependency versions and output digests,
+                                and the SHA-256 of every file (what `artifact pull` verifies)
+  wheel/<name>-<v>-py3-none-<tag>.whl   optional: the library as a Python package
+
+Every ELF file is audited (audit.py); an artifact whose tightest true tag is worse than
+the declared policy fails, naming the file, the symbol and the versions.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+from buildgraph import audit
+
+ARTIFACT_VERSION = 1
+
+
+class ArtifactError(Exception):
+    """The artifact cannot be made as declared (the message says what and where)."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _patchelf(*args) -> None:
+    exe = shutil.which("patchelf")
+    if exe is None:
+        raise ArtifactError("patchelf is needed to repair shared libraries (apt-get install patchelf)")
+    proc = subprocess.run([exe, *map(str, args)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ArtifactError(f"patchelf {' '.join(map(str, args))}: {proc.stderr.strip()}")
+
+
+def _hashed_name(name: str, digest: str) -> str:
+    """libjpeg.so.62 -> libjpeg-1a2b3c4d.so.62 (unique per content, so two versions never clash)."""
+    stem, sep, rest = name.partition(".so")
+    return f"{stem}-{digest[:8]}{sep}{rest}"
+
+
+def _providers(deps_root: Path, skip: str) -> dict[str, Path]:
+    """Shared library name -> file, over every dependency's lib/ (symlinks resolved)."""
+    found: dict[str, Path] = {}
+    for dep in sorted(deps_root.iterdir()):
+        if dep.name == skip or not (dep / "lib").is_dir():
+            continue
+        for path in sorted((dep / "lib").rglob("*.so*")):
+            if path.is_file() and audit.is_elf(str(path.resolve())):
+                found.setdefault(path.name, path.resolve())
+    return found
+
+
+def _bundle(lib: Path, lib_dir: Path, providers: dict[str, Path]) -> dict[str, str]:
+    """Copy in what `lib` needs from our dependencies, transitively; returns old -> new names."""
+    system = audit.system_libraries()
+    renamed: dict[str, str] = {}
+    queue = [lib]
+    while queue:
+        current = queue.pop()
+        for needed in audit.requirements(str(current)).needed:
+            if needed in system or (needed not in providers and needed not in renamed):
+                continue
+            if needed not in renamed:
+                source = providers[needed]
+                new = _hashed_name(needed, sha256_file(source))
+                shutil.copyfile(source, lib_dir / new)
+                os.chmod(lib_dir / new, 0o755)
+                _patchelf("--set-soname", new, lib_dir / new)
+                renamed[needed] = new
+                queue.append(lib_dir / new)
+            _patchelf("--replace-needed", needed, renamed[needed], current)
+    for path in [lib, *(lib_dir / n for n in renamed.values())]:
+        _patchelf("--set-rpath", "$ORIGIN", path)
+    return renamed
+
+
+def build(spec: dict, deps_root: Path, out_root: Path) -> None:
+    """Make the artifact described by `spec` from staged dependency outputs into `out_root`."""
+    backend = spec["backend"]
+    library = deps_root / backend / spec["library"]
+    if not library.is_file():
+        raise ArtifactError(f"{backend} has no {spec['library']} (its outputs: "
+                            f"{', '.join(sorted(str(p.relative_to(deps_root / backend)) for p in (deps_root / backend).rglob('*') if p.is_file())[:8])})")
+    dist = out_root / "dist"
+    lib_dir = dist / "lib"
+    lib_dir.mkdir(parents=True)
+    main_lib = lib_dir / library.name
+    shutil.copyfile(library.resolve(), main_lib)
+    os.chmod(main_lib, 0o755)
+    bundled = {}
+    if spec["linking"] == "dynamic":
+        bundled = _bundle(main_lib, lib_dir, _providers(deps_root, backend))
+
+    for dep, info in sorted(spec["dependencies"].items()):
+        if dep == backend:
+            continue
+        if not info["licenses"]:
+            raise ArtifactError(f"dependency {dep} declares no licence files ('licenses:' in its recipe); "
+                                f"it is {'shipped' if spec['linking'] == 'dynamic' else 'linked statically'}")
+        for rel in info["licenses"]:
+            source = deps_root / dep / rel
+            if not source.is_file():
+                raise ArtifactError(f"dependency {dep} declares licence file {rel}, but its outputs lack it")
+            target = dist / "licenses" / dep / os.path.basename(rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+
+    audits = [audit.audit_file(str(p), shipped=set(bundled.values()) | {main_lib.name})
+              for p in sorted(lib_dir.iterdir()) if audit.is_elf(str(p))]
+    tag = audit.tightest(audits)
+    wanted = audit.policy_named(spec["policy"])
+    if wanted is None:
+        raise ArtifactError(f"unknown policy {spec['policy']!r}")
+    problems = [v for a in audits for v in a.violations(wanted)]
+    if problems:
+        raise ArtifactError(f"refusing to label this artifact {wanted.name}: its true tag is {tag}:\n  "
+                            + "\n  ".join(problems))
+
+    meta = {"variant": spec["variant"], "linking": spec["linking"], "commit": spec["commit"],
+            "os": spec["os"], "platform_tag": platform_tags(tag), "library": main_lib.name,
+            "artifact_format": str(ARTIFACT_VERSION)}
+    for name, digest in sorted(spec["toolchains"].items()):
+        meta[f"toolchain.{name}"] = digest
+    for dep, info in sorted(spec["dependencies"].items()):
+        meta[f"dependency.{dep}.version"] = info["version"] or "-"
+        meta[f"dependency.{dep}.output"] = info["output"]
+    for old, new in sorted(bundled.items()):
+        meta[f"bundled.{old}"] = new
+    for path in sorted(p for p in dist.rglob("*") if p.is_file()):
+        meta[f"file.{path.relative_to(dist)}.sha256"] = sha256_file(path)
+    (dist / f"{main_lib.name}.meta").write_text("".join(f"{k}={v}\n" for k, v in meta.items()))
+
+    if spec.get("wheel"):
+        make_wheel(dist, out_root / "wheel", spec["wheel"], spec["version"], tag, main_lib.name)
+
+
+def platform_tags(tag: str) -> str:
+    """The compressed tag set for a policy: alias first (e.g. manylinux2014_x86_64.manylinux_2_17_x86_64)."""
+    if tag == "linux":
+        return "linux_x86_64"
+    policy = audit.policy_named(tag)
+    return ".".join(f"{name}_x86_64" for name in (*policy.aliases, policy.name))
+
+
+def make_wheel(dist: Path, out: Path, name: str, version: str, tag: str, library: str) -> Path:
+    """A py3-none-<tag> wheel holding the dist tree under package `name`, with a RECORD."""
+    out.mkdir(parents=True)
+    package = name.replace("-", "_")
+    info = f"{package}-{version}.dist-info"
+    wheel = out / f"{package}-{version}-py3-none-{platform_tags(tag)}.whl"
+    files: list[tuple[str, bytes]] = []
+    files.append((f"{package}/__init__.py", (
+        '"""The shipped library: `load()` opens it with ctypes; `library_path` locates it."""\n'
+        "import ctypes\nimport os\n\n"
+        f"library_path = os.path.join(os.path.dirname(__file__), 'lib', {library!r})\n\n\n"
+        "def load():\n    return ctypes.CDLL(library_path)\n").encode()))
+    for path in sorted(p for p in dist.rglob("*") if p.is_file()):
+        files.append((f"{package}/{path.relative_to(dist)}", path.read_bytes()))
+    files.append((f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()))
+    files.append((f"{info}/WHEEL", ("Wheel-Version: 1.0\nGenerator: buildgraph\nRoot-Is-Purelib: false\n"
+                                    + "".join(f"Tag: py3-none-{t}\n" for t in platform_tags(tag).split(".")))
+                  .encode()))
+    record = []
+    for arcname, data in files:
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{arcname},sha256={digest},{len(data)}")
+    record.append(f"{info}/RECORD,,")
+    files.append((f"{info}/RECORD", ("\n".join(record) + "\n").encode()))
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as z:
+        for arcname, data in files:
+            zi = zipfile.ZipInfo(arcname, date_time=(1980, 1, 1, 0, 0, 0))
+            zi.external_attr = (0o755 if arcname.endswith((".so", ".py")) or ".so." in arcname else 0o644) << 16
+            zi.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(zi, data)
+    return wheel
+
+
+def spec_json(spec: dict) -> str:
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))

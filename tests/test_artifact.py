@@ -1,0 +1,205 @@
+"""The artifact node: bundle and repair, licences, .meta, manylinux audit, wheel, repository."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from buildgraph.audit import audit_file
+
+ZDEP_C = '#include "zdep.h"\nint zdep_value(void) { return 42; }\n'
+ZDEP_H = "int zdep_value(void);\n"
+BACKEND_CPP = """\
+#include <string>
+#include <thread>
+extern "C" {
+#include "zdep.h"
+}
+static std::string& tag() { static std::string t("bk"); return t; }
+extern "C" int bk_value() {
+    int v = 0;
+    std::thread th([&] { v = zdep_value() + (int)tag().size(); });
+    th.join();
+    return v;   // 44
+}
+"""
+
+WORKSPACE = """\
+variants:
+  linking: [static, dynamic]
+toolchain: {toolchain}
+targets:
+  zdep:
+    kind: script
+    version: "1.2"
+    license: {license}
+    srcs: [zdep/*]
+    outs: [include/, lib/, share/]
+    {licenses}
+    cmds:
+      - mkdir -p $OUT/include $OUT/lib $OUT/share/licenses/zdep
+      - $CC -O2 -fPIC -c $SRC/zdep/zdep.c -o zdep.o
+      - $CC -shared -Wl,-soname,libzdep.so.1 zdep.o -o $OUT/lib/libzdep.so.1
+      - ln -s libzdep.so.1 $OUT/lib/libzdep.so
+      - $AR rcs $OUT/lib/libzdep.a zdep.o
+      - cp $SRC/zdep/zdep.h $OUT/include/ && cp $SRC/zdep/LICENSE $OUT/share/licenses/zdep/
+  backend:
+    kind: script
+    srcs: [backend.cpp]
+    deps: [zdep]
+    features: [linking]
+    outs: [lib/libbk.so]
+    when:
+      - if: {{linking: dynamic}}
+        cmds: ["mkdir -p $OUT/lib && $CXX -O2 -fPIC -shared $SRC/backend.cpp -I$DEP_ZDEP/include -L$DEP_ZDEP/lib -lzdep -o $OUT/lib/libbk.so"]
+      - if: {{linking: static}}
+        cmds: ["mkdir -p $OUT/lib && $CXX -O2 -fPIC -shared $SRC/backend.cpp -I$DEP_ZDEP/include $DEP_ZDEP/lib/libzdep.a -o $OUT/lib/libbk.so"]
+  release:
+    kind: artifact
+    backend: backend
+    library: lib/libbk.so
+    policy: manylinux_2_17
+    wheel: bkpkg
+    version: "0.1"
+    deps: [backend, zdep]
+"""
+
+
+def make(ws, toolchain="portable", license="MIT", licenses="licenses: [share/licenses/zdep/LICENSE]"):
+    ws.use_toolchains("portable", "gcc-12")
+    ws.write("zdep/zdep.c", ZDEP_C)
+    ws.write("zdep/zdep.h", ZDEP_H)
+    ws.write("zdep/LICENSE", "zdep licence text\n")
+    ws.write("backend.cpp", BACKEND_CPP)
+    ws.write("BUILD.yaml", WORKSPACE.format(toolchain=toolchain, license=license, licenses=licenses))
+
+
+def load_value(lib_path) -> str:
+    """Load the library in a fresh process with no LD_LIBRARY_PATH and call it."""
+    code = f"import ctypes; print(ctypes.CDLL({str(lib_path)!r}).bk_value())"
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.strip()
+
+
+@pytest.mark.slow
+def test_portable_artifact_passes_manylinux_2_17_and_loads(shared_ws, capsys):
+    ws = shared_ws
+    make(ws)
+    st = ws.build("--git-sha", "abc123", capsys=capsys)
+    assert st["_rc"] == 0, st["_out"] + st["_err"]
+    dist = ws.out("release@dynamic") / "dist"
+    libs = sorted(p.name for p in (dist / "lib").iterdir())
+    bundled = [n for n in libs if n.startswith("libzdep-")]
+    assert len(bundled) == 1 and bundled[0].endswith(".so.1")          # renamed with a content hash
+    req = audit_file(str(dist / "lib" / "libbk.so")).req
+    assert bundled[0] in req.needed and "libzdep.so.1" not in req.needed
+    assert req.rpaths == ["$ORIGIN"]
+    assert audit_file(str(dist / "lib" / bundled[0])).req.rpaths == ["$ORIGIN"]
+    assert load_value(dist / "lib" / "libbk.so") == "44"                 # no LD_LIBRARY_PATH needed
+    assert (dist / "licenses/zdep/LICENSE").read_text() == "zdep licence text\n"
+    meta = dict(line.split("=", 1) for line in (dist / "libbk.so.meta").read_text().splitlines())
+    assert meta["variant"] == "dynamic" and meta["linking"] == "dynamic" and meta["commit"] == "abc123"
+    assert meta["platform_tag"] == "manylinux2014_x86_64.manylinux_2_17_x86_64"
+    assert meta["dependency.zdep.version"] == "1.2" and meta["toolchain.portable"]
+    assert meta["os"].startswith("debian")
+    assert f"file.lib/{bundled[0]}.sha256" in meta
+    static = ws.out("release@static") / "dist"
+    assert sorted(p.name for p in (static / "lib").iterdir()) == ["libbk.so"]   # zdep linked in
+    assert (static / "licenses/zdep/LICENSE").exists()                          # and still credited
+    assert load_value(static / "lib" / "libbk.so") == "44"
+
+
+@pytest.mark.slow
+def test_wheel_installs_into_a_fresh_venv_and_loads(shared_ws, capsys, tmp_path):
+    ws = shared_ws
+    make(ws)
+    assert ws.build("release@dynamic", capsys=capsys)["_rc"] == 0
+    wheels = list((ws.out("release@dynamic") / "wheel").glob("*.whl"))
+    assert [w.name for w in wheels] == ["bkpkg-0.1-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl"]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin/pip"), "install", "--no-index", "--quiet", str(wheels[0])], check=True)
+    out = subprocess.run([str(venv / "bin/python"), "-c", "import bkpkg; print(bkpkg.load().bk_value())"],
+                         capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+    assert out.stdout.strip() == "44", out.stderr
+
+
+@pytest.mark.slow
+def test_gcc12_build_is_refused_and_labelled_with_its_true_tag(shared_ws, capsys):
+    ws = shared_ws
+    make(ws, toolchain="gcc-12")
+    st = ws.build("release@dynamic", capsys=capsys)
+    assert st["release@dynamic"] == "failed"
+    out = st["_out"]
+    assert "refusing to label this artifact manylinux_2_17: its true tag is manylinux_2_" in out
+    assert "libbk.so:" in out and "GLIBCXX_3.4." in out and "> 3.4.19" in out
+    rc, audit_out, _ = ws.run("build", "backend@dynamic", capsys=capsys)
+    lib = ws.out("backend@dynamic") / "lib/libbk.so"
+    from buildgraph.cli import main
+    assert main(["audit", str(lib)]) == 1
+    text = capsys.readouterr().out
+    assert "not manylinux_2_17" in text and "GLIBCXX" in text
+
+
+def test_dependency_without_licence_files_is_an_error(ws, capsys):
+    make(ws, toolchain="host-gcc", licenses="")
+    st = ws.build("release@static", capsys=capsys)
+    assert st.get("release@static") == "failed", st["_out"] + st["_err"]
+    assert "dependency zdep declares no licence files" in st["_out"]
+
+
+def test_gpl_dependency_linked_statically_is_refused_before_building(ws, capsys):
+    make(ws, toolchain="host-gcc", license="GPL-3.0-only")
+    rc, _, err = ws.run("build", capsys=capsys)
+    assert rc == 2
+    assert "release@static would link zdep (GPL-3.0-only) statically into a shipped artifact" in err
+    assert not (ws.root / ".buildgraph" / "out").exists()
+
+
+@pytest.mark.slow
+def test_push_to_webdav_and_pull_back_verified(shared_ws, capsys, tmp_path):
+    from servers import NGINX, NginxServer
+    if not os.path.exists(NGINX):
+        pytest.skip("nginx not installed")
+    ws = shared_ws
+    make(ws)
+    assert ws.build("release@dynamic", "--git-sha", "c0ffee", capsys=capsys)["_rc"] == 0
+    srv = NginxServer(tmp_path / "repo-nginx")
+    try:
+        rc, out, err = ws.run("artifact", "push", "release@dynamic", "--to", srv.url, "--git-sha", "c0ffee",
+                              capsys=capsys)
+        assert rc == 0, err
+        prefix = out.split(srv.url + "/")[1].strip().rstrip("/")
+        assert prefix.startswith("c0ffee/debian") and prefix.endswith("/dynamic/dynamic")
+        from buildgraph.cli import main
+        dest = tmp_path / "pulled"
+        assert main(["artifact", "pull", "--from", srv.url, "--prefix", prefix, "--library", "libbk.so",
+                     "-o", str(dest)]) == 0
+        dist = ws.out("release@dynamic") / "dist"
+        for p in dist.rglob("*"):
+            if p.is_file():
+                assert (dest / p.relative_to(dist)).read_bytes() == p.read_bytes()
+        # Tamper with one file on the server: the pull fails, naming it, and writes nothing.
+        served = srv.data / prefix / "lib" / "libbk.so"
+        served.write_bytes(served.read_bytes() + b"x")
+        dest2 = tmp_path / "pulled2"
+        assert main(["artifact", "pull", "--from", srv.url, "--prefix", prefix, "--library", "libbk.so",
+                     "-o", str(dest2)]) == 1
+        assert "lib/libbk.so: sha256" in capsys.readouterr().err and not dest2.exists()
+    finally:
+        srv.stop()
+
+
+def test_directory_repository_round_trip(ws, capsys, tmp_path):
+    make(ws, toolchain="host-gcc")
+    ws.write("BUILD.yaml", (ws.root / "BUILD.yaml").read_text().replace("policy: manylinux_2_17", "policy: manylinux_2_35"))
+    assert ws.build("release@static", "--git-sha", "d1d1", capsys=capsys)["_rc"] == 0
+    repo = tmp_path / "repo"
+    rc, out, err = ws.run("artifact", "push", "release@static", "--to", str(repo), "--git-sha", "d1d1", capsys=capsys)
+    assert rc == 0, err
+    prefix = next(p for p in repo.rglob("libbk.so.meta")).parent.relative_to(repo)
+    from buildgraph.cli import main
+    assert main(["artifact", "pull", "--from", str(repo), "--prefix", str(prefix), "--library", "libbk.so",
+                 "-o", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "licenses/zdep/LICENSE").exists()
