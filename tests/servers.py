@@ -258,3 +258,20 @@ def make_tls(root: Path) -> tuple[Path, Path, Path]:
 
 def basic_auth_header(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+class MotoS3Server(Server):
+    """moto's standalone server: the S3 API on loopback (for the artifact repository)."""
+
+    kind = "moto"
+
+    def __init__(self, root: Path):
+        import sys
+        root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        log = root / "moto.log"
+        exe = Path(sys.executable).with_name("moto_server")
+        self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(self.port)], stdout=open(log, "w"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for_port(self.port, self.proc, log)
+        self.url = f"http://127.0.0.1:{self.port}"

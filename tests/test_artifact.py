@@ -203,3 +203,29 @@ def test_directory_repository_round_trip(ws, capsys, tmp_path):
     assert main(["artifact", "pull", "--from", str(repo), "--prefix", str(prefix), "--library", "libbk.so",
                  "-o", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "licenses/zdep/LICENSE").exists()
+
+
+def test_s3_repository_through_boto3_against_moto(ws, capsys, tmp_path, monkeypatch):
+    from servers import MotoS3Server
+    boto3 = pytest.importorskip("boto3")
+    make(ws, toolchain="host-gcc")
+    ws.write("BUILD.yaml", (ws.root / "BUILD.yaml").read_text().replace("policy: manylinux_2_17", "policy: manylinux_2_35"))
+    assert ws.build("release@dynamic", "--git-sha", "5e5e", capsys=capsys)["_rc"] == 0
+    srv = MotoS3Server(tmp_path / "moto")
+    try:
+        for k, v in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
+                     ("AWS_DEFAULT_REGION", "us-east-1"), ("BUILDGRAPH_S3_ENDPOINT", srv.url)):
+            monkeypatch.setenv(k, v)
+        boto3.client("s3", endpoint_url=srv.url).create_bucket(Bucket="releases")
+        rc, out, err = ws.run("artifact", "push", "release@dynamic", "--to", "s3://releases/backend",
+                              "--git-sha", "5e5e", capsys=capsys)
+        assert rc == 0, err
+        prefix = out.split("s3://releases/backend/")[1].strip().rstrip("/")
+        from buildgraph.cli import main
+        dest = tmp_path / "pulled"
+        assert main(["artifact", "pull", "--from", "s3://releases/backend", "--prefix", prefix,
+                     "--library", "libbk.so", "-o", str(dest)]) == 0
+        dist = ws.out("release@dynamic") / "dist"
+        assert (dest / "lib/libbk.so").read_bytes() == (dist / "lib/libbk.so").read_bytes()
+    finally:
+        srv.stop()
