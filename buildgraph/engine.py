@@ -196,7 +196,7 @@ class Engine:
                 toolchains[tc] = self.resolver.resolve(tc).digest
         spec = {"backend": t.backend, "library": t.library, "policy": t.policy, "wheel": t.wheel,
                 "version": t.version or "0", "linking": assignment.get("linking", "dynamic"),
-                "variant": "-".join(assignment.values()) or "default", "commit": self.commit, "os": self.os_id,
+                "variant": "-".join(v for k, v in assignment.items() if k != "linking") or "default", "commit": self.commit, "os": self.os_id,
                 "dependencies": deps, "toolchains": toolchains}
         return (f"builtin:artifact v{ARTIFACT_VERSION}", spec_json(spec))
 

@@ -147,8 +147,7 @@ def push(dist: Path, url: str, commit: str, ca_file: str | None = None) -> str:
     if len(metas) != 1:
         raise RepositoryError(f"{dist} holds no artifact (.meta missing)")
     meta = read_meta(metas[0])
-    device = meta["variant"].rsplit("-", 1)[0] if meta["variant"].endswith(("-static", "-dynamic")) else meta["variant"]
-    prefix = prefix_for(commit, meta["os"], device, meta["linking"])
+    prefix = prefix_for(commit, meta["os"], meta["variant"], meta["linking"])
     backend = backend_for(url, ca_file)
     names = [n for n in artifact_files(dist) if not n.endswith(".meta")] + [metas[0].name]
     for name in names:

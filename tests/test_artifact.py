@@ -99,7 +99,7 @@ def test_portable_artifact_passes_manylinux_2_17_and_loads(shared_ws, capsys):
     assert load_value(dist / "lib" / "libbk.so") == "44"                 # no LD_LIBRARY_PATH needed
     assert (dist / "licenses/zdep/LICENSE").read_text() == "zdep licence text\n"
     meta = dict(line.split("=", 1) for line in (dist / "libbk.so.meta").read_text().splitlines())
-    assert meta["variant"] == "dynamic" and meta["linking"] == "dynamic" and meta["commit"] == "abc123"
+    assert meta["variant"] == "default" and meta["linking"] == "dynamic" and meta["commit"] == "abc123"
     assert meta["platform_tag"] == "manylinux2014_x86_64.manylinux_2_17_x86_64"
     assert meta["dependency.zdep.version"] == "1.2" and meta["toolchain.portable"]
     assert meta["os"].startswith("debian")
@@ -171,7 +171,7 @@ def test_push_to_webdav_and_pull_back_verified(shared_ws, capsys, tmp_path):
                               capsys=capsys)
         assert rc == 0, err
         prefix = out.split(srv.url + "/")[1].strip().rstrip("/")
-        assert prefix.startswith("c0ffee/debian") and prefix.endswith("/dynamic/dynamic")
+        assert prefix.startswith("c0ffee/debian") and prefix.endswith("/default/dynamic")
         from buildgraph.cli import main
         dest = tmp_path / "pulled"
         assert main(["artifact", "pull", "--from", srv.url, "--prefix", prefix, "--library", "libbk.so",
