@@ -177,15 +177,9 @@ class Sandbox:
             os.mkdir(f"{root}/{sub}")
         if not linking:
             os.symlink(self.tools_dir(tools), f"{root}/.tools")
-        made = {f"{root}/src"}
-        for (rel, _, _), host in zip(action.srcs, action.src_paths):
-            dest = f"{root}/src/{rel}"
-            parent = os.path.dirname(dest)
-            if parent not in made:
-                os.makedirs(parent, exist_ok=True)
-                made.add(parent)
-            copy_file(host, dest)
-        _check_inputs_unchanged(action)
+        _copy_in(f"{root}/src", ((rel, host, sig) for (rel, _, _), host, sig
+                                 in zip(action.srcs, action.src_paths, action.src_stats)))
+        made = set()
         for dep_target, _ in action.deps:
             result = dep_results[dep_target]
             base = f"{root}/deps/{dep_target}"
@@ -228,16 +222,7 @@ class Sandbox:
         if fetch is None:
             return None
         if isinstance(fetch, tuple):   # a workspace `path` source: copied, and checked unchanged
-            made = set()
-            for rel, host, sig in fetch:
-                dest = f"{root}/source/{rel}"
-                parent = os.path.dirname(dest)
-                if parent not in made:
-                    os.makedirs(parent, exist_ok=True)
-                    made.add(parent)
-                copy_file(host, dest)
-                if stat_signature(os.stat(host)) != sig:
-                    raise OutputError(f"source {host} changed during the build; not run — build again")
+            _copy_in(f"{root}/source", fetch)
             return None
         tree = str(self.sources.get(fetch))
         if self.mode == "bwrap":
@@ -344,15 +329,23 @@ class OutputError(Exception):
     """The action ran but its outputs do not match what it declared."""
 
 
-def _check_inputs_unchanged(action: Action) -> None:
-    """Refuse to run an action whose sources changed after they were hashed: its key would lie."""
-    for path, sig in zip(action.src_paths, action.src_stats):
+def _copy_in(base: str, files) -> None:
+    """Copy (relpath, host path, stat signature when hashed) files under `base`. A file whose
+    signature changed since it was hashed would make the key lie: the action is not run."""
+    made = set()
+    for rel, host, sig in files:
+        dest = f"{base}/{rel}"
+        parent = os.path.dirname(dest)
+        if parent not in made:
+            os.makedirs(parent, exist_ok=True)
+            made.add(parent)
+        copy_file(host, dest)
         try:
-            now = stat_signature(os.stat(path))
+            now = stat_signature(os.stat(host))
         except OSError:
             now = None
         if now != sig:
-            raise OutputError(f"source {path} changed during the build; not run — build again")
+            raise OutputError(f"source {host} changed during the build; not run — build again")
 
 
 def _check_declared(outs: tuple[str, ...], produced: set[str]) -> None:
