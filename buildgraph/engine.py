@@ -179,7 +179,8 @@ class Engine:
                       toolchain=toolchain, tools_digest=self.host_tools()[1], srcs=srcs, src_paths=hosts,
                       src_stats=sigs,
                       deps=tuple(sorted((d, dep_outputs[n]) for d, n in node.deps)),
-                      features=node.features, outs=t.outs, weight=t.weight, jobserver=t.jobserver,
+                      features=node.features, outs=tuple(dict.fromkeys(t.outs + t.licenses)),
+                      weight=t.weight, jobserver=t.jobserver,
                       dep_nodes=node.deps, source=source, source_fetch=source_fetch)
 
     def _artifact_commands(self, node: Node, t, dep_outputs: dict[str, str]) -> tuple[str, ...]:

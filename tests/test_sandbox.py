@@ -184,3 +184,12 @@ def test_fallback_modes_build_scrub_and_isolate(ws, capsys, mode):
 def ran_again_nothing(ws, capsys, mode) -> bool:
     st = ws.build("--sandbox", mode, "a", "b", capsys=capsys)
     return st["a"] == "up-to-date" and st["b"] == "up-to-date"
+
+
+def test_declared_licence_files_must_be_produced(ws, capsys):
+    ws.write("BUILD.yaml", """\
+        targets:
+          t: {kind: script, outs: [share/], licenses: [share/LICENSE], cmds: ["mkdir -p $OUT/share && touch $OUT/share/README"]}
+        """)
+    st = ws.build(capsys=capsys)
+    assert st["t"] == "failed" and "declared output not produced: share/LICENSE" in st["_out"]
