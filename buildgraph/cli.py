@@ -140,6 +140,65 @@ def cmd_artifact(args) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args) -> int:
+    from buildgraph import repro
+
+    with _session(args, write=False) as s:
+        results = repro.verify(s, args.targets, args.jobs or os.cpu_count() or 1,
+                               Path(args.report_dir) if args.report_dir else None,
+                               log=lambda m: print(f"buildgraph: {m}", file=sys.stderr))
+    for r in results:
+        line = f"{r.node}: {r.status}"
+        if r.reason:
+            line += f" ({r.reason})"
+        print(line)
+        for cause in r.causes:
+            print(f"  {cause}")
+    differs = [r for r in results if r.status in ("differs", "failed")]
+    expected = sum(r.status == "expected-to-differ" for r in results)
+    print(f"{sum(r.status == 'reproducible' for r in results)} reproducible, {len(differs)} differ or failed, "
+          f"{expected} declared not reproducible, {sum(r.status == 'skipped' for r in results)} skipped")
+    return EXIT_FAILED if differs else EXIT_OK
+
+
+def cmd_manifest(args) -> int:
+    from buildgraph import repro
+
+    with _session(args, write=False) as s:
+        data = repro.manifest(s, args.targets)
+    text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+    if args.output:
+        Path(args.output).write_text(text)
+        built = sum(1 for n in data["nodes"].values() if n.get("key"))
+        print(f"wrote {args.output}: {len(data['nodes'])} nodes ({built} built)")
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_diff(args) -> int:
+    from buildgraph import repro
+
+    try:
+        a, b = (json.loads(Path(p).read_text()) for p in (args.first, args.second))
+    except (OSError, ValueError) as exc:
+        print(f"buildgraph: error: cannot read manifest: {exc}", file=sys.stderr)
+        return EXIT_FAILED + 1
+    report = repro.diff(a, b)
+    sections = (("platform", report.platform), ("root cause: not reproducible (same key, other outputs)",
+                report.nonreproducible), ("root cause: inputs changed", report.changed_inputs),
+                ("downstream only", report.downstream), ("in one manifest only", report.only_one))
+    for title, lines in sections:
+        if lines:
+            print(f"{title}:")
+            for line in lines:
+                print(f"  {line}")
+    if report.empty():
+        print("manifests agree: every node has the same key and the same outputs")
+        return EXIT_OK
+    return EXIT_FAILED
+
+
 def cmd_plan(args) -> int:
     from buildgraph import operations
 
@@ -377,6 +436,22 @@ def parser() -> argparse.ArgumentParser:
         if action == "fetch":
             ta.add_argument("--force", action="store_true", help="fetch again even if the store has it")
         ta.set_defaults(func=cmd_toolchain)
+
+    v = sub.add_parser("verify", parents=[common], help="build again, perturbed, and compare outputs")
+    v.add_argument("targets", nargs="*")
+    v.add_argument("-j", "--jobs", type=int, default=0)
+    v.add_argument("--report-dir", help="keep diffoscope reports here (when diffoscope is installed)")
+    v.set_defaults(func=cmd_verify)
+
+    m = sub.add_parser("manifest", parents=[common], help="key, input and output digests of every node, as JSON")
+    m.add_argument("targets", nargs="*")
+    m.add_argument("-o", "--output", help="file to write (default: stdout)")
+    m.set_defaults(func=cmd_manifest)
+
+    d = sub.add_parser("diff", help="compare two manifests and name the root causes")
+    d.add_argument("first")
+    d.add_argument("second")
+    d.set_defaults(func=cmd_diff)
 
     au = sub.add_parser("audit", help="symbol versions and libraries ELF files need; their manylinux tag")
     au.add_argument("files", nargs="+")

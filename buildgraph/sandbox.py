@@ -88,8 +88,12 @@ def sandbox_env(action: Action, mapped_root: str, mounts=()) -> dict[str, str]:
 
 
 class Sandbox:
-    def __init__(self, store: LocalStore, mode: str, jobserver=None, sources=None):
+    def __init__(self, store: LocalStore, mode: str, jobserver=None, sources=None,
+                 inner_root: str = SANDBOX_ROOT, umask: int | None = None, reverse_env: bool = False):
+        """`inner_root`, `umask` and `reverse_env` exist to perturb a second run (repro.verify):
+        the path the action sees, the file mode mask, and the order of its environment."""
         self.store = store
+        self.inner_root, self.umask, self.reverse_env = inner_root, umask, reverse_env
         self.sources = sources   # a SourceStore: upstream trees, fetched when an action needs one
         self.mode = mode
         self.jobserver = jobserver
@@ -159,7 +163,7 @@ class Sandbox:
                 os.makedirs(f"{path}/bin")
                 for name, target in links:
                     if self.mode != "bwrap":
-                        target = _unmapped(target, SANDBOX_ROOT, mounts)
+                        target = _unmapped(target, SANDBOX_ROOT, mounts)   # toolchains: real paths
                     os.symlink(target, f"{path}/bin/{name}")
                 self._tool_dirs[tools] = path
             return path
@@ -239,12 +243,12 @@ class Sandbox:
                     "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
                     "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
                     "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-                    "--tmpfs", SANDBOX_ROOT, "--dir", f"{SANDBOX_ROOT}/tmp", "--dir", f"{SANDBOX_ROOT}/home",
-                    "--ro-bind", f"{root}/src", f"{SANDBOX_ROOT}/src",
-                    "--ro-bind", f"{root}/deps", f"{SANDBOX_ROOT}/deps",
-                    "--bind", f"{root}/out", f"{SANDBOX_ROOT}/out",
-                    "--bind", f"{root}/work", f"{SANDBOX_ROOT}/work",
-                    "--ro-bind", self.tools_dir(tools), f"{SANDBOX_ROOT}/.tools"]
+                    "--tmpfs", self.inner_root, "--dir", f"{self.inner_root}/tmp", "--dir", f"{self.inner_root}/home",
+                    "--ro-bind", f"{root}/src", f"{self.inner_root}/src",
+                    "--ro-bind", f"{root}/deps", f"{self.inner_root}/deps",
+                    "--bind", f"{root}/out", f"{self.inner_root}/out",
+                    "--bind", f"{root}/work", f"{self.inner_root}/work",
+                    "--ro-bind", self.tools_dir(tools), f"{self.inner_root}/.tools"]
             links, mounts = tools
             for m in mounts:
                 argv += ["--ro-bind", m.host, f"{SANDBOX_TOOLCHAINS}/{m.name}"]
@@ -253,13 +257,13 @@ class Sandbox:
             for d in _outside_dirs(links, mounts):
                 argv += ["--ro-bind", d, d]
             if source_tree is not None:
-                argv += ["--ro-bind", source_tree, f"{SANDBOX_ROOT}/source"]
+                argv += ["--ro-bind", source_tree, f"{self.inner_root}/source"]
             elif os.path.isdir(f"{root}/source"):
-                argv += ["--ro-bind", f"{root}/source", f"{SANDBOX_ROOT}/source"]
+                argv += ["--ro-bind", f"{root}/source", f"{self.inner_root}/source"]
             if self.jobserver is not None and action.jobserver == "fifo":
-                argv += ["--bind", self.jobserver.fifo, f"{SANDBOX_ROOT}/.jobserver"]
-            argv += ["--chdir", f"{SANDBOX_ROOT}/work", "--"]
-            return argv + script, SANDBOX_ROOT
+                argv += ["--bind", self.jobserver.fifo, f"{self.inner_root}/.jobserver"]
+            argv += ["--chdir", f"{self.inner_root}/work", "--"]
+            return argv + script, self.inner_root
         if self.mode == "unshare":
             return [shutil.which("unshare") or "unshare", "-n", "--"] + script, root
         return script, root
@@ -270,7 +274,7 @@ class Sandbox:
         env["BUILDGRAPH_SANDBOX"] = mapped  # for -ffile-prefix-map in toolchain wrappers; not in the key
         fds: tuple[int, ...] = ()
         if self.jobserver is not None:
-            fifo = f"{SANDBOX_ROOT}/.jobserver" if self.mode == "bwrap" else None
+            fifo = f"{self.inner_root}/.jobserver" if self.mode == "bwrap" else None
             env["MAKEFLAGS"] = self.jobserver.makeflags(action.jobserver, fifo)
             fds = self.jobserver.child_fds
         with open(f"{root}/.stdout", "wb") as out, open(f"{root}/.stderr", "wb") as err:
@@ -278,8 +282,11 @@ class Sandbox:
                 if self.cancelled:
                     return -signal.SIGTERM
                 try:
+                    if self.reverse_env:
+                        env = dict(reversed(list(env.items())))
                     proc = subprocess.Popen(argv, env=env, cwd=f"{root}/work", stdin=subprocess.DEVNULL,
-                                            stdout=out, stderr=err, start_new_session=True, pass_fds=fds)
+                                            stdout=out, stderr=err, start_new_session=True, pass_fds=fds,
+                                            umask=self.umask if self.umask is not None else -1)
                 except OSError as exc:
                     err.write(f"buildgraph: cannot start {argv[0]}: {exc}\n".encode())
                     return 127

@@ -44,7 +44,7 @@ RESERVED_ENV_PREFIXES = ("DEP_", "BG_")
 
 COMMON_FIELDS = ("kind", "name", "description", "srcs", "deps", "outs", "env", "toolchain",
                  "features", "weight", "when", "jobserver", "source_dir", "source", "licenses", "version",
-                 "post_install", "license")
+                 "post_install", "license", "reproducible", "reproducible_reason")
 KIND_FIELDS = {
     "script": ("cmds",),
     "cmake": ("cmake_args", "generator", "build_targets"),
@@ -120,6 +120,8 @@ class Target:
     library: str = ""                            # artifact: the library's path in the backend's outputs
     policy: str = "manylinux_2_17"               # artifact: the platform policy it must meet
     wheel: str = ""                              # artifact: Python package name of an optional wheel
+    reproducible: bool = True                    # false: `verify` reports it apart, not as a failure
+    reproducible_reason: str = ""
     version: str = ""                            # the upstream release, for metadata
     description: str = ""
     field_lines: tuple[tuple[str, int], ...] = ()
@@ -392,6 +394,9 @@ def _parse_target(name: str, data, file: str, line: int, prefix: str,
             raise f.error("policy", f"unknown policy {f.str('policy')!r}",
                           hint="manylinux_2_5 … manylinux_2_35, or an alias such as manylinux2014")
     when = _parse_when(data.get("when"), f, axes, features)
+    if data.get("reproducible") is False and not data.get("reproducible_reason"):
+        raise ConfigError("a target declared reproducible: false needs a reproducible_reason",
+                          file=file, line=data.line_of("reproducible"), field=f.path("reproducible"))
     if kind == "script" and not f.str_list("cmds") and not any(w.cmds for w in when):
         raise ConfigError("a script target needs 'cmds'", file=file, line=data.line, field=prefix)
     field_lines = tuple(sorted((k, data.line_of(k)) for k in data))
@@ -414,7 +419,17 @@ def _parse_target(name: str, data, file: str, line: int, prefix: str,
         source=source, licenses=licenses, license=f.str("license", ""),
         backend=f.str("backend", ""), library=f.str("library", ""),
         policy=f.str("policy", "manylinux_2_17"), wheel=f.str("wheel", ""),
+        reproducible=_bool(f, "reproducible", True), reproducible_reason=f.str("reproducible_reason", ""),
         version=f.str("version", ""), description=f.str("description", ""), field_lines=field_lines)
+
+
+def _bool(f: _Fields, key: str, default: bool) -> bool:
+    if key not in f.data:
+        return default
+    value = f.data[key]
+    if not isinstance(value, bool):
+        raise f.error(key, f"expected true or false, got {_kind(value)}")
+    return value
 
 
 def _parse_source(data, parent: _Fields) -> Source:
