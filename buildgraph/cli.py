@@ -39,6 +39,17 @@ def _remote_options(args):
                          retries=args.remote_retries, jobs=args.remote_jobs)
 
 
+def _executor_options(args):
+    url = getattr(args, "remote_executor", None)
+    if not url:
+        return None
+    from buildgraph.store.remote import RemoteOptions, credentials
+
+    return RemoteOptions(url=url, instance_name=args.remote_instance_name, headers=credentials(url),
+                         ca_file=args.remote_ca, timeout=max(args.remote_timeout, 30.0), retries=args.remote_retries,
+                         jobs=args.remote_jobs)
+
+
 def _options(args):
     from buildgraph.operations import Options
 
@@ -46,7 +57,8 @@ def _options(args):
                    toolchain_dir=Path(args.toolchain_dir) if args.toolchain_dir else None,
                    cache_max_bytes=getattr(args, "max_size", None), sandbox=args.sandbox,
                    jobs=getattr(args, "jobs", 0) or 0, keep_going=getattr(args, "keep_going", False),
-                   mirrors=tuple(getattr(args, "mirror", None) or ()), git_sha=getattr(args, "git_sha", None))
+                   mirrors=tuple(getattr(args, "mirror", None) or ()), git_sha=getattr(args, "git_sha", None),
+                   executor=_executor_options(args) if hasattr(args, "remote_executor") else None)
 
 
 def _session(args, write=True):
@@ -90,6 +102,16 @@ def cmd_fetch(args) -> int:
             else:
                 print(f"{target}: {src.describe()} -> {result}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_worker(args) -> int:
+    from buildgraph import worker
+    from buildgraph.store.local import default_cache_dir
+    from buildgraph.toolstore import default_toolchain_dir
+
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir() / "worker"
+    tc_dir = Path(args.toolchain_dir) if args.toolchain_dir else default_toolchain_dir(cache)
+    return worker.main(args.server, args.instance_name, args.slots or os.cpu_count() or 1, cache, tc_dir)
 
 
 def cmd_audit(args) -> int:
@@ -393,6 +415,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--remote-timeout", type=float, default=10.0, metavar="SECONDS", help="per request (default 10)")
     r.add_argument("--remote-retries", type=int, default=2, help="retries of failed requests, with backoff (default 2)")
     r.add_argument("--remote-jobs", type=int, default=8, help="parallel remote lookups and transfers (default 8)")
+    r.add_argument("--remote-executor", metavar="URL",
+                   help="grpc(s)://host:port: run actions on a REAPI executor (BuildGrid with buildgraph workers); "
+                        "when it cannot be reached, actions run locally")
     b.set_defaults(func=cmd_build)
 
     f = sub.add_parser("fetch", parents=[common], help="fetch the upstream sources targets need; with "
@@ -452,6 +477,14 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("first")
     d.add_argument("second")
     d.set_defaults(func=cmd_diff)
+
+    wk = sub.add_parser("worker", help="run actions for a REAPI executor (a Remote Workers API bot)")
+    wk.add_argument("--server", required=True, help="grpc://host:port of the BuildGrid (bots service)")
+    wk.add_argument("--instance-name", default="")
+    wk.add_argument("--slots", type=int, default=0, help="CPU slots (jobserver) for each action (default: cores)")
+    wk.add_argument("--cache-dir", help="the worker's local store (default CACHE_DIR/worker)")
+    wk.add_argument("--toolchain-dir", help="where the worker fetches toolchains")
+    wk.set_defaults(func=cmd_worker)
 
     au = sub.add_parser("audit", help="symbol versions and libraries ELF files need; their manylinux tag")
     au.add_argument("files", nargs="+")

@@ -90,6 +90,7 @@ class Engine:
         self._dir_memo: dict[str, int | None] = {}
         self._host_tools = None
         self.remote = None  # a RemoteLayer when --remote-cache is given
+        self.executor = None  # a RemoteExecutor when --remote-executor is given (it falls back to sandbox)
         self.commit = "unknown"   # what artifacts record as the source commit (--git-sha, ...)
         self.os_id = "unknown"    # e.g. debian12
         self._changed = False

@@ -35,6 +35,7 @@ class Options:
     remote: object = None   # store.remote.RemoteOptions when --remote-cache is given
     mirrors: tuple[str, ...] = ()   # --mirror: searched for sources before $BUILDGRAPH_MIRROR and upstream
     git_sha: str | None = None      # --git-sha: the commit artifacts record
+    executor: object = None         # store.remote.RemoteOptions for --remote-executor
 
 
 class Session:
@@ -125,6 +126,12 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
     engine = session.engine
     engine.sandbox = Sandbox(store, detect_mode(session.opts.sandbox), jobserver, session.sources)
     engine.remote = open_remote_layer(store, session.opts.remote)
+    if session.opts.executor is not None:
+        from buildgraph.remote_exec import RemoteExecutor
+
+        engine.executor = RemoteExecutor(session.opts.executor, store, engine, session.sources,
+                                         lambda m: print(f"buildgraph: {m}", file=sys.stderr))
+        engine.executor.fallback = engine.sandbox
     scheduler = Scheduler(session.graph, engine, jobs, jobserver, reporter, session.opts.keep_going)
     interrupted = False
     try:
@@ -137,6 +144,8 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
         jobserver.close()
         if engine.remote is not None:
             engine.remote.close()   # waits for background uploads
+        if engine.executor is not None:
+            engine.executor.close()
     ordered = [outcomes[n] for n in selected if n in outcomes]
     summary = BuildSummary(ordered, time.monotonic() - t0, selected=len(selected))
     for o in ordered:

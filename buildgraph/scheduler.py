@@ -123,7 +123,7 @@ class Scheduler:
 
         def work(name: str, action: Action, deps: dict[str, ActionResult], tools, tokens: bytes, lane: int):
             try:
-                outcome = engine.sandbox.run(action, deps, tools)
+                outcome = (engine.executor or engine.sandbox).run(action, deps, tools)
             except Exception as exc:  # the tool broke, not the action: report it as a failure
                 outcome = RunOutcome(None, f"internal error: {exc!r}", "", 0.0)
             events.put(("ran", name, action, tokens, lane, outcome))
