@@ -275,3 +275,145 @@ class MotoS3Server(Server):
                                      stderr=subprocess.STDOUT, start_new_session=True)
         wait_for_port(self.port, self.proc, log)
         self.url = f"http://127.0.0.1:{self.port}"
+
+
+PG_USER = "bgpg"   # PostgreSQL refuses to run as root; .ci/setup --tests creates this user
+
+
+def _pg_bin(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (d / name).exists():
+            return str(d / name)
+    raise FileNotFoundError(name)
+
+
+class PostgresServer(Server):
+    """A throwaway PostgreSQL cluster (initdb in the test's directory, trust auth, loopback)."""
+
+    kind = "postgres"
+
+    def __init__(self, root: Path):
+        import tempfile
+        # Its own directory in /tmp: pytest's temp root is 0700 (root only), and PostgreSQL
+        # runs as an unprivileged user that must reach its data directory.
+        root = Path(tempfile.mkdtemp(prefix="bg-pg-"))
+        shutil.chown(root, PG_USER)
+        self.root, self.port = root, free_port()
+        run = ["runuser", "-u", PG_USER, "--"]
+        subprocess.run(run + [_pg_bin("initdb"), "-D", str(root / "data"), "-U", "bgd", "--auth=trust"],
+                       check=True, capture_output=True)
+        log = root / "pg.log"
+        self.proc = subprocess.Popen(run + [_pg_bin("postgres"), "-D", str(root / "data"), "-h", "127.0.0.1",
+                                            "-p", str(self.port), "-k", str(root)],
+                                     stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for_port(self.port, self.proc, log)
+        for _ in range(50):
+            if subprocess.run(run + [_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "bgd",
+                                     "bgd"], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.2)
+        self.dsn = f"postgresql+psycopg2://bgd@127.0.0.1:{self.port}/bgd"
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class BuildGridExecutionServer(Server):
+    """BuildGrid with its SQL scheduler: CAS, ActionCache, Execution and Bots on loopback."""
+
+    kind = "buildgrid-execution"
+
+    def __init__(self, root: Path, dsn: str, keepalive: int = 5):
+        root.mkdir(parents=True, exist_ok=True)
+        subprocess.run([str(BGD), "migrate", "apply", dsn], check=True, capture_output=True)
+        self.port = free_port()
+        config = f"""
+description: buildgraph test executor
+server:
+  - !channel
+    address: "127.0.0.1:{self.port}"
+    insecure-mode: true
+authorization:
+  method: none
+connections:
+  - !sql-connection &sql
+    connection-string: {dsn}
+    pool-size: 5
+    pool-timeout: 30
+    max-overflow: 10
+storages:
+  - !lru-storage &cas
+    size: 512M
+caches:
+  - !lru-action-cache &ac
+    storage: *cas
+    max-cached-refs: 10000
+    allow-updates: true
+    cache-failed-actions: false
+schedulers:
+  - !sql-scheduler &sched
+    sql: *sql
+    storage: *cas
+    action-cache: *ac
+    bot-session-keepalive-timeout: {keepalive}
+    property-set: !dynamic-property-set
+      match-property-keys: [OSFamily, ISA]
+      wildcard-property-keys: [toolchain]
+    assigners:
+      - !priority-age-assigner
+        count: 1
+        interval: 0.2
+        bot-assignment-strategy: !assign-by-capacity
+instances:
+  - name: ""
+    services:
+      - !cas
+        storage: *cas
+      - !bytestream
+        storage: *cas
+      - !action-cache
+        cache: *ac
+      - !execution
+        scheduler: *sched
+      - !bots
+        scheduler: *sched
+thread-pool-size: 16
+"""
+        (root / "bgd.yml").write_text(config)
+        log = root / "bgd.log"
+        self.proc = subprocess.Popen([str(BGD), "server", "start", "-v", "--pid-file", str(root / "bgd.pid"),
+                                      str(root / "bgd.yml")], stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        wait_for_port(self.port, self.proc, log, seconds=60)
+        self.url = f"grpc://127.0.0.1:{self.port}"
+
+
+class WorkerProcess(Server):
+    """A `buildgraph worker` process with its own store."""
+
+    kind = "worker"
+
+    def __init__(self, root: Path, server_url: str, toolchain_dir: Path | None = None, slots: int = 1):
+        import sys
+        root.mkdir(parents=True, exist_ok=True)
+        self.log = root / "worker.log"
+        cmd = [sys.executable, "-m", "buildgraph", "worker", "--server", server_url, "--slots", str(slots),
+               "--cache-dir", str(root / "cache")]
+        if toolchain_dir:
+            cmd += ["--toolchain-dir", str(toolchain_dir)]
+        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "w"), stderr=subprocess.STDOUT,
+                                     start_new_session=True,
+                                     env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)))
+        deadline = time.time() + 30
+        while "serving" not in self.log.read_text() and time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.log.read_text())
+            time.sleep(0.1)
+
+    def ran(self) -> list[str]:
+        return [line.split("running ", 1)[1].split(" (")[0] for line in self.log.read_text().splitlines()
+                if "] running " in line]
