@@ -19,7 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from servers import BuildGridExecutionServer, PostgresServer, WorkerProcess  # noqa: E402
+from servers import BuildGridServer, PostgresServer, WorkerProcess  # noqa: E402
 
 BG = [sys.executable, "-m", "buildgraph"]
 
@@ -44,7 +44,7 @@ def main() -> None:
     workers = []
     try:
         pg = PostgresServer(base / "pg")
-        bgd = BuildGridExecutionServer(base / "bgd", pg.dsn)
+        bgd = BuildGridServer(base / "bgd", pg.dsn)
         workers = [WorkerProcess(base / f"w{i}", bgd.url) for i in (1, 2)]
         demo_local, demo_remote = base / "demo-local", base / "demo-remote"
         for d in (demo_local, demo_remote):

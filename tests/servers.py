@@ -147,34 +147,50 @@ http {{
         return path.read_bytes() if path.exists() else None
 
 
-class BuildGridServer(Server):
-    """BuildGrid 0.4.4: CAS + ByteStream + ActionCache with disk storage."""
-
-    kind = "buildgrid"
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.cas = root / "cas"
-        self.cas.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        config = f"""
-description: buildgraph test cache
+def buildgrid_config(port: int, cas_dir: Path | None, dsn: str | None, keepalive: int = 5) -> str:
+    """A BuildGrid config: CAS + ByteStream + ActionCache (disk storage when `cas_dir`, else
+    memory), and with `dsn` also the SQL scheduler with the Execution and Bots services."""
+    storage = f"  - !disk-storage &cas\n    path: {cas_dir}" if cas_dir else "  - !lru-storage &cas\n    size: 512M"
+    execution = ""
+    if dsn:
+        execution = f"""connections:
+  - !sql-connection &sql
+    connection-string: {dsn}
+    pool-size: 5
+    pool-timeout: 30
+    max-overflow: 10
+schedulers:
+  - !sql-scheduler &sched
+    sql: *sql
+    storage: *cas
+    action-cache: *ac
+    bot-session-keepalive-timeout: {keepalive}
+    property-set: !dynamic-property-set
+      match-property-keys: [OSFamily, ISA]
+      wildcard-property-keys: [toolchain]
+    assigners:
+      - !priority-age-assigner
+        count: 1
+        interval: 0.2
+        bot-assignment-strategy: !assign-by-capacity
+"""
+    services = "      - !execution\n        scheduler: *sched\n      - !bots\n        scheduler: *sched\n" if dsn else ""
+    return f"""description: buildgraph test server
 server:
   - !channel
-    address: "127.0.0.1:{self.port}"
+    address: "127.0.0.1:{port}"
     insecure-mode: true
 authorization:
   method: none
 storages:
-  - !disk-storage &cas
-    path: {self.cas}
+{storage}
 caches:
   - !lru-action-cache &ac
     storage: *cas
     max-cached-refs: 10000
     allow-updates: true
-    cache-failed-actions: true
-instances:
+    cache-failed-actions: false
+{execution}instances:
   - name: ""
     services:
       - !cas
@@ -183,9 +199,26 @@ instances:
         storage: *cas
       - !action-cache
         cache: *ac
-thread-pool-size: 10
+{services}thread-pool-size: 16
 """
-        (root / "bgd.yml").write_text(config)
+
+
+class BuildGridServer(Server):
+    """BuildGrid 0.4.4: CAS + ByteStream + ActionCache with disk storage; with `dsn`, the
+    Execution and Bots services too (SQL scheduler, in-memory CAS)."""
+
+    kind = "buildgrid"
+
+    def __init__(self, root: Path, dsn: str | None = None):
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self.cas = root / "cas"
+        if dsn:
+            subprocess.run([str(BGD), "migrate", "apply", dsn], check=True, capture_output=True)
+        else:
+            self.cas.mkdir(exist_ok=True)
+        self.port = free_port()
+        (root / "bgd.yml").write_text(buildgrid_config(self.port, None if dsn else self.cas, dsn))
         log = root / "bgd.log"
         self.proc = subprocess.Popen([str(BGD), "server", "start", "-v", "--pid-file", str(root / "bgd.pid"),
                                       str(root / "bgd.yml")], stdout=open(log, "w"), stderr=subprocess.STDOUT,
@@ -320,76 +353,6 @@ class PostgresServer(Server):
     def stop(self) -> None:
         super().stop()
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-class BuildGridExecutionServer(Server):
-    """BuildGrid with its SQL scheduler: CAS, ActionCache, Execution and Bots on loopback."""
-
-    kind = "buildgrid-execution"
-
-    def __init__(self, root: Path, dsn: str, keepalive: int = 5):
-        root.mkdir(parents=True, exist_ok=True)
-        subprocess.run([str(BGD), "migrate", "apply", dsn], check=True, capture_output=True)
-        self.port = free_port()
-        config = f"""
-description: buildgraph test executor
-server:
-  - !channel
-    address: "127.0.0.1:{self.port}"
-    insecure-mode: true
-authorization:
-  method: none
-connections:
-  - !sql-connection &sql
-    connection-string: {dsn}
-    pool-size: 5
-    pool-timeout: 30
-    max-overflow: 10
-storages:
-  - !lru-storage &cas
-    size: 512M
-caches:
-  - !lru-action-cache &ac
-    storage: *cas
-    max-cached-refs: 10000
-    allow-updates: true
-    cache-failed-actions: false
-schedulers:
-  - !sql-scheduler &sched
-    sql: *sql
-    storage: *cas
-    action-cache: *ac
-    bot-session-keepalive-timeout: {keepalive}
-    property-set: !dynamic-property-set
-      match-property-keys: [OSFamily, ISA]
-      wildcard-property-keys: [toolchain]
-    assigners:
-      - !priority-age-assigner
-        count: 1
-        interval: 0.2
-        bot-assignment-strategy: !assign-by-capacity
-instances:
-  - name: ""
-    services:
-      - !cas
-        storage: *cas
-      - !bytestream
-        storage: *cas
-      - !action-cache
-        cache: *ac
-      - !execution
-        scheduler: *sched
-      - !bots
-        scheduler: *sched
-thread-pool-size: 16
-"""
-        (root / "bgd.yml").write_text(config)
-        log = root / "bgd.log"
-        self.proc = subprocess.Popen([str(BGD), "server", "start", "-v", "--pid-file", str(root / "bgd.pid"),
-                                      str(root / "bgd.yml")], stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        wait_for_port(self.port, self.proc, log, seconds=60)
-        self.url = f"grpc://127.0.0.1:{self.port}"
 
 
 class WorkerProcess(Server):

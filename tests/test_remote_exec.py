@@ -4,8 +4,8 @@ import shutil
 import time
 
 import pytest
-from conftest import REPO, Workspace, ran
-from servers import BGD, PG_USER, BuildGridExecutionServer, PostgresServer, WorkerProcess
+from conftest import REPO, Workspace
+from servers import BGD, PG_USER, BuildGridServer, PostgresServer, WorkerProcess
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def executor(tmp_path):
     if not BGD.exists():
         pytest.skip("BuildGrid not installed (bash .ci/setup --tests)")
     pg = PostgresServer(tmp_path / "pg")
-    bgd = BuildGridExecutionServer(tmp_path / "bgd", pg.dsn)
+    bgd = BuildGridServer(tmp_path / "bgd", pg.dsn)
     workers = [WorkerProcess(tmp_path / f"worker{i}", bgd.url) for i in (1, 2)]
     yield bgd, workers
     for w in workers:
