@@ -26,17 +26,14 @@ under a lock (two builds fetching one source do it once).
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import shutil
-import subprocess
-import sys
-import tarfile
 import tempfile
-import urllib.request
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+# hashlib, subprocess, tarfile, zipfile and urllib are imported where used: the workspace
+# loader imports this module for `Source`, and a no-op build must not pay for them.
 
 from buildgraph.digest import value_digest
 from buildgraph.errors import BuildgraphError
@@ -170,6 +167,8 @@ class SourceStore:
         return got
 
     def _verify(self, src: Source, archive: Path, where: str) -> None:
+        import hashlib
+
         if src.kind == "git":
             return  # `git fetch` from the bundle verifies every object against the commit
         h = hashlib.sha256()
@@ -188,6 +187,9 @@ class SourceStore:
         return tmp / "archive"
 
     def _from_pypi(self, src: Source, tmp: Path) -> Path:
+        import subprocess
+        import sys
+
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", src.location,
                "--dest", str(tmp / "pip"), f"{src.location}=={src.version}"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -211,6 +213,9 @@ class SourceStore:
 
     def unpack(self, src: Source, archive: Path, dest: Path) -> None:
         """Unpack a verified archive (or check out a bundle) into the new directory `dest`."""
+        import tarfile
+        import zipfile
+
         dest.mkdir()
         if src.kind == "git":
             repo = dest.parent / "git"
@@ -248,11 +253,15 @@ class SourceStore:
 
 
 def _download(url: str, dest: Path) -> None:
+    import urllib.request
+
     with urllib.request.urlopen(url, timeout=60) as resp, open(dest, "wb") as out:
         shutil.copyfileobj(resp, out, 1 << 20)
 
 
 def _git(*args) -> None:
+    import subprocess
+
     proc = subprocess.run(["git", *args], capture_output=True, text=True,
                           env=dict(os.environ, GIT_TERMINAL_PROMPT="0"))
     if proc.returncode != 0:
