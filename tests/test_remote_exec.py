@@ -62,6 +62,12 @@ def test_demo_runs_on_workers_bit_identical_and_then_from_the_action_cache(execu
     assert sum(len(w.ran()) for w in workers) == before
     assert (remote.out("backend_test@fast-static") / "test.log").read_text().rstrip().endswith("ok")
 
+    # SIGTERM: the worker reports BOT_TERMINATING and exits cleanly.
+    import signal
+    workers[0].proc.send_signal(signal.SIGTERM)
+    assert workers[0].proc.wait(20) == 0
+    assert "terminating" in workers[0].log.read_text()
+
 
 @pytest.mark.slow
 def test_killed_worker_its_action_runs_on_the_other(executor, tmp_path, capsys):
