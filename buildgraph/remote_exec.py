@@ -195,7 +195,8 @@ class RemoteExecutor:
     def run(self, action, dep_results, tools):
         from buildgraph.sandbox import RunOutcome
 
-        if not self.healthy:
+        # Built-in actions (artifacts) run in-process; an unhealthy executor is not retried.
+        if not self.healthy or action.commands[:1] and action.commands[0].startswith("builtin:"):
             return self.fallback.run(action, dep_results, tools)
         try:
             return self._run(action, dep_results)
