@@ -50,6 +50,7 @@ class Worker:
         self.store = LocalStore(cache_dir)
         self.toolstore = ToolStore(toolchain_dir)
         self.stop = threading.Event()
+        self.lease_done = threading.Event()   # set when a lease finishes: report it at once
         self.bot_id = f"buildgraph-{socket.gethostname()}-{os.getpid()}"
 
     # ------------------------------------------------------------ the bot loop
@@ -86,10 +87,16 @@ class Worker:
                         running.pop(lease.id, None)
                     elif lease.state == pb.LeaseState.CANCELLED:
                         running.pop(lease.id, None)
-                wait = 0.2 if running and not finished else 5
+                if running and not finished:
+                    # The server answers at once while we are busy: wait for the lease to finish
+                    # (or a keep-alive second) instead of spinning requests at it.
+                    self.lease_done.wait(1.0)
+                    self.lease_done.clear()
+                    if any(lid in finished for lid in running):
+                        continue   # mark it COMPLETED in the session before sending it
                 try:
                     session = self.bots.UpdateBotSession(
-                        pb.UpdateBotSessionRequest(name=session.name, bot_session=session), timeout=wait + 5)
+                        pb.UpdateBotSessionRequest(name=session.name, bot_session=session), timeout=10)
                 except Exception as exc:  # the server went away for a moment: keep the session, try again
                     self.log(f"UpdateBotSession failed: {exc}")
                     self.stop.wait(1)
@@ -120,6 +127,8 @@ class Worker:
         except Exception as exc:  # reported to the client as a failed execution, with the reason
             self.log(f"lease {lease_id} failed: {exc}")
             finished[lease_id] = (pb.ActionResult(exit_code=1), 13, f"worker {self.bot_id}: {exc}")
+        finally:
+            self.lease_done.set()
 
     def _read(self, d: RDigest) -> bytes:
         parts: list[bytes] = []

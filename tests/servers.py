@@ -165,6 +165,8 @@ schedulers:
     storage: *cas
     action-cache: *ac
     bot-session-keepalive-timeout: {keepalive}
+    poll-interval: 0.05
+    bot-poll-interval: 0.05
     property-set: !dynamic-property-set
       match-property-keys: [OSFamily, ISA]
       wildcard-property-keys: [toolchain]
