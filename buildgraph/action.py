@@ -66,7 +66,6 @@ class Action:
     outs: tuple[str, ...]
     weight: int = 1
     jobserver: str = "pipe"
-    dep_nodes: tuple[tuple[str, str], ...] = ()  # (dep target name, node name); not in the key
     source: tuple | None = None                  # the source's identity (in the key)
     source_fetch: object = None                  # sources.Source to fetch, or a path source's files; not in the key
 

@@ -103,8 +103,9 @@ def build(spec: dict, deps_root: Path, out_root: Path) -> None:
     backend = spec["backend"]
     library = deps_root / backend / spec["library"]
     if not library.is_file():
-        raise ArtifactError(f"{backend} has no {spec['library']} (its outputs: "
-                            f"{', '.join(sorted(str(p.relative_to(deps_root / backend)) for p in (deps_root / backend).rglob('*') if p.is_file())[:8])})")
+        backend_root = deps_root / backend
+        present = sorted(str(p.relative_to(backend_root)) for p in backend_root.rglob("*") if p.is_file())
+        raise ArtifactError(f"{backend} has no {spec['library']} (its outputs: {', '.join(present[:8])})")
     dist = out_root / "dist"
     lib_dir = dist / "lib"
     lib_dir.mkdir(parents=True)

@@ -53,7 +53,8 @@ def _executor_options(args):
 def _options(args):
     from buildgraph.operations import Options
 
-    return Options(remote=_remote_options(args) if hasattr(args, "remote_cache") else None,directory=Path(args.directory), cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+    return Options(remote=_remote_options(args) if hasattr(args, "remote_cache") else None,
+                   directory=Path(args.directory), cache_dir=Path(args.cache_dir) if args.cache_dir else None,
                    toolchain_dir=Path(args.toolchain_dir) if args.toolchain_dir else None,
                    cache_max_bytes=getattr(args, "max_size", None), sandbox=args.sandbox,
                    jobs=getattr(args, "jobs", 0) or 0, keep_going=getattr(args, "keep_going", False),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buildgraph import globs
-from buildgraph.action import Action, ActionResult, OutputFile, OutputSymlink
+from buildgraph.action import Action, ActionResult
 from buildgraph.digest import StatCache, stat_signature, tree_digest
 from buildgraph.errors import ConfigError, StoreError
 from buildgraph.graph import BuildGraph, Node, configure
@@ -47,7 +47,6 @@ class Status(enum.Enum):
 class Reuse:
     status: Status
     output_digest: str
-    result: ActionResult | None  # None on the fast path until someone needs it
 
 
 def load_configured(root: Path, state: State) -> tuple[Workspace, BuildGraph]:
@@ -109,36 +108,46 @@ class Engine:
         self.resolver.ensure(dict.fromkeys(self.graph.nodes[n].toolchain for n in nodes
                                            if self.graph.nodes[n].toolchain))
 
-    def _sources(self, target_name: str, fresh: bool = False):
+    def _sources(self, target_name: str):
         """(relpath, digest, exec) triples and host paths of a target's srcs."""
-        if target_name in self._srcs and not fresh:
-            return self._srcs[target_name]
-        t = self.ws.targets[target_name]
-        root = str(self.ws.root)
-        cached = self.state.resolutions.get(("glob", t.srcs))
-        if cached is not None and not fresh and globs.still_valid(cached[1], self._dir_memo):
-            paths = cached[0]
-        else:
-            paths, visited, empty = globs.expand(root, t.srcs)
-            if empty:
-                raise ConfigError(f"pattern {empty[0]!r} matches no file", file=t.loc.file,
-                                  line=t.line_of("srcs"), field=field_path(t, "srcs"))
-            self.state.resolutions[("glob", t.srcs)] = (paths, visited)
-            self._changed = True
-        triples, hosts, sigs = [], [], []
-        for rel in paths:
-            host = f"{root}/{rel}"
-            try:
-                st = os.stat(host)
-            except FileNotFoundError:
-                if not fresh:
-                    return self._sources(target_name, fresh=True)
-                raise
-            triples.append((rel, self.stat_cache.digest(host, st), bool(st.st_mode & 0o111)))
-            hosts.append(host)
-            sigs.append(stat_signature(st))
-        self._srcs[target_name] = (tuple(triples), tuple(hosts), tuple(sigs))
+        if target_name not in self._srcs:
+            t = self.ws.targets[target_name]
+            files = self._stat_files(t.srcs, lambda pattern: ConfigError(
+                f"pattern {pattern!r} matches no file", file=t.loc.file,
+                line=t.line_of("srcs"), field=field_path(t, "srcs")))
+            self._srcs[target_name] = (
+                tuple((rel, self.stat_cache.digest(host, st), bool(st.st_mode & 0o111)) for rel, host, st in files),
+                tuple(host for _, host, _ in files),
+                tuple(stat_signature(st) for _, _, st in files))
         return self._srcs[target_name]
+
+    def _stat_files(self, patterns: tuple[str, ...], empty_error) -> list[tuple[str, str, os.stat_result]]:
+        """(relpath, host path, stat) of the files `patterns` match under the workspace root.
+
+        The expansion is cached in the state and reused while no directory it visited changed,
+        so a no-op build walks nothing; a file deleted since is caught by its stat and the
+        patterns are expanded afresh. `empty_error(pattern)` is raised for a pattern that
+        matches nothing.
+        """
+        root = str(self.ws.root)
+
+        def stat_all(paths):
+            return [(rel, f"{root}/{rel}", os.stat(f"{root}/{rel}")) for rel in paths]
+        try:
+            return stat_all(self._expand(patterns, empty_error, fresh=False))
+        except FileNotFoundError:
+            return stat_all(self._expand(patterns, empty_error, fresh=True))
+
+    def _expand(self, patterns: tuple[str, ...], empty_error, fresh: bool) -> list[str]:
+        cached = self.state.resolutions.get(("glob", patterns))
+        if cached is not None and not fresh and globs.still_valid(cached[1], self._dir_memo):
+            return cached[0]
+        paths, visited, empty = globs.expand(str(self.ws.root), patterns)
+        if empty:
+            raise empty_error(empty[0])
+        self.state.resolutions[("glob", patterns)] = (paths, visited)
+        self._changed = True
+        return paths
 
     def host_tools(self):
         if self._host_tools is None:
@@ -182,7 +191,7 @@ class Engine:
                       deps=tuple(sorted((d, dep_outputs[n]) for d, n in node.deps)),
                       features=node.features, outs=tuple(dict.fromkeys(t.outs + t.licenses)),
                       weight=t.weight, jobserver=t.jobserver,
-                      dep_nodes=node.deps, source=source, source_fetch=source_fetch)
+                      source=source, source_fetch=source_fetch)
 
     def _artifact_commands(self, node: Node, t, dep_outputs: dict[str, str]) -> tuple[str, ...]:
         """A built-in artifact action: its spec is its command (so all of it is in the key)."""
@@ -198,7 +207,8 @@ class Engine:
                 toolchains[tc] = self.resolver.resolve(tc).digest
         spec = {"backend": t.backend, "library": t.library, "policy": t.policy, "wheel": t.wheel,
                 "version": t.version or "0", "linking": assignment.get("linking", "dynamic"),
-                "variant": "-".join(v for k, v in assignment.items() if k != "linking") or "default", "commit": self.commit, "os": self.os_id,
+                "variant": "-".join(v for k, v in assignment.items() if k != "linking") or "default",
+                "commit": self.commit, "os": self.os_id,
                 "dependencies": deps, "toolchains": toolchains}
         return (f"builtin:artifact v{ARTIFACT_VERSION}", spec_json(spec))
 
@@ -211,19 +221,14 @@ class Engine:
         cached = self._srcs.get(("source", t.name))
         if cached is None:
             base = t.source.location.rstrip("/")
-            paths, _, empty = globs.expand(str(self.ws.root), (f"{base}/**",))
-            if empty:
-                raise ConfigError(f"source path {base!r} holds no files", file=t.loc.file,
-                                  line=t.line_of("source"), field=field_path(t, "source"))
-            files, entries = [], []
-            for rel in paths:
-                host = f"{self.ws.root}/{rel}"
-                st = os.stat(host)
-                inner = rel[len(base) + 1:]
-                entries.append((inner, self.stat_cache.digest(host, st), bool(st.st_mode & 0o111)))
-                files.append((inner, host, stat_signature(st)))
+            found = self._stat_files((f"{base}/**",), lambda _: ConfigError(
+                f"source path {base!r} holds no files", file=t.loc.file,
+                line=t.line_of("source"), field=field_path(t, "source")))
+            entries = [(rel[len(base) + 1:], self.stat_cache.digest(host, st), bool(st.st_mode & 0o111))
+                       for rel, host, st in found]
+            files = tuple((rel[len(base) + 1:], host, stat_signature(st)) for rel, host, st in found)
             identity = tuple(t.source.identity()) + (tree_digest(entries),)
-            cached = self._srcs[("source", t.name)] = (identity, tuple(files))
+            cached = self._srcs[("source", t.name)] = (identity, files)
         return cached
 
     # ------------------------------------------------------------ reuse
@@ -235,21 +240,20 @@ class Engine:
         """
         rec = self.state.nodes.get(node.name)
         if rec is not None and rec.key == action.key and self._materialized_ok(node.name, rec.output_digest):
-            return Reuse(Status.UP_TO_DATE, rec.output_digest, None)
+            return Reuse(Status.UP_TO_DATE, rec.output_digest)
         result = self.store.get_result(action.key)
         if result is None:
             return None
         if not dry_run:
-            self.materialize(node.name, result)
-            self.record(node.name, action, result)
-        return Reuse(Status.CACHED, result.output_digest, result)
+            self.adopt(node, action, result)
+        return Reuse(Status.CACHED, result.output_digest)
 
     def fetch_remote(self, action: Action) -> ActionResult | None:
         """The action's result from the remote cache (now also local), or None. Thread-safe."""
         return self.remote.fetch(action) if self.remote is not None else None
 
     def adopt(self, node: Node, action: Action, result: ActionResult) -> None:
-        """Use a result restored from a remote: materialize and record it."""
+        """Use a result restored from a store: materialize and record it."""
         self.materialize(node.name, result)
         self.record(node.name, action, result)
 
@@ -275,18 +279,7 @@ class Engine:
         base = str(self.out_dir(name))
         if rec is None or not os.path.isdir(base):
             return None
-        files, links = [], []
-        for dirpath, dirnames, filenames in os.walk(base):
-            for entry in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-                path = os.path.join(dirpath, entry)
-                rel = os.path.relpath(path, base)
-                if os.path.islink(path):
-                    links.append(OutputSymlink(rel, os.readlink(path)))
-                else:
-                    exe = bool(os.stat(path).st_mode & 0o111)
-                    files.append(OutputFile(rel, self.store.put_file_copy(path, exe), os.path.getsize(path), exe))
-        result = ActionResult(files=tuple(sorted(files, key=lambda f: f.path)),
-                              symlinks=tuple(sorted(links, key=lambda s: s.path)), duration=rec.duration)
+        result = self.store.put_tree_copy(base, rec.duration)
         return result if result.output_digest == rec.output_digest else None
 
     def record(self, name: str, action: Action, result: ActionResult) -> None:

@@ -6,6 +6,7 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 
 _FICLONE = 0x40049409
 
@@ -47,3 +48,22 @@ def link_or_copy(src: str, dest: str) -> None:
         if exc.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES):
             raise
     copy_file(src, dest)
+
+
+def walk_tree(base: str) -> tuple[list[tuple[str, str, bool]], list[tuple[str, str]], list[str]]:
+    """What lies under `base`, each list sorted by relative path: regular files as
+    (relpath, path, executable), symlinks as (relpath, target) — a link to a directory is
+    not followed — and anything else (fifos, sockets, devices) as relpath."""
+    files, links, others = [], [], []
+    for dirpath, dirnames, filenames in os.walk(base):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, base)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                links.append((rel, os.readlink(path)))
+            elif stat.S_ISREG(st.st_mode):
+                files.append((rel, path, bool(st.st_mode & 0o111)))
+            else:
+                others.append(rel)
+    return sorted(files), sorted(links), sorted(others)

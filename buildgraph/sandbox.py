@@ -36,13 +36,12 @@ from dataclasses import dataclass
 
 from buildgraph.action import Action, ActionResult, BadResult, OutputFile, OutputSymlink, check_symlink
 from buildgraph.digest import file_digest, stat_signature
-from buildgraph.fsutil import copy_file, force_remove
+from buildgraph.fsutil import copy_file, force_remove, walk_tree
 from buildgraph.store.local import LocalStore
 from buildgraph.sources import SourceError
 from buildgraph.toolstore import SANDBOX_TOOLCHAINS
 
 SANDBOX_ROOT = "/sandbox"
-MODES = ("auto", "bwrap", "unshare", "none")
 _BOUND_PREFIXES = ("/usr/", "/etc/", "/bin/", "/lib/", "/lib64/", "/sbin/")
 
 
@@ -298,23 +297,13 @@ class Sandbox:
                     self._running.pop(proc.pid, None)
 
     def _collect(self, root: str, action: Action, duration: float) -> ActionResult:
-        out_root = f"{root}/out"
-        files: list[tuple[str, str, bool]] = []   # (relpath, host path, executable)
-        symlinks: list[OutputSymlink] = []
-        for dirpath, dirnames, filenames in os.walk(out_root):
-            for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-                path = os.path.join(dirpath, name)
-                rel = os.path.relpath(path, out_root)
-                st = os.lstat(path)
-                if os.path.islink(path):
-                    try:
-                        symlinks.append(OutputSymlink(rel, check_symlink(rel, os.readlink(path))))
-                    except BadResult as exc:
-                        raise OutputError(f"output {exc}") from None
-                elif os.path.isfile(path):
-                    files.append((rel, path, bool(st.st_mode & 0o111)))
-                else:
-                    raise OutputError(f"output {rel!r} is not a regular file or symlink")
+        files, links, others = walk_tree(f"{root}/out")
+        if others:
+            raise OutputError(f"output {others[0]!r} is not a regular file or symlink")
+        try:
+            symlinks = [OutputSymlink(rel, check_symlink(rel, target)) for rel, target in links]
+        except BadResult as exc:
+            raise OutputError(f"output {exc}") from None
         produced = {rel for rel, _, _ in files} | {s.path for s in symlinks}
         _check_declared(action.outs, produced)
         outputs = []
@@ -327,9 +316,8 @@ class Sandbox:
         for name in (".stdout", ".stderr"):
             path = f"{root}/{name}"
             logs.append(self.store.put_file_copy(path) if os.path.getsize(path) else None)
-        return ActionResult(files=tuple(sorted(outputs, key=lambda f: f.path)),
-                            symlinks=tuple(sorted(symlinks, key=lambda s: s.path)),
-                            stdout=logs[0], stderr=logs[1], exit_code=0, duration=duration)
+        return ActionResult(files=tuple(outputs), symlinks=tuple(symlinks), stdout=logs[0], stderr=logs[1],
+                            exit_code=0, duration=duration)
 
 
 class OutputError(Exception):

@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 
 from buildgraph.digest import StatCache, file_digest, stat_signature
-from buildgraph.store.remote import RDigest, RemoteError, RemoteOptions, encode_result, reapi
+from buildgraph.store.remote import RDigest, RemoteError, RemoteOptions, reapi
 
 
 def _tuples(value):
@@ -121,7 +121,7 @@ class Worker:
             else:
                 digest = pb.Digest()
                 payload.Unpack(digest)
-                action = pb.Action.FromString(self._read(RDigest(digest.hash, digest.size_bytes)))
+                action = pb.Action.FromString(self.cas.read_blob(RDigest(digest.hash, digest.size_bytes)))
             result = self._execute(action)
             finished[lease_id] = (result, 0, "")
         except Exception as exc:  # reported to the client as a failed execution, with the reason
@@ -130,18 +130,8 @@ class Worker:
         finally:
             self.lease_done.set()
 
-    def _read(self, d: RDigest) -> bytes:
-        parts: list[bytes] = []
-        if d.size <= (1 << 20):
-            data = self.cas.read_blobs([d]).get(d)
-            if data is not None:
-                return data
-        if not self.cas.download_blob(d, parts.append):
-            raise RemoteError(f"blob {d.hash} not in the CAS")
-        return b"".join(parts)
-
     def _execute(self, msg):
-        from buildgraph.action import Action, ActionResult, OutputFile, OutputSymlink
+        from buildgraph.action import Action
         from buildgraph.jobserver import Jobserver
         from buildgraph.remote_exec import fetch_tree
         from buildgraph.sandbox import Sandbox, detect_mode
@@ -180,15 +170,7 @@ class Worker:
             dep_results = {}
             deps_root = Path(stage, "deps")
             for dep in sorted(deps_root.iterdir()) if deps_root.is_dir() else []:
-                files, links_out = [], []
-                for path in sorted(dep.rglob("*")):
-                    rel = str(path.relative_to(dep))
-                    if path.is_symlink():
-                        links_out.append(OutputSymlink(rel, os.readlink(path)))
-                    elif path.is_file():
-                        exe = bool(path.stat().st_mode & 0o111)
-                        files.append(OutputFile(rel, self.store.put_file_copy(str(path), exe), path.stat().st_size, exe))
-                dep_results[dep.name] = ActionResult(files=tuple(files), symlinks=tuple(links_out))
+                dep_results[dep.name] = self.store.put_tree_copy(str(dep))
             source_fetch = None
             source_root = Path(stage, "source")
             if spec["has_source"]:
@@ -214,31 +196,18 @@ class Worker:
 
     def _upload(self, outcome, node: str):
         """Upload the outputs (or the failure's log) and return the REAPI ActionResult."""
-        import hashlib
-
-        pb = reapi()
-        blobs: dict[RDigest, str] = {}
-
-        def remote(path: str) -> RDigest:
-            h = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-            d = RDigest(h, os.path.getsize(path))
-            blobs[d] = path
-            return d
+        from buildgraph.action import ActionResult
+        from buildgraph.store.layered import upload_result
 
         if outcome.result is None:
             log = self.store.put_bytes(f"{outcome.log}\nbuildgraph worker {self.bot_id}: {outcome.error}\n".encode())
-            stderr = remote(self.store.blob_path(log))
-            self.cas.upload_blobs([(d, p) for d, p in blobs.items()])
+            result = ActionResult(files=(), stderr=log, exit_code=1)
             self.log(f"failed {node}: {outcome.error}")
-            return pb.ActionResult.FromString(encode_result([], [], None, stderr, 1))
-        result = outcome.result
-        files = [(f.path, remote(self.store.blob_path(f.digest, f.executable)), f.executable) for f in result.files]
-        logs = [remote(self.store.blob_path(d)) if d else None for d in (result.stdout, result.stderr)]
-        missing = set(self.cas.find_missing(sorted(blobs, key=lambda d: d.hash)))
-        self.cas.upload_blobs([(d, p) for d, p in blobs.items() if d in missing])
-        self.log(f"ran {node} ({len(files)} outputs)")
-        return pb.ActionResult.FromString(encode_result(files, [(s.path, s.target) for s in result.symlinks],
-                                                        logs[0], logs[1], 0))
+        else:
+            result = outcome.result
+            self.log(f"ran {node} ({len(result.files)} outputs)")
+        data, _ = upload_result(self.store, self.cas, result)
+        return reapi().ActionResult.FromString(data)
 
     @staticmethod
     def _short(msg) -> str:

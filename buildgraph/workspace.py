@@ -182,9 +182,6 @@ class Workspace:
     default_toolchain: str | None = None
     files: tuple[str, ...] = field(default=())  # every file read, relative to root
 
-    def axis_names(self) -> tuple[str, ...]:
-        return tuple(a for a, _ in self.axes)
-
 
 # ---------------------------------------------------------------- validation helpers
 

@@ -192,45 +192,13 @@ class RemoteLayer:
         if not self.healthy:
             return
         try:
-            files, blobs = [], {}
-            for f in result.files:
-                rd = self._remote_digest(f.digest, f.executable, f.size)
-                files.append((f.path, rd, f.executable))
-                blobs[rd] = self.local.blob_path(f.digest, f.executable)
-            logs = []
-            for digest in (result.stdout, result.stderr):
-                if digest is None:
-                    logs.append(None)
-                    continue
-                rd = self._remote_digest(digest, False, os.path.getsize(self.local.blob_path(digest)))
-                blobs[rd] = self.local.blob_path(digest)
-                logs.append(rd)
-            missing = self.remote.find_missing(sorted(blobs, key=lambda d: d.hash))
-            pairs = [(d, blobs[d]) for d in missing]
-            if hasattr(self.remote, "upload_blobs"):
-                self.remote.upload_blobs(pairs)
-            else:
-                for d, path in pairs:
-                    self.remote.upload_blob(d, path)
-            data = encode_result(files, [(s.path, s.target) for s in result.symlinks], logs[0], logs[1],
-                                 result.exit_code)
+            data, sent = upload_result(self.local, self.remote, result)
             self.remote.update_action_result(action_digest(action.key_bytes), data)
-            self._count(uploads=1, bytes_up=sum(d.size for d in missing))
+            self._count(uploads=1, bytes_up=sent)
         except RemoteError as exc:
             self._down(exc)
         except Exception as exc:  # never let an upload problem fail the build
             self._down(RemoteError(f"{type(exc).__name__}: {exc}"))
-
-    def _remote_digest(self, digest: str, executable: bool, size: int) -> RDigest:
-        sha = self.local.sha256_for(digest)
-        if sha is None:
-            h = hashlib.sha256()
-            with open(self.local.blob_path(digest, executable), "rb") as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
-            sha = h.hexdigest()
-            self.local.remember_sha256(digest, sha)
-        return RDigest(sha, size)
 
     def wait(self) -> None:
         """Wait for queued uploads (each bounded by the remote's timeouts)."""
@@ -241,3 +209,46 @@ class RemoteLayer:
         self.wait()
         self._uploads.shutdown(wait=True)
         self.remote.close()
+
+
+def upload_result(local: LocalStore, remote, result: ActionResult) -> tuple[bytes, int]:
+    """Upload the outputs and logs of `result` that `remote` lacks (FindMissingBlobs first).
+
+    Returns the REAPI ActionResult bytes that describe them and the number of bytes sent;
+    storing those bytes (UpdateActionResult, or an Execute response) is the caller's part.
+    """
+    files, blobs = [], {}
+    for f in result.files:
+        rd = remote_digest(local, f.digest, f.executable, f.size)
+        files.append((f.path, rd, f.executable))
+        blobs[rd] = local.blob_path(f.digest, f.executable)
+    logs = []
+    for digest in (result.stdout, result.stderr):
+        if digest is None:
+            logs.append(None)
+            continue
+        rd = remote_digest(local, digest, False, os.path.getsize(local.blob_path(digest)))
+        blobs[rd] = local.blob_path(digest)
+        logs.append(rd)
+    missing = remote.find_missing(sorted(blobs, key=lambda d: d.hash))
+    pairs = [(d, blobs[d]) for d in missing]
+    if hasattr(remote, "upload_blobs"):
+        remote.upload_blobs(pairs)
+    else:
+        for d, path in pairs:
+            remote.upload_blob(d, path)
+    data = encode_result(files, [(s.path, s.target) for s in result.symlinks], logs[0], logs[1], result.exit_code)
+    return data, sum(d.size for d in missing)
+
+
+def remote_digest(local: LocalStore, digest: str, executable: bool, size: int) -> RDigest:
+    """The SHA-256 digest of a local blob, hashed once and then remembered by the store."""
+    sha = local.sha256_for(digest)
+    if sha is None:
+        h = hashlib.sha256()
+        with open(local.blob_path(digest, executable), "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        sha = h.hexdigest()
+        local.remember_sha256(digest, sha)
+    return RDigest(sha, size)

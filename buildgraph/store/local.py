@@ -37,7 +37,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from buildgraph.action import ActionResult, BadResult, parse_result
+from buildgraph.action import ActionResult, BadResult, OutputFile, OutputSymlink, parse_result
+from buildgraph.fsutil import walk_tree
 from buildgraph.digest import bytes_digest, file_digest
 from buildgraph.errors import StoreError
 from buildgraph.fsutil import force_remove, link_or_copy
@@ -152,6 +153,14 @@ class LocalStore:
             self._link_in(tmp, final, len(data))
         return digest
 
+    def put_tree_copy(self, base: str, duration: float = 0.0) -> ActionResult:
+        """The files and symlinks under `base`, copied into the CAS, as an ActionResult."""
+        files, links, _ = walk_tree(base)
+        return ActionResult(
+            files=tuple(OutputFile(rel, self.put_file_copy(path, exe), os.path.getsize(path), exe)
+                        for rel, path, exe in files),
+            symlinks=tuple(OutputSymlink(rel, target) for rel, target in links), duration=duration)
+
     def put_file_copy(self, path: str, executable: bool = False) -> str:
         """Copy a file that must stay where it is into the CAS; returns its digest."""
         tmp = self._tmp_name()
@@ -185,10 +194,6 @@ class LocalStore:
 
     def xxh3_for_sha256(self, sha256: str) -> str | None:
         return self.sha_index.get(f"s{sha256}")
-
-    def read_bytes(self, digest: str) -> bytes:
-        with open(self.blob_path(digest), "rb") as f:
-            return f.read()
 
     def _tmp_name(self) -> str:
         return f"{self.tmp}/{os.getpid()}-{time.monotonic_ns()}-{os.urandom(4).hex()}"

@@ -11,6 +11,7 @@ travel as call metadata.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from urllib.parse import urlsplit
@@ -175,6 +176,18 @@ class ReapiCache:
                 if r.status.code == 0:
                     out[RDigest(r.digest.hash, r.digest.size_bytes)] = r.data
         return out
+
+    def read_blob(self, digest: RDigest) -> bytes:
+        """One blob, verified against its digest: by batch if small, else streamed."""
+        data = self.read_blobs([digest]).get(digest) if digest.size <= self.batch_limit() else None
+        if data is None:
+            parts: list[bytes] = []
+            if not self.download_blob(digest, parts.append):
+                raise RemoteError(f"blob {digest.hash} is not in the CAS")
+            data = b"".join(parts)
+        if len(data) != digest.size or hashlib.sha256(data).hexdigest() != digest.hash:
+            raise RemoteError(f"blob {digest.hash} does not match its digest")
+        return data
 
     def download_blob(self, digest: RDigest, sink) -> bool:
         """Stream a blob into `sink(chunk)` via ByteStream Read; False if the server lacks it."""
