@@ -172,6 +172,12 @@ def test_path_source_is_hashed_and_isolated(ws, capsys):
     assert (ws.out("t") / "all.txt").read_text() == "a\nb2\n"
     rc, out, _ = ws.run("why", "t", capsys=capsys)
     assert "no input changed" in out
+    # The file list is cached between builds; a file added or removed deep inside still counts.
+    ws.write("third_party/lib/sub/c.txt", "c\n")
+    assert ran(ws.build(capsys=capsys)) == {"t"}
+    (ws.root / "third_party/lib/sub/c.txt").unlink()
+    assert ws.build(capsys=capsys)["t"] == "cached"   # the tree is the one built before c.txt
+    assert ran(ws.build(capsys=capsys)) == set()
 
 
 BACKEND = """\
