@@ -91,17 +91,24 @@ def cmd_build(args) -> int:
 def cmd_fetch(args) -> int:
     from buildgraph import operations
 
-    failed = 0
     mirror = Path(args.mirror[0]) if args.mirror else None   # fetch fills the (first) mirror
     if mirror is not None:
         mirror.mkdir(parents=True, exist_ok=True)
     with _session(args, write=False) as s:
-        for target, src, result in operations.fetch_sources(s, args.targets, mirror):
-            if isinstance(result, Exception):
-                failed += 1
-                print(f"buildgraph: error: {result}", file=sys.stderr)
-            else:
-                print(f"{target}: {src.describe()} -> {result}")
+        return _print_each(operations.fetch_sources(s, args.targets, mirror),
+                           lambda target, src, path: f"{target}: {src.describe()} -> {path}")
+
+
+def _print_each(items, line) -> int:
+    """For each item (a tuple ending in a result or the exception it failed with), print
+    `line(*item)` or the error; the exit code says failed if any item did."""
+    failed = 0
+    for item in items:
+        if isinstance(item[-1], Exception):
+            failed += 1
+            print(f"buildgraph: error: {item[-1]}", file=sys.stderr)
+        else:
+            print(line(*item))
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -333,14 +340,8 @@ def cmd_toolchain(args) -> int:
                       f"{'yes' if r['hermetic'] else 'no':<8}  {r['installed']}")
             return EXIT_OK
         if args.action == "fetch":
-            failed = 0
-            for name, result in operations.toolchain_fetch(s, args.names, force=args.force):
-                if isinstance(result, Exception):
-                    failed += 1
-                    print(f"buildgraph: error: {result}", file=sys.stderr)
-                else:
-                    print(f"{name}: {result.digest[:16]} at {result.path}")
-            return EXIT_FAILED if failed else EXIT_OK
+            return _print_each(operations.toolchain_fetch(s, args.names, force=args.force),
+                               lambda name, entry: f"{name}: {entry.digest[:16]} at {entry.path}")
         bad = 0
         for name, problems in operations.toolchain_verify(s, args.names):
             if problems is None:

@@ -69,15 +69,18 @@ def test_demo_runs_on_workers_bit_identical_and_then_from_the_action_cache(execu
     assert "terminating" in workers[0].log.read_text()
 
 
+def _one_target(tmp_path, target: str) -> Workspace:
+    """A fresh workspace (beside the shared one the executor fixture serves) with one target."""
+    ws = Workspace(tmp_path / "ws", tmp_path / "cache")
+    ws.root.mkdir()
+    ws.write("BUILD.yaml", f"targets:\n  {target}\n")
+    return ws
+
+
 @pytest.mark.slow
 def test_killed_worker_its_action_runs_on_the_other(executor, tmp_path, capsys):
     bgd, workers = executor
-    ws = Workspace(tmp_path / "ws", tmp_path / "cache")
-    ws.root.mkdir()
-    ws.write("BUILD.yaml", """\
-        targets:
-          slow: {kind: script, outs: [o], cmds: ["sleep 4; echo done > $OUT/o"]}
-        """)
+    ws = _one_target(tmp_path, 'slow: {kind: script, outs: [o], cmds: ["sleep 4; echo done > $OUT/o"]}')
     proc = ws.spawn("build", "--remote-executor", bgd.url)
     deadline = time.time() + 60
     victim = None
@@ -96,12 +99,7 @@ def test_killed_worker_its_action_runs_on_the_other(executor, tmp_path, capsys):
 @pytest.mark.slow
 def test_remote_failure_shows_its_stderr(executor, tmp_path, capsys):
     bgd, _ = executor
-    ws = Workspace(tmp_path / "ws", tmp_path / "cache")
-    ws.root.mkdir()
-    ws.write("BUILD.yaml", """\
-        targets:
-          bad: {kind: script, outs: [o], cmds: ["echo this-went-wrong-remotely >&2; exit 7"]}
-        """)
+    ws = _one_target(tmp_path, 'bad: {kind: script, outs: [o], cmds: ["echo this-went-wrong-remotely >&2; exit 7"]}')
     st = ws.build("--remote-executor", bgd.url, capsys=capsys)
     assert st["bad"] == "failed"
     assert "this-went-wrong-remotely" in st["_out"] and "on a remote worker" in st["_out"]
