@@ -90,8 +90,8 @@ class Engine:
         self._host_tools = None
         self.remote = None  # a RemoteLayer when --remote-cache is given
         self.executor = None  # a RemoteExecutor when --remote-executor is given (it falls back to sandbox)
-        self.commit = "unknown"   # what artifacts record as the source commit (--git-sha, ...)
-        self.os_id = "unknown"    # e.g. debian12
+        self.git_sha = None       # --git-sha: the commit artifacts record (else $MXNET_SHA, ..., git HEAD)
+        self._release_identity = None
         self._changed = False
         self.results: dict[str, ActionResult] = {}   # node -> result known this build
         self.outputs: dict[str, str] = {}            # node -> output digest known this build
@@ -197,6 +197,10 @@ class Engine:
         """A built-in artifact action: its spec is its command (so all of it is in the key)."""
         from buildgraph.artifact import ARTIFACT_VERSION, spec_json
 
+        if self._release_identity is None:   # asked once, and only by builds with artifacts
+            from buildgraph.repository import os_id, resolve_commit
+            self._release_identity = (resolve_commit(self.git_sha, self.ws.root) or "unknown", os_id())
+        commit, os_name = self._release_identity
         assignment = dict(node.assignment)
         deps = {d: {"version": self.ws.targets[d].version, "licenses": list(self.ws.targets[d].licenses),
                     "output": dep_outputs[dn]} for d, dn in node.deps}
@@ -208,7 +212,7 @@ class Engine:
         spec = {"backend": t.backend, "library": t.library, "policy": t.policy, "wheel": t.wheel,
                 "version": t.version or "0", "linking": assignment.get("linking", "dynamic"),
                 "variant": "-".join(v for k, v in assignment.items() if k != "linking") or "default",
-                "commit": self.commit, "os": self.os_id,
+                "commit": commit, "os": os_name,
                 "dependencies": deps, "toolchains": toolchains}
         return (f"builtin:artifact v{ARTIFACT_VERSION}", spec_json(spec))
 

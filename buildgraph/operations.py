@@ -61,10 +61,7 @@ class Session:
             self.sources = SourceStore(cache_dir / "sources", mirror_list(opts.mirrors))
             self.engine = Engine(self.ws, self.graph, self.store, self.state, self.state_dir, None,
                                  self.toolstore)
-            if any(t.kind == "artifact" for t in self.ws.targets.values()):
-                from buildgraph.repository import os_id, resolve_commit
-                self.engine.commit = resolve_commit(opts.git_sha, self.root) or "unknown"
-                self.engine.os_id = os_id()
+            self.engine.git_sha = opts.git_sha
         except BaseException:
             self.state_dir.unlock()
             raise

@@ -190,8 +190,7 @@ class Scheduler:
                 start = time.monotonic() - t0 - outcome.duration
                 if outcome.result is not None:
                     engine.store.put_result(action.key, outcome.result)
-                    engine.materialize(name, outcome.result)
-                    engine.record(name, action, outcome.result)
+                    engine.adopt(graph.nodes[name], action, outcome.result)
                     if engine.remote is not None:
                         engine.remote.upload(action, outcome.result)
                     done(name, NodeOutcome(name, Status.RAN, action.key, outcome.duration, start,
