@@ -31,20 +31,13 @@ import zipfile
 from pathlib import Path
 
 from buildgraph import audit
+from buildgraph.digest import sha256_file
 
 ARTIFACT_VERSION = 1
 
 
 class ArtifactError(Exception):
     """The artifact cannot be made as declared (the message says what and where)."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _patchelf(*args) -> None:

@@ -86,3 +86,14 @@ def tree_digest(entries) -> str:
     MUST: triples sorted by relpath; encoded as a compact JSON array of arrays.
     """
     return bytes_digest(json.dumps(sorted(entries), separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def sha256_file(path) -> str:
+    """SHA-256 of a file, hex: the digest of the remote protocols, pins and artifact records."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

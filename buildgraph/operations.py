@@ -8,7 +8,6 @@ Ctrl-C, so every finished node stays recorded.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import time
@@ -192,6 +191,8 @@ class PlanRow:
 
 
 def _plan(session: Session, selected: list[str]) -> tuple[list[PlanRow], dict[str, str]]:
+    from buildgraph.store.remote import action_digest
+
     engine, graph = session.engine, session.graph
     rows, known, must_run = [], {}, set()
     for name in selected:
@@ -202,7 +203,8 @@ def _plan(session: Session, selected: list[str]) -> tuple[list[PlanRow], dict[st
             rows.append(PlanRow(name, None, "run", [f"after {', '.join(blocked)} (key known then)"]))
             continue
         action = engine.action_for(node, {d: known[d] for _, d in node.deps})
-        remote_key = {"hash": hashlib.sha256(action.key_bytes).hexdigest(), "size_bytes": len(action.key_bytes)}
+        ad = action_digest(action.key_bytes)
+        remote_key = {"hash": ad.hash, "size_bytes": ad.size}
         reuse = engine.check(node, action, dry_run=True)
         if reuse is not None:
             known[name] = reuse.output_digest

@@ -20,12 +20,12 @@ of store/remote (see the issue notes: the two are kept apart on purpose for now)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 
-from buildgraph.store.remote import RDigest, RemoteError, reapi
+from buildgraph.digest import sha256_file
+from buildgraph.store.remote import RDigest, RemoteError, reapi, sha256_bytes
 
 
 @dataclass
@@ -38,14 +38,9 @@ class Tree:
 
 def _sha(data_or_path, cache: dict) -> RDigest:
     if isinstance(data_or_path, bytes):
-        return RDigest(hashlib.sha256(data_or_path).hexdigest(), len(data_or_path))
-    if data_or_path in cache:
-        return cache[data_or_path]
-    h = hashlib.sha256()
-    with open(data_or_path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    cache[data_or_path] = RDigest(h.hexdigest(), os.path.getsize(data_or_path))
+        return sha256_bytes(data_or_path)
+    if data_or_path not in cache:
+        cache[data_or_path] = RDigest(sha256_file(data_or_path), os.path.getsize(data_or_path))
     return cache[data_or_path]
 
 
@@ -85,7 +80,7 @@ def merkle(tree: Tree) -> tuple[RDigest, dict[RDigest, object]]:
         for name in sorted(d["links"]):
             msg.symlinks.add(name=name, target=d["links"][name])
         data = msg.SerializeToString(deterministic=True)
-        digest = RDigest(hashlib.sha256(data).hexdigest(), len(data))
+        digest = sha256_bytes(data)
         blobs[digest] = data
         return digest
 
@@ -154,13 +149,13 @@ def action_message(action, toolchain_defs: list[dict], toolchain_digest: str | N
         platform.properties.add(name=name, value=value)
     command.platform.CopyFrom(platform)
     cdata = command.SerializeToString(deterministic=True)
-    cdigest = RDigest(hashlib.sha256(cdata).hexdigest(), len(cdata))
+    cdigest = sha256_bytes(cdata)
     blobs[cdigest] = cdata
     msg = pb.Action(command_digest=pb.Digest(hash=cdigest.hash, size_bytes=cdigest.size),
                     input_root_digest=pb.Digest(hash=root.hash, size_bytes=root.size))
     msg.platform.CopyFrom(platform)
     adata = msg.SerializeToString(deterministic=True)
-    adigest = RDigest(hashlib.sha256(adata).hexdigest(), len(adata))
+    adigest = sha256_bytes(adata)
     blobs[adigest] = adata
     return adigest, blobs
 

@@ -7,7 +7,6 @@ writes anything where the user asked; a mismatch is an error naming the file.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from buildgraph.digest import sha256_file
 from buildgraph.errors import BuildgraphError, UsageError
 
 
@@ -168,7 +168,7 @@ def pull(url: str, prefix: str, library: str, dest: Path, ca_file: str | None = 
         target = staging / name
         target.parent.mkdir(parents=True, exist_ok=True)
         backend.get(f"{prefix}/{name}", target)
-        h = hashlib.sha256(target.read_bytes()).hexdigest()
+        h = sha256_file(target)
         if h != meta[f"file.{name}.sha256"]:
             shutil.rmtree(staging, ignore_errors=True)
             raise RepositoryError(f"{prefix}/{name}: sha256 {h} does not match the .meta ({meta[f'file.{name}.sha256']}); "

@@ -35,7 +35,7 @@ from pathlib import Path
 # hashlib, subprocess, tarfile, zipfile and urllib are imported where used: the workspace
 # loader imports this module for `Source`, and a no-op build must not pay for them.
 
-from buildgraph.digest import value_digest
+from buildgraph.digest import sha256_file, value_digest
 from buildgraph.errors import BuildgraphError
 from buildgraph.fsutil import force_remove
 
@@ -167,16 +167,11 @@ class SourceStore:
         return got
 
     def _verify(self, src: Source, archive: Path, where: str) -> None:
-        import hashlib
-
         if src.kind == "git":
             return  # `git fetch` from the bundle verifies every object against the commit
-        h = hashlib.sha256()
-        with open(archive, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        if h.hexdigest() != src.sha256:
-            raise SourceError(f"{src.describe()} ({src.declared_in}) from {where}: sha256 is {h.hexdigest()}, "
+        found = sha256_file(archive)
+        if found != src.sha256:
+            raise SourceError(f"{src.describe()} ({src.declared_in}) from {where}: sha256 is {found}, "
                               f"expected {src.sha256}")
 
     def _from_url(self, src: Source, tmp: Path) -> Path:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import xxhash
 
 from buildgraph.action import Action, ActionResult, BadResult, OutputFile, OutputSymlink
+from buildgraph.digest import sha256_file
 from buildgraph.store.local import LocalStore
 from buildgraph.store.remote import (RDigest, RemoteError, RemoteOptions, action_digest, decode_result,
                                      encode_result)
@@ -245,10 +246,6 @@ def remote_digest(local: LocalStore, digest: str, executable: bool, size: int) -
     """The SHA-256 digest of a local blob, hashed once and then remembered by the store."""
     sha = local.sha256_for(digest)
     if sha is None:
-        h = hashlib.sha256()
-        with open(local.blob_path(digest, executable), "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        sha = h.hexdigest()
+        sha = sha256_file(local.blob_path(digest, executable))
         local.remember_sha256(digest, sha)
     return RDigest(sha, size)
