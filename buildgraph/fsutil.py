@@ -50,6 +50,15 @@ def link_or_copy(src: str, dest: str) -> None:
     copy_file(src, dest)
 
 
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Replace `path` with `data` all at once: readers see the old content or the new, never part."""
+    path = os.fspath(path)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def walk_tree(base: str) -> tuple[list[tuple[str, str, bool]], list[tuple[str, str]], list[str]]:
     """What lies under `base`, each list sorted by relative path: regular files as
     (relpath, path, executable), symlinks as (relpath, target) — a link to a directory is

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from buildgraph import __version__
+from buildgraph.fsutil import write_atomic
 
 STATE_VERSION = (4, __version__)
 
@@ -135,7 +136,4 @@ class StateDir:
 
     def _write(self, name: str, data: bytes) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f"{name}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, self.dir / name)
+        write_atomic(self.dir / name, data)

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from buildgraph.digest import file_digest, stat_signature, value_digest
 from buildgraph.errors import BuildgraphError
-from buildgraph.fsutil import force_remove
+from buildgraph.fsutil import force_remove, write_atomic
 from buildgraph.workspace import Toolchain
 
 MANIFEST_VERSION = 1
@@ -176,7 +176,7 @@ class ToolStore:
         (tmp / "manifest.json").write_text(json.dumps({"v": MANIFEST_VERSION, "toolchain": tc.name,
                                                        "version": tc.version, "digest": digest,
                                                        "files": files}, sort_keys=True))
-        _write_atomic(tmp / "digest.json", {"digest": digest, "watch": sorted(watch)})
+        write_atomic(tmp / "digest.json", json.dumps({"digest": digest, "watch": sorted(watch)}, sort_keys=True).encode())
 
     # ------------------------------------------------------------ verifying
 
@@ -217,7 +217,7 @@ class ToolStore:
         else:
             info.pop("tampered", None)
             info["digest"] = manifest["digest"]
-        _write_atomic(entry.path / "digest.json", info)
+        write_atomic(entry.path / "digest.json", json.dumps(info, sort_keys=True).encode())
         return problems
 
 
@@ -233,12 +233,6 @@ def _file_entry(path: str) -> tuple[list, bool]:
         return ["->", os.readlink(path)], False
     exe = bool(st.st_mode & 0o111)
     return [file_digest(path), exe], exe
-
-
-def _write_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def _which(command: str) -> str | None:
