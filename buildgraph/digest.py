@@ -32,6 +32,21 @@ def file_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def copy_hashed(src: str, dest: str, mode: int) -> str:
+    """Copy `src` to a new file `dest` with `mode`, returning the xxh3-128 of the bytes copied:
+    what lands at `dest` is exactly what was hashed."""
+    h = xxhash.xxh3_128()
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with open(src, "rb") as fin:
+            while chunk := fin.read(_CHUNK):
+                h.update(chunk)
+                os.write(fd, chunk)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
 def canonical(obj) -> bytes:
     """The canonical encoding of a JSON-able value.
 
@@ -68,16 +83,23 @@ class StatCache:
             return hit[1]
         digest = file_digest(path)
         self.hashed += 1
-        # A file modified within the same clock tick as we read it could change
-        # without its mtime moving ("racy" entries, as git calls them): do not
-        # remember digests of files that young. The tick is the kernel's coarse
-        # clock (<= 10 ms) on filesystems with sub-second timestamps, and up to
-        # 2 s on those that store whole seconds.
-        racy_ns = 2_000_000_000 if st.st_mtime_ns % 1_000_000_000 == 0 else 100_000_000
-        if time.time_ns() - st.st_mtime_ns > racy_ns:
+        if not is_racy(st):
             self.entries[path] = (sig, digest)
             self.dirty = True
         return digest
+
+
+def is_racy(st: os.stat_result, now_ns: int | None = None) -> bool:
+    """Whether something read now could change again without its stat signature moving.
+
+    A file (or directory) modified within the same clock tick as we read it could change
+    without its mtime or ctime moving ("racy" entries, as git calls them): nothing read
+    that young is remembered. The tick is the kernel's coarse clock (<= 10 ms) on
+    filesystems with sub-second timestamps, and up to 2 s on those that store whole seconds.
+    """
+    newest = max(st.st_mtime_ns, st.st_ctime_ns)
+    racy_ns = 2_000_000_000 if newest % 1_000_000_000 == 0 else 100_000_000
+    return (now_ns if now_ns is not None else time.time_ns()) - newest <= racy_ns
 
 
 def tree_digest(entries) -> str:

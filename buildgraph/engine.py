@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import enum
 import os
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from buildgraph import globs
 from buildgraph.action import Action, ActionResult
-from buildgraph.digest import StatCache, stat_signature, tree_digest
+from buildgraph.digest import StatCache, is_racy, stat_signature, tree_digest
 from buildgraph.errors import ConfigError, StoreError
 from buildgraph.graph import BuildGraph, Node, configure
 from buildgraph.sandbox import SANDBOX_ROOT, Sandbox
@@ -52,7 +54,7 @@ class Reuse:
 def load_configured(root: Path, state: State) -> tuple[Workspace, BuildGraph]:
     """The workspace and its graph, parsed again only if a workspace file changed."""
     sig = _files_signature(root)
-    if state.config is not None and state.config[0] == sig:
+    if sig is not None and state.config is not None and state.config[0] == sig:
         return state.config[1], state.config[2]
     ws = load_workspace(root)
     graph = configure(ws)
@@ -60,17 +62,35 @@ def load_configured(root: Path, state: State) -> tuple[Workspace, BuildGraph]:
     return ws, graph
 
 
-def _files_signature(root: Path) -> tuple:
+def _files_signature(root: Path) -> tuple | None:
+    """The stat signatures of every workspace file and of the directories that list them
+    (a file added or removed), or None while one is too young to trust (racy)."""
     sig = []
+    now = time.time_ns()
     for d in (root / "toolchains", root / "deps"):
         try:
-            sig.append(os.stat(d).st_mtime_ns)
+            st = os.stat(d)
         except OSError:
             sig.append(None)
+            continue
+        if is_racy(st, now):
+            return None
+        sig.append(stat_signature(st))
     for f in workspace_files(root):
         st = os.stat(f)
-        sig.append((str(f), st.st_ino, st.st_size, st.st_mtime_ns))
+        if is_racy(st, now):
+            return None
+        sig.append((str(f), *stat_signature(st)))
     return tuple(sig)
+
+
+def pin_cpu_affinity() -> None:
+    """Let this process (and so every action) use every CPU of the machine: the CPUs an
+    action sees (nproc) must not depend on how buildgraph was started (taskset)."""
+    try:
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    except (OSError, AttributeError):   # a cpuset that forbids it: what we have is what actions get
+        pass
 
 
 def env_name(target: str) -> str:
@@ -88,6 +108,9 @@ class Engine:
         self._srcs: dict[str, tuple] = {}
         self._dir_memo: dict[str, int | None] = {}
         self._host_tools = None
+        self._host = None
+        self.requested_sandbox = "auto"   # --sandbox
+        self._sandbox_mode: str | None = None
         self.remote = None  # a RemoteLayer when --remote-cache is given
         self.executor = None  # a RemoteExecutor when --remote-executor is given (it falls back to sandbox)
         self.git_sha = None       # --git-sha: the commit artifacts record (else $MXNET_SHA, ..., git HEAD)
@@ -96,6 +119,7 @@ class Engine:
         self.results: dict[str, ActionResult] = {}   # node -> result known this build
         self.outputs: dict[str, str] = {}            # node -> output digest known this build
         self.new_inputs: dict[str, dict] = {}        # node -> input digests, for nodes recorded this build
+        self.warn = lambda message: print(f"buildgraph: {message}", file=sys.stderr)
 
     # ------------------------------------------------------------ actions
 
@@ -112,31 +136,41 @@ class Engine:
         """(relpath, digest, exec) triples and host paths of a target's srcs."""
         if target_name not in self._srcs:
             t = self.ws.targets[target_name]
-            files = self._stat_files(t.srcs, lambda pattern: ConfigError(
-                f"pattern {pattern!r} matches no file", file=t.loc.file,
-                line=t.line_of("srcs"), field=field_path(t, "srcs")))
+            def error(message: str) -> ConfigError:
+                return ConfigError(message, file=t.loc.file, line=t.line_of("srcs"), field=field_path(t, "srcs"))
+            files = self._stat_files(t.srcs, lambda pattern: error(f"pattern {pattern!r} matches no file"), error)
             self._srcs[target_name] = (
-                tuple((rel, self.stat_cache.digest(host, st), bool(st.st_mode & 0o111)) for rel, host, st in files),
-                tuple(host for _, host, _ in files),
-                tuple(stat_signature(st) for _, _, st in files))
+                tuple((rel, self._digest(host, st, error), bool(st.st_mode & 0o111)) for rel, host, st in files),
+                tuple(host for _, host, _ in files))
         return self._srcs[target_name]
 
-    def _stat_files(self, patterns: tuple[str, ...], empty_error) -> list[tuple[str, str, os.stat_result]]:
+    def _digest(self, host: str, st: os.stat_result, error) -> str:
+        try:
+            return self.stat_cache.digest(host, st)
+        except OSError as exc:
+            raise error(f"cannot read {host}: {exc.strerror or exc}") from None
+
+    def _stat_files(self, patterns: tuple[str, ...], empty_error, error) -> list[tuple[str, str, os.stat_result]]:
         """(relpath, host path, stat) of the files `patterns` match under the workspace root.
 
         The expansion is cached in the state and reused while no directory it visited changed,
         so a no-op build walks nothing; a file deleted since is caught by its stat and the
         patterns are expanded afresh. `empty_error(pattern)` is raised for a pattern that
-        matches nothing.
+        matches nothing, `error(message)` for a path that cannot be used.
         """
         root = str(self.ws.root)
 
         def stat_all(paths):
             return [(rel, f"{root}/{rel}", os.stat(f"{root}/{rel}")) for rel in paths]
         try:
-            return stat_all(self._expand(patterns, empty_error, fresh=False))
-        except FileNotFoundError:
-            return stat_all(self._expand(patterns, empty_error, fresh=True))
+            try:
+                return stat_all(self._expand(patterns, empty_error, fresh=False))
+            except FileNotFoundError:
+                return stat_all(self._expand(patterns, empty_error, fresh=True))
+        except globs.GlobError as exc:
+            raise error(str(exc)) from None
+        except OSError as exc:
+            raise error(f"cannot read {exc.filename}: {exc.strerror or exc}") from None
 
     def _expand(self, patterns: tuple[str, ...], empty_error, fresh: bool) -> list[str]:
         cached = self.state.resolutions.get(("glob", patterns))
@@ -163,35 +197,60 @@ class Engine:
         links.update(resolved.links)
         return tuple(sorted(links.items())), resolved.mounts
 
+    @property
+    def sandbox_mode(self) -> str:
+        """The isolation mode actions run in (it is in their keys): detected once."""
+        if self._sandbox_mode is None:
+            from buildgraph.sandbox import detect_mode
+            self._sandbox_mode = detect_mode(self.requested_sandbox)
+        return self._sandbox_mode
+
     def action_for(self, node: Node, dep_outputs: dict[str, str]) -> Action:
         """The action of `node`, given the output digest of each dependency node."""
         t = self.ws.targets[node.target]
-        srcs, hosts, sigs = self._sources(node.target)
+        srcs, hosts = self._sources(node.target)
         env = dict(node.env)
+        mapped = [name for name, _ in BASE_ENV] + ["DEPS_PREFIX_PATH"]
         toolchain = None
         if node.toolchain:
             tc = self.resolver.resolve(node.toolchain)
             toolchain = (tc.name, tc.digest)
             env.update(tc.env)
+            mapped.extend(name for name, _ in tc.env)
         env.update(BASE_ENV)
         env["SOURCE_DATE_EPOCH"] = str(self.ws.source_date_epoch)
         prefix = []
         for dep_target, _ in node.deps:
             path = f"{SANDBOX_ROOT}/deps/{dep_target}"
             env[f"DEP_{env_name(dep_target)}"] = path
+            mapped.append(f"DEP_{env_name(dep_target)}")
             prefix.append(path)
         env["DEPS_PREFIX_PATH"] = ";".join(prefix)
         source, source_fetch = self._source_of(t)
         if source is not None:
             env["SOURCE"] = f"{SANDBOX_ROOT}/source"
-        commands = self._artifact_commands(node, t, dep_outputs) if t.kind == "artifact" else node.commands
+            mapped.append("SOURCE")
+        builtin = t.kind == "artifact"
+        commands = self._artifact_commands(node, t, dep_outputs) if builtin else node.commands
         return Action(node=node.name, commands=commands, env=tuple(sorted(env.items())),
                       toolchain=toolchain, tools_digest=self.host_tools()[1], srcs=srcs, src_paths=hosts,
-                      src_stats=sigs,
                       deps=tuple(sorted((d, dep_outputs[n]) for d, n in node.deps)),
                       features=node.features, outs=tuple(dict.fromkeys(t.outs + t.licenses)),
                       weight=t.weight, jobserver=t.jobserver,
-                      source=source, source_fetch=source_fetch)
+                      source=source, source_fetch=source_fetch,
+                      sandbox=None if builtin else self.sandbox_mode,
+                      host=() if builtin else self.host_properties(), mapped_env=tuple(sorted(set(mapped))))
+
+    def host_properties(self) -> tuple[tuple[str, str], ...]:
+        """What an action can observe of this host that the sandbox cannot pin, as far as the
+        workspace's `host_key` asks: the kernel release, the CPUs an action may use."""
+        if self._host is None:
+            import platform
+
+            pin_cpu_affinity()
+            values = {"kernel": platform.release(), "cpus": str(len(os.sched_getaffinity(0)))}
+            self._host = tuple((p, values[p]) for p in self.ws.host_key)
+        return self._host
 
     def _artifact_commands(self, node: Node, t, dep_outputs: dict[str, str]) -> tuple[str, ...]:
         """A built-in artifact action: its spec is its command (so all of it is in the key)."""
@@ -225,12 +284,12 @@ class Engine:
         cached = self._srcs.get(("source", t.name))
         if cached is None:
             base = t.source.location.rstrip("/")
-            found = self._stat_files((f"{base}/**",), lambda _: ConfigError(
-                f"source path {base!r} holds no files", file=t.loc.file,
-                line=t.line_of("source"), field=field_path(t, "source")))
-            entries = [(rel[len(base) + 1:], self.stat_cache.digest(host, st), bool(st.st_mode & 0o111))
+            def error(message: str) -> ConfigError:
+                return ConfigError(message, file=t.loc.file, line=t.line_of("source"), field=field_path(t, "source"))
+            found = self._stat_files((f"{base}/**",), lambda _: error(f"source path {base!r} holds no files"), error)
+            entries = [(rel[len(base) + 1:], self._digest(host, st, error), bool(st.st_mode & 0o111))
                        for rel, host, st in found]
-            files = tuple((rel[len(base) + 1:], host, stat_signature(st)) for rel, host, st in found)
+            files = tuple((rel, host, digest, exe) for (rel, digest, exe), (_, host, _) in zip(entries, found))
             identity = tuple(t.source.identity()) + (tree_digest(entries),)
             cached = self._srcs[("source", t.name)] = (identity, files)
         return cached
@@ -240,7 +299,8 @@ class Engine:
     def check(self, node: Node, action: Action, dry_run: bool = False) -> Reuse | None:
         """How `node` can be satisfied without running, or None if it must run.
 
-        Unless `dry_run`, a result restored from a store is materialized and recorded.
+        Unless `dry_run`, a result restored from a store is materialized and recorded; one
+        that cannot be materialized is dropped from the store and is a miss.
         """
         rec = self.state.nodes.get(node.name)
         if rec is not None and rec.key == action.key and self._materialized_ok(node.name, rec.output_digest):
@@ -248,43 +308,65 @@ class Engine:
         result = self.store.get_result(action.key)
         if result is None:
             return None
-        if not dry_run:
-            self.adopt(node, action, result)
+        if not dry_run and not self.adopt(node, action, result):
+            return None
         return Reuse(Status.CACHED, result.output_digest)
 
     def fetch_remote(self, action: Action) -> ActionResult | None:
         """The action's result from the remote cache (now also local), or None. Thread-safe."""
         return self.remote.fetch(action) if self.remote is not None else None
 
-    def adopt(self, node: Node, action: Action, result: ActionResult) -> None:
-        """Use a result restored from a store: materialize and record it."""
-        self.materialize(node.name, result)
+    def adopt(self, node: Node, action: Action, result: ActionResult) -> bool:
+        """Use a result restored from a store: materialize and record it. False (the entry
+        dropped, a warning given) if it cannot be materialized: the node must run."""
+        try:
+            self.materialize(node.name, result)
+        except OSError as exc:
+            self.store.drop_result(action.key)
+            self.warn(f"warning: the cached result of {node.name} could not be restored ({exc}); "
+                      "dropped from the cache, building it")
+            return False
         self.record(node.name, action, result)
+        return True
 
-    def result_of(self, name: str, key: str) -> ActionResult:
-        """The full result of a node satisfied this build (loaded lazily on the fast path).
+    def keep_first(self, node: Node, action: Action, result: ActionResult) -> ActionResult:
+        """Store a result that just ran; the action cache is write-once, so if another build
+        recorded a different result for the same key first, that one is used (and the node
+        reported as not reproducible): every dependent, here and elsewhere, sees one output."""
+        kept = self.store.put_result(action.key, result)
+        if kept.output_digest != result.output_digest:
+            self.warn(f"warning: {node.name} is not reproducible: its output differs from the result "
+                      "another build cached for the same key; using the cached one "
+                      f"(`buildgraph verify {node.name}` shows what differs)")
+        return kept
 
-        If the cache lost the entry (gc, a wiped cache) while out/<name> still holds the
-        outputs, the entry is rebuilt from them — but only if they still hash to the
-        recorded output digest.
+    def result_of(self, name: str, key: str, output_digest: str) -> ActionResult:
+        """The full result of a node satisfied this build whose outputs have `output_digest`
+        (the digest its dependents' keys name; loaded lazily on the fast path).
+
+        A dependency is staged only with exactly those outputs: from this build, the action
+        cache, or out/<name> when it still hashes to them (the entry lost to gc, or replaced
+        by another build's different result). StoreError if none has them.
         """
-        result = self.results.get(name) or self.store.get_result(key, count=False)
-        if result is None:
-            result = self._result_from_outputs(name)
-            if result is None:
-                raise StoreError(f"the outputs of {name} are neither in the cache nor intact in "
-                                 f"{self.out_dir(name)}; run `buildgraph clean` and build again")
-            self.store.put_result(key, result)
+        result = self.results.get(name)
+        if result is None or result.output_digest != output_digest:
+            result = self.store.get_result(key, count=False)
+            if result is None or result.output_digest != output_digest:
+                result = self._result_from_outputs(name, output_digest)
+                if result is None:
+                    raise StoreError(f"the outputs of {name} are neither in the cache nor intact in "
+                                     f"{self.out_dir(name)}; run `buildgraph clean` and build again")
+                self.store.put_result(key, result)
         self.results[name] = result
         return result
 
-    def _result_from_outputs(self, name: str) -> ActionResult | None:
+    def _result_from_outputs(self, name: str, output_digest: str) -> ActionResult | None:
         rec = self.state.nodes.get(name)
         base = str(self.out_dir(name))
         if rec is None or not os.path.isdir(base):
             return None
         result = self.store.put_tree_copy(base, rec.duration)
-        return result if result.output_digest == rec.output_digest else None
+        return result if result.output_digest == output_digest else None
 
     def record(self, name: str, action: Action, result: ActionResult) -> None:
         self.results[name] = result
@@ -299,34 +381,47 @@ class Engine:
         return self.state_dir.out / name
 
     def _materialized_ok(self, name: str, output_digest: str) -> bool:
+        """Whether out/<name> still holds exactly what was materialized there: every entry
+        with the inode, size, mtime and ctime it had (an edit in place, a replaced file, a
+        touched one all count as changed, and the outputs are restored)."""
         entry = self.state.materialized.get(name)
         if entry is None or entry[0] != output_digest:
             return False
         base = f"{self.state_dir.out}/{name}/"
         try:
-            return all(os.lstat(base + rel).st_ino == ino for rel, ino in entry[1])
+            for rel, sig in entry[1]:
+                st = os.lstat(base + rel)
+                if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != sig:
+                    return False
         except OSError:
             return False
+        return True
 
     def materialize(self, name: str, result: ActionResult) -> None:
-        """Make out/<name> hold exactly `result`'s outputs, replacing it atomically."""
+        """Make out/<name> hold exactly `result`'s outputs, replacing it atomically. Files are
+        the workspace's own copies (reflinks where possible), never the store's inodes."""
         if self._materialized_ok(name, result.output_digest):
             return
         final = self.out_dir(name)
         tmp = final.parent / f".{name}.{os.getpid()}.tmp"
         force_remove(str(tmp))
         tmp.mkdir(parents=True)
-        listing = []
-        for f in result.files:
-            dest = tmp / f.path
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            self.store.link_out(f.digest, f.executable, str(dest))
-            listing.append((f.path, os.lstat(dest).st_ino))
-        for s in result.symlinks:
-            dest = tmp / s.path
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(s.target, dest)
-            listing.append((s.path, os.lstat(dest).st_ino))
+        try:
+            for f in result.files:
+                dest = tmp / f.path
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                self.store.copy_out(f.digest, f.executable, str(dest))
+            for s in result.symlinks:
+                dest = tmp / s.path
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(s.target, dest)
+            listing = []
+            for entry in (*result.files, *result.symlinks):
+                st = os.lstat(tmp / entry.path)
+                listing.append((entry.path, (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)))
+        except OSError:
+            force_remove(str(tmp))
+            raise
         if final.exists() or final.is_symlink():
             trash = final.parent / f".{name}.{os.getpid()}.old"
             os.replace(final, trash)

@@ -39,6 +39,35 @@ def copy_file(src: str, dest: str) -> None:
     shutil.copymode(src, dest)
 
 
+def copy_new(src: str, dest: str, mode: int) -> None:
+    """Create `dest` (which must not exist) with `src`'s content and `mode`: a reflink where the
+    filesystem can, else a copy made by the kernel. Never shares an inode with `src`."""
+    fin = os.open(src, os.O_RDONLY)
+    try:
+        fout = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            try:
+                fcntl.ioctl(fout, _FICLONE, fin)
+            except OSError:
+                remaining = os.fstat(fin).st_size
+                try:
+                    while remaining > 0:
+                        n = os.copy_file_range(fin, fout, remaining)
+                        if n == 0:
+                            break
+                        remaining -= n
+                except OSError:   # an old kernel or across filesystems: copy in user space
+                    os.lseek(fin, 0, os.SEEK_SET)
+                    os.lseek(fout, 0, os.SEEK_SET)
+                    os.ftruncate(fout, 0)
+                    while chunk := os.read(fin, 1 << 20):
+                        os.write(fout, chunk)
+        finally:
+            os.close(fout)
+    finally:
+        os.close(fin)
+
+
 def link_or_copy(src: str, dest: str) -> None:
     """Put `src`'s content at `dest`: hardlink, else reflink, else copy (mode kept)."""
     try:

@@ -4,8 +4,13 @@ Patterns: `*`, `?` and `[...]` match within one path segment, `**` matches any
 number of directories, a leading `!` excludes. Hidden entries (.git, .buildgraph)
 are never matched. A pattern that matches nothing is an error, as in Bazel.
 
-Results are cached with the mtime of every directory they read: adding or
-removing a file changes its directory's mtime, so a no-op build re-lists nothing.
+Results are cached with the signature (inode, mtime, ctime) of every directory they
+read: adding or removing a file changes its directory's mtime and ctime, and a directory
+replaced by another (a tarball unpacked with the same mtimes) has another inode and a
+new ctime, so a no-op build re-lists nothing and a changed tree is always re-listed. A
+directory listed within its own timestamp tick (racy: a file could still be added in
+the same tick without moving its times) is recorded as never valid, so it is re-listed
+next time.
 """
 
 from __future__ import annotations
@@ -14,10 +19,39 @@ import fnmatch
 import os
 import re
 
+from buildgraph.digest import is_racy
+
 _MAGIC = re.compile(r"[*?\[]")
 
 
-def _walk(root: str, segments: list[str], rel: str, out: set[str], visited: dict[str, int]) -> None:
+class GlobError(Exception):
+    """A path under a pattern that cannot be used (a symlink loop, a name that is not UTF-8)."""
+
+    def __init__(self, path: str, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path, self.problem = path, problem
+
+
+def _kind(root: str, rel: str, e: os.DirEntry) -> str | None:
+    """'f' (a file), 'd' (a directory) or None, following symlinks; GlobError if it cannot be."""
+    try:
+        if e.is_file():
+            kind = "f"
+        elif e.is_dir():
+            kind = "d"
+        else:
+            return None
+    except OSError as exc:
+        raise GlobError(rel, exc.strerror or str(exc)) from None
+    try:
+        e.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise GlobError(rel.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
+                        "the file name is not UTF-8; rename it or exclude it with !pattern") from None
+    return kind
+
+
+def _walk(root: str, segments: list[str], rel: str, out: set[str], visited: dict, chain=()) -> None:
     if not segments:
         return
     here = os.path.join(root, rel) if rel else root
@@ -26,32 +60,39 @@ def _walk(root: str, segments: list[str], rel: str, out: set[str], visited: dict
         path = f"{rel}/{head}" if rel else head
         if rest:
             if os.path.isdir(os.path.join(root, path)):
-                _walk(root, rest, path, out, visited)
+                _walk(root, rest, path, out, visited, chain)
         elif os.path.isfile(os.path.join(root, path)):
             out.add(path)
         return
     try:
-        visited[here] = os.stat(here).st_mtime_ns
+        st = os.stat(here)
+        visited[here] = dir_signature(st)
         entries = list(os.scandir(here))
     except (FileNotFoundError, NotADirectoryError):
         return
+    except OSError as exc:
+        raise GlobError(rel or ".", exc.strerror or str(exc)) from None
+    if (st.st_dev, st.st_ino) in chain:   # a symlink back to a directory above: ** would never end
+        raise GlobError(rel, "symlink loop (a link to a directory that contains it)")
+    chain = (*chain, (st.st_dev, st.st_ino))
+    kinds = {e.name: _kind(root, f"{rel}/{e.name}" if rel else e.name, e)
+             for e in entries if not e.name.startswith(".")}
     if head == "**":
         if not rest:                                  # trailing **: every file below
-            out.update(f"{rel}/{e.name}" if rel else e.name for e in entries
-                       if e.is_file() and not e.name.startswith("."))
-        _walk(root, rest, rel, out, visited)          # zero directories
-        for e in entries:
-            if e.is_dir() and not e.name.startswith("."):
-                _walk(root, segments, f"{rel}/{e.name}" if rel else e.name, out, visited)
+            out.update(f"{rel}/{n}" if rel else n for n, k in kinds.items() if k == "f")
+        _walk(root, rest, rel, out, visited, chain)   # zero directories
+        for n, k in kinds.items():
+            if k == "d":
+                _walk(root, segments, f"{rel}/{n}" if rel else n, out, visited, chain)
         return
     regex = re.compile(fnmatch.translate(head))
-    for e in entries:
-        if e.name.startswith(".") or not regex.match(e.name):
+    for n, k in kinds.items():
+        if not regex.match(n):
             continue
-        path = f"{rel}/{e.name}" if rel else e.name
-        if rest and e.is_dir():
-            _walk(root, rest, path, out, visited)
-        elif not rest and e.is_file():
+        path = f"{rel}/{n}" if rel else n
+        if rest and k == "d":
+            _walk(root, rest, path, out, visited, chain)
+        elif not rest and k == "f":
             out.add(path)
 
 
@@ -74,16 +115,24 @@ def expand(root: str, patterns: tuple[str, ...]) -> tuple[list[str], dict[str, i
     return sorted(found), visited, empty
 
 
-def still_valid(visited: dict[str, int], stat_memo: dict[str, int | None]) -> bool:
+def dir_signature(st: os.stat_result):
+    """What must not change for a cached listing of a directory to stay valid (None: racy)."""
+    return None if is_racy(st) else (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def still_valid(visited: dict, stat_memo: dict) -> bool:
     """True if no directory a cached expansion read has changed since."""
-    for d, mtime in visited.items():
+    for d, sig in visited.items():
+        if sig is None:
+            return False
         cur = stat_memo.get(d, -1)
         if cur == -1:
             try:
-                cur = os.stat(d).st_mtime_ns
+                st = os.stat(d)
+                cur = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
             except OSError:
                 cur = None
             stat_memo[d] = cur
-        if cur != mtime:
+        if cur != sig:
             return False
     return True

@@ -61,6 +61,7 @@ class Session:
             self.engine = Engine(self.ws, self.graph, self.store, self.state, self.state_dir, None,
                                  self.toolstore)
             self.engine.git_sha = opts.git_sha
+            self.engine.requested_sandbox = opts.sandbox
         except BaseException:
             self.state_dir.unlock()
             raise
@@ -109,7 +110,7 @@ class BuildSummary:
 def build(session: Session, patterns, reporter) -> BuildSummary:
     """Build the selected nodes; returns every node's outcome."""
     from buildgraph.jobserver import Jobserver
-    from buildgraph.sandbox import Sandbox, detect_mode
+    from buildgraph.sandbox import Sandbox
     from buildgraph.scheduler import Interrupted, Scheduler
 
     t0 = time.monotonic()
@@ -120,7 +121,7 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
     store.open_for_build()
     jobserver = Jobserver(jobs)
     engine = session.engine
-    engine.sandbox = Sandbox(store, detect_mode(session.opts.sandbox), jobserver, session.sources)
+    engine.sandbox = Sandbox(store, engine.sandbox_mode, jobserver, session.sources)
     engine.remote = open_remote_layer(store, session.opts.remote)
     if session.opts.executor is not None:
         from buildgraph.remote_exec import RemoteExecutor

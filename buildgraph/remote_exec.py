@@ -124,8 +124,8 @@ def action_message(action, toolchain_defs: list[dict], toolchain_digest: str | N
         for s in result.symlinks:
             tree.symlinks[f"deps/{dep_target}/{s.path}"] = s.target
     if isinstance(action.source_fetch, tuple):
-        for rel, host, _ in action.source_fetch:
-            tree.files[f"source/{rel}"] = (host, os.access(host, os.X_OK))
+        for rel, host, _, exe in action.source_fetch:
+            tree.files[f"source/{rel}"] = (host, exe)
     elif source_tree is not None:
         for dirpath, dirnames, filenames in os.walk(source_tree):
             for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
@@ -137,7 +137,8 @@ def action_message(action, toolchain_defs: list[dict], toolchain_digest: str | N
                     tree.files[f"source/{rel}"] = (full, os.access(full, os.X_OK))
     spec = {"commands": list(action.commands), "env": [list(kv) for kv in action.env], "outs": list(action.outs),
             "jobserver": action.jobserver, "host_tools": host_tools, "toolchains": toolchain_defs,
-            "toolchain_digest": toolchain_digest, "node": action.node, "has_source": action.source is not None}
+            "toolchain_digest": toolchain_digest, "node": action.node, "has_source": action.source is not None,
+            "sandbox": action.sandbox, "mapped_env": list(action.mapped_env)}
     tree.files[".buildgraph/action.json"] = (json.dumps(spec, sort_keys=True).encode(), False)
     root, blobs = merkle(tree)
     command = pb.Command(arguments=["buildgraph-action", ".buildgraph/action.json"], output_directories=["out"])

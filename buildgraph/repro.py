@@ -82,13 +82,13 @@ def _build_id(data: bytes) -> bytes | None:
 def verify(session, patterns, jobs: int, report_dir: Path | None = None, log=None) -> list[VerifyResult]:
     """Run every selected, built node again, perturbed, and compare its outputs."""
     from buildgraph.jobserver import Jobserver
-    from buildgraph.sandbox import Sandbox, detect_mode
+    from buildgraph.sandbox import Sandbox
 
     graph, store = session.graph, session.store
     store.open_for_build()
     slots = 1 if jobs > 1 else 2                 # another -j than the build's
     jobserver = Jobserver(slots)
-    sandbox = Sandbox(store, detect_mode(session.opts.sandbox), jobserver, session.sources,
+    sandbox = Sandbox(store, session.engine.sandbox_mode, jobserver, session.sources,
                       inner_root=VERIFY_ROOT, umask=0o077, reverse_env=True)
     try:
         return [_verify_node(session, name, sandbox, report_dir, log) for name in graph.select(patterns)]
@@ -113,7 +113,7 @@ def _verify_node(session, name: str, sandbox, report_dir, log) -> VerifyResult:
         return VerifyResult(name, "skipped", reason="changed since its last build; build first")
     if log:
         log(f"verifying {name}")
-    deps = {d: engine.result_of(dn, state.nodes[dn].key) for d, dn in node.deps}
+    deps = {d: engine.result_of(dn, state.nodes[dn].key, state.nodes[dn].output_digest) for d, dn in node.deps}
     outcome = sandbox.run(action, deps, engine.tools_for(node))
     if outcome.result is None:
         return VerifyResult(name, "failed", reason=outcome.error or "failed")

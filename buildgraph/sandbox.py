@@ -34,14 +34,18 @@ import threading
 import time
 from dataclasses import dataclass
 
-from buildgraph.action import Action, ActionResult, BadResult, OutputFile, OutputSymlink, check_symlink
-from buildgraph.digest import file_digest, stat_signature
-from buildgraph.fsutil import copy_file, force_remove, walk_tree
+from buildgraph.action import (Action, ActionResult, BadResult, OutputFile, OutputSymlink, check_declared,
+                               check_symlink, check_tree)
+from buildgraph.digest import copy_hashed, file_digest
+from buildgraph.fsutil import force_remove, walk_tree
 from buildgraph.store.local import LocalStore
 from buildgraph.sources import SourceError
 from buildgraph.toolstore import SANDBOX_TOOLCHAINS
 
 SANDBOX_ROOT = "/sandbox"
+# Every action runs with this umask, whatever the user's: file modes in outputs (tar
+# archives, installed files) must not depend on who started the build.
+PINNED_UMASK = 0o022
 _BOUND_PREFIXES = ("/usr/", "/etc/", "/bin/", "/lib/", "/lib64/", "/sbin/")
 
 
@@ -73,17 +77,20 @@ class RunOutcome:
 
 def _unmapped(value: str, root: str, mounts) -> str:
     """`value` with the symbolic /sandbox and /toolchains/<entry> paths made real host paths."""
-    value = value.replace(SANDBOX_ROOT, root)
+    if value.startswith(SANDBOX_ROOT) or f";{SANDBOX_ROOT}" in value:
+        value = value.replace(SANDBOX_ROOT, root)
     for m in mounts:
         value = value.replace(f"{SANDBOX_TOOLCHAINS}/{m.name}", m.host)
     return value
 
 
 def sandbox_env(action: Action, mapped_root: str, mounts=()) -> dict[str, str]:
-    """The action's environment as it runs: symbolic paths mapped where they really are."""
+    """The action's environment as it runs: the variables buildgraph sets (action.mapped_env)
+    with their symbolic paths mapped where they really are; a user's values never change."""
     if mapped_root == SANDBOX_ROOT:
         return dict(action.env)
-    return {k: _unmapped(v, mapped_root, mounts) for k, v in action.env}
+    mapped = set(action.mapped_env)
+    return {k: _unmapped(v, mapped_root, mounts) if k in mapped else v for k, v in action.env}
 
 
 class Sandbox:
@@ -180,8 +187,8 @@ class Sandbox:
             os.mkdir(f"{root}/{sub}")
         if not linking:
             os.symlink(self.tools_dir(tools), f"{root}/.tools")
-        _copy_in(f"{root}/src", ((rel, host, sig) for (rel, _, _), host, sig
-                                 in zip(action.srcs, action.src_paths, action.src_stats)))
+        _copy_in(f"{root}/src", ((rel, host, digest, exe) for (rel, digest, exe), host
+                                 in zip(action.srcs, action.src_paths)))
         made = set()
         for dep_target, _ in action.deps:
             result = dep_results[dep_target]
@@ -196,11 +203,10 @@ class Sandbox:
                     made.add(parent)
                 if isinstance(entry, OutputSymlink):
                     os.symlink(entry.target, dest)
-                elif linking:
+                elif linking:   # bound read-only: nothing can write through the link
                     self.store.link_out(entry.digest, entry.executable, dest)
                 else:
-                    shutil.copyfile(self.store.blob_path(entry.digest, entry.executable), dest)
-                    os.chmod(dest, 0o755 if entry.executable else 0o644)
+                    self.store.copy_out(entry.digest, entry.executable, dest)
 
     def _run_artifact(self, root: str, action: Action, start: float) -> RunOutcome:
         """The built-in artifact action: in-process, on the staged dependency outputs."""
@@ -224,7 +230,7 @@ class Sandbox:
         fetch = action.source_fetch
         if fetch is None:
             return None
-        if isinstance(fetch, tuple):   # a workspace `path` source: copied, and checked unchanged
+        if isinstance(fetch, tuple):   # a workspace `path` source: copied, and checked against its key
             _copy_in(f"{root}/source", fetch)
             return None
         tree = str(self.sources.get(fetch))
@@ -285,7 +291,7 @@ class Sandbox:
                         env = dict(reversed(list(env.items())))
                     proc = subprocess.Popen(argv, env=env, cwd=f"{root}/work", stdin=subprocess.DEVNULL,
                                             stdout=out, stderr=err, start_new_session=True, pass_fds=fds,
-                                            umask=self.umask if self.umask is not None else -1)
+                                            umask=self.umask if self.umask is not None else PINNED_UMASK)
                 except OSError as exc:
                     err.write(f"buildgraph: cannot start {argv[0]}: {exc}\n".encode())
                     return 127
@@ -293,24 +299,34 @@ class Sandbox:
             try:
                 return proc.wait()
             finally:
+                # Whatever the action left running in its session ends now, before its
+                # outputs are collected (under bwrap the pid namespace has ended them already).
+                _killpg(proc, signal.SIGKILL)
                 with self._lock:
                     self._running.pop(proc.pid, None)
 
     def _collect(self, root: str, action: Action, duration: float) -> ActionResult:
+        """The outputs as a result in the CAS. Every process of the action has ended (the pid
+        namespace under bwrap; its process group otherwise). Under bwrap the files move in
+        by rename; in the other modes a process that left its group (setsid) could still
+        hold them, so they enter by copy, and the copy is what is hashed."""
         files, links, others = walk_tree(f"{root}/out")
         if others:
             raise OutputError(f"output {others[0]!r} is not a regular file or symlink")
         try:
             symlinks = [OutputSymlink(rel, check_symlink(rel, target)) for rel, target in links]
+            check_tree([rel for rel, _, _ in files], dict(links))
+            check_declared(action.outs, [rel for rel, _, _ in files], [s.path for s in symlinks])
         except BadResult as exc:
-            raise OutputError(f"output {exc}") from None
-        produced = {rel for rel, _, _ in files} | {s.path for s in symlinks}
-        _check_declared(action.outs, produced)
+            raise OutputError(str(exc)) from None
         outputs = []
         for rel, path, exe in files:
-            digest = file_digest(path)
-            size = os.path.getsize(path)
-            self.store.ingest(path, digest, exe)
+            if self.mode == "bwrap":
+                digest, size = file_digest(path), os.path.getsize(path)
+                self.store.ingest(path, digest, exe)
+            else:
+                digest = self.store.put_file_copy(path, exe)
+                size = os.path.getsize(self.store.blob_path(digest, exe))
             outputs.append(OutputFile(rel, digest, size, exe))
         logs = []
         for name in (".stdout", ".stderr"):
@@ -325,35 +341,23 @@ class OutputError(Exception):
 
 
 def _copy_in(base: str, files) -> None:
-    """Copy (relpath, host path, stat signature when hashed) files under `base`. A file whose
-    signature changed since it was hashed would make the key lie: the action is not run."""
+    """Copy (relpath, host path, digest in the key, executable) files under `base`, hashing
+    the copies: what the action reads is what its key names. A file whose content changed
+    since it was hashed (even within one timestamp tick, where its stat signature cannot
+    tell) would make the key lie: the action is not run."""
     made = set()
-    for rel, host, sig in files:
+    for rel, host, digest, exe in files:
         dest = f"{base}/{rel}"
         parent = os.path.dirname(dest)
         if parent not in made:
             os.makedirs(parent, exist_ok=True)
             made.add(parent)
-        copy_file(host, dest)
         try:
-            now = stat_signature(os.stat(host))
-        except OSError:
-            now = None
-        if now != sig:
+            copied = copy_hashed(host, dest, 0o755 if exe else 0o644)
+        except OSError as exc:
+            raise OutputError(f"source {host} cannot be read ({exc.strerror}); not run") from None
+        if copied != digest:
             raise OutputError(f"source {host} changed during the build; not run — build again")
-
-
-def _check_declared(outs: tuple[str, ...], produced: set[str]) -> None:
-    dirs = tuple(o.rstrip("/") + "/" for o in outs)
-    missing = [o for o in outs
-               if o.rstrip("/") not in produced and not any(p.startswith(o.rstrip("/") + "/") for p in produced)]
-    if missing:
-        raise OutputError(f"declared output{'s' if len(missing) > 1 else ''} not produced: {', '.join(missing)}")
-    extra = sorted(p for p in produced if p not in outs and not p.startswith(dirs))
-    if extra:
-        more = f" (and {len(extra) - 5} more)" if len(extra) > 5 else ""
-        raise OutputError(f"undeclared output{'s' if len(extra) > 1 else ''}: {', '.join(extra[:5])}{more}"
-                          " — add to 'outs' (a path ending in / declares a directory)")
 
 
 def _outside_dirs(links, mounts) -> list[str]:

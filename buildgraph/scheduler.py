@@ -157,7 +157,8 @@ class Scheduler:
                     tokens, extra, held = held[:1], held[1:need], held[need:]
                     self.jobserver.release(extra)  # admitted: extra slots go back to the pool its make draws on
                     node = graph.nodes[name]
-                    deps = {d: engine.result_of(dn, engine.state.nodes[dn].key) for d, dn in node.deps}
+                    wanted = dict(action.deps)   # the dependency outputs its key names, and no others
+                    deps = {d: engine.result_of(dn, engine.state.nodes[dn].key, wanted[d]) for d, dn in node.deps}
                     lane = free_lanes.pop(0) if free_lanes else 0
                     self.reporter.started(name)
                     thread = threading.Thread(target=work, args=(name, action, deps, engine.tools_for(node),
@@ -173,8 +174,7 @@ class Scheduler:
                 if event[0] == "lookup":
                     _, name, action, result = event
                     lookups -= 1
-                    if result is not None:
-                        engine.adopt(graph.nodes[name], action, result)
+                    if result is not None and engine.adopt(graph.nodes[name], action, result):
                         for waiter in same_key.pop(action.key, []):
                             heapq.heappush(ready, (-priority[waiter], waiter))
                         done(name, NodeOutcome(name, Status.CACHED, action.key, remote=True), result.output_digest)
@@ -189,12 +189,16 @@ class Scheduler:
                     heapq.heappush(ready, (-priority[waiter], waiter))
                 start = time.monotonic() - t0 - outcome.duration
                 if outcome.result is not None:
-                    engine.store.put_result(action.key, outcome.result)
-                    engine.adopt(graph.nodes[name], action, outcome.result)
-                    if engine.remote is not None:
-                        engine.remote.upload(action, outcome.result)
+                    result = engine.keep_first(graph.nodes[name], action, outcome.result)
+                    if not engine.adopt(graph.nodes[name], action, result):
+                        done(name, NodeOutcome(name, Status.FAILED, action.key, outcome.duration, start,
+                                               error="its outputs could not be restored", lane=lane), None)
+                        stopping = stopping or not self.keep_going
+                        continue
+                    if engine.remote is not None and result is outcome.result:
+                        engine.remote.upload(action, result)
                     done(name, NodeOutcome(name, Status.RAN, action.key, outcome.duration, start,
-                                           log=outcome.log, lane=lane), outcome.result.output_digest)
+                                           log=outcome.log, lane=lane), result.output_digest)
                 else:
                     engine.write_log(name, outcome.log)
                     status = Status.CANCELLED if engine.sandbox.cancelled else Status.FAILED
@@ -214,8 +218,7 @@ class Scheduler:
                 _, name, action, tokens, lane, outcome = event
                 self.jobserver.release(tokens)
                 if outcome.result is not None:
-                    engine.store.put_result(action.key, outcome.result)
-                    engine.record(name, action, outcome.result)
+                    engine.record(name, action, engine.keep_first(graph.nodes[name], action, outcome.result))
                     outcomes[name] = NodeOutcome(name, Status.RAN, action.key, outcome.duration)
             raise Interrupted(outcomes) from None
         finally:

@@ -8,7 +8,8 @@ state.pickle holds what makes a no-op build cheap and what `why` compares agains
                   signatures of every workspace file (no YAML parsing on a no-op)
   nodes           node -> NodeRecord of its last successful build (key, output
                   digest, duration)
-  materialized    node -> (output digest, ((relpath, inode), ...)) of out/<node>
+  materialized    node -> (output digest, ((relpath, (ino, size, mtime_ns, ctime_ns)), ...))
+                  of out/<node>: what was written there, to notice any edit
 It is written atomically (temp file + rename) at the end of a build that changed
 any of it (a no-op build writes nothing); last-build.json beside it holds the
 counters of the last build, for `cache stats`; inputs/ (a diskcache) holds each
@@ -32,7 +33,7 @@ from pathlib import Path
 from buildgraph import __version__
 from buildgraph.fsutil import write_atomic
 
-STATE_VERSION = (4, __version__)
+STATE_VERSION = (5, __version__)
 
 
 @dataclass

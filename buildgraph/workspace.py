@@ -9,6 +9,7 @@ BUILD.yaml:
     toolchain: NAME                         # default toolchain for targets
     host_tools: [default, nasm, ...]        # host programs actions may run ("default": the usual set)
     source_date_epoch: INT
+    host_key: [kernel, cpus]                # host properties in every key (default both; [] shares across hosts)
     targets: {NAME: TARGET, ...}
 deps/NAME.yaml: one TARGET (its name is the file's stem unless `name:` says).
 toolchains/NAME.yaml: one TOOLCHAIN.
@@ -57,7 +58,8 @@ STATIC_DENY = ("GPL-", "AGPL-", "LGPL-")
 SOURCE_KINDS = ("url", "pypi-sdist", "git", "path")
 SOURCE_FIELDS = SOURCE_KINDS + ("sha256", "commit", "version", "subdirectory", "strip_components")
 WHEN_FIELDS = ("if", "deps", "env", "cmds", "cmake_args", "make_args", "configure_args", "toolchain")
-TOP_FIELDS = ("workspace", "variants", "toolchain", "host_tools", "source_date_epoch", "targets")
+TOP_FIELDS = ("workspace", "variants", "toolchain", "host_tools", "source_date_epoch", "host_key", "targets")
+HOST_PROPERTIES = ("kernel", "cpus")   # what an action can observe of the host that no sandbox pins
 TOOLCHAIN_FIELDS = ("name", "version", "provider", "description", "tools", "expect_version",
                     "requirements", "packages", "url", "sha256", "strip_components", "wrappers",
                     "cmake_toolchain", "env", "writable", "host_compiler", "link_with", "cuda")
@@ -181,6 +183,7 @@ class Workspace:
     source_date_epoch: int = DEFAULT_SOURCE_DATE_EPOCH
     default_toolchain: str | None = None
     files: tuple[str, ...] = field(default=())  # every file read, relative to root
+    host_key: tuple[str, ...] = HOST_PROPERTIES
 
 
 # ---------------------------------------------------------------- validation helpers
@@ -602,7 +605,13 @@ def load_workspace(root: Path) -> Workspace:
     # "default" in the list stands for the default set, so a workspace can add to it.
     host_tools = tuple(dict.fromkeys(t for name in host_tools
                                      for t in (DEFAULT_HOST_TOOLS if name == "default" else (name,))))
+    host_key = top.str_list("host_key") if "host_key" in data else HOST_PROPERTIES
+    for i, prop in enumerate(host_key):
+        if prop not in HOST_PROPERTIES:
+            raise top.error("host_key", f"unknown host property {prop!r}", line=data["host_key"].line_of(i),
+                            hint=did_you_mean(prop, HOST_PROPERTIES) or f"one of: {', '.join(HOST_PROPERTIES)}")
     ws = Workspace(root=root, name=top.str("workspace", root.name), axes=tuple(axes.items()),
+                   host_key=tuple(dict.fromkeys(host_key)),
                    targets=targets, toolchains=toolchains, host_tools=host_tools,
                    source_date_epoch=top.int("source_date_epoch", DEFAULT_SOURCE_DATE_EPOCH),
                    default_toolchain=default_toolchain, files=tuple(files))

@@ -134,17 +134,17 @@ def test_source_edited_after_hashing_is_not_run(ws, capsys):
         """)
     from buildgraph import sandbox
 
-    real = sandbox.copy_file
+    real = sandbox.copy_hashed
 
-    def edit_first(src, dest):  # an editor saves the file between hashing and staging
+    def edit_first(src, dest, mode):  # an editor saves the file between hashing and staging
         (ws.root / "a.txt").write_text("two\n")
-        real(src, dest)
+        return real(src, dest, mode)
 
-    sandbox.copy_file = edit_first
+    sandbox.copy_hashed = edit_first
     try:
         st = ws.build(capsys=capsys)
     finally:
-        sandbox.copy_file = real
+        sandbox.copy_hashed = real
     assert st["t"] == "failed" and "changed during the build" in st["_out"]
     assert ws.build(capsys=capsys)["t"] == "ran"
     assert (ws.out("t") / "o").read_text() == "two\n"

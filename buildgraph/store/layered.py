@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import xxhash
 
-from buildgraph.action import Action, ActionResult, BadResult, OutputFile, OutputSymlink
-from buildgraph.digest import sha256_file
+from buildgraph.action import Action, ActionResult, BadResult, OutputFile, OutputSymlink, check_declared
+from buildgraph.errors import StoreError
 from buildgraph.store.local import LocalStore
 from buildgraph.store.remote import (RDigest, RemoteError, RemoteOptions, action_digest, decode_result,
                                      encode_result)
@@ -91,6 +91,8 @@ class RemoteLayer:
                 self._count(misses=1)
                 return None
             remote_result = decode_result(data)
+            check_declared(action.outs, [p for p, _, _ in remote_result.files],
+                           [p for p, _ in remote_result.symlinks])
             result = self._localize(remote_result, action)
         except (BadResult, BlobMismatch) as exc:
             self._count(rejected=1, misses=1)
@@ -106,9 +108,8 @@ class RemoteLayer:
         if result is None:
             self._count(misses=1)
             return None
-        self.local.put_result(action.key, result)
         self._count(hits=1)
-        return result
+        return self.local.put_result(action.key, result)
 
     def _localize(self, rr, action: Action) -> ActionResult | None:
         """Download what the local store lacks; the result in local (xxh3) terms, or None if
@@ -139,8 +140,8 @@ class RemoteLayer:
         for path, d, exe in rr.files:
             digest = local_of[d]
             if not self.local.has_blob(digest, exe):   # wanted with the other mode bit
-                source = self.local.blob_path(digest, not exe)
-                self.local.put_file_copy(source, exe)
+                if self.local.put_file_copy(self.local.blob_path(digest, not exe), exe) != digest:
+                    raise BlobMismatch(f"local blob {digest} is damaged")
             files.append(OutputFile(path, digest, d.size, exe))
         return ActionResult(files=tuple(sorted(files, key=lambda f: f.path)),
                             symlinks=tuple(OutputSymlink(p, t) for p, t in sorted(rr.symlinks)),
@@ -196,6 +197,8 @@ class RemoteLayer:
             data, sent = upload_result(self.local, self.remote, result)
             self.remote.update_action_result(action_digest(action.key_bytes), data)
             self._count(uploads=1, bytes_up=sent)
+        except StoreError as exc:   # a damaged local blob: this result is not shared
+            self._warn_once("damaged", f"warning: {exc}; {action.node}'s result was not uploaded")
         except RemoteError as exc:
             self._down(exc)
         except Exception as exc:  # never let an upload problem fail the build
@@ -215,24 +218,32 @@ class RemoteLayer:
 def upload_result(local: LocalStore, remote, result: ActionResult) -> tuple[bytes, int]:
     """Upload the outputs and logs of `result` that `remote` lacks (FindMissingBlobs first).
 
-    Returns the REAPI ActionResult bytes that describe them and the number of bytes sent;
-    storing those bytes (UpdateActionResult, or an Execute response) is the caller's part.
+    Every blob that is sent is re-hashed against its local name first (StoreError if it
+    was damaged: nothing is uploaded for this result), so the remote never receives bytes
+    under a name they do not have. Returns the REAPI ActionResult bytes that describe them
+    and the number of bytes sent; storing those bytes (UpdateActionResult, or an Execute
+    response) is the caller's part.
     """
     files, blobs = [], {}
     for f in result.files:
         rd = remote_digest(local, f.digest, f.executable, f.size)
         files.append((f.path, rd, f.executable))
-        blobs[rd] = local.blob_path(f.digest, f.executable)
+        blobs[rd] = (f.digest, f.executable)
     logs = []
     for digest in (result.stdout, result.stderr):
         if digest is None:
             logs.append(None)
             continue
         rd = remote_digest(local, digest, False, os.path.getsize(local.blob_path(digest)))
-        blobs[rd] = local.blob_path(digest)
+        blobs[rd] = (digest, False)
         logs.append(rd)
     missing = remote.find_missing(sorted(blobs, key=lambda d: d.hash))
-    pairs = [(d, blobs[d]) for d in missing]
+    pairs = []
+    for d in missing:
+        digest, exe = blobs[d]
+        if local.verified_sha256(digest, exe) != d.hash:
+            raise StoreError(f"blob {digest}: its SHA-256 changed since it was recorded; not uploaded")
+        pairs.append((d, local.blob_path(digest, exe)))
     if hasattr(remote, "upload_blobs"):
         remote.upload_blobs(pairs)
     else:
@@ -243,9 +254,7 @@ def upload_result(local: LocalStore, remote, result: ActionResult) -> tuple[byte
 
 
 def remote_digest(local: LocalStore, digest: str, executable: bool, size: int) -> RDigest:
-    """The SHA-256 digest of a local blob, hashed once and then remembered by the store."""
-    sha = local.sha256_for(digest)
-    if sha is None:
-        sha = sha256_file(local.blob_path(digest, executable))
-        local.remember_sha256(digest, sha)
+    """The SHA-256 digest of a local blob: remembered by the store, or read now and checked
+    against the blob's name (never computed from damaged bytes)."""
+    sha = local.sha256_for(digest) or local.verified_sha256(digest, executable)
     return RDigest(sha, size)

@@ -12,19 +12,31 @@ Layout of the cache directory (design note)
   tmp/                blobs being written; they appear in cas/ by link(2), atomically
   sandbox/            action sandboxes: on the same filesystem, so outputs enter the
                       CAS by rename, without copying
-  lock                flock: builds hold it shared, gc exclusive
+  quarantine/         blobs found not to match their name (kept for inspection)
+  lock                flock: builds hold it shared, gc, repair and clean exclusive
 
 Why blobs are files in a sharded directory and not diskcache values: outputs move
-in by rename (no copy) and are restored by hardlink (no copy); diskcache would copy
-every blob once on the way in and hand back paths it may delete under us. Measured
-in bench/cas_layout.py (figures in the README).
+in by rename (no copy); diskcache would copy every blob once on the way in and hand
+back paths it may delete under us. Measured in bench/cas_layout.py (README).
 
-Invariants that keep the store trustworthy after a crash or kill -9 at any point:
-a blob path only ever holds complete content of its digest (written elsewhere,
-then linked in); an AC entry is written only after every blob it names exists,
-and a hit is served only if every blob is still present; a corrupt or poisoned
-entry is deleted and treated as a miss. Leftovers in tmp/ and sandbox/ are
-removed by the next process that can take the lock exclusively.
+The store's bytes are never the user's bytes. A blob's inode is never handed to
+anything a user or a tool can write: outputs are materialized into out/ by reflink or
+copy (`copy_out`), and only a read-only bind mount (bwrap) ever sees a hardlink.
+Invariants that keep the store trustworthy after a crash, a kill -9, a stray edit:
+  - a blob path only ever holds complete content of its digest (written elsewhere,
+    fsynced, then linked in); when a writer finds the name taken, it re-hashes the
+    existing blob and replaces it if it was damaged (so new content is never deduped
+    onto corrupt bytes);
+  - a blob is re-hashed against its name before it leaves the machine (uploads);
+  - an AC entry is written only after every blob it names exists, is validated as a
+    whole tree when read (parse_result), and is write-once: a later, different result
+    for the same key is reported as not reproducible and not stored;
+  - a hit is served only if every blob is still present; a corrupt or poisoned entry
+    is deleted and treated as a miss;
+  - `verify` re-hashes every blob; `verify --repair` quarantines the bad ones and
+    drops every entry naming them.
+Leftovers in tmp/ and sandbox/ are removed by the next process that takes the lock
+exclusively.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ import os
 import shutil
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +54,7 @@ from buildgraph.action import ActionResult, BadResult, OutputFile, OutputSymlink
 from buildgraph.fsutil import walk_tree
 from buildgraph.digest import bytes_digest, file_digest
 from buildgraph.errors import StoreError
-from buildgraph.fsutil import force_remove, link_or_copy
+from buildgraph.fsutil import copy_new, force_remove, link_or_copy
 
 DEFAULT_MAX_BYTES = 10 * 1024 ** 3
 _USED_RESOLUTION = 3600.0  # refresh an entry's last-used time at most hourly
@@ -61,6 +74,7 @@ class StoreCounters:
     misses: int = 0
     bytes_in: int = 0
     rejected: int = 0
+    quarantined: int = 0
 
 
 class LocalStore:
@@ -127,11 +141,8 @@ class LocalStore:
         return os.path.exists(self.blob_path(digest, executable))
 
     def ingest(self, path: str, digest: str, executable: bool) -> None:
-        """Move a finished file (on this filesystem) into the CAS under `digest`."""
-        final = self.blob_path(digest, executable)
-        if os.path.exists(final):
-            os.unlink(path)
-            return
+        """Move a finished file (on this filesystem, hashed to `digest` by the caller, held by
+        no live process) into the CAS."""
         os.chmod(path, 0o555 if executable else 0o444)
         st = os.stat(path)
         if st.st_nlink > 1:  # another name for this inode may still change: take a copy
@@ -140,17 +151,16 @@ class LocalStore:
             os.chmod(tmp, 0o555 if executable else 0o444)
             os.unlink(path)
             path = tmp
-        self._link_in(path, final, st.st_size)
+        self._link_in(path, self.blob_path(digest, executable), st.st_size, digest)
 
     def put_bytes(self, data: bytes) -> str:
         digest = bytes_digest(data)
         final = self.blob_path(digest)
-        if not os.path.exists(final):
-            tmp = self._tmp_name()
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o444)
-            self._link_in(tmp, final, len(data))
+        tmp = self._tmp_name()
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o444)
+        self._link_in(tmp, final, len(data), digest)
         return digest
 
     def put_tree_copy(self, base: str, duration: float = 0.0) -> ActionResult:
@@ -162,16 +172,13 @@ class LocalStore:
             symlinks=tuple(OutputSymlink(rel, target) for rel, target in links), duration=duration)
 
     def put_file_copy(self, path: str, executable: bool = False) -> str:
-        """Copy a file that must stay where it is into the CAS; returns its digest."""
+        """Copy a file into the CAS (it stays where it is, and whoever holds it may go on
+        writing it); returns the digest of the copy, which is what was stored."""
         tmp = self._tmp_name()
         shutil.copyfile(path, tmp)
         digest = file_digest(tmp)
         os.chmod(tmp, 0o555 if executable else 0o444)
-        final = self.blob_path(digest, executable)
-        if os.path.exists(final):
-            os.unlink(tmp)
-        else:
-            self._link_in(tmp, final, os.path.getsize(tmp))
+        self._link_in(tmp, self.blob_path(digest, executable), os.path.getsize(tmp), digest)
         return digest
 
     def temp_path(self) -> str:
@@ -195,11 +202,35 @@ class LocalStore:
     def xxh3_for_sha256(self, sha256: str) -> str | None:
         return self.sha_index.get(f"s{sha256}")
 
+    def verified_sha256(self, digest: str, executable: bool) -> str:
+        """The SHA-256 of a blob, read now and checked against its name: what leaves the
+        machine is what the name says. A damaged blob is quarantined (StoreError)."""
+        import hashlib
+
+        import xxhash
+
+        path = self.blob_path(digest, executable)
+        sha, xxh = hashlib.sha256(), xxhash.xxh3_128()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                sha.update(chunk)
+                xxh.update(chunk)
+        if xxh.hexdigest() != digest:
+            self.quarantine(path)
+            raise StoreError(f"blob {digest} in {self.cas} does not match its name (damaged); quarantined")
+        self.remember_sha256(digest, sha.hexdigest())
+        return sha.hexdigest()
+
     def _tmp_name(self) -> str:
         return f"{self.tmp}/{os.getpid()}-{time.monotonic_ns()}-{os.urandom(4).hex()}"
 
-    def _link_in(self, tmp: str, final: str, size: int) -> None:
-        # fsync before the name appears, so a power cut cannot leave a named but empty blob.
+    def _link_in(self, tmp: str, final: str, size: int, digest: str) -> None:
+        """Give the complete file `tmp` (content hashing to `digest`) the name `final`.
+
+        fsync before the name appears, so a power cut cannot leave a named but empty blob.
+        If the name is taken, the existing blob is re-hashed: equal content is kept (the
+        first writer wins), damaged content is quarantined and replaced by ours.
+        """
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -207,16 +238,38 @@ class LocalStore:
             os.close(fd)
         os.makedirs(os.path.dirname(final), exist_ok=True)
         try:
-            os.link(tmp, final)  # fails if present: the first writer wins, content is equal
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                if file_digest(final) == digest:
+                    return
+                self.quarantine(final)
+                os.link(tmp, final)
             with self._lock:
                 self.counters.bytes_in += size
         except FileExistsError:
-            pass
+            pass   # another writer put the same content there meanwhile
         finally:
             os.unlink(tmp)
 
+    def quarantine(self, path: str) -> None:
+        """Move a damaged blob out of the CAS (kept under quarantine/ for inspection)."""
+        qdir = self.root / "quarantine"
+        qdir.mkdir(exist_ok=True)
+        try:
+            os.replace(path, f"{qdir}/{os.path.basename(path)}-{time.time_ns()}")
+        except FileNotFoundError:
+            return   # another process moved it first
+        with self._lock:
+            self.counters.quarantined += 1
+
+    def copy_out(self, digest: str, executable: bool, dest: str) -> None:
+        """Materialize a blob at `dest` as a file of its own (reflink, else copy), writable
+        by its owner: an edit of `dest` can never reach the store."""
+        copy_new(self.blob_path(digest, executable), dest, 0o755 if executable else 0o644)
+
     def link_out(self, digest: str, executable: bool, dest: str) -> None:
-        """Materialize a blob at `dest` (hardlink, else reflink, else copy)."""
+        """Hardlink a blob at `dest`: only for places nothing can write (a read-only mount)."""
         link_or_copy(self.blob_path(digest, executable), dest)
 
     # ------------------------------------------------------------ AC
@@ -249,11 +302,24 @@ class LocalStore:
         counters.hits += 1
         return result
 
-    def put_result(self, key: str, result: ActionResult) -> None:
+    def put_result(self, key: str, result: ActionResult) -> ActionResult:
+        """Record `result` for `key`, write-once: if a valid result is recorded already, it is
+        kept and returned (the caller reports a different one as not reproducible)."""
         for f in result.files:
             if not self.has_blob(f.digest, f.executable):
                 raise StoreError(f"refusing to record {key}: blob {f.digest} is missing")
-        self.ac.set(key, (result.to_json(), time.time()))
+        value = (result.to_json(), time.time())
+        if self.ac.add(key, value):
+            return result
+        existing = self.get_result(key, count=False)   # drops an entry that is no longer valid
+        if existing is not None:
+            return existing
+        self.ac.set(key, value)
+        return result
+
+    def drop_result(self, key: str) -> None:
+        """Forget the entry for `key` (it could not be materialized)."""
+        self.ac.delete(key)
 
     # ------------------------------------------------------------ stats and gc
 
@@ -290,27 +356,13 @@ class LocalStore:
         holds blobs it has written but not yet recorded. Raises StoreError if busy.
         """
         limit = self.max_bytes if max_bytes is None else max_bytes
-        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise StoreError("cache is in use by a running build; gc not run") from None
+        with self.exclusive("gc"):
             self._clean_leftovers()
             entries = []
             refs: dict[str, int] = {}
-            for key in list(self.ac.iterkeys()):
-                if key == "cas-bytes":
-                    continue
-                raw = self.ac.get(key)
-                try:
-                    result = parse_result(raw[0])
-                except (BadResult, TypeError, ValueError):
-                    self.ac.delete(key)
-                    continue
-                names = {os.path.basename(self.blob_path(f.digest, f.executable)) for f in result.files}
-                names.update(d for d in (result.stdout, result.stderr) if d)
-                entries.append((raw[1], key, names))
+            for key, used, result in self._entries(drop_invalid=True):
+                names = _blob_names(result)
+                entries.append((used, key, names))
                 for n in names:
                     refs[n] = refs.get(n, 0) + 1
             sizes = {}
@@ -343,6 +395,84 @@ class LocalStore:
             self.ac.set("cas-bytes", total)
             return {"evicted_entries": evicted, "removed_blobs": removed_blobs,
                     "removed_bytes": removed_bytes, "bytes": total, "max_bytes": limit}
+
+    def verify(self, repair: bool = False) -> dict:
+        """Re-hash every blob against its name and check every action cache entry.
+
+        Returns {"blobs": how many were checked, "damaged": [blob names], "entries": [(key,
+        reason)]}: entries that do not parse, name a damaged blob or a missing one. With
+        `repair` (the lock taken exclusively: StoreError while a build runs) damaged blobs
+        are quarantined and those entries dropped, so every later hit is right.
+        """
+        from contextlib import nullcontext
+
+        with self.exclusive("repair") if repair else nullcontext():
+            checked, damaged = 0, set()
+            for shard in os.scandir(self.cas):
+                for entry in os.scandir(shard.path):
+                    checked += 1
+                    try:
+                        ok = file_digest(entry.path) == entry.name.removesuffix(".x")
+                    except OSError:
+                        ok = False
+                    if not ok:
+                        damaged.add(entry.name)
+                        if repair:
+                            self.quarantine(entry.path)
+            bad_entries = []
+            for key, _, result in self._entries(drop_invalid=repair, report=bad_entries):
+                names = _blob_names(result)
+                reason = None
+                if names & damaged:
+                    reason = f"names a damaged blob ({sorted(names & damaged)[0]})"
+                elif not all(os.path.exists(f"{self.cas}/{n[:2]}/{n}") for n in names):
+                    reason = "names a missing blob"
+                if reason:
+                    bad_entries.append((key, reason))
+                    if repair:
+                        self.ac.delete(key)
+            if repair:
+                for name in damaged:
+                    sha = self.sha256_for(name.removesuffix(".x"))
+                    if sha is not None:
+                        self.sha_index.delete(f"x{name.removesuffix('.x')}")
+                        self.sha_index.delete(f"s{sha}")
+            return {"blobs": checked, "damaged": sorted(damaged), "entries": bad_entries}
+
+    def _entries(self, drop_invalid: bool, report: list | None = None):
+        """(key, last used, result) of every valid AC entry; invalid ones are dropped
+        (`drop_invalid`) and/or listed in `report` as (key, reason)."""
+        for key in list(self.ac.iterkeys()):
+            if key == "cas-bytes":
+                continue
+            raw = self.ac.get(key)
+            try:
+                result = parse_result(raw[0])
+            except (BadResult, TypeError, ValueError) as exc:
+                if report is not None:
+                    report.append((key, f"invalid ({exc})"))
+                if drop_invalid:
+                    self.ac.delete(key)
+                continue
+            yield key, raw[1], result
+
+    @contextmanager
+    def exclusive(self, what: str):
+        """Hold the cache lock exclusively (no build running on this store), or StoreError."""
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreError(f"cache {self.root} is in use by a running build; {what} not run") from None
+            yield
         finally:
             os.close(fd)
+
+
+def _blob_names(result: ActionResult) -> set[str]:
+    """The CAS file names (digest, plus .x for executables) a result refers to."""
+    names = {f.digest + (".x" if f.executable else "") for f in result.files}
+    names.update(d for d in (result.stdout, result.stderr) if d)
+    return names
 

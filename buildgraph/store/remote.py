@@ -13,8 +13,10 @@ the mapping happens here and nowhere else:
                   is_executable), output_symlinks, stdout/stderr digests, exit code.
 
 `decode_result` validates what comes back: a result that does not parse, names an
-absolute path, a path or symlink leaving the output root, an output directory, or a
-malformed digest is rejected (BadResult) — the caller treats it as a miss.
+absolute path, a path or symlink leaving the output root, a tree that cannot be written
+as a whole (`action.check_tree`), an output directory, or a malformed digest is rejected
+(BadResult) — the caller treats it as a miss, and also rejects a result whose paths are
+not exactly the node's declared outputs (`action.check_declared`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import os
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from buildgraph.action import BadResult, check_relpath, check_symlink
+from buildgraph.action import BadResult, check_relpath, check_symlink, check_tree
 
 
 class RemoteError(Exception):
@@ -169,9 +171,9 @@ def decode_result(data: bytes) -> RemoteResult:
         out.stdout = RDigest(result.stdout_digest.hash, result.stdout_digest.size_bytes).check()
     if result.HasField("stderr_digest") and result.stderr_digest.hash:
         out.stderr = RDigest(result.stderr_digest.hash, result.stderr_digest.size_bytes).check()
-    paths = [p for p, _, _ in out.files] + [p for p, _ in out.symlinks]
-    if len(set(paths)) != len(paths):
-        raise BadResult("remote action result names a path twice")
+    check_tree([p for p, _, _ in out.files], dict(out.symlinks))
+    if len(out.symlinks) != len(dict(out.symlinks)):
+        raise BadResult("remote action result names a symlink twice")
     return out
 
 
