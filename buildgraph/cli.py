@@ -54,12 +54,20 @@ def _options(args):
     from buildgraph.operations import Options
 
     return Options(remote=_remote_options(args) if hasattr(args, "remote_cache") else None,
-                   directory=Path(args.directory), cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-                   toolchain_dir=Path(args.toolchain_dir) if args.toolchain_dir else None,
+                   directory=Path(args.directory), cache_dir=_cache_dir(args),
+                   toolchain_dir=Path(args.toolchain_dir).absolute() if args.toolchain_dir else None,
                    cache_max_bytes=getattr(args, "max_size", None), sandbox=args.sandbox,
                    jobs=getattr(args, "jobs", 0) or 0, keep_going=getattr(args, "keep_going", False),
                    mirrors=tuple(getattr(args, "mirror", None) or ()), git_sha=getattr(args, "git_sha", None),
                    executor=_executor_options(args) if hasattr(args, "remote_executor") else None)
+
+
+def _cache_dir(args) -> Path:
+    """--cache-dir, else $BUILDGRAPH_CACHE_DIR, else ~/.cache/buildgraph; always absolute
+    (actions and bwrap see it from other directories)."""
+    from buildgraph.store.local import default_cache_dir
+
+    return (Path(args.cache_dir) if args.cache_dir else default_cache_dir()).absolute()
 
 
 def _session(args, write=True):
@@ -233,11 +241,11 @@ def cmd_plan(args) -> int:
     from buildgraph import operations
 
     with _session(args, write=False) as s:
-        rows, path = operations.plan(s, args.targets)
+        rows, path, impure = operations.plan(s, args.targets)
     if args.format == "json":
         print(json.dumps({"nodes": [{"node": r.name, "key": r.key, "action_digest": r.action_digest,
                                      "status": r.status, "reasons": r.reasons} for r in rows],
-                          "critical_path": path}, indent=2))
+                          "critical_path": path, "not_hermetic": impure}, indent=2))
         return EXIT_OK
     width = max((len(r.name) for r in rows), default=4)
     for r in rows:
@@ -248,6 +256,8 @@ def cmd_plan(args) -> int:
         print(line)
     runs = sum(r.status == "run" for r in rows)
     print(f"{len(rows)} nodes, {runs} to run; critical path: {' → '.join(path) if path else '-'}")
+    for line in impure:
+        print(f"not hermetic: {line}")
     return EXIT_OK
 
 
@@ -288,10 +298,9 @@ def cmd_query(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from buildgraph.store.local import DEFAULT_MAX_BYTES, LocalStore, default_cache_dir
+    from buildgraph.store.local import DEFAULT_MAX_BYTES, LocalStore
 
-    store = LocalStore(Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
-                       args.max_size or DEFAULT_MAX_BYTES)
+    store = LocalStore(_cache_dir(args), DEFAULT_MAX_BYTES if args.max_size is None else args.max_size)
     try:
         if args.action == "gc":
             r = store.gc()
@@ -299,6 +308,8 @@ def cmd_cache(args) -> int:
                   f"({r['removed_bytes'] / 1e6:.1f} MB); cache holds {r['bytes'] / 1e6:.1f} MB "
                   f"of {r['max_bytes'] / 1e6:.0f} MB allowed")
             return EXIT_OK
+        if args.action == "verify":
+            return _print_verify(store.verify(repair=args.repair), args.repair)
         st = store.stats()
         print(f"cache: {st['directory']}")
         print(f"  action results: {st['action_entries']}")
@@ -324,6 +335,18 @@ def cmd_cache(args) -> int:
                   f"{last['remote_bytes_down'] / 1e6:.2f} MB down, {last['remote_bytes_up'] / 1e6:.2f} MB up "
                   f"({last['remote_uploads']} results uploaded)")
     return EXIT_OK
+
+
+def _print_verify(report: dict, repaired: bool) -> int:
+    for name in report["damaged"]:
+        print(f"damaged blob {name}: its content does not match its name" + ("; quarantined" if repaired else ""))
+    for key, reason in report["entries"]:
+        print(f"action result {key}: {reason}" + ("; dropped" if repaired else ""))
+    bad = len(report["damaged"]) + len(report["entries"])
+    print(f"checked {report['blobs']} blobs: {len(report['damaged'])} damaged, "
+          f"{len(report['entries'])} action results affected" +
+          ("" if not bad else "; repaired" if repaired else "; run `buildgraph cache verify --repair`"))
+    return EXIT_OK if not bad or repaired else EXIT_FAILED
 
 
 def cmd_toolchain(args) -> int:
@@ -375,10 +398,15 @@ def cmd_clean(args) -> int:
         state_dir.unlock()
     print(f"removed outputs and state of {state_dir.dir.parent}")
     if args.cache:
-        from buildgraph.store.local import default_cache_dir
+        from buildgraph.fsutil import force_remove
+        from buildgraph.store.local import LocalStore
 
-        cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-        shutil.rmtree(cache, ignore_errors=True)
+        cache = _cache_dir(args)
+        if cache.is_dir():
+            store = LocalStore(cache)
+            with store.exclusive("clean --cache"):   # never under a running build (StoreError)
+                store.close()
+                force_remove(cache)   # the lock file too: it is held until the last moment
         print(f"removed cache {cache}")
     return EXIT_OK
 
@@ -448,8 +476,10 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--direct", action="store_true", help="only direct edges")
     q.set_defaults(func=cmd_query)
 
-    c = sub.add_parser("cache", parents=[common], help="local cache: stats | gc")
-    c.add_argument("action", choices=("stats", "gc"))
+    c = sub.add_parser("cache", parents=[common], help="local cache: stats | gc | verify")
+    c.add_argument("action", choices=("stats", "gc", "verify"))
+    c.add_argument("--repair", action="store_true",
+                   help="verify: quarantine damaged blobs and drop the action results naming them")
     c.add_argument("--max-size", type=_size, help="size to shrink to (gc) or the limit shown (stats)")
     c.set_defaults(func=cmd_cache)
 
@@ -543,6 +573,18 @@ def main(argv=None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as exc:   # the machine said no: a permission, a full disk, a read-only directory
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"buildgraph: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:
+        import sqlite3
+
+        if not isinstance(exc, sqlite3.Error):
+            raise
+        print(f"buildgraph: error: the cache database in {_cache_dir(args)} failed: {exc} "
+              "(a full disk or a read-only cache directory?); the cache stays consistent", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

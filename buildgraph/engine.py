@@ -104,7 +104,7 @@ class Engine:
         self.state_dir = state_dir
         self.sandbox = sandbox
         self.stat_cache = StatCache(state.stat_cache)
-        self.resolver = ToolchainResolver(toolstore, ws.toolchains, self.stat_cache)
+        self.resolver = ToolchainResolver(toolstore, ws.toolchains, self.stat_cache, packages=self.packages)
         self._srcs: dict[str, tuple] = {}
         self._dir_memo: dict[str, int | None] = {}
         self._host_tools = None
@@ -185,8 +185,36 @@ class Engine:
 
     def host_tools(self):
         if self._host_tools is None:
-            self._host_tools = host_tools(self.ws.host_tools, self.stat_cache)
+            self._host_tools = host_tools(self.ws.host_tools, self.stat_cache, self.packages)
         return self._host_tools
+
+    def packages(self, paths: tuple[str, ...], names: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
+        """hostpkgs.packages_digest, cached in the state until the dpkg database changes."""
+        from buildgraph import hostpkgs
+
+        sig = hostpkgs.status_signature()
+        key = ("dpkg", paths, names)
+        hit = self.state.resolutions.get(key)
+        if sig is not None and hit is not None and hit[0] == sig:
+            return hit[1]
+        value = hostpkgs.packages_digest(paths, names) if sig is not None else (None, paths)
+        self.state.resolutions[key] = (sig, value)
+        self._changed = True
+        return value
+
+    def non_hermetic(self, nodes) -> list[str]:
+        """What the actions of `nodes` read from the host that their keys cannot follow."""
+        found = []
+        unowned = self.host_tools()[2]
+        if unowned:
+            found.append(f"host tools no Debian package owns (keyed by their own file only): {', '.join(unowned)}")
+        for name in sorted({self.graph.nodes[n].toolchain for n in nodes} - {None}):
+            for member in self.resolver.members(name):
+                tc = self.ws.toolchains[member]
+                if tc.provider == "host":
+                    found.append(f"toolchain {member} (host): its programs and their Debian packages are keyed, "
+                                 "files of other origin it reads are not")
+        return list(dict.fromkeys(found))
 
     def tools_for(self, node: Node) -> tuple[tuple[tuple[str, str], ...], tuple[Mount, ...]]:
         """What the node's action finds on PATH (name -> target) and the store entries it needs."""

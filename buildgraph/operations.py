@@ -55,7 +55,8 @@ class Session:
             self.ws, self.graph = load_configured(self.root, self.state)
             self.dirty = self.state.config is not config_before
             cache_dir = opts.cache_dir or default_cache_dir()
-            self.store = LocalStore(cache_dir, opts.cache_max_bytes or DEFAULT_MAX_BYTES)
+            self.store = LocalStore(cache_dir, DEFAULT_MAX_BYTES if opts.cache_max_bytes is None
+                                    else opts.cache_max_bytes)
             self.toolstore = ToolStore(opts.toolchain_dir or default_toolchain_dir(cache_dir))
             self.sources = SourceStore(cache_dir / "sources", mirror_list(opts.mirrors))
             self.engine = Engine(self.ws, self.graph, self.store, self.state, self.state_dir, None,
@@ -218,14 +219,16 @@ def _plan(session: Session, selected: list[str]) -> tuple[list[PlanRow], dict[st
     return rows, known
 
 
-def plan(session: Session, patterns) -> tuple[list[PlanRow], list[str]]:
+def plan(session: Session, patterns) -> tuple[list[PlanRow], list[str], list[str]]:
     """Dry run: each selected node, its key, whether it is reusable or why it must run,
-    and the critical path of what must run (by durations recorded in earlier builds)."""
-    rows, _ = _plan(session, session.graph.select(patterns))
+    the critical path of what must run (by durations recorded in earlier builds), and what
+    the actions read from the host that their keys cannot follow."""
+    selected = session.graph.select(patterns)
+    rows, _ = _plan(session, selected)
     durations = {n: r.duration for n, r in session.state.nodes.items()}
     to_run = [r.name for r in rows if r.status == "run"]
     _, path = session.graph.critical_path(to_run or [r.name for r in rows], durations)
-    return rows, path
+    return rows, path, session.engine.non_hermetic(selected)
 
 
 def why(session: Session, name: str) -> tuple[str, list[str]]:

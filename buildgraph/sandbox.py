@@ -12,8 +12,11 @@ Layout, seen by the action at the fixed root /sandbox when bubblewrap is used
   /toolchains/<entry>   each toolchain store entry the action uses, read-only (its
                         declared writable subdirectories, e.g. zig's cache, read-write)
 Isolation modes, strongest available first (`auto`):
-  bwrap    bubblewrap: new mount/pid/ipc/uts/net namespaces; the host's /usr and
-           /etc read-only, nothing else of the host (no workspace, no home);
+  bwrap    bubblewrap: new mount/pid/ipc/uts/net namespaces; the host's /usr
+           read-only but not /usr/local (no package owns it, so no key could follow
+           it), of /etc only the loader's configuration and the alternatives links
+           (their contents are in the host tools' digest), a passwd and group of our
+           own; nothing else of the host (no workspace, no home);
   unshare  `unshare -n`: no network; sandbox paths are host paths;
   none     a plain child process (still a scrubbed env and a fresh directory).
 The real directory lives under the cache's sandbox/, on the cache's filesystem,
@@ -46,7 +49,28 @@ SANDBOX_ROOT = "/sandbox"
 # Every action runs with this umask, whatever the user's: file modes in outputs (tar
 # archives, installed files) must not depend on who started the build.
 PINNED_UMASK = 0o022
-_BOUND_PREFIXES = ("/usr/", "/etc/", "/bin/", "/lib/", "/lib64/", "/sbin/")
+_BOUND_PREFIXES = ("/usr/", "/bin/", "/lib/", "/lib64/", "/sbin/")
+# What the sandbox shows of the host's /etc; every other file there is hidden.
+VISIBLE_ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives")
+_PASSWD = "root:x:0:0:root:/sandbox/home:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+_GROUP = "root:x:0:\nnogroup:x:65534:\n"
+
+
+def visible_host_files() -> list:
+    """[path, content digest or link target] of the host files under VISIBLE_ETC, for the
+    host tools' digest (ld.so.cache is derived from the installed libraries, which the
+    package digests cover, and so is left out)."""
+    from buildgraph.digest import file_digest as digest_of
+
+    out = []
+    for top in VISIBLE_ETC[1:]:
+        paths = [top] if not os.path.isdir(top) else sorted(os.path.join(top, n) for n in os.listdir(top))
+        for p in paths:
+            if os.path.islink(p):
+                out.append([p, "->", os.readlink(p)])
+            elif os.path.isfile(p):
+                out.append([p, digest_of(p)])
+    return out
 
 
 def detect_mode(requested: str = "auto") -> str:
@@ -174,6 +198,27 @@ class Sandbox:
                 self._tool_dirs[tools] = path
             return path
 
+    def _etc_dir(self) -> str:
+        """The sandbox's /etc: a passwd and group of our own (the host's users are not an input);
+        VISIBLE_ETC is bound over it. One per build."""
+        with self._lock:
+            if "etc" not in self._tool_dirs:
+                path = f"{self.store.sandboxes}/etc-{os.getpid()}-{len(self._tool_dirs)}"
+                os.makedirs(path)
+                uid, gid = os.getuid(), os.getgid()
+                extra = f"build:x:{uid}:{gid}:build:/sandbox/home:/bin/sh\n" if uid else ""
+                with open(f"{path}/passwd", "w") as f:
+                    f.write(_PASSWD + extra)
+                with open(f"{path}/group", "w") as f:
+                    f.write(_GROUP + (f"build:x:{gid}:\n" if gid else ""))
+                for p in VISIBLE_ETC:   # mount points for the host files bound over this directory
+                    if os.path.isdir(p):
+                        os.mkdir(f"{path}/{os.path.basename(p)}")
+                    elif os.path.exists(p):
+                        open(f"{path}/{os.path.basename(p)}", "w").close()
+                self._tool_dirs["etc"] = path
+            return self._tool_dirs["etc"]
+
     def close(self) -> None:
         for path in self._tool_dirs.values():
             force_remove(path)
@@ -244,7 +289,8 @@ class Sandbox:
         if self.mode == "bwrap":
             argv = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid",
                     "--unshare-ipc", "--unshare-uts", "--hostname", "sandbox",
-                    "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc",
+                    "--ro-bind", "/usr", "/usr", "--tmpfs", "/usr/local",
+                    "--ro-bind", self._etc_dir(), "/etc",
                     "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
                     "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
                     "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
@@ -267,6 +313,9 @@ class Sandbox:
                 argv += ["--ro-bind", f"{root}/source", f"{self.inner_root}/source"]
             if self.jobserver is not None and action.jobserver == "fifo":
                 argv += ["--bind", self.jobserver.fifo, f"{self.inner_root}/.jobserver"]
+            for p in VISIBLE_ETC:
+                if os.path.exists(p):
+                    argv += ["--ro-bind", p, p]
             argv += ["--chdir", f"{self.inner_root}/work", "--"]
             return argv + script, self.inner_root
         if self.mode == "unshare":
@@ -370,7 +419,13 @@ def _outside_dirs(links, mounts) -> list[str]:
         if os.path.isdir(bin_dir):
             targets.extend(os.readlink(f"{bin_dir}/{n}") for n in os.listdir(bin_dir)
                            if os.path.islink(f"{bin_dir}/{n}"))
-    return sorted({os.path.dirname(t) for t in targets if t.startswith("/") and not t.startswith(_BOUND_PREFIXES)})
+    dirs = set()
+    for t in targets:
+        if t.startswith("/") and (not t.startswith(_BOUND_PREFIXES) or t.startswith("/usr/local/")):
+            d = os.path.dirname(t)
+            # A tool in <prefix>/bin (/usr/local/cuda-10.1/bin/nvcc) needs its prefix (include/, lib64/).
+            dirs.add(os.path.dirname(d) if d.endswith("/bin") and d.count("/") > 2 else d)
+    return sorted(d for d in dirs if not any(d.startswith(o + "/") for o in dirs))
 
 
 _TRAP = ("trap 'bg_rc=$?; [ $bg_rc -eq 0 ] || echo \"buildgraph: command $bg_step of {n} failed "

@@ -208,6 +208,8 @@ class Scheduler:
                     if not self.keep_going:
                         stopping = True
         except KeyboardInterrupt:
+            if engine.remote is not None:
+                engine.remote.abort()   # lookups stuck on a slow remote end now
             engine.sandbox.cancel_all()
             for thread in running.values():
                 thread.join(timeout=5)
@@ -224,5 +226,5 @@ class Scheduler:
         finally:
             self.jobserver.release(held)
             if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+                pool.shutdown(wait=True, cancel_futures=True)   # each lookup is bounded by its deadline
         return outcomes

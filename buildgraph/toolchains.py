@@ -70,8 +70,12 @@ class ToolchainResolver:
     """Resolves toolchains for one build against the store; fetches what is missing."""
 
     def __init__(self, store: ToolStore, toolchains: dict[str, Toolchain], stat_cache: StatCache,
-                 log=None):
+                 log=None, packages=None):
+        """`packages(paths, names)`: hostpkgs.packages_digest, or a cached form of it."""
+        from buildgraph import hostpkgs
+
         self.store, self.toolchains, self.stat_cache = store, toolchains, stat_cache
+        self.packages = packages or hostpkgs.packages_digest
         self.log = log or (lambda message: print(f"buildgraph: {message}", file=sys.stderr))
         self._resolved: dict[str, ResolvedToolchain] = {}
         self._entries: dict[str, tuple[Entry, str]] = {}
@@ -104,7 +108,7 @@ class ToolchainResolver:
         entry, digest = self._entry(name)
         links, env = {}, {}
         mounts = [Mount(entry.name, str(entry.path), tc.writable)]
-        digests = [[name, digest]]
+        digests = [[name, digest]] + self._packages(tc, entry)
         hermetic = tc.provider in ("pypi", "archive", "apt")
         if tc.link_with:
             linker = self.toolchains[tc.link_with]
@@ -114,6 +118,7 @@ class ToolchainResolver:
             env.update(l_env)
             mounts.append(Mount(l_entry.name, str(l_entry.path), linker.writable))
             digests.append([tc.link_with, l_digest])
+            digests.extend(self._packages(linker, l_entry))
             hermetic = hermetic and linker.provider != "host"
         if tc.host_compiler:
             host = self.toolchains[tc.host_compiler]
@@ -123,6 +128,7 @@ class ToolchainResolver:
             env["CUDAHOSTCXX"] = "host-c++"
             mounts.append(Mount(h_entry.name, str(h_entry.path), host.writable))
             digests.append([tc.host_compiler, h_digest])
+            digests.extend(self._packages(host, h_entry))
             hermetic = hermetic and host.provider != "host"
         # The toolchain's own names fill what its members left: with a linker, the linker's
         # cc, c++, ar, ranlib (and its CMake file) are the defaults.
@@ -140,17 +146,37 @@ class ToolchainResolver:
         return resolved
 
 
+    def _packages(self, tc: Toolchain, entry: Entry) -> list:
+        """For host and apt toolchains, which run the machine's files: the Debian packages those
+        come from, closed over their dependencies (libc6-dev, libbinutils …), for the digest."""
+        if tc.provider not in ("host", "apt"):
+            return []
+        paths = tuple(sorted(p for p, _ in entry.watch if p.startswith("/"))) if tc.provider == "host" else ()
+        return [[f"{tc.name} packages", self.packages(paths, tuple(p for p, _ in tc.packages))[0]]]
+
+
 def _cuda_home(tc: Toolchain) -> str:
     """The toolkit root: the directory above nvcc's bin/."""
     nvcc = dict(tc.tools).get("nvcc", "bin/nvcc")
     return os.path.dirname(os.path.dirname(nvcc)) or "."
 
 
-def host_tools(names: tuple[str, ...], stat_cache: StatCache) -> tuple[tuple[tuple[str, str], ...], str]:
-    """The host programs actions may run, as (name, path) links, and the digest of their contents."""
+def host_tools(names: tuple[str, ...], stat_cache: StatCache, packages=None
+               ) -> tuple[tuple[tuple[str, str], ...], str, tuple[str, ...]]:
+    """The host programs actions may run, as (name, path) links; the digest of what they are
+    (their contents, the Debian packages they come from with all those depend on, and the
+    host files the sandbox shows); and the programs no package owns (not hermetic).
+    `packages(paths, names)` is hostpkgs.packages_digest, or a cached form of it."""
+    from buildgraph import hostpkgs
+    from buildgraph.sandbox import visible_host_files
+
     links = []
     for name in names:
         found = shutil.which(name)
         if found is not None:
             links.append((name, os.path.realpath(found)))
-    return tuple(links), value_digest(sorted([n, stat_cache.digest(p)] for n, p in links))
+    pk_digest, unowned = (packages or hostpkgs.packages_digest)(tuple(sorted({p for _, p in links})), ())
+    files = visible_host_files()
+    digest = value_digest({"tools": sorted([n, stat_cache.digest(p)] for n, p in links), "packages": pk_digest,
+                           "host_files": files})
+    return tuple(links), digest, tuple(n for n, p in links if p in unowned)

@@ -376,6 +376,9 @@ def _parse_target(name: str, data, file: str, line: int, prefix: str,
     outs = f.str_list("outs")
     for o in outs:
         _check_relpath(o, f, "outs")
+        normal = os.path.normpath(o) + ("/" if o.endswith("/") else "")
+        if normal != o or o.startswith("./"):
+            raise f.error("outs", f"output {o!r} is not a normal path", hint=f"write {normal!r}")
     jobserver = f.str("jobserver", "pipe")
     if jobserver not in JOBSERVER_FORMS:
         raise f.error("jobserver", f"unknown jobserver form {jobserver!r}",
@@ -643,7 +646,13 @@ def _check_references(ws: Workspace, top: _Fields) -> None:
                 raise ConfigError(f"unknown toolchain '{name}'", file=t.loc.file,
                                   line=t.line_of(field_name), field=field_path(t, field_name),
                                   hint=did_you_mean(name, ws.toolchains) or _tc_hint(ws))
+        seen: dict[str, str] = {}
         for dep in t.all_deps():
+            var = "DEP_" + "".join(c if c.isalnum() else "_" for c in dep).upper()
+            if seen.setdefault(var, dep) != dep:
+                raise ConfigError(f"dependencies '{seen[var]}' and '{dep}' would both be ${var}",
+                                  file=t.loc.file, line=t.line_of("deps"), field=field_path(t, "deps"),
+                                  hint="rename one of the targets")
             if dep == t.name:
                 raise ConfigError(f"target '{t.name}' depends on itself", file=t.loc.file,
                                   line=t.line_of("deps"), field=field_path(t, "deps"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from buildgraph.errors import ConfigError
 
 _MAX_DEPTH = 64
+_MAX_NODES = 1_000_000   # entries a document may expand to, aliases counted as often as used
 
 
 class LocatedDict(dict):
@@ -31,37 +32,56 @@ class LocatedList(list):
         return self.item_lines[index] if index < len(self.item_lines) else self.line
 
 
-def _convert(node, file: str, depth: int, yaml, scalars):
+def _scalar(node, file: str, yaml, scalars):
+    try:
+        return scalars.construct_object(node)
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+        problem = getattr(exc, "problem", None) or str(exc)
+        tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+        raise ConfigError(f"bad value {node.value!r}: {problem}", file=file, line=node.start_mark.line + 1,
+                          hint=f"write it without the {tag} tag, or quote it") from None
+
+
+def _convert(node, file: str, depth: int, yaml, scalars, memo: dict):
+    """The Located value of `node`. A node reached again through an alias is converted once
+    and shared; its expanded size still counts, so an alias bomb stops at _MAX_NODES."""
+    if id(node) in memo:   # memo: id(node) -> (converted value, expanded size)
+        return memo[id(node)][0]
     if depth > _MAX_DEPTH:
         raise ConfigError("nesting too deep (recursive alias?)", file=file,
                           line=node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out = LocatedDict()
         out.file, out.line, out.key_lines = file, node.start_mark.line + 1, {}
+        size = 1
         for key_node, value_node in node.value:
             line = key_node.start_mark.line + 1
             if not isinstance(key_node, yaml.ScalarNode):
                 raise ConfigError("mapping keys must be plain names", file=file, line=line)
-            key = scalars.construct_object(key_node)
+            key = _scalar(key_node, file, yaml, scalars)
             if not isinstance(key, str):
                 key = str(key)
             if key in out:
                 raise ConfigError(f"duplicate key '{key}'", file=file, line=line,
                                   hint=f"first defined on line {out.key_lines[key]}")
-            out[key] = _convert(value_node, file, depth + 1, yaml, scalars)
+            out[key] = _convert(value_node, file, depth + 1, yaml, scalars, memo)
             out.key_lines[key] = line
-        return out
-    if isinstance(node, yaml.SequenceNode):
+            size += memo[id(value_node)][1] if id(value_node) in memo else 1
+    elif isinstance(node, yaml.SequenceNode):
         out = LocatedList()
         out.file, out.line, out.item_lines = file, node.start_mark.line + 1, []
+        size = 1
         for item in node.value:
-            out.append(_convert(item, file, depth + 1, yaml, scalars))
+            out.append(_convert(item, file, depth + 1, yaml, scalars, memo))
             out.item_lines.append(item.start_mark.line + 1)
-        return out
-    try:
-        return scalars.construct_object(node)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"bad scalar: {exc}", file=file, line=node.start_mark.line + 1) from None
+            size += memo[id(item)][1] if id(item) in memo else 1
+    else:
+        return _scalar(node, file, yaml, scalars)
+    if size > _MAX_NODES:
+        raise ConfigError(f"this value expands to more than {_MAX_NODES:,} entries (YAML aliases?)",
+                          file=file, line=node.start_mark.line + 1)
+    memo[id(node)] = (out, size)
+    return out
 
 
 def load_yaml(text: str, file: str):
@@ -81,6 +101,6 @@ def load_yaml(text: str, file: str):
     if node is None:
         return None
     try:
-        return _convert(node, file, 0, yaml, yaml.SafeLoader(""))
+        return _convert(node, file, 0, yaml, yaml.SafeLoader(""), {})
     except RecursionError:
         raise ConfigError("nesting too deep", file=file) from None

@@ -5,6 +5,12 @@ Works with bazel-remote and with any WebDAV server that stores what is PUT (ngin
 in both directions. Connection errors and 5xx answers are retried with exponential
 backoff; a timeout is not (a slow server would only make the build slower), and every
 failure surfaces as RemoteError for the layer above to decide.
+
+`--remote-timeout` is a deadline for the whole request (plus one second per MiB of a
+blob's size), not for each socket read: a server that drips a byte a second would pass
+every read's timeout forever. A watchdog shuts the connection's socket down at the
+deadline, which ends whatever read or write is blocked on it; `abort` does the same to
+every connection at once (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ class HttpCache:
         self._local = threading.local()
         self._all: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
+        self._aborted = False
 
     # ------------------------------------------------------------ transport
 
@@ -64,22 +71,34 @@ class HttpCache:
             conn.close()
             self._local.conn = None
 
-    def _request(self, method: str, path: str, body=None, size: int | None = None, sink=None) -> int:
-        """Send one request; returns the status (200/201/204/404). `sink(chunk)` gets a GET's body."""
+    def _request(self, method: str, path: str, body=None, size: int | None = None, sink=None,
+                 blob_size: int = 0) -> int:
+        """Send one request; returns the status (200/201/204/404). `sink(chunk)` gets a GET's body.
+        The request must be done within the timeout plus a second per MiB of `blob_size`."""
         headers = dict(self.headers)
         if size is not None:
             headers["Content-Length"] = str(size)
         delay = 0.2
         delivered = False  # once part of a body went to `sink`, a retry would duplicate it
+        allowed = self.options.timeout + blob_size / (1 << 20)
         for attempt in range(self.options.retries + 1):
+            if self._aborted:
+                raise RemoteError("aborted")
+            expired = threading.Event()
+            watchdog = None
             try:
                 if hasattr(body, "seek"):
                     body.seek(0)
                 conn = self._conn()
+                if conn.sock is None:
+                    conn.connect()
+                watchdog = threading.Timer(allowed, _expire, (conn, expired))
+                watchdog.daemon = True
+                watchdog.start()
                 conn.request(method, self.prefix + path, body=body, headers=headers)
                 resp = conn.getresponse()
                 if resp.status in (200, 201, 204):
-                    while chunk := resp.read(_BLOCK):
+                    while chunk := resp.read1(_BLOCK):
                         if sink is not None:
                             delivered = True
                             sink(chunk)
@@ -95,10 +114,16 @@ class HttpCache:
                 raise RemoteError(f"{method} {path}: timed out after {self.options.timeout:g}s") from exc
             except (_Transient, OSError, http.client.HTTPException) as exc:
                 self._drop()
+                if expired.is_set() or self._aborted:
+                    raise RemoteError(f"{method} {path}: timed out (not done within {allowed:g}s)"
+                                      if not self._aborted else "aborted") from None
                 if attempt == self.options.retries or delivered:
                     raise RemoteError(f"{method} {path}: {exc}") from None
                 time.sleep(delay)
                 delay *= 2
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ cache protocol
@@ -116,11 +141,11 @@ class HttpCache:
 
     def upload_blob(self, digest: RDigest, path: str) -> None:
         with open(path, "rb") as f:
-            self._request("PUT", f"/cas/{digest.hash}", body=f, size=digest.size)
+            self._request("PUT", f"/cas/{digest.hash}", body=f, size=digest.size, blob_size=digest.size)
 
     def download_blob(self, digest: RDigest, sink) -> bool:
         """Stream a blob into `sink(chunk)`; False if the server does not have it."""
-        return self._request("GET", f"/cas/{digest.hash}", sink=sink) != 404
+        return self._request("GET", f"/cas/{digest.hash}", sink=sink, blob_size=digest.size) != 404
 
     def read_blobs(self, digests: list[RDigest]) -> dict[RDigest, bytes]:
         out = {}
@@ -130,8 +155,27 @@ class HttpCache:
                 out[d] = b"".join(parts)
         return out
 
+    def abort(self) -> None:
+        """End every request in flight now (their threads get RemoteError) and refuse new ones."""
+        self._aborted = True
+        with self._lock:
+            for conn in self._all:
+                _expire(conn, None)
+
     def close(self) -> None:
         with self._lock:
             for conn in self._all:
                 conn.close()
             self._all.clear()
+
+
+def _expire(conn: http.client.HTTPConnection, flag: threading.Event | None) -> None:
+    """Shut the connection's socket down: a read or write blocked on it returns at once."""
+    if flag is not None:
+        flag.set()
+    sock = conn.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass

@@ -209,9 +209,17 @@ class RemoteLayer:
         wait(self._pending)
         self._pending.clear()
 
+    def abort(self) -> None:
+        """Stop using the remote now: requests in flight end, queued uploads are dropped."""
+        self.healthy = False
+        for f in self._pending:
+            f.cancel()
+        self.remote.abort()
+
     def close(self) -> None:
-        self.wait()
-        self._uploads.shutdown(wait=True)
+        if self.healthy:
+            self.wait()
+        self._uploads.shutdown(wait=True, cancel_futures=True)
         self.remote.close()
 
 

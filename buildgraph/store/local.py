@@ -63,7 +63,7 @@ _USED_RESOLUTION = 3600.0  # refresh an entry's last-used time at most hourly
 def default_cache_dir() -> Path:
     env = os.environ.get("BUILDGRAPH_CACHE_DIR")
     if env:
-        return Path(env)
+        return Path(env).absolute()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "buildgraph"
 

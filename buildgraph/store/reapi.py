@@ -203,5 +203,9 @@ class ReapiCache:
             raise RemoteError(f"ByteStream Read {digest.hash}: {exc.code().name}: {exc.details()}") from None
         return True
 
+    def abort(self) -> None:
+        """End every call in flight now (Ctrl-C)."""
+        self.channel.close()
+
     def close(self) -> None:
         self.channel.close()
