@@ -29,8 +29,9 @@ _FIELDS = ("Depends", "Pre-Depends", "Recommends")
 _USRMERGE = (("/usr/bin/", "/bin/"), ("/usr/sbin/", "/sbin/"), ("/usr/lib/", "/lib/"), ("/usr/lib64/", "/lib64/"))
 
 
-def status_signature(admin: str = DPKG_ADMIN):
+def status_signature(admin: str | None = None):
     """What must not change for a cached closure to stay valid (None: no dpkg database)."""
+    admin = admin or DPKG_ADMIN
     try:
         st = os.stat(f"{admin}/status")
     except OSError:
@@ -38,8 +39,9 @@ def status_signature(admin: str = DPKG_ADMIN):
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def installed(admin: str = DPKG_ADMIN) -> dict[str, dict]:
+def installed(admin: str | None = None) -> dict[str, dict]:
     """Installed packages: name -> {"version", "arch", "deps": [[alternatives...], ...], "provides"}."""
+    admin = admin or DPKG_ADMIN
     packages = {}
     try:
         with open(f"{admin}/status", encoding="utf-8", errors="replace") as f:
@@ -71,8 +73,9 @@ def _bare(relation: str) -> str:
     return re.split(r"[\s(:\[]", relation.strip(), maxsplit=1)[0]
 
 
-def owners(paths, admin: str = DPKG_ADMIN) -> dict[str, str | None]:
+def owners(paths, admin: str | None = None) -> dict[str, str | None]:
     """path -> the package that installed it (through its /usr-merged alias too), or None."""
+    admin = admin or DPKG_ADMIN
     queries = {}
     for p in paths:
         queries[p] = [p] + [alias + p[len(usr):] for usr, alias in _USRMERGE if p.startswith(usr)]
@@ -109,7 +112,7 @@ def closure(roots, packages: dict[str, dict]) -> list[list[str]]:
     return sorted([n, packages[n]["version"], packages[n]["arch"]] for n in seen)
 
 
-def packages_digest(paths=(), package_names=(), admin: str = DPKG_ADMIN) -> tuple[str, tuple[str, ...]]:
+def packages_digest(paths=(), package_names=(), admin: str | None = None) -> tuple[str, tuple[str, ...]]:
     """(digest of the package closure of `paths`' owners and `package_names`, the paths no
     package owns)."""
     owned = owners(paths, admin) if paths else {}

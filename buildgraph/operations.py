@@ -148,12 +148,16 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
     summary = BuildSummary(ordered, time.monotonic() - t0, selected=len(selected))
     for o in ordered:
         summary.counts[o.status.value] = summary.counts.get(o.status.value, 0) + 1
-    session.state_dir.save_last_build({
-        "nodes": len(ordered), **summary.counts, "files_hashed": engine.stat_cache.hashed,
-        "local_hits": store.counters.hits, "local_misses": store.counters.misses,
-        "rejected": store.counters.rejected, "bytes_stored": store.counters.bytes_in,
-        **({f"remote_{k}": v for k, v in vars(engine.remote.counters).items()} if engine.remote else {}),
-        "seconds": round(summary.elapsed, 3), "finished": time.time()})
+    no_op = all(o.status == Status.UP_TO_DATE for o in ordered) and len(ordered) == len(selected) \
+        and not engine.changed() and not interrupted
+    if not no_op:   # a no-op build writes nothing: last-build.json keeps the last build that did something
+        session.state_dir.save_last_build({
+            "nodes": len(ordered), **summary.counts, "files_hashed": engine.stat_cache.hashed,
+            "local_hits": store.counters.hits, "local_misses": store.counters.misses,
+            "rejected": store.counters.rejected, "quarantined": store.counters.quarantined,
+            "bytes_stored": store.counters.bytes_in,
+            **({f"remote_{k}": v for k, v in vars(engine.remote.counters).items()} if engine.remote else {}),
+            "seconds": round(summary.elapsed, 3), "finished": time.time()})
     if interrupted:
         raise KeyboardInterrupt
     if store.counters.bytes_in and store.over_limit():

@@ -35,7 +35,7 @@ class LocatedList(list):
 def _scalar(node, file: str, yaml, scalars):
     try:
         return scalars.construct_object(node)
-    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, KeyError) as exc:
         problem = getattr(exc, "problem", None) or str(exc)
         tag = node.tag.replace("tag:yaml.org,2002:", "!!")
         raise ConfigError(f"bad value {node.value!r}: {problem}", file=file, line=node.start_mark.line + 1,
