@@ -80,7 +80,6 @@ class Action:
     source_fetch: object = None                  # sources.Source to fetch, or a path source's files; not in the key
     sandbox: str | None = None                   # isolation mode (in the key)
     host: tuple[tuple[str, str], ...] = ()       # observable host properties (in the key)
-    mapped_env: tuple[str, ...] = ()             # env names whose /sandbox paths are mapped outside bwrap; not in the key
 
     @cached_property
     def srcs_digest(self) -> str:

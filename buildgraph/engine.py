@@ -84,6 +84,10 @@ def _files_signature(root: Path) -> tuple | None:
     return tuple(sig)
 
 
+def kernel_release() -> str:
+    return os.uname().release
+
+
 def pin_cpu_affinity() -> None:
     """Let this process (and so every action) use every CPU of the machine: the CPUs an
     action sees (nproc) must not depend on how buildgraph was started (taskset)."""
@@ -185,7 +189,9 @@ class Engine:
 
     def host_tools(self):
         if self._host_tools is None:
-            self._host_tools = host_tools(self.ws.host_tools, self.stat_cache, self.packages)
+            before = self.state.resolutions.get("visible_host_files")
+            self._host_tools = host_tools(self.ws.host_tools, self.stat_cache, self.packages, self.state.resolutions)
+            self._changed |= self.state.resolutions.get("visible_host_files") is not before
         return self._host_tools
 
     def packages(self, paths: tuple[str, ...], names: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
@@ -238,26 +244,22 @@ class Engine:
         t = self.ws.targets[node.target]
         srcs, hosts = self._sources(node.target)
         env = dict(node.env)
-        mapped = [name for name, _ in BASE_ENV] + ["DEPS_PREFIX_PATH"]
         toolchain = None
         if node.toolchain:
             tc = self.resolver.resolve(node.toolchain)
             toolchain = (tc.name, tc.digest)
             env.update(tc.env)
-            mapped.extend(name for name, _ in tc.env)
         env.update(BASE_ENV)
         env["SOURCE_DATE_EPOCH"] = str(self.ws.source_date_epoch)
         prefix = []
         for dep_target, _ in node.deps:
             path = f"{SANDBOX_ROOT}/deps/{dep_target}"
             env[f"DEP_{env_name(dep_target)}"] = path
-            mapped.append(f"DEP_{env_name(dep_target)}")
             prefix.append(path)
         env["DEPS_PREFIX_PATH"] = ";".join(prefix)
         source, source_fetch = self._source_of(t)
         if source is not None:
             env["SOURCE"] = f"{SANDBOX_ROOT}/source"
-            mapped.append("SOURCE")
         builtin = t.kind == "artifact"
         commands = self._artifact_commands(node, t, dep_outputs) if builtin else node.commands
         return Action(node=node.name, commands=commands, env=tuple(sorted(env.items())),
@@ -267,16 +269,14 @@ class Engine:
                       weight=t.weight, jobserver=t.jobserver,
                       source=source, source_fetch=source_fetch,
                       sandbox=None if builtin else self.sandbox_mode,
-                      host=() if builtin else self.host_properties(), mapped_env=tuple(sorted(set(mapped))))
+                      host=() if builtin else self.host_properties())
 
     def host_properties(self) -> tuple[tuple[str, str], ...]:
         """What an action can observe of this host that the sandbox cannot pin, as far as the
         workspace's `host_key` asks: the kernel release, the CPUs an action may use."""
         if self._host is None:
-            import platform
-
             pin_cpu_affinity()
-            values = {"kernel": platform.release(), "cpus": str(len(os.sched_getaffinity(0)))}
+            values = {"kernel": kernel_release(), "cpus": str(len(os.sched_getaffinity(0)))}
             self._host = tuple((p, values[p]) for p in self.ws.host_key)
         return self._host
 

@@ -138,7 +138,7 @@ def action_message(action, toolchain_defs: list[dict], toolchain_digest: str | N
     spec = {"commands": list(action.commands), "env": [list(kv) for kv in action.env], "outs": list(action.outs),
             "jobserver": action.jobserver, "host_tools": host_tools, "toolchains": toolchain_defs,
             "toolchain_digest": toolchain_digest, "node": action.node, "has_source": action.source is not None,
-            "sandbox": action.sandbox, "mapped_env": list(action.mapped_env)}
+            "sandbox": action.sandbox}
     tree.files[".buildgraph/action.json"] = (json.dumps(spec, sort_keys=True).encode(), False)
     root, blobs = merkle(tree)
     command = pb.Command(arguments=["buildgraph-action", ".buildgraph/action.json"], output_directories=["out"])

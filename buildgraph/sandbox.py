@@ -56,12 +56,25 @@ _PASSWD = "root:x:0:0:root:/sandbox/home:/bin/sh\nnobody:x:65534:65534:nobody:/n
 _GROUP = "root:x:0:\nnogroup:x:65534:\n"
 
 
-def visible_host_files() -> list:
+def visible_host_files(memo: dict | None = None) -> list:
     """[path, content digest or link target] of the host files under VISIBLE_ETC, for the
     host tools' digest (ld.so.cache is derived from the installed libraries, which the
-    package digests cover, and so is left out)."""
-    from buildgraph.digest import file_digest as digest_of
+    package digests cover, and so is left out). Cached in `memo` while the inode, mtime and
+    ctime of each of those paths are unchanged (a link or file replaced in a directory
+    changes the directory's times)."""
+    from buildgraph.digest import file_digest as digest_of, is_racy
 
+    sig = []
+    for top in VISIBLE_ETC[1:]:
+        try:
+            st = os.lstat(top)
+            sig.append((top, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, is_racy(st)))
+        except OSError:
+            sig.append((top, None))
+    sig = tuple(sig)
+    hit = (memo or {}).get("visible_host_files")
+    if hit is not None and hit[0] == sig:
+        return hit[1]
     out = []
     for top in VISIBLE_ETC[1:]:
         paths = [top] if not os.path.isdir(top) else sorted(os.path.join(top, n) for n in os.listdir(top))
@@ -70,6 +83,8 @@ def visible_host_files() -> list:
                 out.append([p, "->", os.readlink(p)])
             elif os.path.isfile(p):
                 out.append([p, digest_of(p)])
+    if memo is not None and not any(s[-1] is True for s in sig):
+        memo["visible_host_files"] = (sig, out)
     return out
 
 
@@ -101,20 +116,30 @@ class RunOutcome:
 
 def _unmapped(value: str, root: str, mounts) -> str:
     """`value` with the symbolic /sandbox and /toolchains/<entry> paths made real host paths."""
-    if value.startswith(SANDBOX_ROOT) or f";{SANDBOX_ROOT}" in value:
-        value = value.replace(SANDBOX_ROOT, root)
+    value = value.replace(SANDBOX_ROOT, root)
     for m in mounts:
         value = value.replace(f"{SANDBOX_TOOLCHAINS}/{m.name}", m.host)
     return value
 
 
+# The variables buildgraph sets to sandbox paths (with DEP_*, a prefix users may not set):
+# outside bwrap their /sandbox paths are mapped to where the sandbox really is. A user's
+# value is never rewritten (only toolchain entry paths, which no user value can know).
+_PATH_VARS = frozenset(("HOME", "TMPDIR", "PATH", "SRC", "OUT", "WORK", "DEPS", "DEPS_PREFIX_PATH", "SOURCE"))
+
+
 def sandbox_env(action: Action, mapped_root: str, mounts=()) -> dict[str, str]:
-    """The action's environment as it runs: the variables buildgraph sets (action.mapped_env)
-    with their symbolic paths mapped where they really are; a user's values never change."""
+    """The action's environment as it runs: symbolic paths mapped where they really are."""
     if mapped_root == SANDBOX_ROOT:
         return dict(action.env)
-    mapped = set(action.mapped_env)
-    return {k: _unmapped(v, mapped_root, mounts) if k in mapped else v for k, v in action.env}
+    out = {}
+    for k, v in action.env:
+        if k in _PATH_VARS or k.startswith("DEP_"):
+            v = v.replace(SANDBOX_ROOT, mapped_root)
+        for m in mounts:
+            v = v.replace(f"{SANDBOX_TOOLCHAINS}/{m.name}", m.host)
+        out[k] = v
+    return out
 
 
 class Sandbox:

@@ -177,7 +177,7 @@ class Worker:
                                      for p in sorted(source_root.rglob("*")) if p.is_file())
             action = Action(node=spec["node"], commands=tuple(spec["commands"]),
                             env=tuple(tuple(kv) for kv in spec["env"]), toolchain=None, tools_digest="",
-                            srcs=tuple(srcs), src_paths=tuple(hosts), mapped_env=tuple(spec.get("mapped_env", ())),
+                            srcs=tuple(srcs), src_paths=tuple(hosts),
                             deps=tuple((d, "") for d in sorted(dep_results)), features=(),
                             outs=tuple(spec["outs"]), jobserver=spec["jobserver"],
                             source=("remote",) if spec["has_source"] else None, source_fetch=source_fetch)

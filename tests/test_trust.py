@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -252,8 +253,8 @@ def test_umask_and_affinity_are_pinned_and_the_kernel_is_keyed(ws, capsys, monke
         os.umask(old_mask)
         os.sched_setaffinity(0, old_cpus)
     assert (ws.out("t") / "o").read_text().split() == ["0022", str(os.cpu_count())]
-    import platform
-    monkeypatch.setattr(platform, "release", lambda: "0.0.0-other-kernel")
+    from buildgraph import engine
+    monkeypatch.setattr(engine, "kernel_release", lambda: "0.0.0-other-kernel", raising=False)
     assert sibling(ws).build(capsys=capsys)["t"] == "ran"       # another kernel: another key
 
 
@@ -590,3 +591,31 @@ def test_no_op_build_writes_nothing(ws, capsys):
     after = {p: p.stat().st_mtime_ns for p in (ws.root / ".buildgraph").rglob("*") if p.is_file()}
     changed = sorted(str(p.relative_to(ws.root)) for p in after if before.get(p) != after[p])
     assert changed == [], changed
+
+
+def test_an_unwritable_cache_or_workspace_is_an_error_naming_it(ws, capsys):
+    """A non-root user on a cache filled by root, or in a workspace they cannot write."""
+    import tempfile
+
+    from conftest import REPO
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root (to become another user with setpriv)")
+    base = tempfile.mkdtemp(prefix="bg-perm-", dir="/tmp")
+    try:
+        os.chmod(base, 0o755)
+        work = os.path.join(base, "ws")
+        os.mkdir(work)
+        with open(os.path.join(work, "BUILD.yaml"), "w") as f:
+            f.write('targets:\n  t: {kind: script, outs: [o], cmds: ["echo > $OUT/o"]}\n')
+        cache = os.path.join(base, "cache")
+        os.mkdir(cache)
+        for case in ("cache filled by root", "workspace owned by root"):
+            os.chown(work, 65534 if case.startswith("cache") else 0, -1)
+            proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                   sys.executable, "-m", "buildgraph", "build", "-C", work, "--cache-dir", cache],
+                                  capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                                  timeout=120)
+            assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, proc.stderr
+            assert "Permission denied" in proc.stderr and base in proc.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
