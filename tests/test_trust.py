@@ -313,23 +313,24 @@ def test_a_same_size_build_file_with_the_old_mtime_is_read_again(ws, capsys):
 
 # 10, 11, 16 ----------------------------------------------------------------------------
 
-def _poison(key, ws, files, links):
+def _poison(ws, files, links):
+    """Build ONE, clean, and replace a's cache entry with these files and links; each file
+    names a's real blob ("hello\n")."""
+    ws.write("BUILD.yaml", ONE)
+    ws.write("a.txt", "hello\n")
+    ws.run("build")
+    key = keys(ws)["a"]
     store = LocalStore(ws.cache)
-    data = {"v": 1, "files": files, "symlinks": links, "stdout": None, "stderr": None, "exit_code": 0,
-            "duration": 0}
+    blob = json.loads(store.ac.get(key)[0])["files"][0][1]
+    data = {"v": 1, "files": [[f, blob, 6, False] for f in files], "symlinks": links, "stdout": None,
+            "stderr": None, "exit_code": 0, "duration": 0}
     store.ac.set(key, (json.dumps(data).encode(), time.time()))
     store.close()
+    ws.run("clean")
 
 
 def test_a_symlink_chain_cannot_escape_the_output_root(ws, capsys):
-    ws.write("BUILD.yaml", ONE)
-    ws.write("a.txt", "hello\n")
-    ws.build(capsys=capsys)
-    key = keys(ws)["a"]
-    blob = json.loads(LocalStore(ws.cache).ac.get(key)[0])["files"][0][1]
-    ws.run("clean", capsys=capsys)
-    _poison(key, ws, [["f", blob, 6, False], ["d/PWNED", blob, 6, False]],
-            [["a", "."], ["b", "a/.."], ["c", "b/.."], ["d", "c/.."]])
+    _poison(ws, ["f", "d/PWNED"], [["a", "."], ["b", "a/.."], ["c", "b/.."], ["d", "c/.."]])
     st = ws.build(capsys=capsys)
     assert st["a"] == "ran" and st["_rc"] == 0
     assert not list(ws.root.parent.rglob("PWNED"))
@@ -345,13 +346,7 @@ def test_an_action_making_an_escaping_chain_fails(ws, capsys):
 
 
 def test_a_file_below_a_file_is_a_miss_not_a_crash(ws, capsys):
-    ws.write("BUILD.yaml", ONE)
-    ws.write("a.txt", "hello\n")
-    ws.build(capsys=capsys)
-    key = keys(ws)["a"]
-    blob = json.loads(LocalStore(ws.cache).ac.get(key)[0])["files"][0][1]
-    ws.run("clean", capsys=capsys)
-    _poison(key, ws, [["f", blob, 6, False], ["f/y", blob, 6, False]], [])
+    _poison(ws, ["f", "f/y"], [])
     assert ws.build(capsys=capsys)["a"] == "ran"
     assert ws.build(capsys=capsys)["a"] == "up-to-date"
 
