@@ -12,7 +12,8 @@ An action goes out as a REAPI Action (design note):
   platform     OSFamily=Linux, ISA=x86-64, toolchain=<digest>
 Blobs go up after FindMissingBlobs; Execute runs it (the server's action cache answers
 first, so a repeated action is not run again); the ActionResult comes back with output
-paths relative to the output root, is validated (store/remote.decode_result), its blobs
+paths relative to the output root, is validated (RemoteLayer.accept: a safe tree holding
+exactly the declared outputs), its blobs
 are downloaded and verified, and it lands in the local store like any other result.
 The action digest here is the digest of that Action message, not the cache key digest
 of store/remote (see the issue notes: the two are kept apart on purpose for now).
@@ -194,8 +195,9 @@ class RemoteExecutor:
     def _run(self, action, dep_results):
         import time
 
+        from buildgraph.action import BadResult
         from buildgraph.sandbox import RunOutcome
-        from buildgraph.store.remote import decode_result
+        from buildgraph.store.layered import BlobMismatch
 
         start = time.monotonic()
         node = self.engine.graph.nodes[action.node]
@@ -231,7 +233,10 @@ class RemoteExecutor:
         if result.exit_code != 0:
             return RunOutcome(None, f"command failed (exit code {result.exit_code}, on a remote worker)", log,
                               time.monotonic() - start)
-        local = self.layer._localize(decode_result(result.SerializeToString()), action)
+        try:
+            local = self.layer.accept(result.SerializeToString(), action)
+        except (BadResult, BlobMismatch) as exc:
+            return RunOutcome(None, f"rejected the executor's result: {exc}", log, time.monotonic() - start)
         if local is None:
             return RunOutcome(None, "the executor lost an output blob", log, time.monotonic() - start)
         return RunOutcome(local, None, log, time.monotonic() - start)

@@ -90,10 +90,7 @@ class RemoteLayer:
             if data is None:
                 self._count(misses=1)
                 return None
-            remote_result = decode_result(data)
-            check_declared(action.outs, [p for p, _, _ in remote_result.files],
-                           [p for p, _ in remote_result.symlinks])
-            result = self._localize(remote_result, action)
+            result = self.accept(data, action)
         except (BadResult, BlobMismatch) as exc:
             self._count(rejected=1, misses=1)
             self._warn_once("rejected", f"warning: rejected a remote cache entry for {action.node}: {exc}; "
@@ -110,6 +107,14 @@ class RemoteLayer:
             return None
         self._count(hits=1)
         return self.local.put_result(action.key, result)
+
+    def accept(self, data: bytes, action: Action) -> ActionResult | None:
+        """A remote ActionResult for `action` in local terms, its blobs downloaded and verified;
+        None if the remote lost a blob. BadResult (or BlobMismatch) unless it is well formed,
+        safe as a whole tree, and holds exactly the action's declared outputs."""
+        remote_result = decode_result(data)
+        check_declared(action.outs, [p for p, _, _ in remote_result.files], [p for p, _ in remote_result.symlinks])
+        return self._localize(remote_result, action)
 
     def _localize(self, rr, action: Action) -> ActionResult | None:
         """Download what the local store lacks; the result in local (xxh3) terms, or None if
