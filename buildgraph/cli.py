@@ -244,13 +244,16 @@ def cmd_plan(args) -> int:
         rows, path, impure = operations.plan(s, args.targets)
     if args.format == "json":
         print(json.dumps({"nodes": [{"node": r.name, "key": r.key, "action_digest": r.action_digest,
-                                     "status": r.status, "reasons": r.reasons} for r in rows],
+                                     "status": r.status, "reasons": r.reasons, "prebuilt": r.prebuilt}
+                                    for r in rows],
                           "critical_path": path, "not_hermetic": impure}, indent=2))
         return EXIT_OK
     width = max((len(r.name) for r in rows), default=4)
     for r in rows:
         key = (r.key or "?")[:16]
         line = f"{r.name:<{width}}  {key:<16}  {r.status}"
+        if r.prebuilt:
+            line += f" [prebuilt: {r.prebuilt}]"
         if r.reasons:
             line += ": " + "; ".join(r.reasons[:3]) + (f" (+{len(r.reasons) - 3} more)" if len(r.reasons) > 3 else "")
         print(line)

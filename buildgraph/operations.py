@@ -194,6 +194,7 @@ class PlanRow:
     status: str          # up-to-date, cached, run
     reasons: list[str]
     action_digest: dict | None = None  # the key as remote caches see it: SHA-256 of the key bytes
+    prebuilt: str | None = None        # the binaries it takes from elsewhere (a wheel), not built here
 
 
 def _plan(session: Session, selected: list[str]) -> tuple[list[PlanRow], dict[str, str]]:
@@ -203,10 +204,13 @@ def _plan(session: Session, selected: list[str]) -> tuple[list[PlanRow], dict[st
     rows, known, must_run = [], {}, set()
     for name in selected:
         node = graph.nodes[name]
+        source = session.ws.targets[node.target].source
+        prebuilt = source.describe() if source is not None and source.prebuilt else None
         blocked = [d for _, d in node.deps if d in must_run]
         if blocked:
             must_run.add(name)
-            rows.append(PlanRow(name, None, "run", [f"after {', '.join(blocked)} (key known then)"]))
+            rows.append(PlanRow(name, None, "run", [f"after {', '.join(blocked)} (key known then)"],
+                                prebuilt=prebuilt))
             continue
         action = engine.action_for(node, {d: known[d] for _, d in node.deps})
         ad = action_digest(action.key_bytes)
@@ -214,12 +218,12 @@ def _plan(session: Session, selected: list[str]) -> tuple[list[PlanRow], dict[st
         reuse = engine.check(node, action, dry_run=True)
         if reuse is not None:
             known[name] = reuse.output_digest
-            rows.append(PlanRow(name, action.key, reuse.status.value, [], remote_key))
+            rows.append(PlanRow(name, action.key, reuse.status.value, [], remote_key, prebuilt))
             continue
         must_run.add(name)
         reasons = explain.changes(session.state_dir.read_inputs(name), action.inputs()) or \
             ["same inputs as its last build, but the result is in no cache"]
-        rows.append(PlanRow(name, action.key, "run", reasons, remote_key))
+        rows.append(PlanRow(name, action.key, "run", reasons, remote_key, prebuilt))
     return rows, known
 
 

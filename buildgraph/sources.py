@@ -6,14 +6,25 @@ identity is in every dependent key, and is known before anything is fetched, so 
 cached build needs no source at all:
 
   url         {url, sha256, strip_components}          sha256 of the archive
+  debian      {debian: SOURCE-PACKAGE, version, file,   sha256 of the upstream tarball (the
+               sha256, strip_components[, url]}         .orig file), fetched with `apt-get
+                                                        source --download-only PKG=VERSION`
+                                                        (deb-src enabled); `url`, where the
+                                                        same bytes are an upstream release
+                                                        file, serves machines without apt.
+                                                        Same identity as a url source: one pin.
   pypi-sdist  {pypi-sdist: NAME, version, sha256,        sha256 of the sdist, fetched with
                subdirectory}                            `pip download` (e.g. the full OpenCV
                                                         tree inside opencv-python's sdist)
+  pypi-wheel  {pypi-wheel: NAME, version, sha256}       sha256 of the wheel (`pip download
+                                                        --only-binary`); the tree is its data
+                                                        directory (lib/, include/, share/):
+                                                        prebuilt binaries, audited like ours
   git         {git: URL, commit: 40-hex SHA}            the commit (git verifies its objects)
   path        {path: DIR}                               tree digest of DIR in the workspace
 
 Mirror layout (a directory, or an http(s) base URL), by digest:
-  <mirror>/sha256/<sha256>          url and pypi-sdist archives
+  <mirror>/sha256/<sha256>          url, debian, pypi-sdist and pypi-wheel archives
   <mirror>/git/<commit>.bundle      a git bundle holding the commit
 Lookup order: the unpacked store, then each mirror in --mirror / $BUILDGRAPH_MIRROR
 (':'-separated), then upstream. A downloaded archive whose sha256 differs is an
@@ -46,7 +57,7 @@ class SourceError(BuildgraphError):
 
 @dataclass(frozen=True)
 class Source:
-    kind: str                     # url | pypi-sdist | git | path
+    kind: str                     # url | debian | pypi-sdist | pypi-wheel | git | path
     location: str                 # URL, package name, repository URL or workspace path
     sha256: str | None = None
     commit: str | None = None
@@ -54,16 +65,28 @@ class Source:
     subdirectory: str = ""
     strip_components: int = 0
     declared_in: str = ""         # file:line, for messages
+    file: str = ""                # debian: the upstream tarball's name in the source package
+    url: str = ""                 # debian: an upstream URL serving the same bytes
 
     def identity(self) -> list:
-        """What the key hashes for this source (path sources add their tree digest)."""
-        pin = {"url": self.sha256, "pypi-sdist": self.sha256, "git": self.commit, "path": self.location}[self.kind]
+        """What the key hashes for this source (path sources add their tree digest). An archive
+        is its sha256, whichever origin delivers it (url or debian)."""
+        if self.kind in ("url", "debian"):
+            return ["archive", self.sha256, self.subdirectory, self.strip_components, None]
+        pin = {"pypi-sdist": self.sha256, "pypi-wheel": self.sha256, "git": self.commit, "path": self.location}[self.kind]
         return [self.kind, pin, self.subdirectory, self.strip_components,
-                self.version if self.kind == "pypi-sdist" else None]
+                self.version if self.kind in ("pypi-sdist", "pypi-wheel") else None]
+
+    @property
+    def prebuilt(self) -> bool:
+        """Binaries someone else built (a wheel), not sources."""
+        return self.kind == "pypi-wheel"
 
     def describe(self) -> str:
-        if self.kind == "pypi-sdist":
-            return f"pypi-sdist {self.location}=={self.version}"
+        if self.kind in ("pypi-sdist", "pypi-wheel"):
+            return f"{self.kind} {self.location}=={self.version}"
+        if self.kind == "debian":
+            return f"debian source {self.location}={self.version} ({self.file})"
         return f"{self.kind} {self.location}" + (f"@{self.commit[:12]}" if self.commit else "")
 
     def mirror_name(self) -> str:
@@ -156,7 +179,8 @@ class SourceStore:
             log(f"fetching {src.describe()} from upstream")
         tried.append("upstream")
         try:
-            got = {"url": self._from_url, "pypi-sdist": self._from_pypi, "git": self._from_git}[src.kind](src, tmp)
+            got = {"url": self._from_url, "debian": self._from_debian, "pypi-sdist": self._from_pypi,
+                   "pypi-wheel": self._from_pypi, "git": self._from_git}[src.kind](src, tmp)
         except SourceError:
             raise
         except Exception as exc:  # any failure to reach upstream is reported with what was tried
@@ -185,14 +209,34 @@ class SourceStore:
         import subprocess
         import sys
 
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", src.location,
-               "--dest", str(tmp / "pip"), f"{src.location}=={src.version}"]
+        what = "--only-binary=:all:" if src.kind == "pypi-wheel" else f"--no-binary={src.location}"
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
+               what, "--dest", str(tmp / "pip"), f"{src.location}=={src.version}"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         files = list((tmp / "pip").glob("*")) if (tmp / "pip").is_dir() else []
         if proc.returncode != 0 or len(files) != 1:
             tail = "\n".join(proc.stderr.strip().splitlines()[-5:])
-            raise SourceError(f"pip could not download the sdist of {src.location}=={src.version}: {tail}")
+            raise SourceError(f"pip could not download {src.describe()}: {tail}")
         return files[0]
+
+    def _from_debian(self, src: Source, tmp: Path) -> Path:
+        """`apt-get source --download-only` (deb-src enabled), else the upstream URL if given."""
+        import subprocess
+
+        work = tmp / "apt"
+        work.mkdir()
+        problem = "apt-get is not installed"
+        if shutil.which("apt-get"):
+            proc = subprocess.run(["apt-get", "source", "--download-only", "--only-source", "-qq",
+                                   f"{src.location}={src.version}"], cwd=work, capture_output=True, text=True)
+            if (work / src.file).is_file():
+                return work / src.file
+            errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("E:")]
+            problem = (errors[-1] if errors else f"it did not deliver {src.file}") + \
+                " (is deb-src among the Types of the apt sources? `bash .ci/setup` enables it)"
+        if src.url:
+            return self._from_url(Source("url", src.url, sha256=src.sha256), tmp)
+        raise SourceError(f"apt-get source {src.location}={src.version}: {problem}")
 
     def _from_git(self, src: Source, tmp: Path) -> Path:
         repo = tmp / "repo"
@@ -221,7 +265,10 @@ class SourceStore:
             os.rmdir(dest)
             os.rename(repo, dest)
             return
-        strip = src.strip_components if src.kind == "url" else 1   # an sdist holds NAME-VERSION/
+        if src.kind == "pypi-wheel":
+            self._unpack_wheel(src, archive, dest)
+            return
+        strip = src.strip_components if src.kind in ("url", "debian") else 1   # an sdist holds NAME-VERSION/
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as z:
                 for info in z.infolist():
@@ -245,6 +292,31 @@ class SourceStore:
                     m.name = str(Path(*parts))
                     members.append(m)
             t.extractall(dest, members=members, filter="data")
+
+
+    def _unpack_wheel(self, src: Source, archive: Path, dest: Path) -> None:
+        """A wheel's data directory (NAME-VERSION.data/data/: lib/, include/, share/) becomes the
+        tree; its licence files from .dist-info go to share/licenses/NAME/."""
+        import zipfile
+
+        with zipfile.ZipFile(archive) as z:
+            for info in z.infolist():
+                parts = Path(info.filename).parts
+                if info.is_dir() or ".." in parts or Path(info.filename).is_absolute():
+                    continue
+                if len(parts) > 2 and parts[0].endswith(".data") and parts[1] == "data":
+                    target = dest.joinpath(*parts[2:])
+                elif len(parts) == 2 and parts[0].endswith(".dist-info") and "LICENSE" in parts[1].upper():
+                    target = dest / "share" / "licenses" / src.location / parts[1]
+                else:
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with z.open(info) as fin, open(target, "wb") as fout:
+                    shutil.copyfileobj(fin, fout)
+                if info.external_attr >> 16 & 0o111:
+                    target.chmod(0o755)
+        if not any(dest.iterdir()):
+            raise SourceError(f"{src.describe()} ({src.declared_in}): the wheel has no data directory")
 
 
 def _download(url: str, dest: Path) -> None:

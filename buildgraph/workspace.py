@@ -55,8 +55,8 @@ KIND_FIELDS = {
 }
 # Licences that forbid linking into a shipped binary statically (SPDX prefixes).
 STATIC_DENY = ("GPL-", "AGPL-", "LGPL-")
-SOURCE_KINDS = ("url", "pypi-sdist", "git", "path")
-SOURCE_FIELDS = SOURCE_KINDS + ("sha256", "commit", "version", "subdirectory", "strip_components")
+SOURCE_KINDS = ("debian", "url", "pypi-sdist", "pypi-wheel", "git", "path")
+SOURCE_FIELDS = SOURCE_KINDS + ("sha256", "commit", "version", "subdirectory", "strip_components", "file")
 WHEN_FIELDS = ("if", "deps", "env", "cmds", "cmake_args", "make_args", "configure_args", "toolchain")
 TOP_FIELDS = ("workspace", "variants", "toolchain", "host_tools", "source_date_epoch", "host_key", "targets")
 HOST_PROPERTIES = ("kernel", "cpus")   # what an action can observe of the host that no sandbox pins
@@ -440,6 +440,8 @@ def _parse_source(data, parent: _Fields) -> Source:
         raise parent.error("source", "expected a mapping such as {url: ..., sha256: ...}")
     f = _Fields(data, parent.path("source"), SOURCE_FIELDS)
     kinds = [k for k in SOURCE_KINDS if k in data]
+    if "debian" in kinds and "url" in kinds:   # the url serves the same bytes where apt is missing
+        kinds.remove("url")
     if len(kinds) != 1:
         raise ConfigError(f"a source names exactly one of {', '.join(SOURCE_KINDS)}", file=data.file,
                           line=data.line, field=parent.path("source"))
@@ -455,20 +457,25 @@ def _parse_source(data, parent: _Fields) -> Source:
                           line=data.line_of(key) if key in data else data.line)
         return value
 
-    if kind in ("url", "pypi-sdist"):
+    if kind in ("url", "debian", "pypi-sdist", "pypi-wheel"):
         hexpin(sha256, "sha256", 64)
     if kind == "git":
         hexpin(commit, "commit", 40)
     version = f.str("version")
-    if kind == "pypi-sdist" and not version:
-        raise f.error("version", "a pypi-sdist source needs 'version'", line=data.line)
+    if kind in ("pypi-sdist", "pypi-wheel", "debian") and not version:
+        raise f.error("version", f"a {kind} source needs 'version'", line=data.line)
+    file = f.str("file", "")
+    if kind == "debian" and (not file or "/" in file):
+        raise f.error("file", "a debian source needs 'file': the upstream tarball's name in the source "
+                      "package (e.g. openblas_0.3.21+ds.orig.tar.xz)", line=data.line_of("file"))
     subdirectory = f.str("subdirectory", "")
     if subdirectory:
         _check_relpath(subdirectory, f, "subdirectory")
     if kind == "path":
         _check_relpath(location, f, "path")
     return Source(kind=kind, location=location, sha256=sha256, commit=commit, version=version,
-                  subdirectory=subdirectory, strip_components=f.int("strip_components", 0), declared_in=where)
+                  subdirectory=subdirectory, strip_components=f.int("strip_components", 0), declared_in=where,
+                  file=file, url=f.str("url", "") if kind == "debian" else "")
 
 
 def _parse_toolchain(data, file: str, stem: str) -> Toolchain:

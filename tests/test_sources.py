@@ -1,4 +1,4 @@
-"""Upstream sources (url, git, path, pypi-sdist), mirrors, and the recipe kinds on fixtures of our own."""
+"""Upstream sources (url, debian, git, path, pypi-sdist, pypi-wheel), mirrors, and the recipe kinds on fixtures of our own."""
 
 import hashlib
 import io
@@ -261,3 +261,84 @@ def test_release_recipes_from_a_mirror():
     rc = subprocess.run([sys.executable, "-m", "buildgraph", "build", "-C", str(REPO), "--mirror", mirror,
                          "libjpeg-turbo", "protobuf@static"], env=dict(os.environ, PYTHONPATH=str(REPO))).returncode
     assert rc == 0
+
+
+# Debian source packages and prebuilt wheels: the origins these machines reach (issue 12).
+
+JPEG_ORIG = ("libjpeg-turbo", "1:2.1.5-2", "libjpeg-turbo_2.1.5.orig.tar.gz",
+             "254f3642b04e309fee775123133c6464181addc150499561020312ec61c1bf7c")
+
+
+def _debian_target(package, version, file, sha, url=None) -> str:
+    extra = f', url: "{url}"' if url else ""
+    return f"""\
+targets:
+  t:
+    kind: script
+    source: {{debian: {package}, version: "{version}", file: {file}, sha256: {sha}, strip_components: 1{extra}}}
+    outs: [files.txt]
+    cmds: ["cd $SOURCE && ls > $OUT/files.txt"]
+"""
+
+
+def test_debian_source_package_through_apt(ws, capsys, tmp_path):
+    if not shutil.which("apt-get"):
+        pytest.skip("needs apt-get")
+    ws.write("BUILD.yaml", _debian_target(*JPEG_ORIG))
+    st = ws.build(capsys=capsys)
+    if st["t"] != "ran" and "deb-src" in st["_out"] + st["_err"]:
+        pytest.skip("deb-src is not enabled here (bash .ci/setup enables it)")
+    assert st["t"] == "ran", st["_out"] + st["_err"]
+    assert "jchuff.c" in (ws.out("t") / "files.txt").read_text().split()
+    mirror = tmp_path / "mirror"
+    rc, out, _ = ws.run("fetch", "--mirror", str(mirror), capsys=capsys)
+    assert rc == 0 and (mirror / "sha256" / JPEG_ORIG[3]).is_file()
+
+
+def test_debian_source_falls_back_to_the_same_bytes_upstream(ws, capsys, tmp_path):
+    """A machine without the package in its apt sources reaches the same pin by URL; a wrong
+    file is refused by its sha256 whichever way it came."""
+    archive, sha = project_tarball(tmp_path)
+    ws.write("BUILD.yaml", _debian_target("no-such-source-package", "1.0-1", "hello_1.0.orig.tar.gz", sha,
+                                          url=f"file://{archive}"))
+    st = ws.build(capsys=capsys)
+    assert st["t"] == "ran", st["_out"] + st["_err"]
+    assert (ws.out("t") / "files.txt").read_text().split() == ["LICENSE", "configure", "hello.c"]
+    ws.write("BUILD.yaml", _debian_target("no-such-source-package", "1.0-1", "hello_1.0.orig.tar.gz", "ab" * 32,
+                                          url=f"file://{archive}"))
+    st = ws.build(capsys=capsys)
+    assert st["t"] == "failed" and f"sha256 is {sha}" in st["_out"] + st["_err"]
+
+
+def test_a_url_and_a_debian_origin_of_the_same_bytes_share_keys(ws, capsys, tmp_path):
+    archive, sha = project_tarball(tmp_path)
+    debian = _debian_target("no-such-source-package", "1.0-1", "hello_1.0.orig.tar.gz", sha, url=f"file://{archive}")
+    ws.write("BUILD.yaml", debian)
+    assert ws.build(capsys=capsys)["t"] == "ran"
+    ws.write("BUILD.yaml", debian.replace('debian: no-such-source-package, version: "1.0-1", '
+                                          'file: hello_1.0.orig.tar.gz, ', ""))
+    assert "source: {sha256:" in (ws.root / "BUILD.yaml").read_text()
+    assert ws.build(capsys=capsys)["t"] == "up-to-date"
+
+
+def test_prebuilt_wheel_origin(ws, capsys):
+    """oneDNN's headers wheel (small): its data directory is the tree, its licence kept."""
+    ws.write("BUILD.yaml", """\
+        targets:
+          headers:
+            kind: script
+            source: {pypi-wheel: onednn-devel-cpu-gomp, version: "2023.2.0",
+                     sha256: 9763c69e8c907e119056bd52ad918ca84ac9ba939d130a99dfa95ccca3e5e284}
+            outs: [include/, lib/, share/]
+            licenses: [share/doc/onednn/LICENSE]
+            cmds: ["cp -r $SOURCE/. $OUT/"]
+        """)
+    rc, out, _ = ws.run("plan", capsys=capsys)
+    assert "[prebuilt: pypi-wheel onednn-devel-cpu-gomp==2023.2.0]" in out
+    st = ws.build(capsys=capsys)
+    if st["headers"] != "ran" and "pip could not download" in st["_out"] + st["_err"]:
+        pytest.skip("PyPI is not reachable")
+    assert st["headers"] == "ran", st["_out"] + st["_err"]
+    assert (ws.out("headers") / "include" / "oneapi" / "dnnl" / "dnnl.h").is_file()
+    assert (ws.out("headers") / "lib" / "cmake" / "dnnl" / "dnnl-config.cmake").is_file()
+    assert (ws.out("headers") / "share" / "licenses" / "onednn-devel-cpu-gomp" / "LICENSE.txt").is_file()
