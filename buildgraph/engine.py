@@ -62,10 +62,22 @@ def load_configured(root: Path, state: State) -> tuple[Workspace, BuildGraph]:
     return ws, graph
 
 
+def _code_signature() -> tuple:
+    """The modules that turn YAML into a configured graph (commands included), by stat: a
+    buildgraph upgraded in place (same version string) must not reuse a graph it configured."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = []
+    for name in ("workspace.py", "yamlsource.py", "graph.py", "recipes.py", "sources.py", "engine.py"):
+        st = os.stat(os.path.join(here, name))
+        out.append((name, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
 def _files_signature(root: Path) -> tuple | None:
     """The stat signatures of every workspace file and of the directories that list them
-    (a file added or removed), or None while one is too young to trust (racy)."""
-    sig = []
+    (a file added or removed), and of the code that configured them; or None while one is
+    too young to trust (racy)."""
+    sig = [_code_signature()]
     now = time.time_ns()
     for d in (root / "toolchains", root / "deps"):
         try:

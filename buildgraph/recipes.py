@@ -38,7 +38,12 @@ def _kind_commands(target: Target, matched: list[When]) -> tuple[str, ...]:
         return target.cmds + tuple(c for w in matched for c in w.cmds)
     if target.kind == "cmake":
         args = target.cmake_args + tuple(a for w in matched for a in w.cmake_args)
-        configure = ["cmake", "-S", _src_dir(target), "-B", "$WORK/build", "-G", shell_word(target.generator),
+        # Configured from $OUT: CMake makes a relative PATH-typed cache value given on the command
+        # line (-DCMAKE_INSTALL_LIBDIR=lib, -DCMAKE_INSTALL_DOCDIR=share/…) absolute against the
+        # working directory when the project declares it (libjpeg-turbo 2.x does), so relative
+        # install directories land under the prefix either way.
+        configure = ["cd $OUT &&", "cmake", "-S", _src_dir(target), "-B", "$WORK/build",
+                     "-G", shell_word(target.generator),
                      "-DCMAKE_BUILD_TYPE=Release", "-DCMAKE_INSTALL_PREFIX=$OUT",
                      "-DCMAKE_INSTALL_LIBDIR=lib", '-DCMAKE_PREFIX_PATH="$DEPS_PREFIX_PATH"',
                      *map(shell_word, args)]

@@ -157,3 +157,19 @@ def _key(ws, node):
     from buildgraph.state import StateDir
 
     return StateDir(ws.root).load().nodes[node].key
+
+
+def test_buildgraph_upgraded_in_place_configures_again(ws, capsys, monkeypatch):
+    """The configured graph (commands included) is cached; new buildgraph code must not reuse it."""
+    from buildgraph import engine
+
+    make_chain(ws)
+    ws.build(capsys=capsys)
+    parsed = []
+    real = engine.load_workspace
+    monkeypatch.setattr(engine, "load_workspace", lambda root: parsed.append(root) or real(root))
+    ws.build(capsys=capsys)
+    assert parsed == []
+    monkeypatch.setattr(engine, "_code_signature", lambda: (("recipes.py", 1, 2),))
+    ws.build(capsys=capsys)
+    assert len(parsed) == 1
