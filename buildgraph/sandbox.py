@@ -177,15 +177,30 @@ class Sandbox:
                 return RunOutcome(None, "interrupted", log, time.monotonic() - start)
             if code != 0:
                 what = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-                return RunOutcome(None, f"command failed ({what})", log, time.monotonic() - start)
+                kept = self._keep_failed(root, action)
+                return RunOutcome(None, f"command failed ({what}){kept}", log, time.monotonic() - start)
             try:
                 result = self._collect(root, action, time.monotonic() - start)
             except OutputError as exc:
-                return RunOutcome(None, str(exc), log, time.monotonic() - start)
+                kept = self._keep_failed(root, action)
+                return RunOutcome(None, f"{exc}{kept}", log, time.monotonic() - start)
             return RunOutcome(result, None, log, time.monotonic() - start)
         finally:
-            if not keep:
+            if not keep and os.path.exists(root):
                 force_remove(root)
+
+    def _keep_failed(self, root: str, action: Action) -> str:
+        """Keep a failed action's sandbox (its work/ and out/: what an hour of compiling produced)
+        as CACHE_DIR/failed/<node>, replacing the node's previous one; the words that say where.
+        `cache gc` removes them."""
+        kept = f"{self.store.root}/failed/{action.node}"
+        try:
+            os.makedirs(os.path.dirname(kept), exist_ok=True)
+            force_remove(kept)
+            os.rename(root, kept)
+        except OSError:
+            return ""
+        return f"; its sandbox is kept in {kept}"
 
     def cancel_all(self) -> None:
         """Stop every running action (SIGTERM, then SIGKILL after 2 s)."""

@@ -200,3 +200,17 @@ def test_declared_licence_files_must_be_produced(ws, capsys):
         """)
     st = ws.build(capsys=capsys)
     assert st["t"] == "failed" and "declared output not produced: share/LICENSE" in st["_out"]
+
+
+def test_a_failed_actions_sandbox_is_kept_for_inspection(ws, capsys):
+    ws.write("BUILD.yaml", """\
+        targets:
+          t: {kind: script, outs: [wanted], cmds: ["echo hours of work > $WORK/obj.o", "echo > $OUT/other"]}
+        """)
+    st = ws.build(capsys=capsys)
+    kept = ws.cache / "failed" / "t"
+    assert st["t"] == "failed" and f"its sandbox is kept in {kept}" in st["_out"] + st["_err"]
+    assert (kept / "work" / "obj.o").read_text() == "hours of work\n" and (kept / "out" / "other").exists()
+    ws.write("BUILD.yaml", 'targets:\n  t: {kind: script, outs: [wanted], cmds: ["echo > $OUT/wanted"]}\n')
+    assert ws.build(capsys=capsys)["t"] == "ran"
+    assert ws.run("cache", "gc", capsys=capsys)[0] == 0 and not kept.exists()

@@ -13,6 +13,8 @@ Layout of the cache directory (design note)
   sandbox/            action sandboxes: on the same filesystem, so outputs enter the
                       CAS by rename, without copying
   quarantine/         blobs found not to match their name (kept for inspection)
+  failed/<node>/      the sandbox of a node's last failed action (work/, out/), kept for
+                      inspection until the node fails again or `cache gc`
   lock                flock: builds hold it shared, gc, repair and clean exclusive
 
 Why blobs are files in a sharded directory and not diskcache values: outputs move
@@ -131,6 +133,13 @@ class LocalStore:
         for d in (self.tmp, self.sandboxes):
             for entry in os.scandir(d):
                 force_remove(entry.path)
+
+    def remove_failed(self) -> int:
+        """Remove the sandboxes kept from failed actions; returns how many there were."""
+        failed = self.root / "failed"
+        names = os.listdir(failed) if failed.is_dir() else []
+        force_remove(failed)
+        return len(names)
 
     # ------------------------------------------------------------ CAS
 
@@ -358,6 +367,7 @@ class LocalStore:
         limit = self.max_bytes if max_bytes is None else max_bytes
         with self.exclusive("gc"):
             self._clean_leftovers()
+            self.remove_failed()
             entries = []
             refs: dict[str, int] = {}
             for key, used, result in self._entries(drop_invalid=True):
