@@ -32,6 +32,18 @@ def file_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def file_digests(path: str | os.PathLike) -> tuple[str, str]:
+    """(xxh3-128, SHA-256) of a file, read once: a local name checked as its remote one is made."""
+    import hashlib
+
+    xxh, sha = xxhash.xxh3_128(), hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            xxh.update(chunk)
+            sha.update(chunk)
+    return xxh.hexdigest(), sha.hexdigest()
+
+
 def copy_hashed(src: str, dest: str, mode: int) -> str:
     """Copy `src` to a new file `dest` with `mode`, returning the xxh3-128 of the bytes copied:
     what lands at `dest` is exactly what was hashed."""

@@ -201,23 +201,32 @@ class Engine:
 
     def host_tools(self):
         if self._host_tools is None:
-            before = self.state.resolutions.get("visible_host_files")
-            self._host_tools = host_tools(self.ws.host_tools, self.stat_cache, self.packages, self.state.resolutions)
-            self._changed |= self.state.resolutions.get("visible_host_files") is not before
+            from buildgraph.sandbox import visible_host_files, visible_host_signature
+
+            def host_files():
+                return self._resolved(("visible_host_files",), visible_host_signature(), visible_host_files)
+            self._host_tools = host_tools(self.ws.host_tools, self.stat_cache, self.packages, host_files)
         return self._host_tools
 
     def packages(self, paths: tuple[str, ...], names: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
-        """hostpkgs.packages_digest, cached in the state until the dpkg database changes."""
+        """hostpkgs.packages_digest, cached in the state until the dpkg database changes; without
+        one, (None, every path): nothing is owned."""
         from buildgraph import hostpkgs
 
         sig = hostpkgs.status_signature()
-        key = ("dpkg", paths, names)
+        if sig is None:
+            return None, paths
+        return self._resolved(("dpkg", paths, names), sig, lambda: hostpkgs.packages_digest(paths, names))
+
+    def _resolved(self, key: tuple, sig, compute):
+        """compute(), cached in the state's resolutions while `sig` (not None) is unchanged."""
         hit = self.state.resolutions.get(key)
         if sig is not None and hit is not None and hit[0] == sig:
             return hit[1]
-        value = hostpkgs.packages_digest(paths, names) if sig is not None else (None, paths)
-        self.state.resolutions[key] = (sig, value)
-        self._changed = True
+        value = compute()
+        if sig is not None:
+            self.state.resolutions[key] = (sig, value)
+            self._changed = True
         return value
 
     def non_hermetic(self, nodes) -> list[str]:
@@ -430,8 +439,7 @@ class Engine:
         base = f"{self.state_dir.out}/{name}/"
         try:
             for rel, sig in entry[1]:
-                st = os.lstat(base + rel)
-                if (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != sig:
+                if stat_signature(os.lstat(base + rel)) != sig:
                     return False
         except OSError:
             return False
@@ -455,10 +463,7 @@ class Engine:
                 dest = tmp / s.path
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 os.symlink(s.target, dest)
-            listing = []
-            for entry in (*result.files, *result.symlinks):
-                st = os.lstat(tmp / entry.path)
-                listing.append((entry.path, (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)))
+            listing = tuple((e.path, stat_signature(os.lstat(tmp / e.path))) for e in (*result.files, *result.symlinks))
         except OSError:
             force_remove(str(tmp))
             raise
@@ -469,7 +474,7 @@ class Engine:
             force_remove(str(trash))
         else:
             os.replace(tmp, final)
-        self.state.materialized[name] = (result.output_digest, tuple(listing))
+        self.state.materialized[name] = (result.output_digest, listing)
         self._changed = True
 
     def changed(self) -> bool:

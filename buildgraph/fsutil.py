@@ -29,16 +29,6 @@ def force_remove(path: str | os.PathLike) -> None:
             pass
 
 
-def copy_file(src: str, dest: str) -> None:
-    """Copy `src` to a new file `dest` (reflink where the filesystem can), keeping its mode."""
-    with open(src, "rb") as fin, open(dest, "wb") as fout:
-        try:
-            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
-        except OSError:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-    shutil.copymode(src, dest)
-
-
 def copy_new(src: str, dest: str, mode: int) -> None:
     """Create `dest` (which must not exist) with `src`'s content and `mode`: a reflink where the
     filesystem can, else a copy made by the kernel. Never shares an inode with `src`."""
@@ -76,7 +66,7 @@ def link_or_copy(src: str, dest: str) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.EACCES):
             raise
-    copy_file(src, dest)
+    copy_new(src, dest, stat.S_IMODE(os.stat(src).st_mode))
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:

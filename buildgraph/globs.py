@@ -19,7 +19,7 @@ import fnmatch
 import os
 import re
 
-from buildgraph.digest import is_racy
+from buildgraph.digest import is_racy, stat_signature
 
 _MAGIC = re.compile(r"[*?\[]")
 
@@ -32,7 +32,7 @@ class GlobError(Exception):
         self.path, self.problem = path, problem
 
 
-def _kind(root: str, rel: str, e: os.DirEntry) -> str | None:
+def _kind(rel: str, e: os.DirEntry) -> str | None:
     """'f' (a file), 'd' (a directory) or None, following symlinks; GlobError if it cannot be."""
     try:
         if e.is_file():
@@ -75,7 +75,7 @@ def _walk(root: str, segments: list[str], rel: str, out: set[str], visited: dict
     if (st.st_dev, st.st_ino) in chain:   # a symlink back to a directory above: ** would never end
         raise GlobError(rel, "symlink loop (a link to a directory that contains it)")
     chain = (*chain, (st.st_dev, st.st_ino))
-    kinds = {e.name: _kind(root, f"{rel}/{e.name}" if rel else e.name, e)
+    kinds = {e.name: _kind(f"{rel}/{e.name}" if rel else e.name, e)
              for e in entries if not e.name.startswith(".")}
     if head == "**":
         if not rest:                                  # trailing **: every file below
@@ -117,7 +117,7 @@ def expand(root: str, patterns: tuple[str, ...]) -> tuple[list[str], dict[str, i
 
 def dir_signature(st: os.stat_result):
     """What must not change for a cached listing of a directory to stay valid (None: racy)."""
-    return None if is_racy(st) else (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+    return None if is_racy(st) else stat_signature(st)
 
 
 def still_valid(visited: dict, stat_memo: dict) -> bool:
@@ -128,8 +128,7 @@ def still_valid(visited: dict, stat_memo: dict) -> bool:
         cur = stat_memo.get(d, -1)
         if cur == -1:
             try:
-                st = os.stat(d)
-                cur = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+                cur = stat_signature(os.stat(d))
             except OSError:
                 cur = None
             stat_memo[d] = cur

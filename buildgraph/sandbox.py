@@ -50,41 +50,44 @@ SANDBOX_ROOT = "/sandbox"
 # archives, installed files) must not depend on who started the build.
 PINNED_UMASK = 0o022
 _BOUND_PREFIXES = ("/usr/", "/bin/", "/lib/", "/lib64/", "/sbin/")
-# What the sandbox shows of the host's /etc; every other file there is hidden.
-VISIBLE_ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives")
+# What the sandbox shows of the host's /etc; every other file there is hidden. Those in
+# KEYED_ETC are in the host tools' digest; ld.so.cache is derived from the installed
+# libraries, which the package digests cover.
+KEYED_ETC = ("/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives")
+VISIBLE_ETC = ("/etc/ld.so.cache",) + KEYED_ETC
 _PASSWD = "root:x:0:0:root:/sandbox/home:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
 _GROUP = "root:x:0:\nnogroup:x:65534:\n"
 
 
-def visible_host_files(memo: dict | None = None) -> list:
-    """[path, content digest or link target] of the host files under VISIBLE_ETC, for the
-    host tools' digest (ld.so.cache is derived from the installed libraries, which the
-    package digests cover, and so is left out). Cached in `memo` while the inode, mtime and
-    ctime of each of those paths are unchanged (a link or file replaced in a directory
-    changes the directory's times)."""
-    from buildgraph.digest import file_digest as digest_of, is_racy
+def visible_host_signature():
+    """What must not change for visible_host_files() to be reused: the stat signature of each
+    KEYED_ETC path (a link or file replaced in a directory changes the directory's), or None
+    while one is too young to trust."""
+    from buildgraph.digest import is_racy, stat_signature
 
     sig = []
-    for top in VISIBLE_ETC[1:]:
+    for path in KEYED_ETC:
         try:
-            st = os.lstat(top)
-            sig.append((top, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, is_racy(st)))
+            st = os.lstat(path)
         except OSError:
-            sig.append((top, None))
-    sig = tuple(sig)
-    hit = (memo or {}).get("visible_host_files")
-    if hit is not None and hit[0] == sig:
-        return hit[1]
+            sig.append(None)
+            continue
+        if is_racy(st):
+            return None
+        sig.append(stat_signature(st))
+    return tuple(sig)
+
+
+def visible_host_files() -> list:
+    """[path, content digest] or [path, "->", link target] of the files under KEYED_ETC."""
     out = []
-    for top in VISIBLE_ETC[1:]:
+    for top in KEYED_ETC:
         paths = [top] if not os.path.isdir(top) else sorted(os.path.join(top, n) for n in os.listdir(top))
         for p in paths:
             if os.path.islink(p):
                 out.append([p, "->", os.readlink(p)])
             elif os.path.isfile(p):
-                out.append([p, digest_of(p)])
-    if memo is not None and not any(s[-1] is True for s in sig):
-        memo["visible_host_files"] = (sig, out)
+                out.append([p, file_digest(p)])
     return out
 
 
@@ -114,9 +117,11 @@ class RunOutcome:
     duration: float
 
 
-def _unmapped(value: str, root: str, mounts) -> str:
-    """`value` with the symbolic /sandbox and /toolchains/<entry> paths made real host paths."""
-    value = value.replace(SANDBOX_ROOT, root)
+def _unmapped(value: str, root: str | None, mounts) -> str:
+    """`value` with the symbolic /toolchains/<entry> paths, and /sandbox unless `root` is None,
+    made real host paths."""
+    if root is not None:
+        value = value.replace(SANDBOX_ROOT, root)
     for m in mounts:
         value = value.replace(f"{SANDBOX_TOOLCHAINS}/{m.name}", m.host)
     return value
@@ -132,14 +137,8 @@ def sandbox_env(action: Action, mapped_root: str, mounts=()) -> dict[str, str]:
     """The action's environment as it runs: symbolic paths mapped where they really are."""
     if mapped_root == SANDBOX_ROOT:
         return dict(action.env)
-    out = {}
-    for k, v in action.env:
-        if k in _PATH_VARS or k.startswith("DEP_"):
-            v = v.replace(SANDBOX_ROOT, mapped_root)
-        for m in mounts:
-            v = v.replace(f"{SANDBOX_TOOLCHAINS}/{m.name}", m.host)
-        out[k] = v
-    return out
+    return {k: _unmapped(v, mapped_root if k in _PATH_VARS or k.startswith("DEP_") else None, mounts)
+            for k, v in action.env}
 
 
 class Sandbox:
@@ -411,11 +410,10 @@ class Sandbox:
         outputs = []
         for rel, path, exe in files:
             if self.mode == "bwrap":
-                digest, size = file_digest(path), os.path.getsize(path)
-                self.store.ingest(path, digest, exe)
+                digest = self.store.ingest(path, file_digest(path), exe)
             else:
                 digest = self.store.put_file_copy(path, exe)
-                size = os.path.getsize(self.store.blob_path(digest, exe))
+            size = os.path.getsize(self.store.blob_path(digest, exe))
             outputs.append(OutputFile(rel, digest, size, exe))
         logs = []
         for name in (".stdout", ".stderr"):

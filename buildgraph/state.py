@@ -8,7 +8,7 @@ state.pickle holds what makes a no-op build cheap and what `why` compares agains
                   signatures of every workspace file (no YAML parsing on a no-op)
   nodes           node -> NodeRecord of its last successful build (key, output
                   digest, duration)
-  materialized    node -> (output digest, ((relpath, (ino, size, mtime_ns, ctime_ns)), ...))
+  materialized    node -> (output digest, ((relpath, stat signature), ...))
                   of out/<node>: what was written there, to notice any edit
 It is written atomically (temp file + rename) at the end of a build that changed
 any of it (a no-op build writes nothing); last-build.json beside it holds the

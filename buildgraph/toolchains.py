@@ -161,13 +161,13 @@ def _cuda_home(tc: Toolchain) -> str:
     return os.path.dirname(os.path.dirname(nvcc)) or "."
 
 
-def host_tools(names: tuple[str, ...], stat_cache: StatCache, packages=None, memo: dict | None = None
+def host_tools(names: tuple[str, ...], stat_cache: StatCache, packages=None, host_files=None
                ) -> tuple[tuple[tuple[str, str], ...], str, tuple[str, ...]]:
     """The host programs actions may run, as (name, path) links; the digest of what they are
     (their contents, the Debian packages they come from with all those depend on, and the
     host files the sandbox shows); and the programs no package owns (not hermetic).
-    `packages(paths, names)` is hostpkgs.packages_digest, or a cached form of it; `memo`
-    (the workspace state's resolutions) keeps what was read of the host's /etc."""
+    `packages(paths, names)` is hostpkgs.packages_digest and `host_files()`
+    sandbox.visible_host_files, or cached forms of them."""
     from buildgraph import hostpkgs
     from buildgraph.sandbox import visible_host_files
 
@@ -177,7 +177,7 @@ def host_tools(names: tuple[str, ...], stat_cache: StatCache, packages=None, mem
         if found is not None:
             links.append((name, os.path.realpath(found)))
     pk_digest, unowned = (packages or hostpkgs.packages_digest)(tuple(sorted({p for _, p in links})), ())
-    files = visible_host_files(memo)
+    files = (host_files or visible_host_files)()
     digest = value_digest({"tools": sorted([n, stat_cache.digest(p)] for n, p in links), "packages": pk_digest,
                            "host_files": files})
     return tuple(links), digest, tuple(n for n, p in links if p in unowned)

@@ -182,8 +182,8 @@ class Worker:
                             outs=tuple(spec["outs"]), jobserver=spec["jobserver"],
                             source=("remote",) if spec["has_source"] else None, source_fetch=source_fetch)
             jobserver = Jobserver(self.slots)
-            # The client's key names its sandbox mode: run in that one (bwrap if it is not possible here
-            # fails the action rather than sharing a result made another way).
+            # The client's key names its sandbox mode: run in that one. Where it is not possible here,
+            # the action fails rather than sharing a result made another way.
             sandbox = Sandbox(self.store, spec.get("sandbox") or detect_mode(), jobserver)
             try:
                 outcome = sandbox.run(action, dep_results, (tuple(sorted(links.items())), mounts))

@@ -42,18 +42,19 @@ def _scalar(node, file: str, yaml, scalars):
                           hint=f"write it without the {tag} tag, or quote it") from None
 
 
-def _convert(node, file: str, depth: int, yaml, scalars, memo: dict):
-    """The Located value of `node`. A node reached again through an alias is converted once
-    and shared; its expanded size still counts, so an alias bomb stops at _MAX_NODES."""
-    if id(node) in memo:   # memo: id(node) -> (converted value, expanded size)
-        return memo[id(node)][0]
+def _convert(node, file: str, depth: int, yaml, scalars, memo: dict) -> tuple[object, int]:
+    """(the Located value of `node`, how many entries it expands to). A node reached again
+    through an alias is converted once and shared (memo: id -> both); its size still counts
+    each time, so an alias bomb stops at _MAX_NODES instead of exhausting memory."""
+    if id(node) in memo:
+        return memo[id(node)]
     if depth > _MAX_DEPTH:
         raise ConfigError("nesting too deep (recursive alias?)", file=file,
                           line=node.start_mark.line + 1)
+    size = 1
     if isinstance(node, yaml.MappingNode):
         out = LocatedDict()
         out.file, out.line, out.key_lines = file, node.start_mark.line + 1, {}
-        size = 1
         for key_node, value_node in node.value:
             line = key_node.start_mark.line + 1
             if not isinstance(key_node, yaml.ScalarNode):
@@ -64,24 +65,24 @@ def _convert(node, file: str, depth: int, yaml, scalars, memo: dict):
             if key in out:
                 raise ConfigError(f"duplicate key '{key}'", file=file, line=line,
                                   hint=f"first defined on line {out.key_lines[key]}")
-            out[key] = _convert(value_node, file, depth + 1, yaml, scalars, memo)
+            out[key], n = _convert(value_node, file, depth + 1, yaml, scalars, memo)
             out.key_lines[key] = line
-            size += memo[id(value_node)][1] if id(value_node) in memo else 1
+            size += n
     elif isinstance(node, yaml.SequenceNode):
         out = LocatedList()
         out.file, out.line, out.item_lines = file, node.start_mark.line + 1, []
-        size = 1
         for item in node.value:
-            out.append(_convert(item, file, depth + 1, yaml, scalars, memo))
+            value, n = _convert(item, file, depth + 1, yaml, scalars, memo)
+            out.append(value)
             out.item_lines.append(item.start_mark.line + 1)
-            size += memo[id(item)][1] if id(item) in memo else 1
+            size += n
     else:
-        return _scalar(node, file, yaml, scalars)
+        return _scalar(node, file, yaml, scalars), 1
     if size > _MAX_NODES:
         raise ConfigError(f"this value expands to more than {_MAX_NODES:,} entries (YAML aliases?)",
                           file=file, line=node.start_mark.line + 1)
     memo[id(node)] = (out, size)
-    return out
+    return out, size
 
 
 def load_yaml(text: str, file: str):
@@ -101,6 +102,6 @@ def load_yaml(text: str, file: str):
     if node is None:
         return None
     try:
-        return _convert(node, file, 0, yaml, yaml.SafeLoader(""), {})
+        return _convert(node, file, 0, yaml, yaml.SafeLoader(""), {})[0]
     except RecursionError:
         raise ConfigError("nesting too deep", file=file) from None

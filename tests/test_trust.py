@@ -157,6 +157,42 @@ def test_the_action_cache_is_write_once(tmp_path):
     store.close()
 
 
+def test_a_racing_different_result_is_reported_and_the_first_one_used(ws, capsys, monkeypatch):
+    """Two builds run the same non-reproducible action at once: the one that records second
+    is told, and uses (and stages for its dependents) the result recorded first."""
+    ws.write("BUILD.yaml", NONDET)
+    ws.write("u.txt", "one\n")
+    ws.build(capsys=capsys)
+    first = (ws.out("t") / "t").read_text()
+    ws.run("clean", capsys=capsys)
+    real = LocalStore.get_result
+    # The reuse check misses, as it would in a build that looked before the other one recorded.
+    monkeypatch.setattr(LocalStore, "get_result", lambda self, key, count=True: None if count else real(self, key, count))
+    st = ws.build(capsys=capsys)
+    assert st["t"] == "ran" and "t is not reproducible" in st["_err"]
+    assert (ws.out("t") / "t").read_text() == first
+    assert (ws.out("user") / "u").read_text() == "one\n" + first
+
+
+def test_a_result_that_cannot_be_materialized_is_a_miss_that_drops_it(ws, capsys, monkeypatch):
+    ws.write("BUILD.yaml", ONE)
+    ws.write("a.txt", "hello\n")
+    ws.build(capsys=capsys)
+    ws.run("clean", capsys=capsys)
+    calls = []
+
+    def broken(self, digest, executable, dest):
+        calls.append(dest)
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(LocalStore, "copy_out", broken)
+    st = ws.build(capsys=capsys)   # the entry is dropped; the run that follows cannot materialize either
+    assert calls and st["a"] == "failed" and "could not be restored" in st["_err"]
+    assert st["_err"].count("dropped from the cache") == 2
+    monkeypatch.undo()
+    assert ws.build(capsys=capsys)["a"] == "ran"
+    assert (ws.out("a") / "f").read_text() == "hello\n"
+
+
 # 4 -------------------------------------------------------------------------------------
 
 def test_a_source_edited_within_one_timestamp_tick_is_not_run(ws, capsys, monkeypatch):
@@ -299,6 +335,21 @@ def test_a_directory_replaced_with_the_same_mtimes_is_listed_again(ws, capsys):
     assert (ws.out("t") / "o").read_text() == "a.c\nb.c\n"
 
 
+def test_a_directory_listed_within_its_timestamp_tick_is_listed_again(tmp_path):
+    """On a 1 s filesystem a file added in the same second as the listing leaves the directory's
+    times unchanged: a listing that young is never trusted."""
+    from buildgraph import globs
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.c").write_text("a\n")
+    paths, visited, _ = globs.expand(str(tmp_path), ("src/*",))
+    assert paths == ["src/a.c"] and visited[str(tmp_path / "src")] is None
+    assert not globs.still_valid(visited, {})
+    time.sleep(0.3)
+    _, visited, _ = globs.expand(str(tmp_path), ("src/*",))
+    assert globs.still_valid(visited, {})
+
+
 def test_a_same_size_build_file_with_the_old_mtime_is_read_again(ws, capsys):
     build = ws.write("BUILD.yaml", 'targets:\n  t: {kind: script, outs: [o], cmds: ["echo aaa > $OUT/o"]}\n')
     time.sleep(0.3)
@@ -413,19 +464,34 @@ def test_a_file_name_that_is_not_utf8_is_an_error_naming_it(ws, capsys):
     assert rc == 2 and "not UTF-8" in err and "src/bad" in err
 
 
-def test_a_full_disk_is_an_error_naming_the_cache(ws, tmp_path):
+def test_a_full_disk_is_an_error_naming_the_cache_and_the_cache_stays_trusted(ws, tmp_path):
     small = tmp_path / "small"
     small.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)],
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)],
                                            capture_output=True).returncode != 0:
         pytest.skip("cannot mount a small tmpfs here")
     try:
         ws.cache = small / "cache"
-        ws.write("BUILD.yaml", 'targets:\n  t: {kind: script, outs: [o], cmds: ["head -c 600000 /dev/zero > $OUT/o"]}\n')
-        proc = ws.spawn("build", "--sandbox", "none")   # the output fits, its copy into the CAS does not
+        ws.write("BUILD.yaml", 'targets:\n  t: {kind: script, outs: [o], cmds: ["echo a > $OUT/o"]}\n')
+        assert ws.spawn("build").wait(timeout=60) == 0
+        with open(small / "filler", "wb") as f:     # the disk fills up
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        ws.write("BUILD.yaml", 'targets:\n  t: {kind: script, outs: [o], cmds: ["echo b > $OUT/o"]}\n')
+        proc = ws.spawn("build")
         _, err = proc.communicate(timeout=60)
-        assert proc.returncode in (1, 2) and "Traceback" not in err
-        assert "No space left" in err or "full" in err
+        assert proc.returncode == 1 and "Traceback" not in err, err
+        assert str(ws.cache) in err and "full disk" in err
+        os.unlink(small / "filler")
+        rc, out, err = ws.run("cache", "verify")
+        assert rc == 0
+        proc = ws.spawn("build")
+        proc.communicate(timeout=60)
+        assert proc.returncode == 0 and (ws.out("t") / "o").read_text() == "b\n"
     finally:
         subprocess.run(["umount", "-l", str(small)])
 

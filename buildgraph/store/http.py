@@ -114,9 +114,10 @@ class HttpCache:
                 raise RemoteError(f"{method} {path}: timed out after {self.options.timeout:g}s") from exc
             except (_Transient, OSError, http.client.HTTPException) as exc:
                 self._drop()
-                if expired.is_set() or self._aborted:
-                    raise RemoteError(f"{method} {path}: timed out (not done within {allowed:g}s)"
-                                      if not self._aborted else "aborted") from None
+                if self._aborted:
+                    raise RemoteError("aborted") from None
+                if expired.is_set():
+                    raise RemoteError(f"{method} {path}: timed out (not done within {allowed:g}s)") from None
                 if attempt == self.options.retries or delivered:
                     raise RemoteError(f"{method} {path}: {exc}") from None
                 time.sleep(delay)

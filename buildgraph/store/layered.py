@@ -179,8 +179,7 @@ class RemoteLayer:
             if size != d.size or sha.hexdigest() != d.hash:
                 raise BlobMismatch(f"blob {d.hash[:16]}… does not match its digest")
             self._count(bytes_down=size)
-            digest = xxh.hexdigest()
-            self.local.ingest(tmp, digest, False)
+            digest = self.local.ingest(tmp, xxh.hexdigest(), False)
             self.local.remember_sha256(digest, d.hash)
             return digest
         finally:
@@ -237,24 +236,25 @@ def upload_result(local: LocalStore, remote, result: ActionResult) -> tuple[byte
     and the number of bytes sent; storing those bytes (UpdateActionResult, or an Execute
     response) is the caller's part.
     """
-    files, blobs = [], {}
+    files, blobs, checked = [], {}, set()
+
+    def remote_digest(digest: str, exe: bool, size: int) -> RDigest:
+        sha = local.sha256_for(digest)
+        if sha is None:   # read now, checked against the name; not read again to upload it
+            sha = local.verified_sha256(digest, exe)
+            checked.add(digest)
+        blobs[RDigest(sha, size)] = (digest, exe)
+        return RDigest(sha, size)
+
     for f in result.files:
-        rd = remote_digest(local, f.digest, f.executable, f.size)
-        files.append((f.path, rd, f.executable))
-        blobs[rd] = (f.digest, f.executable)
-    logs = []
-    for digest in (result.stdout, result.stderr):
-        if digest is None:
-            logs.append(None)
-            continue
-        rd = remote_digest(local, digest, False, os.path.getsize(local.blob_path(digest)))
-        blobs[rd] = (digest, False)
-        logs.append(rd)
+        files.append((f.path, remote_digest(f.digest, f.executable, f.size), f.executable))
+    logs = [remote_digest(d, False, os.path.getsize(local.blob_path(d))) if d else None
+            for d in (result.stdout, result.stderr)]
     missing = remote.find_missing(sorted(blobs, key=lambda d: d.hash))
     pairs = []
     for d in missing:
         digest, exe = blobs[d]
-        if local.verified_sha256(digest, exe) != d.hash:
+        if digest not in checked and local.verified_sha256(digest, exe) != d.hash:
             raise StoreError(f"blob {digest}: its SHA-256 changed since it was recorded; not uploaded")
         pairs.append((d, local.blob_path(digest, exe)))
     if hasattr(remote, "upload_blobs"):
@@ -264,10 +264,3 @@ def upload_result(local: LocalStore, remote, result: ActionResult) -> tuple[byte
             remote.upload_blob(d, path)
     data = encode_result(files, [(s.path, s.target) for s in result.symlinks], logs[0], logs[1], result.exit_code)
     return data, sum(d.size for d in missing)
-
-
-def remote_digest(local: LocalStore, digest: str, executable: bool, size: int) -> RDigest:
-    """The SHA-256 digest of a local blob: remembered by the store, or read now and checked
-    against the blob's name (never computed from damaged bytes)."""
-    sha = local.sha256_for(digest) or local.verified_sha256(digest, executable)
-    return RDigest(sha, size)

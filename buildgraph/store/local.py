@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import threading
 import time
 from contextlib import contextmanager
@@ -53,10 +52,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buildgraph.action import ActionResult, BadResult, OutputFile, OutputSymlink, parse_result
-from buildgraph.fsutil import walk_tree
-from buildgraph.digest import bytes_digest, file_digest
+from buildgraph.digest import bytes_digest, copy_hashed, file_digest, file_digests
 from buildgraph.errors import StoreError
-from buildgraph.fsutil import copy_new, force_remove, link_or_copy
+from buildgraph.fsutil import copy_new, force_remove, link_or_copy, walk_tree
 
 DEFAULT_MAX_BYTES = 10 * 1024 ** 3
 _USED_RESOLUTION = 3600.0  # refresh an entry's last-used time at most hourly
@@ -149,18 +147,17 @@ class LocalStore:
     def has_blob(self, digest: str, executable: bool = False) -> bool:
         return os.path.exists(self.blob_path(digest, executable))
 
-    def ingest(self, path: str, digest: str, executable: bool) -> None:
+    def ingest(self, path: str, digest: str, executable: bool) -> str:
         """Move a finished file (on this filesystem, hashed to `digest` by the caller, held by
-        no live process) into the CAS."""
-        os.chmod(path, 0o555 if executable else 0o444)
-        st = os.stat(path)
-        if st.st_nlink > 1:  # another name for this inode may still change: take a copy
-            tmp = self._tmp_name()
-            shutil.copyfile(path, tmp)
-            os.chmod(tmp, 0o555 if executable else 0o444)
+        no live process) into the CAS; returns the digest stored. A file with another name
+        (which may still change) is copied in instead, and the copy is what is hashed."""
+        if os.stat(path).st_nlink > 1:
+            digest = self.put_file_copy(path, executable)
             os.unlink(path)
-            path = tmp
-        self._link_in(path, self.blob_path(digest, executable), st.st_size, digest)
+            return digest
+        os.chmod(path, 0o555 if executable else 0o444)
+        self._link_in(path, self.blob_path(digest, executable), os.path.getsize(path), digest)
+        return digest
 
     def put_bytes(self, data: bytes) -> str:
         digest = bytes_digest(data)
@@ -184,9 +181,7 @@ class LocalStore:
         """Copy a file into the CAS (it stays where it is, and whoever holds it may go on
         writing it); returns the digest of the copy, which is what was stored."""
         tmp = self._tmp_name()
-        shutil.copyfile(path, tmp)
-        digest = file_digest(tmp)
-        os.chmod(tmp, 0o555 if executable else 0o444)
+        digest = copy_hashed(path, tmp, 0o555 if executable else 0o444)
         self._link_in(tmp, self.blob_path(digest, executable), os.path.getsize(tmp), digest)
         return digest
 
@@ -214,21 +209,13 @@ class LocalStore:
     def verified_sha256(self, digest: str, executable: bool) -> str:
         """The SHA-256 of a blob, read now and checked against its name: what leaves the
         machine is what the name says. A damaged blob is quarantined (StoreError)."""
-        import hashlib
-
-        import xxhash
-
         path = self.blob_path(digest, executable)
-        sha, xxh = hashlib.sha256(), xxhash.xxh3_128()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                sha.update(chunk)
-                xxh.update(chunk)
-        if xxh.hexdigest() != digest:
+        xxh, sha = file_digests(path)
+        if xxh != digest:
             self.quarantine(path)
             raise StoreError(f"blob {digest} in {self.cas} does not match its name (damaged); quarantined")
-        self.remember_sha256(digest, sha.hexdigest())
-        return sha.hexdigest()
+        self.remember_sha256(digest, sha)
+        return sha
 
     def _tmp_name(self) -> str:
         return f"{self.tmp}/{os.getpid()}-{time.monotonic_ns()}-{os.urandom(4).hex()}"
@@ -247,17 +234,17 @@ class LocalStore:
             os.close(fd)
         os.makedirs(os.path.dirname(final), exist_ok=True)
         try:
-            try:
-                os.link(tmp, final)
-            except FileExistsError:
-                if file_digest(final) == digest:
-                    return
-                self.quarantine(final)
-                os.link(tmp, final)
-            with self._lock:
-                self.counters.bytes_in += size
-        except FileExistsError:
-            pass   # another writer put the same content there meanwhile
+            for _ in range(2):   # a second try only after quarantining a damaged blob
+                try:
+                    os.link(tmp, final)
+                except FileExistsError:
+                    if file_digest(final) == digest:
+                        return
+                    self.quarantine(final)
+                    continue
+                with self._lock:
+                    self.counters.bytes_in += size
+                return
         finally:
             os.unlink(tmp)
 
