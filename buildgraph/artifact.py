@@ -3,20 +3,26 @@
 A built-in action (it runs in-process on the staged dependency outputs; its key is an
 ordinary action key over the spec below and those outputs). Output layout:
 
-  dist/lib/<library>            the backend library
+  dist/lib/<library>            the backend library, stripped (so is every shipped ELF file)
   dist/lib/<name>-<h8>.so.N     each shared library it needs from our dependencies (dynamic
                                 linking): copied, renamed with 8 hex digits of its SHA-256,
                                 SONAME and the NEEDED entries that name it rewritten, RPATH
                                 $ORIGIN everywhere — the auditwheel "repair" method (patchelf)
   dist/licenses/<dep>/<file>    the licence files of every dependency (shipped or linked
                                 statically); a dependency that declares none is an error
+  dist/licenses/<runtime>/<file>  the licences of the runtimes the toolchain links in
+                                (libc++, libunwind, the CUDA runtime …: `runtime_licenses`)
+  debug/.build-id/xx/<rest>.debug  the debug info stripped from each shipped file, named by
+                                its GNU build-id (where gdb and debuginfod look);
+                                debug/build-ids.txt lists them
   dist/<library>.meta           properties: variant, linking, commit, os, platform tag,
                                 toolchain digests, dependency versions and output digests,
                                 and the SHA-256 of every file (what `artifact pull` verifies)
   wheel/<name>-<v>-py3-none-<tag>.whl   optional: the library as a Python package
 
 Every ELF file is audited (audit.py); an artifact whose tightest true tag is worse than
-the declared policy fails, naming the file, the symbol and the versions.
+the declared policy fails, naming the file, the symbol and the versions; so does a
+shipped file with an RPATH that is not relative to itself ($ORIGIN).
 """
 
 from __future__ import annotations
@@ -28,12 +34,22 @@ import os
 import shutil
 import subprocess
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from buildgraph import audit
+from buildgraph import audit, elf
 from buildgraph.digest import sha256_file
 
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Toolbox:
+    """Host paths of what the artifact's toolchain lends it (its identity is in the key)."""
+
+    objcopy: str | None = None
+    licenses: dict[str, str] = field(default_factory=dict)   # runtime -> licence file
+    env: dict[str, str] = field(default_factory=dict)        # the action's (zig finds its cache)
 
 
 class ArtifactError(Exception):
@@ -56,19 +72,53 @@ def _hashed_name(name: str, digest: str) -> str:
 
 
 def _providers(deps_root: Path, skip: str) -> dict[str, Path]:
-    """Shared library name -> file, over every dependency's lib/ (symlinks resolved)."""
-    found: dict[str, Path] = {}
+    """Shared library name -> file, over every dependency's lib/ (symlinks resolved): the
+    name the dynamic loader matches a NEEDED entry against is the SONAME, so each library
+    is known by its SONAME first and by its file names after."""
+    by_soname: dict[str, Path] = {}
+    by_file: dict[str, Path] = {}
     for dep in sorted(deps_root.iterdir()):
         if dep.name == skip or not (dep / "lib").is_dir():
             continue
         for path in sorted((dep / "lib").rglob("*.so*")):
-            if path.is_file() and audit.is_elf(str(path.resolve())):
-                found.setdefault(path.name, path.resolve())
-    return found
+            real = path.resolve()
+            if path.is_file() and audit.is_elf(str(real)):
+                soname = elf.requirements(str(real)).soname
+                if soname:
+                    by_soname.setdefault(soname, real)
+                by_file.setdefault(path.name, real)
+    return {**by_file, **by_soname}
 
 
-def _bundle(lib: Path, lib_dir: Path, providers: dict[str, Path]) -> dict[str, str]:
-    """Copy in what `lib` needs from our dependencies, transitively; returns old -> new names."""
+def _strip(path: Path, debug_root: Path, objcopy: str | None, env: dict[str, str]) -> str | None:
+    """Strip `path` in place, keeping its debug info as debug_root/.build-id/xx/rest.debug;
+    the build-id, or None where there was nothing to keep."""
+    if objcopy is None:
+        raise ArtifactError("the artifact's toolchain has no objcopy to strip shipped files with")
+    bid = elf.build_id(str(path))
+    if elf.has_debug_info(str(path)):
+        if bid is None:
+            raise ArtifactError(f"{path.name} carries debug info but no GNU build-id, so its debug info "
+                                "could not be found again: link it with -Wl,--build-id")
+        debug = debug_root / ".build-id" / bid[:2] / f"{bid[2:]}.debug"
+        debug.parent.mkdir(parents=True, exist_ok=True)
+        _run(env, objcopy, "--only-keep-debug", path, debug)
+    _run(env, objcopy, "--strip-all", path, f"{path}.stripped")
+    os.replace(f"{path}.stripped", path)
+    os.chmod(path, 0o755)
+    return bid
+
+
+def _run(env: dict[str, str], *cmd) -> None:
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
+                          env={**env, "PATH": "/usr/bin:/bin"} if env else None)
+    if proc.returncode != 0:
+        raise ArtifactError(f"{' '.join(map(str, cmd))}: {(proc.stderr or proc.stdout).strip()}")
+
+
+def _bundle(lib: Path, lib_dir: Path, providers: dict[str, Path], ship) -> dict[str, str]:
+    """Copy in what `lib` needs from our dependencies, transitively (`ship` copies and strips
+    one file); returns old -> new names."""
     system = audit.system_libraries()
     renamed: dict[str, str] = {}
     queue = [lib]
@@ -80,37 +130,21 @@ def _bundle(lib: Path, lib_dir: Path, providers: dict[str, Path]) -> dict[str, s
             if needed not in renamed:
                 source = providers[needed]
                 new = _hashed_name(needed, sha256_file(source))
-                shutil.copyfile(source, lib_dir / new)
-                os.chmod(lib_dir / new, 0o755)
+                ship(source, lib_dir / new)
                 _patchelf("--set-soname", new, lib_dir / new)
                 renamed[needed] = new
                 queue.append(lib_dir / new)
             _patchelf("--replace-needed", needed, renamed[needed], current)
-    for path in [lib, *(lib_dir / n for n in renamed.values())]:
+    for path in (lib_dir / n for n in renamed.values()):
         _patchelf("--set-rpath", "$ORIGIN", path)
     return renamed
 
 
-def build(spec: dict, deps_root: Path, out_root: Path) -> None:
-    """Make the artifact described by `spec` from staged dependency outputs into `out_root`."""
+def _copy_licenses(spec: dict, deps_root: Path, dist: Path, toolbox: Toolbox) -> None:
+    """dist/licenses/: every dependency's declared licence files and the toolchain runtimes'."""
     backend = spec["backend"]
-    library = deps_root / backend / spec["library"]
-    if not library.is_file():
-        backend_root = deps_root / backend
-        present = sorted(str(p.relative_to(backend_root)) for p in backend_root.rglob("*") if p.is_file())
-        raise ArtifactError(f"{backend} has no {spec['library']} (its outputs: {', '.join(present[:8])})")
-    dist = out_root / "dist"
-    lib_dir = dist / "lib"
-    lib_dir.mkdir(parents=True)
-    main_lib = lib_dir / library.name
-    shutil.copyfile(library.resolve(), main_lib)
-    os.chmod(main_lib, 0o755)
-    bundled = {}
-    if spec["linking"] == "dynamic":
-        bundled = _bundle(main_lib, lib_dir, _providers(deps_root, backend))
-
     for dep, info in sorted(spec["dependencies"].items()):
-        if dep == backend:
+        if dep == backend and not info["licenses"]:
             continue
         if not info["licenses"]:
             raise ArtifactError(f"dependency {dep} declares no licence files ('licenses:' in its recipe); "
@@ -122,14 +156,55 @@ def build(spec: dict, deps_root: Path, out_root: Path) -> None:
             target = dist / "licenses" / dep / os.path.basename(rel)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
+    for runtime, rel in sorted(spec.get("runtime_licenses", {}).items()):
+        source = toolbox.licenses.get(runtime)
+        if source is None or not os.path.isfile(source):
+            raise ArtifactError(f"the licence of runtime {runtime} ({rel}) is not in its toolchain")
+        target = dist / "licenses" / runtime / os.path.basename(rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
 
-    audits = [audit.audit_file(str(p), shipped=set(bundled.values()) | {main_lib.name})
-              for p in sorted(lib_dir.iterdir()) if audit.is_elf(str(p))]
+
+def build(spec: dict, deps_root: Path, out_root: Path, toolbox: Toolbox = Toolbox()) -> None:
+    """Make the artifact described by `spec` from staged dependency outputs into `out_root`."""
+    backend = spec["backend"]
+    library = deps_root / backend / spec["library"]
+    if not library.is_file():
+        backend_root = deps_root / backend
+        present = sorted(str(p.relative_to(backend_root)) for p in backend_root.rglob("*") if p.is_file())
+        raise ArtifactError(f"{backend} has no {spec['library']} (its outputs: {', '.join(present[:8])})")
+    dist = out_root / "dist"
+    lib_dir = dist / "lib"
+    lib_dir.mkdir(parents=True)
+    (out_root / "debug").mkdir()
+    _copy_licenses(spec, deps_root, dist, toolbox)
+    debug_ids: dict[str, str] = {}
+
+    def ship(source: Path, target: Path) -> None:
+        shutil.copyfile(source, target)
+        os.chmod(target, 0o755)
+        bid = _strip(target, out_root / "debug", toolbox.objcopy, toolbox.env)
+        if bid:
+            debug_ids[target.name] = bid
+
+    main_lib = lib_dir / library.name
+    ship(library.resolve(), main_lib)
+    # Static variants link their dependencies in, so usually nothing is left to bundle; what a
+    # dependency offers only as a shared library (a prebuilt libdnnl) is bundled in both.
+    bundled = _bundle(main_lib, lib_dir, _providers(deps_root, backend), ship)
+    _patchelf("--set-rpath", "$ORIGIN", main_lib)
+
+    elves = [p for p in sorted(lib_dir.iterdir()) if audit.is_elf(str(p))]
+    shipped = {elf.requirements(str(p)).soname or p.name for p in elves}
+    audits = [audit.audit_file(str(p), shipped=shipped) for p in elves]
     tag = audit.tightest(audits)
     wanted = audit.policy_named(spec["policy"])
     if wanted is None:
         raise ArtifactError(f"unknown policy {spec['policy']!r}")
     problems = [v for a in audits for v in a.violations(wanted)]
+    problems += [f"{os.path.basename(a.path)}: RPATH {r!r} is not relative to the library ($ORIGIN)"
+                 for a in audits for entry in a.req.rpaths for r in entry.split(":")
+                 if r and not r.startswith("$ORIGIN")]
     if problems:
         raise ArtifactError(f"refusing to label this artifact {wanted.name}: its true tag is {tag}:\n  "
                             + "\n  ".join(problems))
@@ -144,6 +219,11 @@ def build(spec: dict, deps_root: Path, out_root: Path) -> None:
         meta[f"dependency.{dep}.output"] = info["output"]
     for old, new in sorted(bundled.items()):
         meta[f"bundled.{old}"] = new
+    for name, bid in sorted(debug_ids.items()):
+        meta[f"debug.{name}.build_id"] = bid
+    # The debug artifact's index (also what makes an artifact without debug info have one).
+    (out_root / "debug" / "build-ids.txt").write_text("".join(f"{bid} {name}\n" for name, bid
+                                                             in sorted(debug_ids.items())))
     for path in sorted(p for p in dist.rglob("*") if p.is_file()):
         meta[f"file.{path.relative_to(dist)}.sha256"] = sha256_file(path)
     (dist / f"{main_lib.name}.meta").write_text("".join(f"{k}={v}\n" for k, v in meta.items()))

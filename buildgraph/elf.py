@@ -23,6 +23,7 @@ class ElfRequirements:
     path: str
     needed: list[str] = field(default_factory=list)
     rpaths: list[str] = field(default_factory=list)   # DT_RPATH and DT_RUNPATH entries
+    soname: str | None = None
     # namespace (GLIBC, GLIBCXX, ...) -> (highest version, one symbol needing it)
     highest: dict[str, tuple[tuple[int, ...], str]] = field(default_factory=dict)
 
@@ -53,6 +54,8 @@ def requirements(path: str) -> ElfRequirements:
                             out.rpaths.append(tag.rpath)
                         elif tag.entry.d_tag == "DT_RUNPATH":
                             out.rpaths.append(tag.runpath)
+                        elif tag.entry.d_tag == "DT_SONAME":
+                            out.soname = tag.soname
                 elif isinstance(section, GNUVerNeedSection):
                     for _, auxes in section.iter_versions():
                         for aux in auxes:
@@ -83,3 +86,24 @@ def _note(out: ElfRequirements, version_name: str, symbol: str) -> None:
     best = out.highest.get(namespace)
     if best is None or version > best[0] or (version == best[0] and not best[1] and symbol):
         out.highest[namespace] = (version, symbol)
+
+
+def build_id(path: str) -> str | None:
+    """The GNU build-id (hex) of an ELF file: how debuggers find its separate debug info."""
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import NoteSection
+
+    with open(path, "rb") as f:
+        for section in ELFFile(f).iter_sections():
+            if isinstance(section, NoteSection):
+                for note in section.iter_notes():
+                    if note["n_type"] == "NT_GNU_BUILD_ID":
+                        return note["n_desc"]
+    return None
+
+
+def has_debug_info(path: str) -> bool:
+    from elftools.elf.elffile import ELFFile
+
+    with open(path, "rb") as f:
+        return any(s.name.startswith((".debug_", ".zdebug_")) for s in ELFFile(f).iter_sections())

@@ -317,12 +317,23 @@ class Engine:
             tc = self.graph.nodes[dn].toolchain
             if tc:
                 toolchains[tc] = self.resolver.resolve(tc).digest
-        spec = {"backend": t.backend, "library": t.library, "policy": t.policy, "wheel": t.wheel,
+        policy = next((w.policy for w in reversed(t.when) if w.policy and w.matches(assignment)), t.policy)
+        spec = {"backend": t.backend, "library": t.library, "policy": policy, "wheel": t.wheel,
                 "version": t.version or "0", "linking": assignment.get("linking", "dynamic"),
                 "variant": "-".join(v for k, v in assignment.items() if k != "linking") or "default",
                 "commit": commit, "os": os_name,
-                "dependencies": deps, "toolchains": toolchains}
+                "dependencies": deps, "toolchains": toolchains, "runtime_licenses": self._runtime_licenses(node)}
         return (f"builtin:artifact v{ARTIFACT_VERSION}", spec_json(spec))
+
+    def _runtime_licenses(self, node: Node) -> dict[str, str]:
+        """Runtime -> its licence file as the artifact's action sees it (/toolchains/<entry>/…),
+        over the artifact's toolchain and the toolchains it brings along."""
+        found = {}
+        for member in self.resolver.members(node.toolchain) if node.toolchain else ():
+            for runtime, rel in self.ws.toolchains[member].runtime_licenses:
+                found.setdefault(runtime, rel if rel.startswith("/") else
+                                 f"{self.resolver.sandbox_dir(member)}/install/{rel}")
+        return found
 
     def _source_of(self, t) -> tuple[tuple | None, object]:
         """(identity for the key, what the sandbox stages) of a target's upstream source."""

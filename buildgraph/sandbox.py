@@ -169,7 +169,7 @@ class Sandbox:
             except (OutputError, SourceError) as exc:
                 return RunOutcome(None, str(exc), "", time.monotonic() - start)
             if action.commands[:1] and action.commands[0].startswith("builtin:artifact"):
-                return self._run_artifact(root, action, start)
+                return self._run_artifact(root, action, tools, start)
             code = self._execute(root, action, tools, source_tree)
             log = _tail(f"{root}/.stdout") + _tail(f"{root}/.stderr")
             if self.cancelled:
@@ -292,17 +292,25 @@ class Sandbox:
                 else:
                     self.store.copy_out(entry.digest, entry.executable, dest)
 
-    def _run_artifact(self, root: str, action: Action, start: float) -> RunOutcome:
-        """The built-in artifact action: in-process, on the staged dependency outputs."""
+    def _run_artifact(self, root: str, action: Action, tools, start: float) -> RunOutcome:
+        """The built-in artifact action: in-process, on the staged dependency outputs, with its
+        toolchain's objcopy and runtime licences found through the toolchain mounts."""
         import json
         from pathlib import Path
 
         from buildgraph import artifact
 
+        links, mounts = tools
+        spec = json.loads(action.commands[1])
+        objcopy = dict(links).get("objcopy")
+        toolbox = artifact.Toolbox(objcopy=objcopy and _unmapped(objcopy, None, mounts),
+                                   licenses={r: _unmapped(p, None, mounts)
+                                             for r, p in spec.get("runtime_licenses", {}).items()},
+                                   env={k: _unmapped(v, root, mounts) for k, v in action.env})
         for name in (".stdout", ".stderr"):
             open(f"{root}/{name}", "w").close()
         try:
-            artifact.build(json.loads(action.commands[1]), Path(f"{root}/deps"), Path(f"{root}/out"))
+            artifact.build(spec, Path(f"{root}/deps"), Path(f"{root}/out"), toolbox)
             result = self._collect(root, action, time.monotonic() - start)
         except (artifact.ArtifactError, OutputError) as exc:
             return RunOutcome(None, str(exc), "", time.monotonic() - start)

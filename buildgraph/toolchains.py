@@ -85,6 +85,10 @@ class ToolchainResolver:
         tc = self.toolchains[name]
         return [name] + [m for m in (tc.host_compiler, tc.link_with) if m]
 
+    def sandbox_dir(self, name: str) -> str:
+        """Where actions see toolchain `name`'s store entry."""
+        return f"{SANDBOX_TOOLCHAINS}/{self._entry(name)[0].name}"
+
     def ensure(self, names) -> None:
         """Fetch every toolchain in `names` (and their members) that is not in the store yet."""
         for name in dict.fromkeys(m for n in names for m in self.members(n)):

@@ -57,12 +57,13 @@ KIND_FIELDS = {
 STATIC_DENY = ("GPL-", "AGPL-", "LGPL-")
 SOURCE_KINDS = ("debian", "url", "pypi-sdist", "pypi-wheel", "git", "path")
 SOURCE_FIELDS = SOURCE_KINDS + ("sha256", "commit", "version", "subdirectory", "strip_components", "file")
-WHEN_FIELDS = ("if", "deps", "env", "cmds", "cmake_args", "make_args", "configure_args", "toolchain")
+WHEN_FIELDS = ("if", "deps", "env", "cmds", "cmake_args", "make_args", "configure_args", "toolchain", "policy")
 TOP_FIELDS = ("workspace", "variants", "toolchain", "host_tools", "source_date_epoch", "host_key", "targets")
 HOST_PROPERTIES = ("kernel", "cpus")   # what an action can observe of the host that no sandbox pins
 TOOLCHAIN_FIELDS = ("name", "version", "provider", "description", "tools", "expect_version",
                     "requirements", "packages", "url", "sha256", "strip_components", "wrappers",
-                    "cmake_toolchain", "env", "writable", "host_compiler", "link_with", "cuda")
+                    "cmake_toolchain", "env", "writable", "host_compiler", "link_with", "cuda",
+                    "link_args", "shared_link_args", "drop_args", "runtime_licenses")
 TOOLCHAIN_PROVIDERS = ("pypi", "apt", "host", "archive")
 # What each provider needs besides name, version and tools.
 PROVIDER_REQUIRES = {"pypi": ("requirements",), "apt": ("packages",), "host": (), "archive": ("url", "sha256")}
@@ -86,6 +87,7 @@ class When:
     make_args: tuple[str, ...] = ()
     configure_args: tuple[str, ...] = ()
     toolchain: str | None = None
+    policy: str | None = None                    # artifact: this variant's platform policy
 
     def matches(self, assignment: dict[str, str]) -> bool:
         return all(assignment.get(axis) in values for axis, values in self.condition)
@@ -162,6 +164,14 @@ class Toolchain:
     host_compiler: str | None = None             # CUDA: toolchain nvcc uses through -ccbin
     link_with: str | None = None                 # CUDA: toolchain whose cc/c++ do the final link
     cuda: str | None = None                      # CUDA: the nvcc version the compatibility rules use
+    # What the cc/c++ wrappers add or remove, so every build system gets the same linking:
+    link_args: tuple[str, ...] = ()              # added when a command links (e.g. a build-id)
+    shared_link_args: tuple[str, ...] = ()       # added when it links a shared library (-z defs)
+    drop_args: tuple[str, ...] = ()              # sh patterns of arguments the driver must not see
+    # runtime -> its licence file (relative to the installed files): what an artifact linking
+    # this toolchain's runtimes (libc++, libunwind, cudart) ships beside them. Not part of the
+    # entry's contents; the artifact's key holds it.
+    runtime_licenses: tuple[tuple[str, str], ...] = ()
 
     def spec(self) -> dict:
         """Everything that defines the store entry's contents (not where it was declared)."""
@@ -169,7 +179,8 @@ class Toolchain:
                 "tools": self.tools, "requirements": self.requirements, "packages": self.packages,
                 "url": self.url, "sha256": self.sha256, "strip_components": self.strip_components,
                 "wrappers": self.wrappers, "cmake_toolchain": self.cmake_toolchain, "env": self.env,
-                "writable": self.writable}
+                "writable": self.writable, "link_args": self.link_args,
+                "shared_link_args": self.shared_link_args, "drop_args": self.drop_args}
 
 
 @dataclass(frozen=True)
@@ -345,8 +356,18 @@ def _parse_when(raw, fields: _Fields, axes: dict[str, tuple[str, ...]], target_f
         result.append(When(condition=tuple(condition), deps=wf.str_list("deps"), env=wf.env("env"),
                            cmds=wf.str_list("cmds"), cmake_args=wf.str_list("cmake_args"),
                            make_args=wf.str_list("make_args"), configure_args=wf.str_list("configure_args"),
-                           toolchain=wf.str("toolchain")))
+                           toolchain=wf.str("toolchain"), policy=_policy(wf, None)))
     return tuple(result)
+
+
+def _policy(f: "_Fields", default: str | None) -> str | None:
+    """An artifact's platform policy, checked against the policies the audit knows."""
+    from buildgraph.audit import policy_named
+    name = f.str("policy", default)
+    if name is not None and policy_named(name) is None:
+        raise f.error("policy", f"unknown policy {name!r}",
+                      hint="manylinux_2_5 … manylinux_2_35, or an alias such as manylinux2014")
+    return name
 
 
 def _parse_target(name: str, data, file: str, line: int, prefix: str,
@@ -392,10 +413,7 @@ def _parse_target(name: str, data, file: str, line: int, prefix: str,
                 raise ConfigError(f"an artifact needs '{needed}'", file=file, line=data.line, field=prefix or None)
         if f.str("backend") not in f.str_list("deps"):
             raise f.error("backend", "the backend must also be listed in 'deps'")
-        from buildgraph.audit import policy_named
-        if policy_named(f.str("policy", "manylinux_2_17")) is None:
-            raise f.error("policy", f"unknown policy {f.str('policy')!r}",
-                          hint="manylinux_2_5 … manylinux_2_35, or an alias such as manylinux2014")
+        _policy(f, "manylinux_2_17")
     when = _parse_when(data.get("when"), f, axes, features)
     if data.get("reproducible") is False and not data.get("reproducible_reason"):
         raise ConfigError("a target declared reproducible: false needs a reproducible_reason",
@@ -404,7 +422,7 @@ def _parse_target(name: str, data, file: str, line: int, prefix: str,
         raise ConfigError("a script target needs 'cmds'", file=file, line=data.line, field=prefix)
     field_lines = tuple(sorted((k, data.line_of(k)) for k in data))
     if kind == "artifact" and not outs:
-        outs = ("dist/", "wheel/") if f.str("wheel") else ("dist/",)
+        outs = ("dist/", "debug/", "wheel/") if f.str("wheel") else ("dist/", "debug/")
     source = _parse_source(f.mapping("source"), f) if "source" in data else None
     licenses = f.str_list("licenses")
     for lic in licenses:
@@ -518,7 +536,9 @@ def _parse_toolchain(data, file: str, stem: str) -> Toolchain:
                      strip_components=f.int("strip_components", 0), wrappers=wrappers,
                      cmake_toolchain=bool(data.get("cmake_toolchain", False)), env=f.str_map("env"),
                      writable=writable, host_compiler=f.str("host_compiler"), link_with=f.str("link_with"),
-                     cuda=f.str("cuda"))
+                     cuda=f.str("cuda"), link_args=f.str_list("link_args"),
+                     shared_link_args=f.str_list("shared_link_args"), drop_args=f.str_list("drop_args"),
+                     runtime_licenses=f.str_map("runtime_licenses"))
 
 
 def _template_refs(template: str) -> list[str]:

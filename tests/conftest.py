@@ -30,6 +30,7 @@ tools:
   ar: ar
   as: as
   ld: ld
+  objcopy: objcopy
 """
 
 

@@ -104,6 +104,18 @@ def test_portable_artifact_passes_manylinux_2_17_and_loads(shared_ws, capsys):
     assert meta["dependency.zdep.version"] == "1.2" and meta["toolchain.portable"]
     assert meta["os"].startswith("debian")
     assert f"file.lib/{bundled[0]}.sha256" in meta
+    # Shipped files are stripped; their debug info is kept apart, named by GNU build-id.
+    from buildgraph.elf import build_id, has_debug_info
+    for name in libs:
+        bid = build_id(str(dist / "lib" / name))
+        assert bid and not has_debug_info(str(dist / "lib" / name)), name
+        debug = ws.out("release@dynamic") / "debug" / ".build-id" / bid[:2] / f"{bid[2:]}.debug"
+        assert has_debug_info(str(debug)) and build_id(str(debug)) == bid
+        assert meta[f"debug.{name}.build_id"] == bid
+        assert f"{bid} {name}" in (ws.out("release@dynamic") / "debug" / "build-ids.txt").read_text()
+    # The runtimes the portable toolchain links in are credited too.
+    assert "LLVM Exceptions" in (dist / "licenses/libc++/LICENSE.TXT").read_text()
+    assert (dist / "licenses/libunwind/LICENSE.TXT").is_file()
     static = ws.out("release@static") / "dist"
     assert sorted(p.name for p in (static / "lib").iterdir()) == ["libbk.so"]   # zdep linked in
     assert (static / "licenses/zdep/LICENSE").exists()                          # and still credited
@@ -194,7 +206,8 @@ def test_push_to_webdav_and_pull_back_verified(shared_ws, capsys, tmp_path):
 def test_directory_repository_round_trip(ws, capsys, tmp_path):
     make(ws, toolchain="host-gcc")
     ws.write("BUILD.yaml", (ws.root / "BUILD.yaml").read_text().replace("policy: manylinux_2_17", "policy: manylinux_2_35"))
-    assert ws.build("release@static", "--git-sha", "d1d1", capsys=capsys)["_rc"] == 0
+    st = ws.build("release@static", "--git-sha", "d1d1", capsys=capsys)
+    assert st["_rc"] == 0, st["_out"] + st["_err"]
     repo = tmp_path / "repo"
     rc, out, err = ws.run("artifact", "push", "release@static", "--to", str(repo), "--git-sha", "d1d1", capsys=capsys)
     assert rc == 0, err
@@ -229,3 +242,17 @@ def test_s3_repository_through_boto3_against_moto(ws, capsys, tmp_path, monkeypa
         assert (dest / "lib/libbk.so").read_bytes() == (dist / "lib/libbk.so").read_bytes()
     finally:
         srv.stop()
+
+
+def test_bundled_library_is_found_by_soname(ws, capsys):
+    """The loader matches NEEDED against SONAMEs: a dependency installing only libzdep.so.1.2
+    (SONAME libzdep.so.1, no libzdep.so.1 file) is still found and bundled."""
+    make(ws, toolchain="host-gcc")
+    text = (ws.root / "BUILD.yaml").read_text()
+    text = text.replace("-o $OUT/lib/libzdep.so.1\n", "-o $OUT/lib/libzdep.so.1.2\n")
+    text = text.replace("ln -s libzdep.so.1 $OUT/lib/libzdep.so", "ln -s libzdep.so.1.2 $OUT/lib/libzdep.so")
+    ws.write("BUILD.yaml", text.replace("policy: manylinux_2_17", "policy: manylinux_2_35"))
+    st = ws.build("release@dynamic", capsys=capsys)
+    assert st["_rc"] == 0, st["_out"] + st["_err"]
+    libs = sorted(p.name for p in (ws.out("release@dynamic") / "dist" / "lib").iterdir())
+    assert [n for n in libs if n.startswith("libzdep-")], libs
