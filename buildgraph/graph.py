@@ -27,6 +27,7 @@ class Node:
     commands: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
     toolchain: str | None = None              # the target's, or a matching `when`'s
+    estimate: float | None = None             # the target's declared duration, for scheduling
 
 
 def node_name(target: str, values: list[str]) -> str:
@@ -129,7 +130,8 @@ class BuildGraph:
 
     def critical_path(self, selected: list[str], durations: dict[str, float],
                       default: float = 1.0) -> tuple[dict[str, float], list[str]]:
-        """Per node, the longest duration from its start to the end of the build; and the path."""
+        """Per node, the longest duration from its start to the end of the build; and the path.
+        A node's duration is the recorded one, else its target's `estimate`, else `default`."""
         chosen = set(selected)
         remaining: dict[str, float] = {}
         nxt: dict[str, str | None] = {}
@@ -138,7 +140,10 @@ class BuildGraph:
             for r in self.rdeps[name]:
                 if r in chosen and remaining[r] > best:
                     best, best_next = remaining[r], r
-            remaining[name] = durations.get(name, default) + best
+            own = durations.get(name)
+            if own is None:
+                own = self.nodes[name].estimate if self.nodes[name].estimate is not None else default
+            remaining[name] = own + best
             nxt[name] = best_next
         path: list[str] = []
         if remaining:
@@ -249,4 +254,5 @@ def _make_node(t: Target, assignment: dict[str, str], eff, effective) -> Node:
     return Node(name=node_name(t.name, [assignment[a] for a in eff]), target=t.name,
                 assignment=tuple(assignment.items()), features=tuple(sorted(features)), deps=deps,
                 commands=recipes.commands(t, matched), env=tuple(sorted(env.items())),
-                toolchain=next((w.toolchain for w in reversed(matched) if w.toolchain), t.toolchain))
+                toolchain=next((w.toolchain for w in reversed(matched) if w.toolchain), t.toolchain),
+                estimate=t.estimate)

@@ -287,14 +287,22 @@ def _driver_args(tc: Toolchain) -> str:
     """sh that rewrites a compiler driver's arguments: drops `drop_args` patterns, and when the
     command links (no -c/-S/-E) appends `link_args`, plus `shared_link_args` for -shared. In the
     wrapper, not in CMake's toolchain file, so make, autotools and CMake builds link alike."""
-    if not (tc.link_args or tc.shared_link_args or tc.drop_args):
+    if not (tc.link_args or tc.shared_link_args or tc.drop_args or tc.short_so_names):
         return ""
     quote = shlex.quote
     lines = ["links=1 shared=", "for a do", "  shift", "  case $a in"]
     if tc.drop_args:
         lines.append(f"    {'|'.join(_sh_pattern(p) for p in tc.drop_args)}) continue ;;")
-    lines += ["    -c|-S|-E|-M|-MM) links= ;;", "    -shared) shared=1 ;;", "  esac",
-              '  set -- "$@" "$a"', "done"]
+    lines += ["    -c|-S|-E|-M|-MM) links= ;;", "    -shared) shared=1 ;;"]
+    if tc.short_so_names:
+        # A library path with four version numbers (libprotobuf.so.3.21.12.0) goes through a
+        # link named *.so; the output's NEEDED entry comes from the library's SONAME anyway.
+        lines += ["    *.so.[0-9]*.[0-9]*.[0-9]*.[0-9]*)",
+                  '      if [ -f "$a" ]; then',
+                  '        l="${TMPDIR:-/tmp}/buildgraph-so-links"; mkdir -p "$l"',
+                  """        n="$l/$(printf %s "$a" | tr './' '__').so"; ln -sf "$(readlink -f "$a")" "$n"; a=$n""",
+                  "      fi ;;"]
+    lines += ["  esac", '  set -- "$@" "$a"', "done"]
     if tc.link_args:
         lines.append(f'[ -n "$links" ] && set -- "$@" {" ".join(map(quote, tc.link_args))}')
     if tc.shared_link_args:

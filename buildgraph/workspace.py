@@ -18,6 +18,7 @@ toolchains/NAME.yaml: one TOOLCHAIN.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +45,7 @@ RESERVED_ENV = frozenset({"PATH", "HOME", "TMPDIR", "TZ", "LC_ALL", "SRC", "OUT"
 RESERVED_ENV_PREFIXES = ("DEP_", "BG_")
 
 COMMON_FIELDS = ("kind", "name", "description", "srcs", "deps", "outs", "env", "toolchain",
-                 "features", "weight", "when", "jobserver", "source_dir", "source", "licenses", "version",
+                 "features", "weight", "estimate", "when", "jobserver", "source_dir", "source", "licenses", "version",
                  "post_install", "license", "reproducible", "reproducible_reason")
 KIND_FIELDS = {
     "script": ("cmds",),
@@ -63,7 +64,7 @@ HOST_PROPERTIES = ("kernel", "cpus")   # what an action can observe of the host 
 TOOLCHAIN_FIELDS = ("name", "version", "provider", "description", "tools", "expect_version",
                     "requirements", "packages", "url", "sha256", "strip_components", "wrappers",
                     "cmake_toolchain", "env", "writable", "host_compiler", "link_with", "cuda",
-                    "link_args", "shared_link_args", "drop_args", "runtime_licenses")
+                    "link_args", "shared_link_args", "drop_args", "short_so_names", "runtime_licenses")
 TOOLCHAIN_PROVIDERS = ("pypi", "apt", "host", "archive")
 # What each provider needs besides name, version and tools.
 PROVIDER_REQUIRES = {"pypi": ("requirements",), "apt": ("packages",), "host": (), "archive": ("url", "sha256")}
@@ -105,6 +106,8 @@ class Target:
     toolchain: str | None = None
     features: tuple[str, ...] = ()
     weight: int = 1
+    estimate: float | None = None                # seconds the action is expected to take (scheduling,
+                                                 # until a real duration is recorded)
     when: tuple[When, ...] = ()
     jobserver: str = "pipe"
     source_dir: str = "."
@@ -168,6 +171,7 @@ class Toolchain:
     link_args: tuple[str, ...] = ()              # added when a command links (e.g. a build-id)
     shared_link_args: tuple[str, ...] = ()       # added when it links a shared library (-z defs)
     drop_args: tuple[str, ...] = ()              # sh patterns of arguments the driver must not see
+    short_so_names: bool = False                 # pass libx.so.1.2.3.4 as a link named *.so (zig)
     # runtime -> its licence file (relative to the installed files): what an artifact linking
     # this toolchain's runtimes (libc++, libunwind, cudart) ships beside them. Not part of the
     # entry's contents; the artifact's key holds it.
@@ -180,7 +184,8 @@ class Toolchain:
                 "url": self.url, "sha256": self.sha256, "strip_components": self.strip_components,
                 "wrappers": self.wrappers, "cmake_toolchain": self.cmake_toolchain, "env": self.env,
                 "writable": self.writable, "link_args": self.link_args,
-                "shared_link_args": self.shared_link_args, "drop_args": self.drop_args}
+                "shared_link_args": self.shared_link_args, "drop_args": self.drop_args,
+                "short_so_names": self.short_so_names}
 
 
 @dataclass(frozen=True)
@@ -360,6 +365,20 @@ def _parse_when(raw, fields: _Fields, axes: dict[str, tuple[str, ...]], target_f
     return tuple(result)
 
 
+def _estimate(f: "_Fields") -> float | None:
+    """`estimate: 12m` (also 90s, 1h, 1h30m, or plain seconds) as seconds."""
+    value = f.data.get("estimate")
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    m = re.fullmatch(r"\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*", str(value))
+    if not m or not any(m.groups()):
+        raise f.error("estimate", f"expected a duration such as 12m, 90s or 1h30m, got {value!r}")
+    h, mins, secs = (int(g or 0) for g in m.groups())
+    return float(h * 3600 + mins * 60 + secs)
+
+
 def _policy(f: "_Fields", default: str | None) -> str | None:
     """An artifact's platform policy, checked against the policies the audit knows."""
     from buildgraph.audit import policy_named
@@ -430,7 +449,7 @@ def _parse_target(name: str, data, file: str, line: int, prefix: str,
     return Target(
         name=name, kind=kind, loc=Location(file, data.line), srcs=srcs, deps=f.str_list("deps"),
         outs=outs, env=f.env("env"), toolchain=f.str("toolchain", default_toolchain),
-        features=features, weight=f.int("weight", 1, minimum=1),
+        features=features, weight=f.int("weight", 1, minimum=1), estimate=_estimate(f),
         when=when, jobserver=jobserver,
         source_dir=source_dir, cmds=f.str_list("cmds"), cmake_args=f.str_list("cmake_args"),
         generator=f.str("generator", "Unix Makefiles"), build_targets=f.str_list("build_targets"),
@@ -538,7 +557,8 @@ def _parse_toolchain(data, file: str, stem: str) -> Toolchain:
                      writable=writable, host_compiler=f.str("host_compiler"), link_with=f.str("link_with"),
                      cuda=f.str("cuda"), link_args=f.str_list("link_args"),
                      shared_link_args=f.str_list("shared_link_args"), drop_args=f.str_list("drop_args"),
-                     runtime_licenses=f.str_map("runtime_licenses"))
+                     runtime_licenses=f.str_map("runtime_licenses"),
+                     short_so_names=bool(data.get("short_so_names", False)))
 
 
 def _template_refs(template: str) -> list[str]:

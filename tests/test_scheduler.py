@@ -147,6 +147,25 @@ def test_critical_path_runs_first(ws, capsys):
     assert set(order) == {"a_short1", "b_short2", "z_long", "z_tail"}
 
 
+def test_declared_estimate_orders_a_fresh_build(ws, capsys):
+    """No durations recorded yet: `estimate` puts the long node first (alphabetical order
+    and the default estimate would start it last); a bad estimate is a load error."""
+    ws.write("BUILD.yaml", """\
+        targets:
+          a_short: {kind: script, outs: [o], cmds: ["echo a > $OUT/o"]}
+          b_short: {kind: script, outs: [o], cmds: ["echo b > $OUT/o"]}
+          z_long: {kind: script, estimate: 12m, outs: [o], cmds: ["echo z > $OUT/o"]}
+        """)
+    trace = ws.root / "trace.json"
+    rc, out, err = ws.run("build", "-j1", "--profile", str(trace), capsys=capsys)
+    assert rc == 0, out + err
+    events = sorted(json.loads(trace.read_text())["traceEvents"], key=lambda e: e["ts"])
+    assert [e["name"] for e in events][0] == "z_long"
+    ws.write("BUILD.yaml", "targets:\n  z: {kind: script, estimate: soon, outs: [o], cmds: [\"true\"]}\n")
+    rc, out, err = ws.run("plan", capsys=capsys)
+    assert rc == 2 and "BUILD.yaml:2" in err and "estimate" in err and "12m" in err
+
+
 def test_weight_is_admission_and_the_heavy_nodes_make_gets_the_slots(ws, capsys):
     """A weight-2 node on -j2 starts only when both slots are free, then its own make
     runs two jobs at once (it is not left with one slot while buildgraph holds the other)."""
