@@ -111,3 +111,9 @@ def shared_ws(tmp_path) -> Workspace:
 
 def ran(statuses: dict) -> set[str]:
     return {n for n, s in statuses.items() if s == "ran"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest tests first (the real release build), so a parallel run overlaps them with
+    everything else instead of starting them last."""
+    items.sort(key=lambda item: item.get_closest_marker("release") is None)

@@ -18,8 +18,11 @@ def test_release_graph_shape():
     assert graph.by_target["onednn"] == ["onednn@static", "onednn@dynamic"]
     assert len(graph.by_target["backend"]) == 6
     mkl = dict(graph.nodes["backend@mkl-static"].deps)
-    assert mkl["onednn"] == "onednn@static" and mkl["opencv"] == "opencv@static"
-    assert "onednn" not in dict(graph.nodes["backend@cpu-dynamic"].deps)
+    assert mkl["onednn-bin"] == "onednn-bin" and mkl["opencv"] == "opencv@static"   # Intel's wheels
+    assert "onednn-bin" not in dict(graph.nodes["backend@cpu-dynamic"].deps)
+    # One artifact and one test of it per variant; the mkl artifacts bundle libgomp.
+    assert len(graph.by_target["release"]) == 6 and len(graph.by_target["release_test"]) == 6
+    assert dict(graph.nodes["release@mkl-dynamic"].deps)["libgomp"] == "libgomp"
     assert graph.nodes["backend@cu130-static"].toolchain == "cuda-13.0"
     assert graph.nodes["backend@cpu-static"].toolchain == "portable"
     # OpenCV takes JPEG from our node, not its bundled copy.
@@ -35,8 +38,8 @@ def test_release_plan_keys_need_no_source(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     nodes = {n["node"]: n for n in json.loads(out)["nodes"]}
-    assert len(nodes) == 20
-    for dep in ("openblas", "libjpeg-turbo", "protobuf@static", "onednn@dynamic"):
+    assert len(nodes) == 29
+    for dep in ("openblas", "libjpeg-turbo", "protobuf@static", "onednn@dynamic", "onednn-bin-lib"):
         assert nodes[dep]["key"] and nodes[dep]["status"] == "run"
     assert nodes["backend@cpu-static"]["key"] is None      # known once its dependencies are built
     assert not (tmp_path / "cache" / "sources").exists()   # no source was fetched to compute keys

@@ -1,5 +1,6 @@
 """Pinned toolchains: the store, providers, the portable glibc-2.17 toolchain, CUDA, rules."""
 
+import subprocess
 import io
 import json
 import os
@@ -92,7 +93,8 @@ def test_portable_toolchain_through_cmake(shared_ws, capsys):
     st = ws.build(capsys=capsys)
     assert st["p"] == "ran", st["_out"]
     assert glibc_needed(ws.out("p") / "lib/libp.so") <= (2, 17)
-    assert requirements(str(ws.out("p") / "lib/libp.so")).rpaths == []   # no build RPATH leaks in
+    # No build RPATH leaks in; the install RPATH is relative to the library, never a sandbox path.
+    assert requirements(str(ws.out("p") / "lib/libp.so")).rpaths == ["$ORIGIN/../lib"]
 
 
 @pytest.mark.slow
@@ -110,7 +112,7 @@ def test_cuda_13_compiles_with_gcc_host_and_links_for_glibc_2_17(shared_ws, caps
             cmds:
               - nvcc --version > $OUT/nvcc-version.txt
               - nvcc -Xcompiler -fPIC -c $SRC/k.cu -o k.o
-              - $CXX -shared k.o -L$CUDA_HOME/lib -l:libcudart.so.13 -o $OUT/libk.so
+              - $CXX -shared k.o $CUDA_HOME/lib/libcudart.so.13 -o $OUT/libk.so
         """)
     st = ws.build(capsys=capsys)
     assert st["kernel"] == "ran", st["_out"]
@@ -315,3 +317,40 @@ def test_toolchain_entry_is_reachable_in_every_sandbox_mode(ws, capsys, tmp_path
     st = ws.build("--sandbox", mode, capsys=capsys)
     assert st["t"] == "ran", st["_out"]
     assert (ws.out("t") / "o").read_text() == "tool-v1\ndata v1\n"
+
+
+@pytest.mark.slow
+def test_portable_links_what_cmake_passes(ws, capsys):
+    """Through CMake: a library versioned with four numbers (libq.so.1.2.3.4, which zig's
+    driver calls an unrecognized file), an executable over a library that needs another
+    (CMake adds -rpath-link, which zig's driver rejects), a GNU build-id on every link, and a
+    shared library with an unresolved symbol refused at link time (-z defs)."""
+    from buildgraph.elf import build_id
+    ws.use_toolchains("portable")
+    ws.write("proj/q.c", "int q(void) { return 41; }\n")
+    ws.write("proj/r.c", "int q(void);\nint r(void) { return q() + 1; }\n")
+    ws.write("proj/main.c", "int r(void);\nint main(void) { return r() == 42 ? 0 : 1; }\n")
+    ws.write("proj/CMakeLists.txt", """\
+        cmake_minimum_required(VERSION 3.16)
+        project(p C)
+        add_library(q SHARED q.c)
+        set_target_properties(q PROPERTIES VERSION 1.2.3.4 SOVERSION 1)
+        add_library(r SHARED r.c)
+        target_link_libraries(r PRIVATE q)
+        add_executable(m main.c)
+        target_link_libraries(m PRIVATE r)
+        install(TARGETS q r m LIBRARY DESTINATION lib RUNTIME DESTINATION bin)
+        """)
+    ws.write("BUILD.yaml", """\
+        targets:
+          p: {kind: cmake, toolchain: portable, srcs: ["proj/*"], source_dir: proj, outs: [bin/, lib/]}
+        """)
+    st = ws.build(capsys=capsys)
+    assert st["p"] == "ran", st["_out"]
+    assert subprocess.run([str(ws.out("p") / "bin/m")]).returncode == 0     # found via $ORIGIN/../lib
+    for f in ("bin/m", "lib/libr.so", "lib/libq.so.1.2.3.4"):
+        assert build_id(str(ws.out("p") / f)), f
+    assert "libq.so.1" in requirements(str(ws.out("p") / "lib/libr.so")).needed
+    ws.write("proj/r.c", "int missing(void);\nint q(void);\nint r(void) { return q() + missing(); }\n")
+    st = ws.build(capsys=capsys)
+    assert st["p"] == "failed" and "undefined symbol: missing" in st["_out"], st["_out"]
