@@ -20,6 +20,8 @@ RELEASE_CACHE = Path(os.environ.get("BUILDGRAPH_RELEASE_CACHE")
 
 @pytest.mark.slow
 @pytest.mark.release
+@pytest.mark.skipif(not os.environ.get("BUILDGRAPH_TEST_RELEASE"),
+                    reason="the real release build: set BUILDGRAPH_TEST_RELEASE=1 (.ci/run does)")
 def test_cpu_artifacts_from_real_sources(tmp_path, capsys):
     ws = tmp_path / "release"
     for name in ("BUILD.yaml", "deps", "toolchains", "examples/backend"):
