@@ -60,9 +60,7 @@ def _patchelf(*args) -> None:
     exe = shutil.which("patchelf")
     if exe is None:
         raise ArtifactError("patchelf is needed to repair shared libraries (apt-get install patchelf)")
-    proc = subprocess.run([exe, *map(str, args)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ArtifactError(f"patchelf {' '.join(map(str, args))}: {proc.stderr.strip()}")
+    _run({}, exe, *args)
 
 
 def _hashed_name(name: str, digest: str) -> str:
@@ -83,7 +81,7 @@ def _providers(deps_root: Path, skip: str) -> dict[str, Path]:
         for path in sorted((dep / "lib").rglob("*.so*")):
             real = path.resolve()
             if path.is_file() and audit.is_elf(str(real)):
-                soname = elf.requirements(str(real)).soname
+                soname = elf.requirements(str(real), symbols=False).soname
                 if soname:
                     by_soname.setdefault(soname, real)
                 by_file.setdefault(path.name, real)
@@ -110,6 +108,8 @@ def _strip(path: Path, debug_root: Path, objcopy: str | None, env: dict[str, str
 
 
 def _run(env: dict[str, str], *cmd) -> None:
+    """Run a tool; `env` is the action's (its PATH names the sandbox's tool dir, so the
+    wrapper scripts get the system's instead), or {} for this process's own."""
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
                           env={**env, "PATH": "/usr/bin:/bin"} if env else None)
     if proc.returncode != 0:
@@ -124,7 +124,7 @@ def _bundle(lib: Path, lib_dir: Path, providers: dict[str, Path], ship) -> dict[
     queue = [lib]
     while queue:
         current = queue.pop()
-        for needed in audit.requirements(str(current)).needed:
+        for needed in elf.requirements(str(current), symbols=False).needed:
             if needed in system or (needed not in providers and needed not in renamed):
                 continue
             if needed not in renamed:
@@ -141,26 +141,26 @@ def _bundle(lib: Path, lib_dir: Path, providers: dict[str, Path], ship) -> dict[
 
 
 def _copy_licenses(spec: dict, deps_root: Path, dist: Path, toolbox: Toolbox) -> None:
-    """dist/licenses/: every dependency's declared licence files and the toolchain runtimes'."""
-    backend = spec["backend"]
+    """dist/licenses/<dep or runtime>/: every dependency's declared licence files and the
+    licences of the runtimes the artifact's toolchain links in. Checked before any work."""
+    files: list[tuple[str, Path]] = []
     for dep, info in sorted(spec["dependencies"].items()):
-        if dep == backend and not info["licenses"]:
-            continue
         if not info["licenses"]:
+            if dep == spec["backend"]:
+                continue
             raise ArtifactError(f"dependency {dep} declares no licence files ('licenses:' in its recipe); "
                                 f"it is {'shipped' if spec['linking'] == 'dynamic' else 'linked statically'}")
         for rel in info["licenses"]:
-            source = deps_root / dep / rel
-            if not source.is_file():
+            if not (deps_root / dep / rel).is_file():
                 raise ArtifactError(f"dependency {dep} declares licence file {rel}, but its outputs lack it")
-            target = dist / "licenses" / dep / os.path.basename(rel)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
+            files.append((dep, deps_root / dep / rel))
     for runtime, rel in sorted(spec.get("runtime_licenses", {}).items()):
         source = toolbox.licenses.get(runtime)
         if source is None or not os.path.isfile(source):
             raise ArtifactError(f"the licence of runtime {runtime} ({rel}) is not in its toolchain")
-        target = dist / "licenses" / runtime / os.path.basename(rel)
+        files.append((runtime, Path(source)))
+    for owner, source in files:
+        target = dist / "licenses" / owner / source.name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
 
@@ -195,7 +195,7 @@ def build(spec: dict, deps_root: Path, out_root: Path, toolbox: Toolbox = Toolbo
     _patchelf("--set-rpath", "$ORIGIN", main_lib)
 
     elves = [p for p in sorted(lib_dir.iterdir()) if audit.is_elf(str(p))]
-    shipped = {elf.requirements(str(p)).soname or p.name for p in elves}
+    shipped = {elf.requirements(str(p), symbols=False).soname or p.name for p in elves}
     audits = [audit.audit_file(str(p), shipped=shipped) for p in elves]
     tag = audit.tightest(audits)
     wanted = audit.policy_named(spec["policy"])

@@ -7,6 +7,7 @@ policy's, and every library it needs is a system library or shipped beside it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -24,14 +25,19 @@ class Policy:
     max: tuple[tuple[str, tuple[int, ...]], ...]
 
 
+@functools.cache
+def _data() -> dict:
+    return json.loads(_DATA.read_text())
+
+
 def policies() -> list[Policy]:
-    data = json.loads(_DATA.read_text())
+    data = _data()
     return [Policy(p["name"], tuple(p["aliases"]), tuple((k, parse_version(v)) for k, v in p["max"].items()))
             for p in data["policies"]]
 
 
 def system_libraries() -> frozenset[str]:
-    return frozenset(json.loads(_DATA.read_text())["system_libraries"])
+    return frozenset(_data()["system_libraries"])
 
 
 def policy_named(name: str) -> Policy | None:

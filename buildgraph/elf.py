@@ -32,8 +32,10 @@ class ElfRequirements:
         return ".".join(map(str, found[0])) if found else None
 
 
-def requirements(path: str) -> ElfRequirements:
-    """Symbol versions and libraries `path` needs; ValueError if it is not an ELF file."""
+def requirements(path: str, symbols: bool = True) -> ElfRequirements:
+    """Symbol versions and libraries `path` needs; ValueError if it is not an ELF file.
+    With symbols=False only the dynamic section is read (NEEDED, RPATH/RUNPATH, SONAME):
+    what bundling asks of every library, without walking its symbol table."""
     from elftools.common.exceptions import ELFError
     from elftools.elf.dynamic import DynamicSection
     from elftools.elf.elffile import ELFFile
@@ -47,22 +49,16 @@ def requirements(path: str) -> ElfRequirements:
             version_names: dict[int, str] = {}
             for section in elf.iter_sections():
                 if isinstance(section, DynamicSection):
-                    for tag in section.iter_tags():
-                        if tag.entry.d_tag == "DT_NEEDED":
-                            out.needed.append(tag.needed)
-                        elif tag.entry.d_tag == "DT_RPATH":
-                            out.rpaths.append(tag.rpath)
-                        elif tag.entry.d_tag == "DT_RUNPATH":
-                            out.rpaths.append(tag.runpath)
-                        elif tag.entry.d_tag == "DT_SONAME":
-                            out.soname = tag.soname
+                    _read_dynamic(section, out)
+                elif not symbols:
+                    continue
                 elif isinstance(section, GNUVerNeedSection):
                     for _, auxes in section.iter_versions():
                         for aux in auxes:
                             version_names[aux.entry.vna_other] = aux.name
                 elif isinstance(section, GNUVerSymSection):
                     versym = section
-            dynsym = elf.get_section_by_name(".dynsym")
+            dynsym = elf.get_section_by_name(".dynsym") if symbols else None
             if dynsym is not None and versym is not None:
                 for i, sym in enumerate(dynsym.iter_symbols()):
                     if sym["st_shndx"] != "SHN_UNDEF" or not sym.name:
@@ -76,6 +72,19 @@ def requirements(path: str) -> ElfRequirements:
     except ELFError as exc:
         raise ValueError(f"{path}: not an ELF file ({exc})") from None
     return out
+
+
+def _read_dynamic(section, out: ElfRequirements) -> None:
+    for tag in section.iter_tags():
+        kind = tag.entry.d_tag
+        if kind == "DT_NEEDED":
+            out.needed.append(tag.needed)
+        elif kind == "DT_RPATH":
+            out.rpaths.append(tag.rpath)
+        elif kind == "DT_RUNPATH":
+            out.rpaths.append(tag.runpath)
+        elif kind == "DT_SONAME":
+            out.soname = tag.soname
 
 
 def _note(out: ElfRequirements, version_name: str, symbol: str) -> None:

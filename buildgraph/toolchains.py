@@ -177,9 +177,11 @@ def host_tools(names: tuple[str, ...], stat_cache: StatCache, packages=None, hos
 
     links = []
     for name in names:
+        # A name is looked up on PATH; an absolute path picks one program where PATH would find
+        # another (a pyenv shim under /root, which the sandbox does not show).
         found = shutil.which(name)
         if found is not None:
-            links.append((name, os.path.realpath(found)))
+            links.append((os.path.basename(name), os.path.realpath(found)))
     pk_digest, unowned = (packages or hostpkgs.packages_digest)(tuple(sorted({p for _, p in links})), ())
     files = (host_files or visible_host_files)()
     digest = value_digest({"tools": sorted([n, stat_cache.digest(p)] for n, p in links), "packages": pk_digest,

@@ -214,3 +214,24 @@ def test_a_failed_actions_sandbox_is_kept_for_inspection(ws, capsys):
     ws.write("BUILD.yaml", 'targets:\n  t: {kind: script, outs: [wanted], cmds: ["echo > $OUT/wanted"]}\n')
     assert ws.build(capsys=capsys)["t"] == "ran"
     assert ws.run("cache", "gc", capsys=capsys)[0] == 0 and not kept.exists()
+
+
+def test_host_tool_by_absolute_path_is_that_program(ws, capsys, tmp_path, monkeypatch):
+    """`host_tools` may name a program by path: by name, PATH finds a shim first (as pyenv's
+    under /root, which the sandbox does not show); by path, the action runs that program."""
+    shim_dir = tmp_path / "shims"
+    shim_dir.mkdir()
+    (shim_dir / "python3").write_text("#!/bin/sh\nexit 3\n")
+    (shim_dir / "python3").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim_dir}:{os.environ['PATH']}")
+    spec = """\
+        host_tools: [default, {tool}]
+        targets:
+          t: {{kind: script, outs: [o], cmds: ["python3 -c 'print(6 * 7)' > $OUT/o"]}}
+        """
+    ws.write("BUILD.yaml", spec.format(tool="python3"))
+    assert ws.build(capsys=capsys)["t"] == "failed"
+    ws.write("BUILD.yaml", spec.format(tool="/usr/bin/python3"))
+    st = ws.build(capsys=capsys)
+    assert st["t"] == "ran", st["_out"]
+    assert (ws.out("t") / "o").read_text() == "42\n"
