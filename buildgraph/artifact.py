@@ -15,7 +15,8 @@ ordinary action key over the spec below and those outputs). Output layout:
   debug/.build-id/xx/<rest>.debug  the debug info stripped from each shipped file, named by
                                 its GNU build-id (where gdb and debuginfod look);
                                 debug/build-ids.txt lists them
-  dist/<library>.meta           properties: variant, linking, commit, os, platform tag,
+  dist/<library>.meta           properties: variant, linking, commit, working tree (clean or
+                                dirty), os, platform tag,
                                 toolchain digests, dependency versions and output digests,
                                 and the SHA-256 of every file (what `artifact pull` verifies)
   wheel/<name>-<v>-py3-none-<tag>.whl   optional: the library as a Python package
@@ -143,7 +144,7 @@ def _bundle(lib: Path, lib_dir: Path, providers: dict[str, Path], ship) -> dict[
 def _copy_licenses(spec: dict, deps_root: Path, dist: Path, toolbox: Toolbox) -> None:
     """dist/licenses/<dep or runtime>/: every dependency's declared licence files and the
     licences of the runtimes the artifact's toolchain links in. Checked before any work."""
-    files: list[tuple[str, Path]] = []
+    files: list[tuple[str, Path, str]] = []     # (owner, file, name under licenses/<owner>/)
     for dep, info in sorted(spec["dependencies"].items()):
         if not info["licenses"]:
             if dep == spec["backend"]:
@@ -151,16 +152,26 @@ def _copy_licenses(spec: dict, deps_root: Path, dist: Path, toolbox: Toolbox) ->
             raise ArtifactError(f"dependency {dep} declares no licence files ('licenses:' in its recipe); "
                                 f"it is {'shipped' if spec['linking'] == 'dynamic' else 'linked statically'}")
         for rel in info["licenses"]:
-            if not (deps_root / dep / rel).is_file():
+            path = deps_root / dep / rel
+            if rel.endswith("/"):
+                # A directory: the project installs its own and its bundled code's licences
+                # there (OpenCV: zlib, flatbuffers … built into its libraries).
+                found = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else []
+                if not found:
+                    raise ArtifactError(f"dependency {dep} declares licence directory {rel}, but its "
+                                        f"outputs have no files there")
+                files.extend((dep, p, str(p.relative_to(path))) for p in found)
+            elif path.is_file():
+                files.append((dep, path, path.name))
+            else:
                 raise ArtifactError(f"dependency {dep} declares licence file {rel}, but its outputs lack it")
-            files.append((dep, deps_root / dep / rel))
     for runtime, rel in sorted(spec.get("runtime_licenses", {}).items()):
         source = toolbox.licenses.get(runtime)
         if source is None or not os.path.isfile(source):
             raise ArtifactError(f"the licence of runtime {runtime} ({rel}) is not in its toolchain")
-        files.append((runtime, Path(source)))
-    for owner, source in files:
-        target = dist / "licenses" / owner / source.name
+        files.append((runtime, Path(source), Path(source).name))
+    for owner, source, name in files:
+        target = dist / "licenses" / owner / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
 
@@ -210,6 +221,8 @@ def build(spec: dict, deps_root: Path, out_root: Path, toolbox: Toolbox = Toolbo
                             + "\n  ".join(problems))
 
     meta = {"variant": spec["variant"], "linking": spec["linking"], "commit": spec["commit"],
+            # "dirty": built from a tree that differs from the commit; not what the commit makes.
+            "working_tree": spec.get("working_tree", "unknown"),
             "os": spec["os"], "platform_tag": platform_tags(tag), "library": main_lib.name,
             "artifact_format": str(ARTIFACT_VERSION)}
     for name, digest in sorted(spec["toolchains"].items()):

@@ -170,7 +170,7 @@ def cmd_artifact(args) -> int:
                 if not dist.is_dir():
                     print(f"buildgraph: error: {name} is not built (buildgraph build {name})", file=sys.stderr)
                     return EXIT_FAILED
-                prefix = repository.push(dist, args.url, commit, args.remote_ca)
+                prefix = repository.push(dist, args.url, commit, args.remote_ca, args.allow_dirty)
                 print(f"{name}: pushed to {args.url.rstrip('/')}/{prefix}/")
         return EXIT_OK
     files = repository.pull(args.url, args.prefix, args.library, Path(args.output), args.remote_ca)
@@ -532,6 +532,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("node")
     ap.add_argument("--to", dest="url", required=True, help="a directory, http(s):// (WebDAV) or s3://bucket/prefix")
     ap.add_argument("--git-sha")
+    ap.add_argument("--allow-dirty", action="store_true",
+                    help="push an artifact built from a working tree with uncommitted changes")
     ap.add_argument("--remote-ca", metavar="FILE")
     ap.set_defaults(func=cmd_artifact)
     apl = asub.add_parser("pull", help="download and verify an artifact")

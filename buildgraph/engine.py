@@ -306,9 +306,10 @@ class Engine:
         from buildgraph.artifact import ARTIFACT_VERSION, spec_json
 
         if self._release_identity is None:   # asked once, and only by builds with artifacts
-            from buildgraph.repository import os_id, resolve_commit
-            self._release_identity = (resolve_commit(self.git_sha, self.ws.root) or "unknown", os_id())
-        commit, os_name = self._release_identity
+            from buildgraph.repository import os_id, resolve_commit, working_tree
+            self._release_identity = (resolve_commit(self.git_sha, self.ws.root) or "unknown", os_id(),
+                                      working_tree(self.ws.root))
+        commit, os_name, tree = self._release_identity
         assignment = dict(node.assignment)
         deps = {d: {"version": self.ws.targets[d].version, "licenses": list(self.ws.targets[d].licenses),
                     "output": dep_outputs[dn]} for d, dn in node.deps}
@@ -321,7 +322,7 @@ class Engine:
         spec = {"backend": t.backend, "library": t.library, "policy": policy, "wheel": t.wheel,
                 "version": t.version or "0", "linking": assignment.get("linking", "dynamic"),
                 "variant": "-".join(v for k, v in assignment.items() if k != "linking") or "default",
-                "commit": commit, "os": os_name,
+                "commit": commit, "working_tree": tree, "os": os_name,
                 "dependencies": deps, "toolchains": toolchains, "runtime_licenses": self._runtime_licenses(node)}
         return (f"builtin:artifact v{ARTIFACT_VERSION}", spec_json(spec))
 

@@ -34,6 +34,19 @@ def resolve_commit(explicit: str | None, workspace: Path) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else None
 
 
+def working_tree(workspace: Path) -> str:
+    """"clean" or "dirty" (a tracked file changed, or an untracked one not ignored: a build
+    may read either) for a git checkout; "unknown" elsewhere."""
+    try:
+        proc = subprocess.run(["git", "status", "--porcelain"], cwd=workspace, capture_output=True,
+                              text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if proc.returncode != 0:
+        return "unknown"
+    return "dirty" if proc.stdout.strip() else "clean"
+
+
 def os_id(release_file: str = "/etc/os-release") -> str:
     """ID+VERSION_ID from os-release, e.g. debian12."""
     fields = {}
@@ -141,12 +154,17 @@ def prefix_for(commit: str, os_name: str, variant: str, linking: str) -> str:
     return f"{commit}/{os_name}/{variant}/{linking}"
 
 
-def push(dist: Path, url: str, commit: str, ca_file: str | None = None) -> str:
-    """Upload an artifact's dist/ (the .meta last); returns the key prefix."""
+def push(dist: Path, url: str, commit: str, ca_file: str | None = None, allow_dirty: bool = False) -> str:
+    """Upload an artifact's dist/ (the .meta last); returns the key prefix. An artifact built
+    from a dirty working tree is not what its commit makes: refused unless `allow_dirty`."""
     metas = list(dist.glob("*.meta"))
     if len(metas) != 1:
         raise RepositoryError(f"{dist} holds no artifact (.meta missing)")
     meta = read_meta(metas[0])
+    if meta.get("working_tree") == "dirty" and not allow_dirty:
+        raise RepositoryError(f"{metas[0].name}: built from a working tree with uncommitted changes, so not "
+                              f"what commit {meta.get('commit', '?')[:12]} makes; commit and rebuild, or pass "
+                              f"--allow-dirty")
     prefix = prefix_for(commit, meta["os"], meta["variant"], meta["linking"])
     backend = backend_for(url, ca_file)
     names = [n for n in artifact_files(dist) if not n.endswith(".meta")] + [metas[0].name]

@@ -130,9 +130,10 @@ class ToolchainResolver:
             h_links, _ = _entry_view(host, h_entry, rename={"cc": "host-cc", "cxx": "host-c++"})
             links.update({k: v for k, v in h_links.items() if k not in links})
             env["CUDAHOSTCXX"] = "host-c++"
-            mounts.append(Mount(h_entry.name, str(h_entry.path), host.writable))
-            digests.append([tc.host_compiler, h_digest])
-            digests.extend(self._packages(host, h_entry))
+            if tc.host_compiler != tc.link_with:   # one toolchain may be both (CUDA on clang)
+                mounts.append(Mount(h_entry.name, str(h_entry.path), host.writable))
+                digests.append([tc.host_compiler, h_digest])
+                digests.extend(self._packages(host, h_entry))
             hermetic = hermetic and host.provider != "host"
         # The toolchain's own names fill what its members left: with a linker, the linker's
         # cc, c++, ar, ranlib (and its CMake file) are the defaults.

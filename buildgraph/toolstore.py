@@ -31,6 +31,7 @@ the mirrors as sha256/<sha256>, like every source; see sources.py).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shlex
@@ -138,6 +139,7 @@ class ToolStore:
                 if log:
                     log(f"fetching toolchain {tc.name} {tc.version} ({tc.provider})")
                 host_files = PROVIDERS[tc.provider](tc, tmp)
+                _apply_patches(tc, tmp)
                 tools = _tool_paths(tc, tmp, host_files)
                 _write_bin(tc, tmp, tools)
                 if tc.cmake_toolchain:
@@ -254,6 +256,24 @@ def _tool_paths(tc: Toolchain, tmp: Path, host_files: list[str]) -> dict[str, st
         else:
             out[role] = os.path.realpath(_which(path) or path)
     return out
+
+
+def _apply_patches(tc: Toolchain, tmp: Path) -> None:
+    """Apply `patches` to the installed files, in order; the spec holds each one's sha256,
+    so the entry is named by what was applied (a changed patch is a new entry)."""
+    for rel, sha256 in tc.patches:
+        path = Path(tc.patch_dir) / rel
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise FetchError(f"toolchain {tc.name}: cannot read patch {rel}: {e.strerror}") from None
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise FetchError(f"toolchain {tc.name}: patch {rel} changed while the toolchain was being fetched")
+        run = subprocess.run(["patch", "-p1", "--batch", "--forward", "--no-backup-if-mismatch",
+                              "-d", str(tmp / "install")], input=data, capture_output=True)
+        if run.returncode != 0:
+            out = (run.stdout + run.stderr).decode(errors="replace").strip()
+            raise FetchError(f"toolchain {tc.name}: patch {rel} does not apply to {tc.version}:\n{out}")
 
 
 def _write_bin(tc: Toolchain, tmp: Path, tools: dict[str, str]) -> None:

@@ -17,6 +17,7 @@ toolchains/NAME.yaml: one TOOLCHAIN.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ TOP_FIELDS = ("workspace", "variants", "toolchain", "host_tools", "source_date_e
 HOST_PROPERTIES = ("kernel", "cpus")   # what an action can observe of the host that no sandbox pins
 TOOLCHAIN_FIELDS = ("name", "version", "provider", "description", "tools", "expect_version",
                     "requirements", "packages", "url", "sha256", "strip_components", "wrappers",
-                    "cmake_toolchain", "env", "writable", "host_compiler", "link_with", "cuda",
+                    "cmake_toolchain", "env", "writable", "host_compiler", "link_with", "cuda", "patches", "compiler",
                     "link_args", "shared_link_args", "drop_args", "short_so_names", "runtime_licenses")
 TOOLCHAIN_PROVIDERS = ("pypi", "apt", "host", "archive")
 # What each provider needs besides name, version and tools.
@@ -167,6 +168,7 @@ class Toolchain:
     host_compiler: str | None = None             # CUDA: toolchain nvcc uses through -ccbin
     link_with: str | None = None                 # CUDA: toolchain whose cc/c++ do the final link
     cuda: str | None = None                      # CUDA: the nvcc version the compatibility rules use
+    compiler: str | None = None                  # "clang 19.1.7": what a non-gcc cc is (compat rules)
     # What the cc/c++ wrappers add or remove, so every build system gets the same linking:
     link_args: tuple[str, ...] = ()              # added when a command links (e.g. a build-id)
     shared_link_args: tuple[str, ...] = ()       # added when it links a shared library (-z defs)
@@ -176,6 +178,10 @@ class Toolchain:
     # this toolchain's runtimes (libc++, libunwind, cudart) ships beside them. Not part of the
     # entry's contents; the artifact's key holds it.
     runtime_licenses: tuple[tuple[str, str], ...] = ()
+    # Patches applied to the installed files (patch -p1 in install/), as (path, sha256 of the
+    # content); `patch_dir` is where the paths are relative to (the toolchain file's directory).
+    patches: tuple[tuple[str, str], ...] = ()
+    patch_dir: str = ""
 
     def spec(self) -> dict:
         """Everything that defines the store entry's contents (not where it was declared)."""
@@ -185,7 +191,7 @@ class Toolchain:
                 "wrappers": self.wrappers, "cmake_toolchain": self.cmake_toolchain, "env": self.env,
                 "writable": self.writable, "link_args": self.link_args,
                 "shared_link_args": self.shared_link_args, "drop_args": self.drop_args,
-                "short_so_names": self.short_so_names}
+                "short_so_names": self.short_so_names, **({"patches": self.patches} if self.patches else {})}
 
 
 @dataclass(frozen=True)
@@ -515,7 +521,7 @@ def _parse_source(data, parent: _Fields) -> Source:
                   file=file, url=f.str("url", "") if kind == "debian" else "")
 
 
-def _parse_toolchain(data, file: str, stem: str) -> Toolchain:
+def _parse_toolchain(data, file: str, stem: str, directory: Path | None = None) -> Toolchain:
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping describing the toolchain, got {_kind(data)}", file=file, line=1)
     f = _Fields(data, "", TOOLCHAIN_FIELDS)
@@ -548,6 +554,7 @@ def _parse_toolchain(data, file: str, stem: str) -> Toolchain:
     writable = f.str_list("writable")
     for w in writable:
         _check_relpath(w, f, "writable")
+    patches = _toolchain_patches(f, data, directory)
     return Toolchain(name=name, version=f.str("version", required=True), provider=provider,
                      loc=Location(file, data.line), tools=tools, expect_version=f.str("expect_version"),
                      description=f.str("description", ""), requirements=f.str_list("requirements"),
@@ -555,10 +562,24 @@ def _parse_toolchain(data, file: str, stem: str) -> Toolchain:
                      strip_components=f.int("strip_components", 0), wrappers=wrappers,
                      cmake_toolchain=bool(data.get("cmake_toolchain", False)), env=f.str_map("env"),
                      writable=writable, host_compiler=f.str("host_compiler"), link_with=f.str("link_with"),
-                     cuda=f.str("cuda"), link_args=f.str_list("link_args"),
+                     cuda=f.str("cuda"), compiler=f.str("compiler"), link_args=f.str_list("link_args"),
                      shared_link_args=f.str_list("shared_link_args"), drop_args=f.str_list("drop_args"),
                      runtime_licenses=f.str_map("runtime_licenses"),
-                     short_so_names=bool(data.get("short_so_names", False)))
+                     short_so_names=bool(data.get("short_so_names", False)), patches=patches,
+                     patch_dir=str(directory) if patches else "")
+
+
+def _toolchain_patches(f: _Fields, data, directory: Path | None) -> tuple[tuple[str, str], ...]:
+    """(path, sha256) of each patch file, relative to the toolchain file's directory."""
+    out = []
+    for i, rel in enumerate(f.str_list("patches")):
+        _check_relpath(rel, f, "patches")
+        path = (directory or Path(".")) / rel
+        if not path.is_file():
+            raise f.error("patches", f"patch file {rel!r} does not exist (looked for {path.name} in "
+                          f"{path.parent.name or '.'}/)", line=data["patches"].line_of(i))
+        out.append((rel, hashlib.sha256(path.read_bytes()).hexdigest()))
+    return tuple(out)
 
 
 def _template_refs(template: str) -> list[str]:
@@ -625,7 +646,7 @@ def load_workspace(root: Path) -> Workspace:
         for path in sorted(tc_dir.glob("*.y*ml")):
             raw, rel = _read(path, root)
             files.append(rel)
-            tc = _parse_toolchain(raw, rel, path.stem)
+            tc = _parse_toolchain(raw, rel, path.stem, path.parent)
             if tc.name in toolchains:
                 raise ConfigError(f"toolchain '{tc.name}' is defined twice", file=rel, line=tc.loc.line,
                                   hint=f"also in {toolchains[tc.name].loc.file}")

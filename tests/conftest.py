@@ -87,7 +87,14 @@ class Workspace:
     def use_toolchains(self, *names: str) -> None:
         """Copy the repository's pinned toolchains/<name>.yaml into this workspace."""
         for name in names:
-            self.write(f"toolchains/{name}.yaml", (REPO / "toolchains" / f"{name}.yaml").read_text())
+            text = (REPO / "toolchains" / f"{name}.yaml").read_text()
+            self.write(f"toolchains/{name}.yaml", text)
+            for line in text.splitlines():     # and the patch files it names
+                if line.startswith("patches:"):
+                    for rel in line.split("[", 1)[1].rstrip("]").split(","):
+                        rel = rel.strip()
+                        (self.root / "toolchains" / rel).parent.mkdir(parents=True, exist_ok=True)
+                        (self.root / "toolchains" / rel).write_bytes((REPO / "toolchains" / rel).read_bytes())
 
     def out(self, node: str) -> Path:
         return self.root / ".buildgraph" / "out" / node
@@ -117,3 +124,17 @@ def pytest_collection_modifyitems(config, items):
     """The longest tests first (the real release build), so a parallel run overlaps them with
     everything else instead of starting them last."""
     items.sort(key=lambda item: item.get_closest_marker("release") is None)
+
+
+def copy_release_workspace(dest: Path) -> Path:
+    """The repository's release workspace (BUILD.yaml, recipes, toolchains, the backend) copied
+    to `dest`: no state of the developer's own builds in the repository leaks into a test."""
+    import shutil
+    for name in ("BUILD.yaml", "deps", "toolchains", "examples/backend"):
+        src, dst = REPO / name, dest / name
+        if src.is_dir():
+            shutil.copytree(src, dst)
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dst)
+    return dest

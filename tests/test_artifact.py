@@ -161,6 +161,26 @@ def test_dependency_without_licence_files_is_an_error(ws, capsys):
     assert "dependency zdep declares no licence files" in st["_out"]
 
 
+def test_licence_directory_ships_every_file_in_it(ws, capsys):
+    # What a project installs beside its own licence (OpenCV: the zlib it builds in) ships too.
+    make(ws, toolchain="host-gcc", licenses="licenses: [share/licenses/zdep/]")
+    text = (ws.root / "BUILD.yaml").read_text().replace("policy: manylinux_2_17", "policy: manylinux_2_35").replace(
+        "cp $SRC/zdep/LICENSE $OUT/share/licenses/zdep/",
+        "cp $SRC/zdep/LICENSE $OUT/share/licenses/zdep/ && mkdir $OUT/share/licenses/zdep/3rdparty"
+        " && echo zlib terms > $OUT/share/licenses/zdep/3rdparty/zlib-LICENSE")
+    ws.write("BUILD.yaml", text)
+    st = ws.build("release@static", capsys=capsys)
+    assert st["release@static"] == "ran", st["_out"] + st["_err"]
+    dist = ws.out("release@static") / "dist/licenses/zdep"
+    assert (dist / "LICENSE").read_text() == "zdep licence text\n"
+    assert (dist / "3rdparty/zlib-LICENSE").read_text() == "zlib terms\n"
+    # A declared licence directory is an output: a dependency that does not make it fails.
+    ws.write("BUILD.yaml", text.replace("licenses: [share/licenses/zdep/]", "licenses: [share/licenses/none/]"))
+    st = ws.build("release@static", capsys=capsys)
+    assert st.get("zdep") == "failed" and st.get("release@static") == "skipped"
+    assert "share/licenses/none" in st["_out"] + st["_err"]
+
+
 def test_gpl_dependency_linked_statically_is_refused_before_building(ws, capsys):
     make(ws, toolchain="host-gcc", license="GPL-3.0-only")
     rc, _, err = ws.run("build", capsys=capsys)
@@ -216,6 +236,28 @@ def test_directory_repository_round_trip(ws, capsys, tmp_path):
     assert main(["artifact", "pull", "--from", str(repo), "--prefix", str(prefix), "--library", "libbk.so",
                  "-o", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "licenses/zdep/LICENSE").exists()
+
+
+def test_dirty_working_tree_is_flagged_and_not_pushed_as_the_commit(ws, capsys, tmp_path):
+    make(ws, toolchain="host-gcc")
+    ws.write("BUILD.yaml", (ws.root / "BUILD.yaml").read_text().replace("policy: manylinux_2_17", "policy: manylinux_2_35"))
+    ws.write(".gitignore", ".buildgraph/\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(ws.root)]
+    subprocess.run(git + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "-A"], check=True)
+    subprocess.run(git + ["commit", "-qm", "x"], check=True)
+    meta = lambda: (ws.out("release@static") / "dist/libbk.so.meta").read_text().splitlines()
+    assert ws.build("release@static", capsys=capsys)["_rc"] == 0
+    assert "working_tree=clean" in meta()
+    ws.write("backend.cpp", (ws.root / "backend.cpp").read_text() + "// an uncommitted edit\n")
+    st = ws.build("release@static", capsys=capsys)
+    assert st["release@static"] == "ran" and "working_tree=dirty" in meta()
+    repo = tmp_path / "repo"
+    rc, _, err = ws.run("artifact", "push", "release@static", "--to", str(repo), capsys=capsys)
+    assert rc != 0 and "uncommitted changes" in err and "--allow-dirty" in err, err
+    assert not repo.exists() or not list(repo.rglob("*.meta"))
+    rc, _, err = ws.run("artifact", "push", "release@static", "--to", str(repo), "--allow-dirty", capsys=capsys)
+    assert rc == 0, err
 
 
 def test_s3_repository_through_boto3_against_moto(ws, capsys, tmp_path, monkeypatch):

@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import REPO, SHARED_TOOLCHAINS
+from conftest import REPO, SHARED_TOOLCHAINS, copy_release_workspace
 
 from buildgraph.cli import main
 from buildgraph.graph import configure
@@ -33,7 +33,7 @@ def test_release_graph_shape():
 
 
 def test_release_plan_keys_need_no_source(tmp_path, capsys):
-    rc = main(["plan", "-C", str(REPO), "--cache-dir", str(tmp_path / "cache"),
+    rc = main(["plan", "-C", str(copy_release_workspace(tmp_path / "ws")), "--cache-dir", str(tmp_path / "cache"),
                "--toolchain-dir", str(SHARED_TOOLCHAINS), "--format", "json"])
     out = capsys.readouterr().out
     assert rc == 0

@@ -97,29 +97,74 @@ def test_portable_toolchain_through_cmake(shared_ws, capsys):
     assert requirements(str(ws.out("p") / "lib/libp.so")).rpaths == ["$ORIGIN/../lib"]
 
 
+CUDA_CU = """\
+#include <string>
+#include <vector>
+#include <cuda_runtime.h>
+__global__ void scale(int n, float a, float* y) { int i = blockIdx.x * blockDim.x + threadIdx.x; if (i < n) y[i] *= a; }
+// A C++ interface across .cu and .cpp: one C++ library (libc++) on both sides.
+std::string scale_all(float a, std::vector<float>& y) {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) return "no CUDA device";
+    float* d = nullptr;
+    cudaMalloc(&d, y.size() * sizeof(float));
+    cudaMemcpy(d, y.data(), y.size() * sizeof(float), cudaMemcpyHostToDevice);
+    scale<<<1, 256>>>((int)y.size(), a, d);
+    cudaMemcpy(y.data(), d, y.size() * sizeof(float), cudaMemcpyDeviceToHost);
+    cudaFree(d);
+    return "scaled " + std::to_string(y[1]);
+}
+"""
+CUDA_CPP = """\
+#include <cstdio>
+#include <string>
+#include <vector>
+std::string scale_all(float a, std::vector<float>& y);
+int main() { std::vector<float> y{1, 2, 3}; std::printf("%s\\n", scale_all(2, y).c_str()); }
+"""
+
+
 @pytest.mark.slow
-def test_cuda_13_compiles_with_gcc_host_and_links_for_glibc_2_17(shared_ws, capsys):
+def test_cuda_13_through_cmake_shares_the_cpp_runtime_and_loads_on_glibc_2_17(shared_ws, capsys):
     ws = shared_ws
-    ws.use_toolchains("cuda-13.0", "gcc-12", "portable")
-    ws.write("k.cu", CU_SRC)
+    ws.use_toolchains("cuda-13.0", "portable")
+    ws.write("proj/scale.cu", CUDA_CU)
+    ws.write("proj/main.cpp", CUDA_CPP)
+    ws.write("proj/CMakeLists.txt", """\
+        cmake_minimum_required(VERSION 3.18)
+        project(p CXX CUDA)
+        set(CMAKE_CUDA_RUNTIME_LIBRARY Static)
+        add_library(scale SHARED scale.cu)
+        add_executable(scale_test main.cpp)
+        target_link_libraries(scale_test PRIVATE scale)
+        install(TARGETS scale scale_test LIBRARY DESTINATION lib RUNTIME DESTINATION bin)
+        """)
     ws.write("BUILD.yaml", """\
         targets:
-          kernel:
-            kind: script
+          p:
+            kind: cmake
             toolchain: cuda-13.0
-            srcs: [k.cu]
-            outs: [libk.so, nvcc-version.txt]
-            cmds:
-              - nvcc --version > $OUT/nvcc-version.txt
-              - nvcc -Xcompiler -fPIC -c $SRC/k.cu -o k.o
-              - $CXX -shared k.o $CUDA_HOME/lib/libcudart.so.13 -o $OUT/libk.so
+            srcs: ["proj/*"]
+            source_dir: proj
+            cmake_args: [-DCMAKE_CUDA_ARCHITECTURES=75]
+            outs: [lib/libscale.so, bin/scale_test]
+          run:
+            kind: script
+            deps: [p]
+            outs: [run.txt]
+            cmds: ["$DEP_P/bin/scale_test > $OUT/run.txt"]
         """)
     st = ws.build(capsys=capsys)
-    assert st["kernel"] == "ran", st["_out"]
-    assert "release 13.0" in (ws.out("kernel") / "nvcc-version.txt").read_text()
-    req = requirements(str(ws.out("kernel") / "libk.so"))
-    assert "libcudart.so.13" in req.needed
-    assert glibc_needed(ws.out("kernel") / "libk.so") <= (2, 17)
+    assert st["p"] == "ran" and st["run"] == "ran", st["_out"] + st["_err"]
+    lib = ws.out("p") / "lib/libscale.so"
+    req = requirements(str(lib))
+    # libc++ and the CUDA runtime are linked in: no libstdc++, no libcudart to find at run time.
+    assert not any(n.startswith(("libstdc++", "libgcc_s", "libcudart")) for n in req.needed), req.needed
+    assert glibc_needed(lib) <= (2, 17), req.highest
+    symbols = subprocess.run(["nm", "-DC", str(lib)], capture_output=True, text=True).stdout
+    assert "scale_all(float, std::__1::vector<float" in symbols
+    # The .cpp executable called the .cu function across that interface (no GPU here).
+    assert (ws.out("run") / "run.txt").read_text() in ("no CUDA device\n", "scaled 4.000000\n")
 
 
 def test_incompatible_cuda_and_gcc_exit_2_before_anything_runs(ws, capsys):
@@ -132,6 +177,16 @@ def test_incompatible_cuda_and_gcc_exit_2_before_anything_runs(ws, capsys):
     assert "toolchain 'cuda-11.8' (CUDA 11.8) cannot use host compiler 'gcc-12' (gcc 12.2.0)" in err
     assert "CUDA 11.8 supports gcc <= 11" in err and "toolchains/cuda-11.8.yaml" in err
     assert not (ws.root / ".buildgraph" / "out").exists()
+
+
+def test_cuda_with_a_too_new_clang_host_exits_2(ws, capsys):
+    ws.use_toolchains("cuda-13.0", "portable")
+    text = (ws.root / "toolchains/portable.yaml").read_text()
+    ws.write("toolchains/portable.yaml", text.replace("compiler: clang 19.1.7", "compiler: clang 21.1.0"))
+    ws.write("BUILD.yaml", "targets:\n  k: {kind: script, toolchain: cuda-13.0, outs: [o], cmds: ['touch $OUT/o']}\n")
+    rc, _, err = ws.run("build", capsys=capsys)
+    assert rc == 2, err
+    assert "cannot use host compiler 'portable' (clang 21.1.0): CUDA 13.0 supports clang <= 20" in err
 
 
 def test_missing_gcc5_and_old_cuda_say_what_they_looked_for(ws, capsys):
@@ -354,3 +409,33 @@ def test_portable_links_what_cmake_passes(ws, capsys):
     ws.write("proj/r.c", "int missing(void);\nint q(void);\nint r(void) { return q() + missing(); }\n")
     st = ws.build(capsys=capsys)
     assert st["p"] == "failed" and "undefined symbol: missing" in st["_out"], st["_out"]
+
+
+def test_toolchain_patches_apply_at_fetch_and_name_the_entry(ws, capsys, tmp_path, monkeypatch):
+    archive_workspace(ws, tmp_path, monkeypatch)
+    ws.write("toolchains/patches/v2.patch", """\
+        --- a/bin/tool
+        +++ b/bin/tool
+        @@ -1,2 +1,2 @@
+         #!/bin/sh
+        -echo tool-v1
+        +echo tool-v2
+        """)
+    text = (ws.root / "toolchains/mytc.yaml").read_text()
+    ws.write("toolchains/mytc.yaml", text + "patches: [patches/v2.patch]\n")
+    st = ws.build(capsys=capsys)
+    assert st["t"] == "ran", st["_out"] + st["_err"]
+    assert (ws.out("t") / "o").read_text() == "tool-v2\n"
+    key = _key(ws, "t")
+    # A patch that does not apply fails the fetch, naming the patch; nothing half-made is kept.
+    ws.write("toolchains/patches/v2.patch", (ws.root / "toolchains/patches/v2.patch").read_text()
+             .replace("tool-v1", "tool-v0"))
+    rc, _, err = ws.run("toolchain", "fetch", "mytc", capsys=capsys)
+    assert rc == 1 and "toolchain mytc: patch patches/v2.patch does not apply to 1.0" in err, err
+    store = ws.cache / "toolchains"
+    assert not [p for p in store.iterdir() if p.name.startswith(".tmp-")]
+    # A missing patch file is a configuration error: file, line, field; exit 2.
+    ws.write("toolchains/mytc.yaml", text + "patches:\n  - patches/nope.patch\n")
+    rc, _, err = ws.run("build", capsys=capsys)
+    assert rc == 2 and "toolchains/mytc.yaml" in err and "patches" in err and "nope.patch" in err, err
+    assert _key(ws, "t") == key
