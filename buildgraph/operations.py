@@ -124,6 +124,8 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
     engine = session.engine
     engine.sandbox = Sandbox(store, engine.sandbox_mode, jobserver, session.sources)
     engine.remote = open_remote_layer(store, session.opts.remote)
+    if engine.remote is not None:
+        engine.remote.scope = session.ws.name
     if session.opts.executor is not None:
         from buildgraph.remote_exec import RemoteExecutor
 

@@ -73,7 +73,11 @@ class Scheduler:
     def run(self, selected: list[str]) -> dict[str, NodeOutcome]:
         graph, engine = self.graph, self.engine
         chosen = set(selected)
-        durations = {n: r.duration for n, r in engine.state.nodes.items()}
+        durations = {n: r.duration for n, r in engine.state.nodes.items() if r.duration > 0}
+        if engine.remote is not None:
+            # A fresh machine has recorded nothing: what others recorded under the same remote
+            # (the node's last run, whatever its key) orders the build before any estimate.
+            durations.update(engine.remote.durations([n for n in selected if n not in durations]))
         priority, _ = graph.critical_path(selected, durations)
         waiting = {n: sum(1 for _, d in graph.nodes[n].deps if d in chosen) for n in selected}
         ready = [(-priority[n], n) for n in selected if waiting[n] == 0]

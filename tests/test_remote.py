@@ -279,3 +279,29 @@ def test_https_with_a_custom_ca(ws, capsys, tmp_path):
         assert {st[n] for n in NODES} == {"cached"}
     finally:
         srv.stop()
+
+
+def test_durations_travel_through_the_remote_and_order_a_fresh_machine(ws, server, capsys, tmp_path):
+    # Two independent nodes, one job: with nothing recorded both weigh the same and the name
+    # decides (a_fast first). After another machine ran them against the same remote, a fresh
+    # workspace whose keys all changed starts the one that took long first.
+    build = """\
+        targets:
+          a_fast: {kind: script, srcs: [v.txt], outs: [o], cmds: ["cat $SRC/v.txt > $OUT/o"]}
+          b_slow: {kind: script, srcs: [v.txt], outs: [o], cmds: ["sleep 1.5; cat $SRC/v.txt > $OUT/o"]}
+        """
+    ws.write("BUILD.yaml", build)
+    ws.write("v.txt", "1\n")
+    assert ran(remote_build(ws, server, capsys, "-j1")) == {"a_fast", "b_slow"}
+    wipe_local(ws)
+    ws.write("v.txt", "2\n")                                  # every key changes: nothing to restore
+    trace = tmp_path / "trace.json"
+    st = remote_build(ws, server, capsys, "-j1", "--profile", str(trace))
+    assert ran(st) == {"a_fast", "b_slow"}, st["_out"] + st["_err"]
+    start = {e["name"]: e["ts"] for e in json.loads(trace.read_text())["traceEvents"]}
+    assert start["b_slow"] < start["a_fast"], start
+    # A restored result brings its duration along: recorded as if it had run here.
+    wipe_local(ws)
+    assert ran(remote_build(ws, server, capsys)) == set()
+    from buildgraph.state import StateDir
+    assert StateDir(ws.root).load().nodes["b_slow"].duration >= 1.5

@@ -26,8 +26,8 @@ import xxhash
 from buildgraph.action import Action, ActionResult, BadResult, OutputFile, OutputSymlink, check_declared
 from buildgraph.errors import StoreError
 from buildgraph.store.local import LocalStore
-from buildgraph.store.remote import (RDigest, RemoteError, RemoteOptions, action_digest, decode_result,
-                                     encode_result)
+from buildgraph.store.remote import (RDigest, RemoteError, RemoteOptions, action_digest, decode_duration,
+                                     decode_result, duration_digest, encode_duration, encode_result)
 
 _SMALL = 1 << 20   # blobs up to this size are fetched in batches
 
@@ -56,6 +56,7 @@ class RemoteLayer:
         self._warned: set[str] = set()
         self._lock = threading.Lock()
         self._uploads = ThreadPoolExecutor(max_workers=max(1, options.jobs), thread_name_prefix="bg-upload")
+        self.scope = ""   # the workspace's name: what named duration records are kept under
         self._pending: list[Future] = []
 
     # ------------------------------------------------------------ faults
@@ -151,7 +152,7 @@ class RemoteLayer:
         return ActionResult(files=tuple(sorted(files, key=lambda f: f.path)),
                             symlinks=tuple(OutputSymlink(p, t) for p, t in sorted(rr.symlinks)),
                             stdout=local_of.get(rr.stdout) if rr.stdout else None,
-                            stderr=local_of.get(rr.stderr) if rr.stderr else None)
+                            stderr=local_of.get(rr.stderr) if rr.stderr else None, duration=rr.duration)
 
     def _ingest_bytes(self, d: RDigest, data: bytes) -> str:
         if len(data) != d.size or hashlib.sha256(data).hexdigest() != d.hash:
@@ -201,12 +202,38 @@ class RemoteLayer:
             data, sent = upload_result(self.local, self.remote, result)
             self.remote.update_action_result(action_digest(action.key_bytes), data)
             self._count(uploads=1, bytes_up=sent)
+            if result.duration > 0:
+                self.remote.update_action_result(duration_digest(self.scope, action.node),
+                                                 encode_duration(result.duration))
         except StoreError as exc:   # a damaged local blob: this result is not shared
             self._warn_once("damaged", f"warning: {exc}; {action.node}'s result was not uploaded")
         except RemoteError as exc:
             self._down(exc)
         except Exception as exc:  # never let an upload problem fail the build
             self._down(RemoteError(f"{type(exc).__name__}: {exc}"))
+
+    def durations(self, nodes: list[str]) -> dict[str, float]:
+        """How long each of `nodes` last ran anywhere that shares this remote (the named
+        records `upload` keeps), for those that have one. Read in parallel; a remote that
+        fails here is left alone for the build, as everywhere."""
+        if not nodes or not self.healthy:
+            return {}
+
+        def one(node: str) -> float | None:
+            data = self.remote.get_action_result(duration_digest(self.scope, node))
+            return decode_duration(data) if data else None
+
+        found = {}
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, self.options.jobs), thread_name_prefix="bg-duration") as pool:
+                for node, seconds in zip(nodes, pool.map(one, nodes)):
+                    if seconds is not None:
+                        found[node] = seconds
+        except RemoteError as exc:
+            self._down(exc)
+        except Exception as exc:  # a remote answering nonsense must not break the build
+            self._down(RemoteError(f"{type(exc).__name__}: {exc}"))
+        return found
 
     def wait(self) -> None:
         """Wait for queued uploads (each bounded by the remote's timeouts)."""
@@ -262,5 +289,6 @@ def upload_result(local: LocalStore, remote, result: ActionResult) -> tuple[byte
     else:
         for d, path in pairs:
             remote.upload_blob(d, path)
-    data = encode_result(files, [(s.path, s.target) for s in result.symlinks], logs[0], logs[1], result.exit_code)
+    data = encode_result(files, [(s.path, s.target) for s in result.symlinks], logs[0], logs[1], result.exit_code,
+                         result.duration)
     return data, sum(d.size for d in missing)

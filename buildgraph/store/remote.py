@@ -124,6 +124,7 @@ class RemoteResult:
     stdout: RDigest | None = None
     stderr: RDigest | None = None
     exit_code: int = 0
+    duration: float = 0.0   # how long the action ran where it ran (scheduling, never correctness)
 
     def blobs(self) -> list[RDigest]:
         found = {d for _, d, _ in self.files}
@@ -131,8 +132,22 @@ class RemoteResult:
         return sorted(found, key=lambda d: d.hash)
 
 
-def encode_result(files, symlinks, stdout: RDigest | None, stderr: RDigest | None, exit_code: int) -> bytes:
-    """A serialized REAPI ActionResult. `files`: (path, RDigest, executable)."""
+def duration_digest(scope: str, node: str) -> RDigest:
+    """Where the remote keeps how long `node` of workspace `scope` last took to run, whatever
+    its key: an AC entry of its own, so a fresh machine schedules a node whose key changed
+    by its real size. A remote can lie here only about scheduling order, never outputs."""
+    return sha256_bytes(f"buildgraph duration\0{scope}\0{node}".encode())
+
+
+def encode_duration(duration: float) -> bytes:
+    """An empty ActionResult carrying only a duration (what `duration_digest` names)."""
+    return encode_result([], [], None, None, 0, duration)
+
+
+def encode_result(files, symlinks, stdout: RDigest | None, stderr: RDigest | None, exit_code: int,
+                  duration: float = 0.0) -> bytes:
+    """A serialized REAPI ActionResult. `files`: (path, RDigest, executable). The duration
+    travels as the execution's start and end (from the epoch: the bytes stay deterministic)."""
     pb = reapi()
     result = pb.ActionResult(exit_code=exit_code)
     for path, digest, exe in sorted(files):
@@ -145,7 +160,29 @@ def encode_result(files, symlinks, stdout: RDigest | None, stderr: RDigest | Non
     if stderr is not None:
         result.stderr_digest.CopyFrom(pb.Digest(hash=stderr.hash, size_bytes=stderr.size))
     result.execution_metadata.worker = "buildgraph"
+    if duration > 0:
+        result.execution_metadata.execution_start_timestamp.FromNanoseconds(0)
+        result.execution_metadata.execution_completed_timestamp.FromNanoseconds(int(duration * 1e9))
     return result.SerializeToString(deterministic=True)
+
+
+def result_duration(result) -> float:
+    """Seconds between a parsed ActionResult's execution start and end (0 if unrecorded or absurd)."""
+    meta = result.execution_metadata
+    if not (meta.HasField("execution_start_timestamp") and meta.HasField("execution_completed_timestamp")):
+        return 0.0
+    seconds = (meta.execution_completed_timestamp.ToNanoseconds() - meta.execution_start_timestamp.ToNanoseconds()) / 1e9
+    return seconds if 0 < seconds < 7 * 86400 else 0.0
+
+
+def decode_duration(data: bytes) -> float | None:
+    """The duration in a record `encode_duration` made; None if it does not parse."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        return result_duration(reapi().ActionResult.FromString(data)) or None
+    except (DecodeError, ValueError):
+        return None
 
 
 def decode_result(data: bytes) -> RemoteResult:
@@ -159,7 +196,7 @@ def decode_result(data: bytes) -> RemoteResult:
         raise BadResult(f"remote action result does not parse: {exc}") from None
     if result.output_directories or result.output_directory_symlinks:
         raise BadResult("remote action result has output directories (buildgraph records files)")
-    out = RemoteResult(exit_code=result.exit_code)
+    out = RemoteResult(exit_code=result.exit_code, duration=result_duration(result))
     if result.exit_code != 0:
         raise BadResult(f"remote action result records a failure (exit code {result.exit_code})")
     for f in result.output_files:
