@@ -87,6 +87,8 @@ def cmd_build(args) -> int:
         ui.write_event_log(args.log_json, summary.outcomes)
     if args.profile:
         ui.write_chrome_trace(args.profile, summary.outcomes)
+    if summary.interrupted:   # the logs above record what finished before the interruption
+        raise KeyboardInterrupt
     print(summary.line())
     if not summary.ok:
         failed = [o for o in summary.outcomes if o.status.value == "failed"]

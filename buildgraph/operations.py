@@ -90,6 +90,7 @@ class BuildSummary:
     elapsed: float
     counts: dict = field(default_factory=dict)
     selected: int = 0
+    interrupted: bool = False   # Ctrl-C or SIGTERM: the outcomes so far (the caller re-raises)
 
     @property
     def ok(self) -> bool:
@@ -147,7 +148,7 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
         if engine.executor is not None:
             engine.executor.close()
     ordered = [outcomes[n] for n in selected if n in outcomes]
-    summary = BuildSummary(ordered, time.monotonic() - t0, selected=len(selected))
+    summary = BuildSummary(ordered, time.monotonic() - t0, selected=len(selected), interrupted=interrupted)
     for o in ordered:
         summary.counts[o.status.value] = summary.counts.get(o.status.value, 0) + 1
     no_op = all(o.status == Status.UP_TO_DATE for o in ordered) and len(ordered) == len(selected) \
@@ -161,7 +162,7 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
             **({f"remote_{k}": v for k, v in vars(engine.remote.counters).items()} if engine.remote else {}),
             "seconds": round(summary.elapsed, 3), "finished": time.time()})
     if interrupted:
-        raise KeyboardInterrupt
+        return summary
     if store.counters.bytes_in and store.over_limit():
         store.close()  # release the shared lock so gc can take it exclusively
         try:

@@ -102,7 +102,7 @@ def test_ctrl_c_stops_children_and_keeps_finished_results(ws, sig):
           quick: {kind: script, outs: [q], cmds: ["echo q > $OUT/q"]}
           slow: {kind: script, outs: [s], cmds: ["sleep 60 && echo s > $OUT/s"]}
         """)
-    proc = ws.spawn("build", "-j2")
+    proc = ws.spawn("build", "-j2", "--log-json", str(ws.root / "cut.json"), "--profile", str(ws.root / "cut-trace.json"))
     deadline = time.time() + 30
     while not (ws.out("quick") / "q").exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -115,6 +115,10 @@ def test_ctrl_c_stops_children_and_keeps_finished_results(ws, sig):
     assert "interrupted" in err
     left = subprocess.run(["pgrep", "-f", "sleep 60"], capture_output=True, text=True).stdout.split()
     assert not left
+    # The interrupted build still wrote its event log and trace: what finished, what did not.
+    cut = {e["node"]: e["status"] for e in map(json.loads, (ws.root / "cut.json").read_text().splitlines())}
+    assert cut["quick"] == "ran" and cut.get("slow", "cancelled") != "ran", cut
+    assert "quick" in {e["name"] for e in json.loads((ws.root / "cut-trace.json").read_text())["traceEvents"]}
     proc = ws.spawn("build", "quick", "--log-json", str(ws.root / "ev.json"))
     proc.communicate(timeout=30)
     events = [json.loads(line) for line in (ws.root / "ev.json").read_text().splitlines()]
