@@ -125,6 +125,9 @@ class Action:
             "features": dict(self.features),
             "outs": sorted(self.outs),
             "source": list(self.source) if self.source else None,
+            # A path source is one tree digest in the key; its files, to say which changed.
+            **({"source_files": {rel: d + ("+x" if x else "") for rel, _, d, x in self.source_fetch}}
+               if isinstance(self.source_fetch, tuple) else {}),
             "sandbox": self.sandbox,
             "host": dict(self.host),
         }

@@ -12,14 +12,11 @@ def changes(old: dict | None, new: dict) -> list[str]:
     if old is None:
         return ["never built in this workspace"]
     out: list[str] = []
-    o_src, n_src = old.get("srcs", {}), new.get("srcs", {})
-    for path in sorted(set(o_src) | set(n_src)):
-        if path not in o_src:
-            out.append(f"source added: {path}")
-        elif path not in n_src:
-            out.append(f"source removed: {path}")
-        elif o_src[path] != n_src[path]:
-            out.append(f"source changed: {path}")
+    out += _file_changes(old.get("srcs", {}), new.get("srcs", {}), "source")
+    in_tree = _file_changes(old.get("source_files", {}), new.get("source_files", {}), "file in the source tree")
+    out += in_tree
+    if old.get("source") != new.get("source") and not in_tree:
+        out.append(f"upstream source changed: {_describe(old.get('source'))} → {_describe(new.get('source'))}")
     o_deps, n_deps = old.get("deps", {}), new.get("deps", {})
     for dep in sorted(set(o_deps) | set(n_deps)):
         if o_deps.get(dep) != n_deps.get(dep):
@@ -43,4 +40,27 @@ def changes(old: dict | None, new: dict) -> list[str]:
         out.append(f"features: {old.get('features')} → {new.get('features')}")
     if old.get("outs") != new.get("outs"):
         out.append("declared outputs changed")
+    if old.get("sandbox") != new.get("sandbox"):
+        out.append(f"sandbox: {old.get('sandbox')} → {new.get('sandbox')}")
+    if old.get("host") != new.get("host"):
+        out.append(f"host properties: {old.get('host')} → {new.get('host')}")
     return out
+
+
+def _file_changes(old: dict, new: dict, what: str) -> list[str]:
+    out = []
+    for path in sorted(set(old) | set(new)):
+        if path not in old:
+            out.append(f"{what} added: {path}")
+        elif path not in new:
+            out.append(f"{what} removed: {path}")
+        elif old[path] != new[path]:
+            out.append(f"{what} changed: {path}")
+    return out
+
+
+def _describe(source) -> str:
+    """A source identity, shortened: its kind and what pins it."""
+    if not source:
+        return "none"
+    return " ".join(_short(x) if isinstance(x, str) and len(x) > 24 else str(x) for x in source[:4])

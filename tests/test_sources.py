@@ -168,6 +168,10 @@ def test_path_source_is_hashed_and_isolated(ws, capsys):
     assert ws.build(capsys=capsys)["t"] == "ran"
     assert ran(ws.build(capsys=capsys)) == set()
     ws.write("third_party/lib/sub/b.txt", "b2\n")
+    rc, out, _ = ws.run("why", "t", capsys=capsys)       # before the build: which file
+    assert "file in the source tree changed: sub/b.txt" in out, out
+    rc, out, _ = ws.run("plan", "t", capsys=capsys)
+    assert "file in the source tree changed: sub/b.txt" in out, out
     assert ran(ws.build(capsys=capsys)) == {"t"}
     assert (ws.out("t") / "all.txt").read_text() == "a\nb2\n"
     rc, out, _ = ws.run("why", "t", capsys=capsys)
