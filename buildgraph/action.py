@@ -113,6 +113,15 @@ class Action:
     def key(self) -> str:
         return bytes_digest(self.key_bytes)
 
+    @cached_property
+    def run_key(self) -> str:
+        """The key without the declared outputs: two actions with the same run_key run the
+        same commands on the same inputs, and differ only in what is collected afterwards."""
+        return bytes_digest(json.dumps(
+            [KEY_VERSION, self.commands, self.env, self.toolchain, self.tools_digest, self.srcs_digest,
+             self.deps, self.features, self.source, self.sandbox, self.host],
+            separators=(",", ":"), ensure_ascii=False).encode())
+
     def inputs(self) -> dict:
         """Input digests by kind, for `why`, `plan` and manifests."""
         return {

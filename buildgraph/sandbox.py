@@ -29,6 +29,7 @@ is read-only) and copied otherwise (a root process could write through a link).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -115,6 +116,7 @@ class RunOutcome:
     error: str | None             # why it failed, one line
     log: str                      # stdout+stderr tail, for failures
     duration: float
+    note: str = ""                # said to the user about a success (how it was obtained)
 
 
 def _unmapped(value: str, root: str | None, mounts) -> str:
@@ -162,6 +164,9 @@ class Sandbox:
         """Stage, run and collect one action. Never raises for a failing action."""
         start = time.monotonic()
         root = f"{self.store.sandboxes}/{os.getpid()}-{time.monotonic_ns()}-{os.urandom(3).hex()}"
+        recollected = self._recollect(action)
+        if recollected is not None:
+            return recollected
         try:
             try:
                 self._stage(root, action, dep_results, tools)
@@ -181,25 +186,51 @@ class Sandbox:
             try:
                 result = self._collect(root, action, time.monotonic() - start)
             except OutputError as exc:
-                kept = self._keep_failed(root, action)
+                kept = self._keep_failed(root, action, collectable=True, duration=time.monotonic() - start)
                 return RunOutcome(None, f"{exc}{kept}", log, time.monotonic() - start)
             return RunOutcome(result, None, log, time.monotonic() - start)
         finally:
             if not keep and os.path.exists(root):
                 force_remove(root)
 
-    def _keep_failed(self, root: str, action: Action) -> str:
+    def _keep_failed(self, root: str, action: Action, collectable: bool = False, duration: float = 0.0) -> str:
         """Keep a failed action's sandbox (its work/ and out/: what an hour of compiling produced)
         as CACHE_DIR/failed/<node>, replacing the node's previous one; the words that say where.
-        `cache gc` removes them."""
+        `cache gc` removes them. `collectable`: every command succeeded and only the output
+        check failed, so a fix to the declared outputs alone can collect out/ from here
+        (`_recollect`) instead of running the commands again."""
         kept = f"{self.store.root}/failed/{action.node}"
         try:
+            if collectable:
+                record = {"run_key": action.run_key, "out": _tree_listing(f"{root}/out"), "duration": duration}
+                with open(f"{root}/{RECOLLECT}", "w") as f:
+                    json.dump(record, f)
             os.makedirs(os.path.dirname(kept), exist_ok=True)
             force_remove(kept)
             os.rename(root, kept)
         except OSError:
             return ""
         return f"; its sandbox is kept in {kept}"
+
+    def _recollect(self, action: Action) -> RunOutcome | None:
+        """The outputs of this node's kept failed sandbox, when its commands succeeded there,
+        the action differs from that one only in its declared outputs, and out/ is as the
+        commands left it (nothing touched while it was inspected); else None: run."""
+        kept = f"{self.store.root}/failed/{action.node}"
+        try:
+            with open(f"{kept}/{RECOLLECT}") as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if record.get("run_key") != action.run_key or record.get("out") != _tree_listing(f"{kept}/out"):
+            return None
+        try:
+            result = self._collect(kept, action, float(record.get("duration", 0.0)))
+        except OutputError:
+            return None   # still not what it declares: run it, and keep the new sandbox
+        force_remove(kept)
+        return RunOutcome(result, None, "", result.duration,
+                          note=f"collected from {kept}, its failed run's sandbox (only the declared outputs changed)")
 
     def cancel_all(self) -> None:
         """Stop every running action (SIGTERM, then SIGKILL after 2 s)."""
@@ -433,6 +464,21 @@ class Sandbox:
 
 class OutputError(Exception):
     """The action ran but its outputs do not match what it declared."""
+
+
+RECOLLECT = ".buildgraph-recollect.json"   # in a kept sandbox whose commands all succeeded
+
+
+def _tree_listing(base: str) -> list:
+    """(path, size, mtime_ns, mode) of everything under `base`: whether a kept out/ is still
+    exactly what the commands left."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames.sort()
+        for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
+            st = os.lstat(os.path.join(dirpath, name))
+            found.append([os.path.relpath(os.path.join(dirpath, name), base), st.st_size, st.st_mtime_ns, st.st_mode])
+    return found
 
 
 def _copy_in(base: str, files) -> None:

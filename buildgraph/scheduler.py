@@ -193,6 +193,8 @@ class Scheduler:
                     heapq.heappush(ready, (-priority[waiter], waiter))
                 start = time.monotonic() - t0 - outcome.duration
                 if outcome.result is not None:
+                    if outcome.note:
+                        engine.warn(f"{name}: {outcome.note}")
                     result = engine.keep_first(graph.nodes[name], action, outcome.result)
                     if not engine.adopt(graph.nodes[name], action, result):
                         done(name, NodeOutcome(name, Status.FAILED, action.key, outcome.duration, start,

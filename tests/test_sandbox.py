@@ -216,6 +216,40 @@ def test_a_failed_actions_sandbox_is_kept_for_inspection(ws, capsys):
     assert ws.run("cache", "gc", capsys=capsys)[0] == 0 and not kept.exists()
 
 
+def test_only_the_declared_outputs_fixed_collects_from_the_kept_sandbox(ws, capsys):
+    # The commands succeeded; the outputs were declared wrong (oneDNN's licences: 39 minutes
+    # of compiling, then share/doc/dnnl/ instead of the declared path). Fixing the declaration
+    # collects what that run made; changing anything the commands see runs them again.
+    spec = """\
+        targets:
+          t: {{kind: script, outs: [{out}], cmds: ["od -An -N8 -tx8 /dev/urandom > $WORK/r", "cp $WORK/r $OUT/made", "{extra}true"]}}
+        """
+    ws.write("BUILD.yaml", spec.format(out="declared", extra=""))
+    assert ws.build(capsys=capsys)["t"] == "failed"
+    kept = ws.cache / "failed" / "t"
+    made = (kept / "out" / "made").read_text()
+    ws.write("BUILD.yaml", spec.format(out="made", extra=""))
+    st = ws.build(capsys=capsys)
+    assert st["t"] == "ran", st["_out"] + st["_err"]
+    assert (ws.out("t") / "made").read_text() == made            # that run's output, not a new one
+    assert f"t: collected from {kept}, its failed run's sandbox" in st["_out"] + st["_err"]
+    assert not kept.exists()
+    # A command changed too: no re-collection.
+    ws.write("BUILD.yaml", spec.format(out="declared", extra="echo; "))
+    assert ws.build(capsys=capsys)["t"] == "failed"
+    made = (kept / "out" / "made").read_text()
+    ws.write("BUILD.yaml", spec.format(out="made", extra="echo 2; "))
+    assert ws.build(capsys=capsys)["t"] == "ran"
+    assert (ws.out("t") / "made").read_text() != made
+    # out/ touched while it was inspected: no re-collection either.
+    ws.write("BUILD.yaml", spec.format(out="declared", extra="echo 3; "))
+    assert ws.build(capsys=capsys)["t"] == "failed"
+    (kept / "out" / "made").write_text("edited by hand\n")
+    ws.write("BUILD.yaml", spec.format(out="made", extra="echo 3; "))
+    assert ws.build(capsys=capsys)["t"] == "ran"
+    assert (ws.out("t") / "made").read_text() != "edited by hand\n"
+
+
 def test_host_tool_by_absolute_path_is_that_program(ws, capsys, tmp_path, monkeypatch):
     """`host_tools` may name a program by path: by name, PATH finds a shim first (as pyenv's
     under /root, which the sandbox does not show); by path, the action runs that program."""
