@@ -269,8 +269,12 @@ def _apply_patches(tc: Toolchain, tmp: Path) -> None:
             raise FetchError(f"toolchain {tc.name}: cannot read patch {rel}: {e.strerror}") from None
         if hashlib.sha256(data).hexdigest() != sha256:
             raise FetchError(f"toolchain {tc.name}: patch {rel} changed while the toolchain was being fetched")
-        run = subprocess.run(["patch", "-p1", "--batch", "--forward", "--no-backup-if-mismatch",
-                              "-d", str(tmp / "install")], input=data, capture_output=True)
+        try:
+            run = subprocess.run(["patch", "-p1", "--batch", "--forward", "--no-backup-if-mismatch",
+                                  "-d", str(tmp / "install")], input=data, capture_output=True)
+        except FileNotFoundError:
+            raise FetchError(f"toolchain {tc.name} has patches, and GNU patch is not installed "
+                             "(apt-get install patch; .ci/setup does)") from None
         if run.returncode != 0:
             out = (run.stdout + run.stderr).decode(errors="replace").strip()
             raise FetchError(f"toolchain {tc.name}: patch {rel} does not apply to {tc.version}:\n{out}")
