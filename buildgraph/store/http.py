@@ -102,6 +102,10 @@ class HttpCache:
                         if sink is not None:
                             delivered = True
                             sink(chunk)
+                    # read1 never marks a Content-Length response finished; read() does, so the
+                    # kept-alive connection takes the next request (else it fails, is retried
+                    # after a back-off and reconnects: 200 ms a request).
+                    resp.read()
                     return resp.status
                 resp.read()
                 if resp.status == 404:
