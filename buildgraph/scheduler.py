@@ -74,14 +74,9 @@ class Scheduler:
         graph, engine = self.graph, self.engine
         chosen = set(selected)
         durations = {n: r.duration for n, r in engine.state.nodes.items() if r.duration > 0}
-        if engine.remote is not None:
-            # A fresh machine has recorded nothing: what others recorded under the same remote
-            # (the node's last run, whatever its key) orders the build before any estimate.
-            durations.update(engine.remote.durations([n for n in selected if n not in durations]))
-        priority, _ = graph.critical_path(selected, durations)
+        priority: dict[str, float] = {}
         waiting = {n: sum(1 for _, d in graph.nodes[n].deps if d in chosen) for n in selected}
-        ready = [(-priority[n], n) for n in selected if waiting[n] == 0]
-        heapq.heapify(ready)
+        ready: list = []
         to_run: list[tuple[float, str, Action]] = []
         same_key: dict[str, list[str]] = {}   # key queued or running -> nodes waiting for it
         outcomes: dict[str, NodeOutcome] = {}
@@ -132,7 +127,16 @@ class Scheduler:
                 outcome = RunOutcome(None, f"internal error: {exc!r}", "", 0.0)
             events.put(("ran", name, action, tokens, lane, outcome))
 
+        looking: dict[str, float] = {}   # node -> priority, while its remote lookup is out
         try:
+            if engine.remote is not None:
+                # A fresh machine has recorded nothing: what others recorded under the same
+                # remote (the node's last run, whatever its key) orders the build before any
+                # estimate. Inside the try: Ctrl-C here aborts the remote like anywhere else.
+                durations.update(engine.remote.durations([n for n in selected if n not in durations]))
+            priority.update(graph.critical_path(selected, durations)[0])
+            ready.extend((-priority[n], n) for n in selected if waiting[n] == 0)
+            heapq.heapify(ready)
             while True:
                 while ready and not stopping:                                  # 1. check
                     _, name = heapq.heappop(ready)
@@ -146,12 +150,15 @@ class Scheduler:
                     elif pool is not None and engine.remote.healthy:
                         same_key[action.key] = []
                         lookups += 1
+                        looking[name] = priority[name]
                         pool.submit(lookup, name, action)
                     else:
                         same_key[action.key] = []
                         heapq.heappush(to_run, (-priority[name], name, action))
                 while to_run and not stopping:                                 # 2. start
                     _, name, action = to_run[0]
+                    if looking and max(looking.values()) > priority[name]:
+                        break   # a longer chain's lookup is still out (milliseconds): its miss goes first
                     need = min(action.weight, self.jobs)
                     if len(held) < need:
                         held += self.jobserver.try_acquire(need - len(held))
@@ -178,6 +185,7 @@ class Scheduler:
                 if event[0] == "lookup":
                     _, name, action, result = event
                     lookups -= 1
+                    looking.pop(name, None)
                     if result is not None and engine.adopt(graph.nodes[name], action, result):
                         for waiter in same_key.pop(action.key, []):
                             heapq.heappush(ready, (-priority[waiter], waiter))

@@ -224,15 +224,21 @@ class RemoteLayer:
             return decode_duration(data) if data else None
 
         found = {}
+        pool = ThreadPoolExecutor(max_workers=max(1, self.options.jobs), thread_name_prefix="bg-duration")
         try:
-            with ThreadPoolExecutor(max_workers=max(1, self.options.jobs), thread_name_prefix="bg-duration") as pool:
-                for node, seconds in zip(nodes, pool.map(one, nodes)):
-                    if seconds is not None:
-                        found[node] = seconds
+            futures = {pool.submit(one, node): node for node in nodes}
+            # Only a hint for the order: a slow remote gets a few seconds, not its timeout.
+            finished, _ = wait(futures, timeout=min(self.options.timeout, 5.0))
+            for future in finished:
+                seconds = future.result()
+                if seconds is not None:
+                    found[futures[future]] = seconds
         except RemoteError as exc:
             self._down(exc)
         except Exception as exc:  # a remote answering nonsense must not break the build
             self._down(RemoteError(f"{type(exc).__name__}: {exc}"))
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
         return found
 
     def wait(self) -> None:
