@@ -101,13 +101,16 @@ class Action:
             "host": [list(h) for h in self.host],
         }
 
+    def _encoded(self, outs) -> bytes:
+        return json.dumps(
+            [KEY_VERSION, self.commands, self.env, self.toolchain, self.tools_digest, self.srcs_digest,
+             self.deps, self.features, outs, self.source, self.sandbox, self.host],
+            separators=(",", ":"), ensure_ascii=False).encode()
+
     @cached_property
     def key_bytes(self) -> bytes:
         """The canonical encoding: its xxh3 is the local key, its SHA-256 the remote one."""
-        return json.dumps(
-            [KEY_VERSION, self.commands, self.env, self.toolchain, self.tools_digest, self.srcs_digest,
-             self.deps, self.features, sorted(self.outs), self.source, self.sandbox, self.host],
-            separators=(",", ":"), ensure_ascii=False).encode()
+        return self._encoded(sorted(self.outs))
 
     @cached_property
     def key(self) -> str:
@@ -117,10 +120,7 @@ class Action:
     def run_key(self) -> str:
         """The key without the declared outputs: two actions with the same run_key run the
         same commands on the same inputs, and differ only in what is collected afterwards."""
-        return bytes_digest(json.dumps(
-            [KEY_VERSION, self.commands, self.env, self.toolchain, self.tools_digest, self.srcs_digest,
-             self.deps, self.features, self.source, self.sandbox, self.host],
-            separators=(",", ":"), ensure_ascii=False).encode())
+        return bytes_digest(self._encoded(None))
 
     def inputs(self) -> dict:
         """Input digests by kind, for `why`, `plan` and manifests."""

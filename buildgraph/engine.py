@@ -53,12 +53,14 @@ class Reuse:
 
 def load_configured(root: Path, state: State) -> tuple[Workspace, BuildGraph]:
     """The workspace and its graph, parsed again only if a workspace file changed."""
-    sig = _files_signature(root)
-    if sig is not None and state.config is not None and state.config[0] == sig:
-        return state.config[1], state.config[2]
+    if state.config is not None:
+        # The files the cached workspace read (its YAML, and files it names: toolchain patches).
+        sig = _files_signature(root, state.config[1].files)
+        if sig is not None and state.config[0] == sig:
+            return state.config[1], state.config[2]
     ws = load_workspace(root)
     graph = configure(ws)
-    state.config = (sig, ws, graph)
+    state.config = (_files_signature(root, ws.files), ws, graph)
     return ws, graph
 
 
@@ -73,7 +75,7 @@ def _code_signature() -> tuple:
     return tuple(out)
 
 
-def _files_signature(root: Path) -> tuple | None:
+def _files_signature(root: Path, read: tuple[str, ...] = ()) -> tuple | None:
     """The stat signatures of every workspace file and of the directories that list them
     (a file added or removed), and of the code that configured them; or None while one is
     too young to trust (racy)."""
@@ -88,8 +90,11 @@ def _files_signature(root: Path) -> tuple | None:
         if is_racy(st, now):
             return None
         sig.append(stat_signature(st))
-    for f in workspace_files(root):
-        st = os.stat(f)
+    for f in dict.fromkeys([*workspace_files(root), *(root / r for r in read)]):
+        try:
+            st = os.stat(f)
+        except OSError:   # a file the last configuration read is gone
+            return None
         if is_racy(st, now):
             return None
         sig.append((str(f), *stat_signature(st)))
@@ -318,8 +323,8 @@ class Engine:
             tc = self.graph.nodes[dn].toolchain
             if tc:
                 toolchains[tc] = self.resolver.resolve(tc).digest
-        policy = next((w.policy for w in reversed(t.when) if w.policy and w.matches(assignment)), t.policy)
-        spec = {"backend": t.backend, "library": t.library, "policy": policy, "wheel": t.wheel,
+        spec = {"backend": t.backend, "library": t.library, "policy": t.for_variant("policy", assignment),
+                "wheel": t.wheel,
                 "version": t.version or "0", "linking": assignment.get("linking", "dynamic"),
                 "variant": "-".join(v for k, v in assignment.items() if k != "linking") or "default",
                 "commit": commit, "working_tree": tree, "os": os_name,

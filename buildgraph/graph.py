@@ -254,5 +254,5 @@ def _make_node(t: Target, assignment: dict[str, str], eff, effective) -> Node:
     return Node(name=node_name(t.name, [assignment[a] for a in eff]), target=t.name,
                 assignment=tuple(assignment.items()), features=tuple(sorted(features)), deps=deps,
                 commands=recipes.commands(t, matched), env=tuple(sorted(env.items())),
-                toolchain=next((w.toolchain for w in reversed(matched) if w.toolchain), t.toolchain),
+                toolchain=t.for_variant("toolchain", assignment),
                 estimate=t.estimate)

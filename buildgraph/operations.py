@@ -124,9 +124,7 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
     jobserver = Jobserver(jobs)
     engine = session.engine
     engine.sandbox = Sandbox(store, engine.sandbox_mode, jobserver, session.sources)
-    engine.remote = open_remote_layer(store, session.opts.remote)
-    if engine.remote is not None:
-        engine.remote.scope = session.ws.name
+    engine.remote = open_remote_layer(store, session.opts.remote, session.ws.name)
     if session.opts.executor is not None:
         from buildgraph.remote_exec import RemoteExecutor
 
@@ -172,7 +170,7 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
     return summary
 
 
-def open_remote_layer(store, options):
+def open_remote_layer(store, options, scope: str = ""):
     """A RemoteLayer over `store`, or None without a remote (or when it cannot even be opened)."""
     if options is None:
         return None
@@ -187,7 +185,7 @@ def open_remote_layer(store, options):
     except (ImportError, OSError, ValueError) as exc:
         warn(f"warning: cannot use remote cache {redact(options.url)}: {exc}; building locally")
         return None
-    return RemoteLayer(store, remote, options, warn)
+    return RemoteLayer(store, remote, options, warn, scope)
 
 
 @dataclass

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 from buildgraph.action import (Action, ActionResult, BadResult, OutputFile, OutputSymlink, check_declared,
                                check_symlink, check_tree)
-from buildgraph.digest import copy_hashed, file_digest
+from buildgraph.digest import copy_hashed, file_digest, stat_signature
 from buildgraph.fsutil import force_remove, walk_tree
 from buildgraph.store.local import LocalStore
 from buildgraph.sources import SourceError
@@ -326,7 +326,6 @@ class Sandbox:
     def _run_artifact(self, root: str, action: Action, tools, start: float) -> RunOutcome:
         """The built-in artifact action: in-process, on the staged dependency outputs, with its
         toolchain's objcopy and runtime licences found through the toolchain mounts."""
-        import json
         from pathlib import Path
 
         from buildgraph import artifact
@@ -470,15 +469,11 @@ RECOLLECT = ".buildgraph-recollect.json"   # in a kept sandbox whose commands al
 
 
 def _tree_listing(base: str) -> list:
-    """(path, size, mtime_ns, mode) of everything under `base`: whether a kept out/ is still
-    exactly what the commands left."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(base):
-        dirnames.sort()
-        for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
-            st = os.lstat(os.path.join(dirpath, name))
-            found.append([os.path.relpath(os.path.join(dirpath, name), base), st.st_size, st.st_mtime_ns, st.st_mode])
-    return found
+    """[relpath, stat signature...] of everything under `base`: whether a kept out/ is still
+    exactly what the commands left (an edit, chmod or replacement changes a signature)."""
+    files, links, others = walk_tree(base)
+    rels = sorted([rel for rel, _, _ in files] + [rel for rel, _ in links] + others)
+    return [[rel, *stat_signature(os.lstat(os.path.join(base, rel)))] for rel in rels]
 
 
 def _copy_in(base: str, files) -> None:

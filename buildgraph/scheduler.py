@@ -127,7 +127,13 @@ class Scheduler:
                 outcome = RunOutcome(None, f"internal error: {exc!r}", "", 0.0)
             events.put(("ran", name, action, tokens, lane, outcome))
 
-        looking: dict[str, float] = {}   # node -> priority, while its remote lookup is out
+        looking: set[str] = set()         # nodes whose remote lookup is out
+        looking_first: list = []          # (-priority, node) of those; stale entries dropped on peek
+
+        def longest_lookup() -> float:
+            while looking_first and looking_first[0][1] not in looking:
+                heapq.heappop(looking_first)
+            return -looking_first[0][0] if looking_first else -1.0
         try:
             if engine.remote is not None:
                 # A fresh machine has recorded nothing: what others recorded under the same
@@ -150,14 +156,15 @@ class Scheduler:
                     elif pool is not None and engine.remote.healthy:
                         same_key[action.key] = []
                         lookups += 1
-                        looking[name] = priority[name]
+                        looking.add(name)
+                        heapq.heappush(looking_first, (-priority[name], name))
                         pool.submit(lookup, name, action)
                     else:
                         same_key[action.key] = []
                         heapq.heappush(to_run, (-priority[name], name, action))
                 while to_run and not stopping:                                 # 2. start
                     _, name, action = to_run[0]
-                    if looking and max(looking.values()) > priority[name]:
+                    if longest_lookup() > priority[name]:
                         break   # a longer chain's lookup is still out (milliseconds): its miss goes first
                     need = min(action.weight, self.jobs)
                     if len(held) < need:
@@ -185,7 +192,7 @@ class Scheduler:
                 if event[0] == "lookup":
                     _, name, action, result = event
                     lookups -= 1
-                    looking.pop(name, None)
+                    looking.discard(name)
                     if result is not None and engine.adopt(graph.nodes[name], action, result):
                         for waiter in same_key.pop(action.key, []):
                             heapq.heappush(ready, (-priority[waiter], waiter))

@@ -110,31 +110,30 @@ class ToolchainResolver:
             return self._resolved[name]
         tc = self.toolchains[name]
         entry, digest = self._entry(name)
-        links, env = {}, {}
-        mounts = [Mount(entry.name, str(entry.path), tc.writable)]
-        digests = [[name, digest]] + self._packages(tc, entry)
-        hermetic = tc.provider in ("pypi", "archive", "apt")
+        links, env, mounts, digests = {}, {}, [], []
+        hermetic = True
+
+        def member(m: str):
+            """Toolchain `m` mounted and in the digest, once however many roles it plays."""
+            nonlocal hermetic
+            mtc = self.toolchains[m]
+            m_entry, m_digest = self._entry(m)
+            if all(mount.name != m_entry.name for mount in mounts):
+                mounts.append(Mount(m_entry.name, str(m_entry.path), mtc.writable))
+                digests.append([m, m_digest])
+                digests.extend(self._packages(mtc, m_entry))
+                hermetic = hermetic and mtc.provider != "host"
+            return mtc, m_entry
+
+        member(name)
         if tc.link_with:
-            linker = self.toolchains[tc.link_with]
-            l_entry, l_digest = self._entry(tc.link_with)
-            l_links, l_env = _entry_view(linker, l_entry)
+            l_links, l_env = _entry_view(*member(tc.link_with))
             links.update(l_links)
             env.update(l_env)
-            mounts.append(Mount(l_entry.name, str(l_entry.path), linker.writable))
-            digests.append([tc.link_with, l_digest])
-            digests.extend(self._packages(linker, l_entry))
-            hermetic = hermetic and linker.provider != "host"
-        if tc.host_compiler:
-            host = self.toolchains[tc.host_compiler]
-            h_entry, h_digest = self._entry(tc.host_compiler)
-            h_links, _ = _entry_view(host, h_entry, rename={"cc": "host-cc", "cxx": "host-c++"})
+        if tc.host_compiler:   # may be the linker too (CUDA on the portable clang)
+            h_links, _ = _entry_view(*member(tc.host_compiler), rename={"cc": "host-cc", "cxx": "host-c++"})
             links.update({k: v for k, v in h_links.items() if k not in links})
             env["CUDAHOSTCXX"] = "host-c++"
-            if tc.host_compiler != tc.link_with:   # one toolchain may be both (CUDA on clang)
-                mounts.append(Mount(h_entry.name, str(h_entry.path), host.writable))
-                digests.append([tc.host_compiler, h_digest])
-                digests.extend(self._packages(host, h_entry))
-            hermetic = hermetic and host.provider != "host"
         # The toolchain's own names fill what its members left: with a linker, the linker's
         # cc, c++, ar, ranlib (and its CMake file) are the defaults.
         own_links, own_env = _entry_view(tc, entry)

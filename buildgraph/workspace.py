@@ -144,6 +144,12 @@ class Target:
             seen.update(dict.fromkeys(w.deps))
         return tuple(seen)
 
+    def for_variant(self, name: str, assignment: dict[str, str]):
+        """A single-valued field (toolchain, policy) as one variant sees it: set by the last
+        matching `when` that sets it, else the target's own."""
+        return next((getattr(w, name) for w in reversed(self.when)
+                     if getattr(w, name) and w.matches(assignment)), getattr(self, name))
+
 
 @dataclass(frozen=True)
 class Toolchain:
@@ -647,6 +653,7 @@ def load_workspace(root: Path) -> Workspace:
             raw, rel = _read(path, root)
             files.append(rel)
             tc = _parse_toolchain(raw, rel, path.stem, path.parent)
+            files.extend(os.path.relpath(Path(tc.patch_dir) / p, root) for p, _ in tc.patches)
             if tc.name in toolchains:
                 raise ConfigError(f"toolchain '{tc.name}' is defined twice", file=rel, line=tc.loc.line,
                                   hint=f"also in {toolchains[tc.name].loc.file}")

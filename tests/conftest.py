@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -87,14 +88,9 @@ class Workspace:
     def use_toolchains(self, *names: str) -> None:
         """Copy the repository's pinned toolchains/<name>.yaml into this workspace."""
         for name in names:
-            text = (REPO / "toolchains" / f"{name}.yaml").read_text()
-            self.write(f"toolchains/{name}.yaml", text)
-            for line in text.splitlines():     # and the patch files it names
-                if line.startswith("patches:"):
-                    for rel in line.split("[", 1)[1].rstrip("]").split(","):
-                        rel = rel.strip()
-                        (self.root / "toolchains" / rel).parent.mkdir(parents=True, exist_ok=True)
-                        (self.root / "toolchains" / rel).write_bytes((REPO / "toolchains" / rel).read_bytes())
+            self.write(f"toolchains/{name}.yaml", (REPO / "toolchains" / f"{name}.yaml").read_text())
+        # and the patch files they may name, byte for byte
+        shutil.copytree(REPO / "toolchains" / "patches", self.root / "toolchains" / "patches", dirs_exist_ok=True)
 
     def out(self, node: str) -> Path:
         return self.root / ".buildgraph" / "out" / node
@@ -129,7 +125,6 @@ def pytest_collection_modifyitems(config, items):
 def copy_release_workspace(dest: Path) -> Path:
     """The repository's release workspace (BUILD.yaml, recipes, toolchains, the backend) copied
     to `dest`: no state of the developer's own builds in the repository leaks into a test."""
-    import shutil
     for name in ("BUILD.yaml", "deps", "toolchains", "examples/backend"):
         src, dst = REPO / name, dest / name
         if src.is_dir():

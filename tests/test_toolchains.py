@@ -427,6 +427,14 @@ def test_toolchain_patches_apply_at_fetch_and_name_the_entry(ws, capsys, tmp_pat
     assert st["t"] == "ran", st["_out"] + st["_err"]
     assert (ws.out("t") / "o").read_text() == "tool-v2\n"
     key = _key(ws, "t")
+    # The patch edited in place (its toolchain file untouched): a new entry, and the node reruns.
+    ws.write("toolchains/patches/v2.patch", (ws.root / "toolchains/patches/v2.patch").read_text()
+             .replace("+echo tool-v2", "+echo tool-v3"))
+    st = ws.build(capsys=capsys)
+    assert st["t"] == "ran" and (ws.out("t") / "o").read_text() == "tool-v3\n", st["_out"] + st["_err"]
+    ws.write("toolchains/patches/v2.patch", (ws.root / "toolchains/patches/v2.patch").read_text()
+             .replace("+echo tool-v3", "+echo tool-v2"))
+    assert ws.build(capsys=capsys)["t"] == "cached" and _key(ws, "t") == key
     # A patch that does not apply fails the fetch, naming the patch; nothing half-made is kept.
     ws.write("toolchains/patches/v2.patch", (ws.root / "toolchains/patches/v2.patch").read_text()
              .replace("tool-v1", "tool-v0"))

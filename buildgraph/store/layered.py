@@ -48,15 +48,16 @@ class RemoteCounters:
 
 
 class RemoteLayer:
-    def __init__(self, local: LocalStore, remote, options: RemoteOptions, warn):
+    def __init__(self, local: LocalStore, remote, options: RemoteOptions, warn, scope: str = ""):
+        """`scope`: the workspace's name, which named duration records are kept under."""
         self.local, self.remote, self.options = local, remote, options
+        self.scope = scope
         self.warn = warn
         self.counters = RemoteCounters()
         self.healthy = True
         self._warned: set[str] = set()
         self._lock = threading.Lock()
         self._uploads = ThreadPoolExecutor(max_workers=max(1, options.jobs), thread_name_prefix="bg-upload")
-        self.scope = ""   # the workspace's name: what named duration records are kept under
         self._pending: list[Future] = []
 
     # ------------------------------------------------------------ faults
