@@ -41,7 +41,7 @@ from pathlib import Path
 from buildgraph import audit, elf
 from buildgraph.digest import sha256_file
 
-ARTIFACT_VERSION = 2
+ARTIFACT_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,10 @@ def build(spec: dict, deps_root: Path, out_root: Path, toolbox: Toolbox = Toolbo
     meta = {"variant": spec["variant"], "linking": spec["linking"], "commit": spec["commit"],
             # "dirty": built from a tree that differs from the commit; not what the commit makes.
             "working_tree": spec.get("working_tree", "unknown"),
-            "os": spec["os"], "platform_tag": platform_tags(tag), "library": main_lib.name,
+            "os": spec["os"], "platform_tag": platform_tags(tag),
+            # the symbols that keep it from the next older policy, e.g. expf@GLIBC_2.27
+            "platform_tag.set_by": "; ".join(audit.what_sets(audits, tag)) or "-",
+            "library": main_lib.name,
             "artifact_format": str(ARTIFACT_VERSION)}
     for name, digest in sorted(spec["toolchains"].items()):
         meta[f"toolchain.{name}"] = digest

@@ -88,6 +88,14 @@ def tightest(audits: list[FileAudit]) -> str:
     return max((a.tag for a in audits), key=order.index, default=order[0])
 
 
+def what_sets(audits: list[FileAudit], tag: str) -> list[str]:
+    """What keeps these files from the policy just older than `tag`: the symbols (and libraries)
+    that set their tag. Empty for the oldest policy."""
+    order = policies()
+    index = len(order) if tag == "linux" else next(i for i, p in enumerate(order) if p.name == tag)
+    return [v for a in audits for v in a.violations(order[index - 1])] if index else []
+
+
 def is_elf(path: str) -> bool:
     try:
         with open(path, "rb") as f:

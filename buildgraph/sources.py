@@ -16,10 +16,16 @@ cached build needs no source at all:
   pypi-sdist  {pypi-sdist: NAME, version, sha256,        sha256 of the sdist, fetched with
                subdirectory}                            `pip download` (e.g. the full OpenCV
                                                         tree inside opencv-python's sdist)
-  pypi-wheel  {pypi-wheel: NAME, version, sha256}       sha256 of the wheel (`pip download
-                                                        --only-binary`); the tree is its data
-                                                        directory (lib/, include/, share/):
-                                                        prebuilt binaries, audited like ours
+  pypi-wheel  {pypi-wheel: NAME, version, sha256         sha256 of the wheel (`pip download
+               [, file]}                                --only-binary`); `file`, the wheel's
+                                                        name, selects that file whatever
+                                                        Python runs buildgraph (its tags
+                                                        become pip's --platform, --abi, ...).
+                                                        The tree is the wheel's data directory
+                                                        (lib/, include/, share/), or its root
+                                                        where it has none; licence files of
+                                                        .dist-info under share/licenses/NAME/.
+                                                        Prebuilt binaries, audited like ours
   git         {git: URL, commit: 40-hex SHA}            the commit (git verifies its objects)
   path        {path: DIR}                               tree digest of DIR in the workspace
 
@@ -209,9 +215,10 @@ class SourceStore:
         import subprocess
         import sys
 
-        what = "--only-binary=:all:" if src.kind == "pypi-wheel" else f"--no-binary={src.location}"
+        what = ["--only-binary=:all:", *wheel_tags_as_pip_options(src.file)] if src.kind == "pypi-wheel" \
+            else [f"--no-binary={src.location}"]
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
-               what, "--dest", str(tmp / "pip"), f"{src.location}=={src.version}"]
+               *what, "--dest", str(tmp / "pip"), f"{src.location}=={src.version}"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         files = list((tmp / "pip").glob("*")) if (tmp / "pip").is_dir() else []
         if proc.returncode != 0 or len(files) != 1:
@@ -300,14 +307,20 @@ class SourceStore:
         import zipfile
 
         with zipfile.ZipFile(archive) as z:
-            for info in z.infolist():
-                parts = Path(info.filename).parts
-                if info.is_dir() or ".." in parts or Path(info.filename).is_absolute():
-                    continue
+            members = [(info, Path(info.filename).parts) for info in z.infolist()
+                       if not info.is_dir() and ".." not in Path(info.filename).parts
+                       and not Path(info.filename).is_absolute()]
+            has_data = any(len(parts) > 2 and parts[0].endswith(".data") and parts[1] == "data"
+                           for _, parts in members)
+            for info, parts in members:
                 if len(parts) > 2 and parts[0].endswith(".data") and parts[1] == "data":
                     target = dest.joinpath(*parts[2:])
-                elif len(parts) == 2 and parts[0].endswith(".dist-info") and "LICENSE" in parts[1].upper():
+                elif len(parts) == 2 and parts[0].endswith(".dist-info"):
+                    if not any(word in parts[1].upper() for word in ("LICENSE", "LICENCE", "COPYING", "NOTICE")):
+                        continue
                     target = dest / "share" / "licenses" / src.location / parts[1]
+                elif not has_data and not parts[0].endswith((".data", ".dist-info")):
+                    target = dest.joinpath(*parts)    # e.g. a vendored NAME.libs/ directory
                 else:
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -316,7 +329,22 @@ class SourceStore:
                 if info.external_attr >> 16 & 0o111:
                     target.chmod(0o755)
         if not any(dest.iterdir()):
-            raise SourceError(f"{src.describe()} ({src.declared_in}): the wheel has no data directory")
+            raise SourceError(f"{src.describe()} ({src.declared_in}): the wheel holds no files")
+
+
+def wheel_tags_as_pip_options(file: str) -> list[str]:
+    """pip options that make `pip download` choose the wheel named `file` whatever the running
+    Python is: its python, abi and platform tags (PEP 427 name: NAME-VER[-BUILD]-PY-ABI-PLAT.whl)."""
+    if not file:
+        return []
+    python, abi, platforms = file[:-len(".whl")].split("-")[-3:]
+    tag = python.split(".")[0]                         # cp311, py3 or py2 (py2.py3 -> py2: any)
+    implementation, digits = tag[:2], tag[2:]
+    version = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+    options = ["--implementation", implementation, "--python-version", version, "--abi", abi.split(".")[0]]
+    for platform in platforms.split("."):
+        options += ["--platform", platform]
+    return options
 
 
 def _download(url: str, dest: Path) -> None:

@@ -517,6 +517,8 @@ def _parse_source(data, parent: _Fields) -> Source:
     if kind == "debian" and (not file or "/" in file):
         raise f.error("file", "a debian source needs 'file': the upstream tarball's name in the source "
                       "package (e.g. openblas_0.3.21+ds.orig.tar.xz)", line=data.line_of("file"))
+    if kind == "pypi-wheel" and file:
+        _check_wheel_file(file, location, version, f, data)
     subdirectory = f.str("subdirectory", "")
     if subdirectory:
         _check_relpath(subdirectory, f, "subdirectory")
@@ -525,6 +527,17 @@ def _parse_source(data, parent: _Fields) -> Source:
     return Source(kind=kind, location=location, sha256=sha256, commit=commit, version=version,
                   subdirectory=subdirectory, strip_components=f.int("strip_components", 0), declared_in=where,
                   file=file, url=f.str("url", "") if kind == "debian" else "")
+
+
+def _check_wheel_file(file: str, name: str, version: str, f: _Fields, data) -> None:
+    """A pypi-wheel's `file` is that wheel's name (PEP 427), for that project and version."""
+    parts = file[:-len(".whl")].split("-") if file.endswith(".whl") else []
+    normal = re.sub(r"[-_.]+", "_", name).lower()
+    if len(parts) not in (5, 6) or "/" in file or re.sub(r"[-_.]+", "_", parts[0]).lower() != normal \
+            or parts[1] != version:
+        raise f.error("file", f"expected the wheel's file name, {normal}-{version}-PYTHON-ABI-PLATFORM.whl "
+                      f"(e.g. {normal}-{version}-py3-none-manylinux2014_x86_64.whl), got {file!r}",
+                      line=data.line_of("file"))
 
 
 def _parse_toolchain(data, file: str, stem: str, directory: Path | None = None) -> Toolchain:

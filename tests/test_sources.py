@@ -346,3 +346,71 @@ def test_prebuilt_wheel_origin(ws, capsys):
     assert (ws.out("headers") / "include" / "oneapi" / "dnnl" / "dnnl.h").is_file()
     assert (ws.out("headers") / "lib" / "cmake" / "dnnl" / "dnnl-config.cmake").is_file()
     assert (ws.out("headers") / "share" / "licenses" / "onednn-devel-cpu-gomp" / "LICENSE.txt").is_file()
+
+
+def _wheel(path, members: dict) -> str:
+    import zipfile
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_wheel_file_pin_selects_that_wheel_whatever_python_runs(ws, capsys, tmp_path, monkeypatch):
+    """`file` names the wheel: pip gets its tags, so a cp39 wheel is fetched by a Python that
+    would never pick it; a wheel without a data directory is its root (a vendored NAME.libs/),
+    and a COPYING in .dist-info is kept as a licence."""
+    index = tmp_path / "index"
+    index.mkdir()
+    METADATA = b"Metadata-Version: 2.1\nName: vendored-thing\nVersion: 1.0\n"
+    name = "vendored_thing-1.0-cp39-cp39-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+    sha = _wheel(index / name, {"vendored_thing.libs/libgomp-abc.so.1.0.0": b"\x7fELF not really",
+                                "vendored_thing/__init__.py": b"",
+                                "vendored_thing-1.0.dist-info/COPYING": b"the terms",
+                                "vendored_thing-1.0.dist-info/METADATA": METADATA, "vendored_thing-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\n"})
+    # Another wheel of the same release that the running Python would prefer.
+    _wheel(index / "vendored_thing-1.0-py3-none-any.whl", {"vendored_thing-1.0.dist-info/METADATA": METADATA,
+                                                             "vendored_thing-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\n"})
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    ws.write("BUILD.yaml", f"""\
+        targets:
+          gomp:
+            kind: script
+            source: {{pypi-wheel: vendored-thing, version: "1.0", file: {name}, sha256: {sha}}}
+            outs: [lib/, share/]
+            licenses: [share/licenses/vendored-thing/COPYING]
+            cmds:
+              - mkdir -p $OUT/lib
+              - cp $SOURCE/vendored_thing.libs/libgomp-abc.so.1.0.0 $OUT/lib/libgomp.so.1
+              - cp -r $SOURCE/share $OUT/
+        """)
+    st = ws.build(capsys=capsys)
+    assert st["gomp"] == "ran", st["_out"] + st["_err"]
+    assert (ws.out("gomp") / "lib/libgomp.so.1").read_bytes() == b"\x7fELF not really"
+    assert (ws.out("gomp") / "share/licenses/vendored-thing/COPYING").read_text() == "the terms"
+
+
+@pytest.mark.parametrize("file", ["other_thing-1.0-py3-none-any.whl", "vendored_thing-2.0-py3-none-any.whl",
+                                  "vendored_thing-1.0.tar.gz", "vendored_thing-1.0-any.whl"])
+def test_a_wheel_file_pin_must_name_that_release(ws, capsys, file):
+    ws.write("BUILD.yaml", f"""\
+        targets:
+          gomp:
+            kind: script
+            source: {{pypi-wheel: vendored-thing, version: "1.0", file: {file}, sha256: {"ab" * 32}}}
+            outs: [x]
+            cmds: ["touch $OUT/x"]
+        """)
+    rc, out, err = ws.run("plan", capsys=capsys)
+    assert rc == 2 and "BUILD.yaml:4" in err and "source.file" in err and "vendored_thing-1.0-PYTHON" in err, err
+
+
+def test_wheel_tags_become_pip_options():
+    from buildgraph.sources import wheel_tags_as_pip_options
+    assert wheel_tags_as_pip_options("a-1-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl") == [
+        "--implementation", "cp", "--python-version", "3.11", "--abi", "cp311",
+        "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64"]
+    assert wheel_tags_as_pip_options("a-1-2-py2.py3-none-manylinux1_x86_64.whl")[:6] == [
+        "--implementation", "py", "--python-version", "2", "--abi", "none"]
+    assert wheel_tags_as_pip_options("") == []
