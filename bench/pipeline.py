@@ -13,7 +13,8 @@ directory), with nginx WebDAV on loopback as the remote cache:
            release_test nodes may), and how long it took.
   remote   an empty local cache and a fresh workspace against the warm remote: every node
            restored, none run. Target: under 30 s.
-Figures go to DIR/pipeline.json as each phase ends; --from PHASE resumes with DIR's caches
+Figures go to DIR/pipeline.json as each phase ends, the cold run's timeline to
+DIR/cold-trace.json; --from PHASE resumes with DIR's caches
 (the cold phase takes ~40 minutes on 2 cores). Prints figures; asserts nothing.
 Needs `bash .ci/setup --tests` (nginx) and the toolchains (fetched on first use).
 """
@@ -108,7 +109,8 @@ def main() -> None:
             print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in figures.items() if k != "path"), flush=True)
 
         if "cold" in phases:
-            wall, cpu, status = build(ws, cache, server.url, args.jobs)
+            # The cold run's timeline stays in DIR (chrome://tracing, Perfetto) for the post-mortem.
+            wall, cpu, status = build(ws, cache, server.url, args.jobs, "--profile", str(root / "cold-trace.json"))
             length, path = critical_path(ws)
             floor = max(length, cpu / cores)
             record("cold", {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "cores": cores,

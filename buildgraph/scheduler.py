@@ -9,7 +9,8 @@
   2. start nodes that must run, highest remaining critical path first, each as
      soon as the jobserver yields `weight` tokens (the same tokens nested make and
      cmake builds draw from, so all of them together stay within -j). `weight` is
-     admission: a heavy node starts only when that many slots are free; it then keeps
+     admission: a heavy node starts only when that many slots are free at once (it holds
+     none while it waits, so running makes use them meanwhile); it then keeps
      one (its make's implicit slot) and hands the rest back, for its own make to draw
      on as fast as it can use them; a node whose
      key is already queued or running waits for that one and is then restored
@@ -96,7 +97,6 @@ class Scheduler:
                 result = None
             events.put(("lookup", name, action, result))
         free_lanes = list(range(self.jobs))
-        held = b""
         stopping = False
         t0 = time.monotonic()
         self.reporter.begin(len(selected), self.jobs)
@@ -167,12 +167,14 @@ class Scheduler:
                     if longest_lookup() > priority[name]:
                         break   # a longer chain's lookup is still out (milliseconds): its miss goes first
                     need = min(action.weight, self.jobs)
-                    if len(held) < need:
-                        held += self.jobserver.try_acquire(need - len(held))
-                    if len(held) < need:
+                    taken = self.jobserver.try_acquire(need)
+                    if len(taken) < need:
+                        # Too few free: put them back at once. Holding them until enough
+                        # were free would idle a core a running make could use.
+                        self.jobserver.release(taken)
                         break
                     heapq.heappop(to_run)
-                    tokens, extra, held = held[:1], held[1:need], held[need:]
+                    tokens, extra = taken[:1], taken[1:]
                     self.jobserver.release(extra)  # admitted: extra slots go back to the pool its make draws on
                     node = graph.nodes[name]
                     wanted = dict(action.deps)   # the dependency outputs its key names, and no others
@@ -245,7 +247,6 @@ class Scheduler:
                     outcomes[name] = NodeOutcome(name, Status.RAN, action.key, outcome.duration)
             raise Interrupted(outcomes) from None
         finally:
-            self.jobserver.release(held)
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)   # each lookup is bounded by its deadline
         return outcomes

@@ -170,6 +170,23 @@ def test_declared_estimate_orders_a_fresh_build(ws, capsys):
     assert rc == 2 and "BUILD.yaml:2" in err and "estimate" in err and "12m" in err
 
 
+def test_a_waiting_heavy_node_holds_no_slot_a_running_make_could_use(ws, capsys):
+    """While a weight-2 node waits for two free slots, a running make gets the free one:
+    the scheduler does not sit on it (which left one core idle for a whole OpenCV build)."""
+    ws.write("Makefile", MAKEFILE)
+    ws.write("BUILD.yaml", """\
+        targets:
+          pre: {kind: script, estimate: 1s, outs: [o], cmds: ["sleep 0.2", "touch $OUT/o"]}
+          heavy: {kind: script, weight: 2, estimate: 10m, deps: [pre], outs: [o], cmds: ["touch $OUT/o"]}
+          runner: {kind: script, estimate: 2s, srcs: [Makefile], outs: [spans/],
+                   cmds: ["mkdir $OUT/spans", "sleep 1", "make -f $SRC/Makefile OUT=$OUT/spans"]}
+        """)
+    st = ws.build("-j2", capsys=capsys)
+    assert st["runner"] == "ran" and st["heavy"] == "ran", st["_out"]
+    spans = [tuple(map(int, p.read_text().split())) for p in (ws.out("runner") / "spans").iterdir()]
+    assert max_overlap(spans) == 2
+
+
 def test_weight_is_admission_and_the_heavy_nodes_make_gets_the_slots(ws, capsys):
     """A weight-2 node on -j2 starts only when both slots are free, then its own make
     runs two jobs at once (it is not left with one slot while buildgraph holds the other)."""

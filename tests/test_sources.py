@@ -414,3 +414,19 @@ def test_wheel_tags_become_pip_options():
     assert wheel_tags_as_pip_options("a-1-2-py2.py3-none-manylinux1_x86_64.whl")[:6] == [
         "--implementation", "py", "--python-version", "2", "--abi", "none"]
     assert wheel_tags_as_pip_options("") == []
+
+
+def test_fetch_to_a_mirror_names_each_place_it_looked_once(ws, capsys, tmp_path):
+    tarball, sha = project_tarball(tmp_path)
+    ws.write("BUILD.yaml", f"""\
+        targets:
+          a: {{kind: script, source: {{url: "file://{tarball}", sha256: {sha}}}, outs: [o], cmds: ["touch $OUT/o"]}}
+          b: {{kind: script, source: {{url: "file://{tarball}", sha256: {sha}}}, outs: [o], cmds: ["touch $OUT/o"]}}
+          c: {{kind: script, source: {{url: "file://{tmp_path}/gone.tar.gz", sha256: {"ab" * 32}}},
+               outs: [o], cmds: ["touch $OUT/o"]}}
+        """)
+    mirror = tmp_path / "mirror"
+    rc, out, err = ws.run("fetch", "--mirror", str(mirror), capsys=capsys)
+    assert rc != 0 and "Looked in" in err, err
+    looked = err.split("Looked in: ")[1].split(". Put it")[0].split(", ")
+    assert looked == [f"{mirror}/sha256/{'ab' * 32}", "upstream"], looked
