@@ -41,7 +41,7 @@ from pathlib import Path
 from buildgraph import audit, elf
 from buildgraph.digest import sha256_file
 
-ARTIFACT_VERSION = 3
+ARTIFACT_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -117,10 +117,9 @@ def _run(env: dict[str, str], *cmd) -> None:
         raise ArtifactError(f"{' '.join(map(str, cmd))}: {(proc.stderr or proc.stdout).strip()}")
 
 
-def _bundle(lib: Path, lib_dir: Path, providers: dict[str, Path], ship) -> dict[str, str]:
-    """Copy in what `lib` needs from our dependencies, transitively (`ship` copies and strips
-    one file); returns old -> new names."""
-    system = audit.system_libraries()
+def _bundle(lib: Path, lib_dir: Path, providers: dict[str, Path], ship, system: frozenset[str]) -> dict[str, str]:
+    """Copy in what `lib` needs from our dependencies and `system` (the policy's libraries)
+    does not hold, transitively (`ship` copies and strips one file); returns old -> new names."""
     renamed: dict[str, str] = {}
     queue = [lib]
     while queue:
@@ -184,6 +183,9 @@ def build(spec: dict, deps_root: Path, out_root: Path, toolbox: Toolbox = Toolbo
         backend_root = deps_root / backend
         present = sorted(str(p.relative_to(backend_root)) for p in backend_root.rglob("*") if p.is_file())
         raise ArtifactError(f"{backend} has no {spec['library']} (its outputs: {', '.join(present[:8])})")
+    wanted = audit.policy_named(spec["policy"])
+    if wanted is None:
+        raise ArtifactError(f"unknown policy {spec['policy']!r}")
     dist = out_root / "dist"
     lib_dir = dist / "lib"
     lib_dir.mkdir(parents=True)
@@ -202,16 +204,16 @@ def build(spec: dict, deps_root: Path, out_root: Path, toolbox: Toolbox = Toolbo
     ship(library.resolve(), main_lib)
     # Static variants link their dependencies in, so usually nothing is left to bundle; what a
     # dependency offers only as a shared library (a prebuilt libdnnl) is bundled in both.
-    bundled = _bundle(main_lib, lib_dir, _providers(deps_root, backend), ship)
+    bundled = _bundle(main_lib, lib_dir, _providers(deps_root, backend), ship, wanted.whitelist)
     _patchelf("--set-rpath", "$ORIGIN", main_lib)
 
     elves = [p for p in sorted(lib_dir.iterdir()) if audit.is_elf(str(p))]
     shipped = {elf.requirements(str(p), symbols=False).soname or p.name for p in elves}
     audits = [audit.audit_file(str(p), shipped=shipped) for p in elves]
     tag = audit.tightest(audits)
-    wanted = audit.policy_named(spec["policy"])
-    if wanted is None:
-        raise ArtifactError(f"unknown policy {spec['policy']!r}")
+    leaks = [audit.runtime_export_problem(a.path, a.runtime_leaks) for a in audits if a.runtime_leaks]
+    if leaks:
+        raise ArtifactError("refusing to ship a C++ runtime's symbols:\n  " + "\n  ".join(leaks))
     problems = [v for a in audits for v in a.violations(wanted)]
     problems += [f"{os.path.basename(a.path)}: RPATH {r!r} is not relative to the library ($ORIGIN)"
                  for a in audits for entry in a.req.rpaths for r in entry.split(":")

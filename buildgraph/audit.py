@@ -1,99 +1,286 @@
-"""Audit ELF files against manylinux policies: the tightest true platform tag, and why not better.
+"""Audit ELF files against the manylinux and musllinux policies: the tightest true tag, and why
+not better.
 
-Policy data lives in data/manylinux-x86_64.json (oldest first). A file satisfies a policy
-when every symbol version it needs in GLIBC, GLIBCXX, CXXABI and GCC is at most the
-policy's, and every library it needs is a system library or shipped beside it.
+The policies are auditwheel's own data (policy/manylinux-policy.json and musllinux-policy.json
+in the auditwheel package, PEP 600 and PEP 656), read where it is installed, so a verdict here
+is the one `auditwheel show` gives, and a newer auditwheel brings newer policies. A file meets
+a policy when
+  - every symbol version it needs in a namespace the policy lists (GLIBC, GLIBCXX, CXXABI,
+    GCC, ZLIB, LIBATOMIC) is one the policy allows: a newer one, or GLIBC_PRIVATE, is not;
+  - every library it needs is on the policy's list or shipped beside it (the dynamic
+    loader always counts as the system's);
+  - it takes no blacklisted symbol from a library on that list (zlib's internals, glibc's
+    __cxa_thread_atexit_impl, ...).
+A file that needs musl's libc (libc.musl-x86_64.so.1) is audited against musllinux, any
+other against manylinux. `linux` is the tag of a file that meets no policy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from buildgraph.elf import ElfRequirements, parse_version, requirements
 
-_DATA = Path(__file__).with_name("data") / "manylinux-x86_64.json"
+ARCH = "x86_64"
+MUSL_LIBC = "libc.musl-x86_64.so.1"
+_POLICY_FILES = {"glibc": "manylinux-policy.json", "musl": "musllinux-policy.json"}
 
 
 @dataclass(frozen=True)
 class Policy:
     name: str
     aliases: tuple[str, ...]
-    max: tuple[tuple[str, tuple[int, ...]], ...]
+    libc: str                                   # glibc | musl
+    versions: dict[str, frozenset[str]]         # namespace -> the version names it allows
+    whitelist: frozenset[str]                   # libraries it lets a file take from the system
+    blacklist: dict[str, frozenset[str]]        # library -> symbols a file may not take from it
+
+    def newest(self, namespace: str) -> str:
+        """The newest version the policy allows in `namespace`, for messages."""
+        found = [v.partition("_")[2] for v in self.versions.get(namespace, ())]
+        return max(found, key=_version_key, default="none")
+
+
+def _version_key(text: str) -> tuple:
+    try:
+        return (0, parse_version(text))
+    except ValueError:
+        return (1, text)
+
+
+def _policy_text(libc: str) -> str:
+    from importlib import resources
+    try:
+        return resources.files("auditwheel.policy").joinpath(_POLICY_FILES[libc]).read_text()
+    except ModuleNotFoundError:
+        raise RuntimeError("the audit reads auditwheel's policies: pip install auditwheel "
+                           "(bash .ci/setup installs it)") from None
 
 
 @functools.cache
-def _data() -> dict:
-    return json.loads(_DATA.read_text())
+def policies(libc: str = "glibc") -> tuple[Policy, ...]:
+    """The policies of one libc, oldest (the strictest claim that loads most widely) first."""
+    out = []
+    for p in sorted(json.loads(_policy_text(libc)), key=lambda p: -p["priority"]):
+        if p["name"] == "linux":
+            continue
+        versions = p["symbol_versions"].get(ARCH, {})
+        out.append(Policy(
+            p["name"], tuple(p["aliases"]), libc,
+            {ns: frozenset(f"{ns}_{v}" for v in allowed) for ns, allowed in versions.items()},
+            # musllinux names musl's libc "libc.so"; a binary needs it as libc.musl-<arch>.so.1
+            frozenset(MUSL_LIBC if libc == "musl" and lib == "libc.so" else lib for lib in p["lib_whitelist"]),
+            {lib: frozenset(symbols) for lib, symbols in p["blacklist"].items()}))
+    return tuple(out)
 
 
-def policies() -> list[Policy]:
-    data = _data()
-    return [Policy(p["name"], tuple(p["aliases"]), tuple((k, parse_version(v)) for k, v in p["max"].items()))
-            for p in data["policies"]]
-
-
-def system_libraries() -> frozenset[str]:
-    return frozenset(_data()["system_libraries"])
+@functools.cache
+def policy_data_digest() -> str:
+    """What the verdicts depend on: in every artifact key, so new policy data re-audits."""
+    h = hashlib.sha256()
+    for libc in sorted(_POLICY_FILES):
+        h.update(_policy_text(libc).encode())
+    return h.hexdigest()[:32]
 
 
 def policy_named(name: str) -> Policy | None:
-    return next((p for p in policies() if name in (p.name, *p.aliases)), None)
+    return next((p for libc in _POLICY_FILES for p in policies(libc) if name in (p.name, *p.aliases)), None)
+
+
+def known_policy_names() -> str:
+    return ", ".join(f"{ps[0].name} … {ps[-1].name}" for ps in (policies("glibc"), policies("musl")))
+
+
+def is_loader(lib: str) -> bool:
+    return lib.startswith("ld-linux") or lib.startswith("ld-musl") or lib in ("ld64.so.1", "ld64.so.2")
 
 
 @dataclass
 class FileAudit:
     path: str
     req: ElfRequirements
-    tag: str                                  # tightest manylinux tag, or "linux"
-    external: list[str] = field(default_factory=list)   # needed, neither system nor shipped
+    shipped: frozenset[str]
+    libc: str = "glibc"
+    tag: str = "linux"                                    # tightest policy it meets, or "linux"
+    runtime_leaks: list[str] = field(default_factory=list)  # a static C++ runtime's symbols it exports
+    external: list[str] = field(default_factory=list)     # needed, neither system (for its tag) nor shipped
 
     def violations(self, policy: Policy) -> list[str]:
         """Why this file does not meet `policy` (empty if it does)."""
         name = os.path.basename(self.path)
+        if policy.libc != self.libc:
+            return [f"{name}: a {self.libc} binary cannot be {policy.name}"]
         out = []
-        for namespace, limit in policy.max:
-            found = self.req.highest.get(namespace)
-            if found and found[0] > limit:
-                version, symbol = found
-                v, lim = ".".join(map(str, version)), ".".join(map(str, limit))
-                sym = f"{symbol}@" if symbol else ""
-                out.append(f"{name}: {sym}{namespace}_{v} needs {namespace} {v} > {lim}")
-        for lib in self.external:
-            out.append(f"{name}: needs {lib}, which is neither a system library nor shipped")
+        for (lib, version), symbol in sorted(self.req.versions.items()):
+            namespace = version.partition("_")[0]
+            if is_loader(lib) or namespace not in policy.versions or version in policy.versions[namespace]:
+                continue
+            sym = f"{symbol}@" if symbol else ""
+            out.append(f"{name}: {sym}{version} needs {namespace} {version.partition('_')[2]} "
+                       f"> {policy.newest(namespace)}")
+        for lib in self.req.needed:
+            if not is_loader(lib) and lib not in policy.whitelist and lib not in self.shipped:
+                out.append(f"{name}: needs {lib}, which is neither a system library nor shipped")
+            for symbol in sorted(policy.blacklist.get(lib, frozenset()) & (self.req.undefined | {"*"})):
+                out.append(f"{name}: takes {symbol} from {lib}, which {policy.name} does not allow")
         return out
 
 
-def audit_file(path: str, shipped: set[str] = frozenset()) -> FileAudit:
-    """Audit one ELF file; `shipped` are library names present beside it."""
+def audit_file(path: str, shipped=frozenset()) -> FileAudit:
+    """Audit one ELF file; `shipped` are the library names (SONAMEs) present beside it."""
     req = requirements(path)
-    system = system_libraries()
-    external = [n for n in req.needed if n not in system and n not in shipped]
-    audit = FileAudit(path, req, "linux", external)
-    for policy in policies():
+    libc = "musl" if MUSL_LIBC in req.needed else "glibc"
+    audit = FileAudit(path, req, frozenset(shipped), libc)
+    for policy in policies(libc):
         if not audit.violations(policy):
             audit.tag = policy.name
             break
+    audit.runtime_leaks = runtime_exports(req)
+    loosest = policies(libc)[-1]
+    audit.external = [n for n in req.needed if not is_loader(n) and n not in loosest.whitelist and n not in shipped]
     return audit
 
 
 def tightest(audits: list[FileAudit]) -> str:
-    """The tag every file satisfies: the newest of their tightest tags ("linux" if any has none)."""
-    order = [p.name for p in policies()]
-    if any(a.tag == "linux" for a in audits):
+    """The tag every file satisfies: the newest of their tightest tags ("linux" if any has
+    none, or if glibc and musl binaries are mixed)."""
+    if not audits:
+        return policies("glibc")[0].name
+    libcs = {a.libc for a in audits}
+    if len(libcs) > 1 or any(a.tag == "linux" for a in audits):
         return "linux"
-    return max((a.tag for a in audits), key=order.index, default=order[0])
+    order = [p.name for p in policies(libcs.pop())]
+    return max((a.tag for a in audits), key=order.index)
 
 
 def what_sets(audits: list[FileAudit], tag: str) -> list[str]:
     """What keeps these files from the policy just older than `tag`: the symbols (and libraries)
     that set their tag. Empty for the oldest policy."""
-    order = policies()
+    if not audits:
+        return []
+    order = policies(audits[0].libc)
     index = len(order) if tag == "linux" else next(i for i, p in enumerate(order) if p.name == tag)
     return [v for a in audits for v in a.violations(order[index - 1])] if index else []
+
+
+def audit_together(paths: list[str]) -> list[FileAudit]:
+    """Audit files shipped side by side: each may need the others (by SONAME or file name)."""
+    shipped = set()
+    for path in paths:
+        shipped |= {os.path.basename(path), requirements(path, symbols=False).soname or ""}
+    return [audit_file(path, shipped) for path in paths]
+
+
+def claim_problems(audits: list[FileAudit], claim: str) -> list[str]:
+    """Why files shipped together do not keep a platform tag's claim (e.g.
+    manylinux2014_x86_64); empty if they do."""
+    name = claim[:-len("_" + ARCH)] if claim.endswith("_" + ARCH) else claim
+    if name == "linux":
+        return []
+    policy = policy_named(name)
+    if policy is None:
+        return [f"{claim} is not a policy auditwheel knows ({known_policy_names()})"]
+    return [v for a in audits for v in a.violations(policy)]
+
+
+@contextlib.contextmanager
+def opened(path):
+    """(ELF files to audit, the platform tags claimed) of a wheel, unpacked into a temporary
+    directory, claiming the tags of its file name; or of a list of ELF files, claiming nothing."""
+    if isinstance(path, list):
+        for p in path:
+            if not is_elf(p):
+                raise ValueError(f"{p}: neither an ELF file nor a wheel")
+        yield path, None
+        return
+    import tempfile
+    import zipfile
+
+    parts = os.path.basename(path)[:-len(".whl")].split("-")
+    if len(parts) not in (5, 6):
+        raise ValueError(f"{path}: not a wheel file name (NAME-VERSION-PYTHON-ABI-PLATFORM.whl)")
+    with tempfile.TemporaryDirectory(prefix="bg-audit-") as tmp, zipfile.ZipFile(path) as z:
+        files = []
+        for info in z.infolist():
+            if info.is_dir() or ".." in info.filename.split("/"):
+                continue
+            with z.open(info) as f:
+                if f.read(4) != b"\x7fELF":
+                    continue
+            files.append(z.extract(info, tmp))
+        yield sorted(files), parts[-1].split(".")
+
+
+# A C++ runtime linked statically must stay private to the library: exported, its symbols
+# (std::call_once's __once_callable, the guard variables' __cxa_guard_*, the unwinder) bind
+# across libraries, and two runtimes in one process mix their state and crash.
+CXX_RUNTIME_LIBRARIES = ("libstdc++.so.6", "libc++.so.1", "libc++abi.so.1")
+# the runtime's C-level names (raw or demangled)
+_RUNTIME_PREFIXES = ("__cxa_", "__gxx_personality", "_Unwind_", "unw_", "_txnal_", "__once_proxy", "__gcclibcxx_")
+# The global operator new/delete are replaceable by design and exported so (libc++ does even
+# when all else is hidden); every runtime's go to malloc and free, so binding to another's is
+# harmless: not counted.
+_REPLACEABLE = ("operator new", "operator delete")
+# libc++'s inline functions carry its version in an ABI tag ([abi:ne190100]): instantiated from
+# the headers into the library, they never meet another libc++'s under the same name.
+_LIBCXX_VERSIONED = re.compile(r"\[abi:(ne|v)\d+\]")
+_RUNTIME_NAMESPACES = frozenset(("std", "__gnu_cxx", "__cxxabiv1", "__gnu_debug"))
+# Words a demangled runtime symbol may hold besides std:: names: builtin types and the
+# demangler's own phrases ("guard variable for", "typeinfo for", "[abi:cxx11]", ...).
+_NEUTRAL_WORDS = frozenset("""std __gnu_cxx __cxxabiv1 __gnu_debug __1 void bool char wchar_t char8_t
+    char16_t char32_t short int long signed unsigned float double __int128 __float128 const volatile
+    operator true false decltype nullptr auto abi anonymous namespace lambda guard variable for
+    typeinfo name vtable construction VTT non virtual thunk to covariant return TLS init function
+    wrapper transaction clone reference temporary in __va_list_tag""".split())
+
+
+def runtime_exports(req: ElfRequirements) -> list[str]:
+    """Symbols of a statically linked C++ runtime (libstdc++ or libc++, their ABI library and
+    unwinder) that this file exports. A file that needs the runtime as a shared library
+    links none in. std templates instantiated over the library's own types (a
+    std::vector<cv::Mat>) are the library's, not the runtime's, and do not count."""
+    if any(lib in CXX_RUNTIME_LIBRARIES for lib in req.needed):
+        return []
+    found = [s for s in req.exported if s.startswith(_RUNTIME_PREFIXES)]
+    mangled = [s for s in req.exported if s.startswith("_Z")]
+    for symbol, text in zip(mangled, _demangle(mangled)):
+        # the roots of its names (not after "::" or "~"): the runtime's namespaces and builtin words only
+        roots = set(re.findall(r"(?<![\w:~])([A-Za-z_]\w*)", text))
+        if text.startswith(_REPLACEABLE) or _LIBCXX_VERSIONED.search(text):
+            continue
+        if text.startswith(_RUNTIME_PREFIXES) or (roots & _RUNTIME_NAMESPACES and roots <= _NEUTRAL_WORDS):
+            found.append(symbol)
+    return sorted(found)
+
+
+def _demangle(symbols: list[str]) -> list[str]:
+    import shutil
+    import subprocess
+
+    if not symbols:
+        return []
+    tool = shutil.which("c++filt")
+    if tool is None:
+        raise RuntimeError("c++filt (binutils) is needed to tell a C++ runtime's symbols from a library's")
+    proc = subprocess.run([tool], input="\n".join(symbols) + "\n", capture_output=True, text=True, check=True)
+    lines = proc.stdout.splitlines()
+    return lines if len(lines) == len(symbols) else symbols
+
+
+def runtime_export_problem(path: str, leaked: list[str]) -> str:
+    telling = sorted(leaked, key=lambda s: (not s.startswith(("__cxa_", "__once_proxy", "_Unwind_", "_ZSt")), len(s)))
+    shown = ", ".join(telling[:6]) + (f" and {len(leaked) - 6} more" if len(leaked) > 6 else "")
+    return (f"{os.path.basename(path)} exports {len(leaked)} symbols of the C++ runtime it links statically "
+            f"({shown}): in a process with another C++ runtime (another wheel's), calls bind across "
+            f"them and crash. Export only the library's API: a version script "
+            f"(-Wl,--version-script), or -fvisibility=hidden with -Wl,--exclude-libs,ALL; "
+            f"-static-libstdc++ only together with a version script")
 
 
 def is_elf(path: str) -> bool:

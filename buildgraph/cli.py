@@ -133,25 +133,39 @@ def cmd_worker(args) -> int:
 
 
 def cmd_audit(args) -> int:
+    """Audit ELF files, or every ELF file in a wheel (against the tags its name claims)."""
     from buildgraph import audit
 
-    policy = audit.policy_named(args.policy)
-    if policy is None:
-        print(f"buildgraph: error: unknown policy {args.policy!r}", file=sys.stderr)
+    policy = audit.policy_named(args.policy) if args.policy else None
+    if args.policy and policy is None:
+        print(f"buildgraph: error: unknown policy {args.policy!r} ({audit.known_policy_names()})", file=sys.stderr)
         return EXIT_FAILED + 1
     bad = 0
-    for path in args.files:
+    elves = [p for p in args.files if not p.endswith(".whl")]    # shipped together: audited together
+    for path in ([elves] if elves else []) + [p for p in args.files if p.endswith(".whl")]:
         try:
-            a = audit.audit_file(path, shipped={os.path.basename(p) for p in args.files})
+            with audit.opened(path) as (files, claims):
+                audits = audit.audit_together(files)
+                for a in audits:
+                    versions = ", ".join(f"{ns} {a.req.max_version(ns)}" for ns in sorted(a.req.highest))
+                    print(f"{a.path}: {a.tag} (needs {versions or 'no versioned symbols'}; "
+                          f"NEEDED {', '.join(a.req.needed) or '-'})")
+                    if a.runtime_leaks:
+                        print(f"  {audit.runtime_export_problem(a.path, a.runtime_leaks)}")
+                        bad += 1
+                    if policy is not None:
+                        for v in a.violations(policy):
+                            print(f"  not {policy.name}: {v}")
+                            bad += 1
+                if claims is not None:
+                    tag = audit.tightest(audits)
+                    print(f"{path}: claims {', '.join(claims)}; its files prove {tag}")
+                    for claim in claims:
+                        for v in audit.claim_problems(audits, claim):
+                            print(f"  not {claim}: {v}")
+                            bad += 1
         except (ValueError, OSError) as exc:
             print(f"buildgraph: error: {exc}", file=sys.stderr)
-            bad += 1
-            continue
-        versions = ", ".join(f"{ns} {a.req.max_version(ns)}" for ns in ("GLIBC", "GLIBCXX", "CXXABI", "GCC")
-                             if a.req.max_version(ns))
-        print(f"{path}: {a.tag} (needs {versions or 'no versioned symbols'}; NEEDED {', '.join(a.req.needed) or '-'})")
-        for v in a.violations(policy):
-            print(f"  not {policy.name}: {v}")
             bad += 1
     return EXIT_FAILED if bad else EXIT_OK
 
@@ -523,9 +537,9 @@ def parser() -> argparse.ArgumentParser:
     wk.add_argument("--toolchain-dir", help="where the worker fetches toolchains")
     wk.set_defaults(func=cmd_worker)
 
-    au = sub.add_parser("audit", help="symbol versions and libraries ELF files need; their manylinux tag")
-    au.add_argument("files", nargs="+")
-    au.add_argument("--policy", default="manylinux_2_17", help="report what keeps each file from this policy")
+    au = sub.add_parser("audit", help="symbol versions and libraries ELF files or wheels need; their true tag")
+    au.add_argument("files", nargs="+", help="ELF files (audited as shipped together), or .whl files")
+    au.add_argument("--policy", help="report what keeps each file from this policy (e.g. manylinux_2_17)")
     au.set_defaults(func=cmd_audit)
 
     ar = sub.add_parser("artifact", help="push built artifacts to, or pull them from, an artifact repository")

@@ -26,6 +26,10 @@ class ElfRequirements:
     soname: str | None = None
     # namespace (GLIBC, GLIBCXX, ...) -> (highest version, one symbol needing it)
     highest: dict[str, tuple[tuple[int, ...], str]] = field(default_factory=dict)
+    # every version it needs: (library, version name, e.g. GLIBC_2.17) -> one symbol needing it
+    versions: dict[tuple[str, str], str] = field(default_factory=dict)
+    undefined: set[str] = field(default_factory=set)     # symbols it must take from others (not weak ones)
+    exported: list[str] = field(default_factory=list)    # symbols it defines for other objects
 
     def max_version(self, namespace: str) -> str | None:
         found = self.highest.get(namespace)
@@ -47,28 +51,38 @@ def requirements(path: str, symbols: bool = True) -> ElfRequirements:
             elf = ELFFile(f)
             versym = None
             version_names: dict[int, str] = {}
+            library_of: dict[str, str] = {}
             for section in elf.iter_sections():
                 if isinstance(section, DynamicSection):
                     _read_dynamic(section, out)
                 elif not symbols:
                     continue
                 elif isinstance(section, GNUVerNeedSection):
-                    for _, auxes in section.iter_versions():
+                    for need, auxes in section.iter_versions():
                         for aux in auxes:
                             version_names[aux.entry.vna_other] = aux.name
+                            library_of[aux.name] = need.name
                 elif isinstance(section, GNUVerSymSection):
                     versym = section
             dynsym = elf.get_section_by_name(".dynsym") if symbols else None
-            if dynsym is not None and versym is not None:
-                for i, sym in enumerate(dynsym.iter_symbols()):
-                    if sym["st_shndx"] != "SHN_UNDEF" or not sym.name:
-                        continue
-                    index = versym.get_symbol(i)["ndx"]
-                    name = version_names.get(index if isinstance(index, int) else -1)
-                    if name:
-                        _note(out, name, sym.name)
+            for i, sym in enumerate(dynsym.iter_symbols() if dynsym is not None else ()):
+                if not sym.name:
+                    continue
+                if sym["st_shndx"] != "SHN_UNDEF":
+                    if sym["st_info"]["bind"] in ("STB_GLOBAL", "STB_WEAK", "STB_GNU_UNIQUE") \
+                            and sym["st_other"]["visibility"] in ("STV_DEFAULT", "STV_PROTECTED"):
+                        out.exported.append(sym.name)
+                    continue
+                if sym["st_info"]["bind"] != "STB_WEAK":   # a weak reference may stay unresolved
+                    out.undefined.add(sym.name)
+                index = versym.get_symbol(i)["ndx"] if versym is not None else None
+                name = version_names.get(index if isinstance(index, int) else -1)
+                if name:
+                    _note(out, name, sym.name)
+                    out.versions.setdefault((library_of[name], name), sym.name)
             for name in version_names.values():  # versions required without a symbol we saw
                 _note(out, name, "")
+                out.versions.setdefault((library_of[name], name), "")
     except ELFError as exc:
         raise ValueError(f"{path}: not an ELF file ({exc})") from None
     return out

@@ -309,6 +309,7 @@ class Engine:
     def _artifact_commands(self, node: Node, t, dep_outputs: dict[str, str]) -> tuple[str, ...]:
         """A built-in artifact action: its spec is its command (so all of it is in the key)."""
         from buildgraph.artifact import ARTIFACT_VERSION, spec_json
+        from buildgraph.audit import policy_data_digest
 
         if self._release_identity is None:   # asked once, and only by builds with artifacts
             from buildgraph.repository import os_id, resolve_commit, working_tree
@@ -328,7 +329,8 @@ class Engine:
                 "version": t.version or "0", "linking": assignment.get("linking", "dynamic"),
                 "variant": "-".join(v for k, v in assignment.items() if k != "linking") or "default",
                 "commit": commit, "working_tree": tree, "os": os_name,
-                "dependencies": deps, "toolchains": toolchains, "runtime_licenses": self._runtime_licenses(node)}
+                "dependencies": deps, "toolchains": toolchains, "runtime_licenses": self._runtime_licenses(node),
+                "policy_data": policy_data_digest()}   # the verdict depends on auditwheel's policies
         return (f"builtin:artifact v{ARTIFACT_VERSION}", spec_json(spec))
 
     def _runtime_licenses(self, node: Node) -> dict[str, str]:

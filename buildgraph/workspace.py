@@ -393,11 +393,11 @@ def _estimate(f: "_Fields") -> float | None:
 
 def _policy(f: "_Fields", default: str | None) -> str | None:
     """An artifact's platform policy, checked against the policies the audit knows."""
-    from buildgraph.audit import policy_named
+    from buildgraph.audit import known_policy_names, policy_named
     name = f.str("policy", default)
     if name is not None and policy_named(name) is None:
         raise f.error("policy", f"unknown policy {name!r}",
-                      hint="manylinux_2_5 … manylinux_2_35, or an alias such as manylinux2014")
+                      hint=f"{known_policy_names()}, or an alias such as manylinux2014")
     return name
 
 

@@ -75,6 +75,59 @@ def test_portable_libraries_need_no_more_than_glibc_2_17(shared_ws, capsys):
     assert str(ws.root).encode() not in data and str(ws.toolchain_dir).encode() not in data
 
 
+ONCE_CPP = """\
+#include <mutex>
+#include <stdexcept>
+#include <string>
+static std::once_flag flag;
+static int calls;
+static std::string& greeting() { static std::string g(WHO); return g; }   // function-local static
+extern "C" int NAME(int n) {
+    std::call_once(flag, [] { ++calls; });
+    try {
+        if (n < 0) throw std::invalid_argument(greeting());
+        return n + calls;
+    } catch (const std::exception& e) {
+        return -(int)std::string(e.what()).size();
+    }
+}
+"""
+
+
+@pytest.mark.slow
+def test_portable_and_gcc12_cxx_runtimes_coexist_in_one_process(shared_ws, capsys, tmp_path):
+    """A portable library (libc++ linked in) and a gcc-12 one (libstdc++), both using
+    std::call_once, function-local statics and exceptions, loaded into one process with
+    RTLD_GLOBAL in either order: each keeps its own runtime, because the portable one exports
+    none of libc++'s, libc++abi's or libunwind's symbols."""
+    from buildgraph.audit import audit_file
+    ws = shared_ws
+    ws.use_toolchains("portable", "gcc-12")
+    ws.write("once.cpp", ONCE_CPP)
+    ws.write("BUILD.yaml", """\
+        targets:
+          zig: {kind: script, toolchain: portable, srcs: [once.cpp], outs: [libzig.so],
+                cmds: ["$CXX -O2 -fPIC -shared -DNAME=zig_once -DWHO='\\"portable\\"' $SRC/once.cpp -o $OUT/libzig.so"]}
+          gcc: {kind: script, toolchain: gcc-12, srcs: [once.cpp], outs: [libgcc.so],
+                cmds: ["$CXX -O2 -fPIC -shared -DNAME=gcc_once -DWHO='\\"gcc-12\\"' $SRC/once.cpp -o $OUT/libgcc.so"]}
+        """)
+    st = ws.build(capsys=capsys)
+    assert st["_rc"] == 0, st["_out"] + st["_err"]
+    zig, gcc = ws.out("zig") / "libzig.so", ws.out("gcc") / "libgcc.so"
+    assert audit_file(str(zig)).runtime_leaks == []
+    assert not any(s.startswith(("_Unwind_", "unw_", "__cxa_")) for s in audit_file(str(zig)).req.exported)
+    check = ("import ctypes, sys\n"
+             "libs = [ctypes.CDLL(p, mode=ctypes.RTLD_GLOBAL) for p in sys.argv[1:]]\n"
+             "zig = [l for l in libs if hasattr(l, 'zig_once')][0].zig_once\n"
+             "gcc = [l for l in libs if hasattr(l, 'gcc_once')][0].gcc_once\n"
+             "print(zig(1), zig(2), gcc(1), gcc(2), zig(-1), gcc(-1))\n")
+    for order in ((zig, gcc), (gcc, zig)):
+        proc = subprocess.run(["/usr/bin/python3", "-c", check, *map(str, order)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        # call_once ran once per library; each caught its own exception ("portable", "gcc-12")
+        assert proc.stdout.split() == ["2", "3", "2", "3", "-8", "-6"], proc.stdout
+
+
 @pytest.mark.slow
 def test_portable_toolchain_through_cmake(shared_ws, capsys):
     ws = shared_ws
