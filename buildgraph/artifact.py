@@ -89,6 +89,17 @@ def _providers(deps_root: Path, skip: str) -> dict[str, Path]:
     return {**by_file, **by_soname}
 
 
+def _node_of(path: Path, deps_root: Path) -> str:
+    """The dependency node whose outputs hold `path` (staged at deps_root/<node>/...)."""
+    try:
+        return path.relative_to(deps_root.resolve()).parts[0]
+    except ValueError:
+        try:
+            return path.relative_to(deps_root).parts[0]
+        except ValueError:
+            return "a dependency"
+
+
 def _strip(path: Path, debug_root: Path, objcopy: str | None, env: dict[str, str]) -> str | None:
     """Strip `path` in place, keeping its debug info as debug_root/.build-id/xx/rest.debug;
     the build-id, or None where there was nothing to keep."""
@@ -204,18 +215,26 @@ def build(spec: dict, deps_root: Path, out_root: Path, toolbox: Toolbox = Toolbo
     ship(library.resolve(), main_lib)
     # Static variants link their dependencies in, so usually nothing is left to bundle; what a
     # dependency offers only as a shared library (a prebuilt libdnnl) is bundled in both.
-    bundled = _bundle(main_lib, lib_dir, _providers(deps_root, backend), ship, wanted.whitelist)
+    providers = _providers(deps_root, backend)
+    bundled = _bundle(main_lib, lib_dir, providers, ship, wanted.whitelist)
     _patchelf("--set-rpath", "$ORIGIN", main_lib)
+    # Which dependency node each shipped file came from: what a refusal names.
+    origin = {main_lib.name: backend}
+    for old, new in bundled.items():
+        origin[new] = _node_of(providers[old], deps_root)
 
     elves = [p for p in sorted(lib_dir.iterdir()) if audit.is_elf(str(p))]
     shipped = {elf.requirements(str(p), symbols=False).soname or p.name for p in elves}
     audits = [audit.audit_file(str(p), shipped=shipped) for p in elves]
     tag = audit.tightest(audits)
-    leaks = [audit.runtime_export_problem(a.path, a.runtime_leaks) for a in audits if a.runtime_leaks]
+    def came_from(a: audit.FileAudit, problem: str) -> str:
+        return f"{problem} (from {origin.get(os.path.basename(a.path), 'the backend')})"
+
+    leaks = [came_from(a, audit.runtime_export_problem(a.path, a.runtime_leaks)) for a in audits if a.runtime_leaks]
     if leaks:
         raise ArtifactError("refusing to ship a C++ runtime's symbols:\n  " + "\n  ".join(leaks))
-    problems = [v for a in audits for v in a.violations(wanted)]
-    problems += [f"{os.path.basename(a.path)}: RPATH {r!r} is not relative to the library ($ORIGIN)"
+    problems = [came_from(a, v) for a in audits for v in a.violations(wanted)]
+    problems += [came_from(a, f"{os.path.basename(a.path)}: RPATH {r!r} is not relative to the library ($ORIGIN)")
                  for a in audits for entry in a.req.rpaths for r in entry.split(":")
                  if r and not r.startswith("$ORIGIN")]
     if problems:

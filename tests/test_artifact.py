@@ -1,6 +1,7 @@
 """The artifact node: bundle and repair, licences, .meta, manylinux audit, wheel, repository."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -146,6 +147,7 @@ def test_gcc12_build_is_refused_and_labelled_with_its_true_tag(shared_ws, capsys
     out = st["_out"]
     assert "refusing to label this artifact manylinux_2_17: its true tag is manylinux_2_" in out
     assert "libbk.so:" in out and "GLIBCXX_3.4." in out and "> 3.4.19" in out
+    assert re.search(r"libbk\.so: \S+@GLIBCXX_3\.4\.\d+ needs GLIBCXX [\d.]+ > 3\.4\.19 \(from backend\)", out), out
     rc, audit_out, _ = ws.run("build", "backend@dynamic", capsys=capsys)
     lib = ws.out("backend@dynamic") / "lib/libbk.so"
     from buildgraph.cli import main
