@@ -70,12 +70,13 @@ def _hashed_name(name: str, digest: str) -> str:
     return f"{stem}-{digest[:8]}{sep}{rest}"
 
 
-def _providers(deps_root: Path, skip: str) -> dict[str, Path]:
-    """Shared library name -> file, over every dependency's lib/ (symlinks resolved): the
-    name the dynamic loader matches a NEEDED entry against is the SONAME, so each library
-    is known by its SONAME first and by its file names after."""
-    by_soname: dict[str, Path] = {}
-    by_file: dict[str, Path] = {}
+def _providers(deps_root: Path, skip: str) -> dict[str, tuple[Path, str]]:
+    """Shared library name -> (file, the dependency node whose outputs hold it), over every
+    dependency's lib/ (symlinks resolved): the name the dynamic loader matches a NEEDED entry
+    against is the SONAME, so each library is known by its SONAME first and by its file
+    names after."""
+    by_soname: dict[str, tuple[Path, str]] = {}
+    by_file: dict[str, tuple[Path, str]] = {}
     for dep in sorted(deps_root.iterdir()):
         if dep.name == skip or not (dep / "lib").is_dir():
             continue
@@ -84,20 +85,9 @@ def _providers(deps_root: Path, skip: str) -> dict[str, Path]:
             if path.is_file() and audit.is_elf(str(real)):
                 soname = elf.requirements(str(real), symbols=False).soname
                 if soname:
-                    by_soname.setdefault(soname, real)
-                by_file.setdefault(path.name, real)
+                    by_soname.setdefault(soname, (real, dep.name))
+                by_file.setdefault(path.name, (real, dep.name))
     return {**by_file, **by_soname}
-
-
-def _node_of(path: Path, deps_root: Path) -> str:
-    """The dependency node whose outputs hold `path` (staged at deps_root/<node>/...)."""
-    try:
-        return path.relative_to(deps_root.resolve()).parts[0]
-    except ValueError:
-        try:
-            return path.relative_to(deps_root).parts[0]
-        except ValueError:
-            return "a dependency"
 
 
 def _strip(path: Path, debug_root: Path, objcopy: str | None, env: dict[str, str]) -> str | None:
@@ -128,7 +118,8 @@ def _run(env: dict[str, str], *cmd) -> None:
         raise ArtifactError(f"{' '.join(map(str, cmd))}: {(proc.stderr or proc.stdout).strip()}")
 
 
-def _bundle(lib: Path, lib_dir: Path, providers: dict[str, Path], ship, system: frozenset[str]) -> dict[str, str]:
+def _bundle(lib: Path, lib_dir: Path, providers: dict[str, tuple[Path, str]], ship,
+            system: frozenset[str]) -> dict[str, str]:
     """Copy in what `lib` needs from our dependencies and `system` (the policy's libraries)
     does not hold, transitively (`ship` copies and strips one file); returns old -> new names."""
     renamed: dict[str, str] = {}
@@ -139,7 +130,7 @@ def _bundle(lib: Path, lib_dir: Path, providers: dict[str, Path], ship, system: 
             if needed in system or (needed not in providers and needed not in renamed):
                 continue
             if needed not in renamed:
-                source = providers[needed]
+                source = providers[needed][0]
                 new = _hashed_name(needed, sha256_file(source))
                 ship(source, lib_dir / new)
                 _patchelf("--set-soname", new, lib_dir / new)
@@ -219,16 +210,13 @@ def build(spec: dict, deps_root: Path, out_root: Path, toolbox: Toolbox = Toolbo
     bundled = _bundle(main_lib, lib_dir, providers, ship, wanted.whitelist)
     _patchelf("--set-rpath", "$ORIGIN", main_lib)
     # Which dependency node each shipped file came from: what a refusal names.
-    origin = {main_lib.name: backend}
-    for old, new in bundled.items():
-        origin[new] = _node_of(providers[old], deps_root)
+    origin = {main_lib.name: backend, **{new: providers[old][1] for old, new in bundled.items()}}
 
-    elves = [p for p in sorted(lib_dir.iterdir()) if audit.is_elf(str(p))]
-    shipped = {elf.requirements(str(p), symbols=False).soname or p.name for p in elves}
-    audits = [audit.audit_file(str(p), shipped=shipped) for p in elves]
+    audits = audit.audit_together([str(p) for p in sorted(lib_dir.iterdir()) if audit.is_elf(str(p))])
     tag = audit.tightest(audits)
+
     def came_from(a: audit.FileAudit, problem: str) -> str:
-        return f"{problem} (from {origin.get(os.path.basename(a.path), 'the backend')})"
+        return f"{problem} (from {origin[os.path.basename(a.path)]})"
 
     leaks = [came_from(a, audit.runtime_export_problem(a.path, a.runtime_leaks)) for a in audits if a.runtime_leaks]
     if leaks:

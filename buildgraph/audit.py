@@ -54,6 +54,7 @@ def _version_key(text: str) -> tuple:
         return (1, text)
 
 
+@functools.cache
 def _policy_text(libc: str) -> str:
     # Found, not imported: importing auditwheel costs ~80 ms, on every build with an artifact.
     from importlib.util import find_spec
@@ -112,7 +113,6 @@ class FileAudit:
     libc: str = "glibc"
     tag: str = "linux"                                    # tightest policy it meets, or "linux"
     runtime_leaks: list[str] = field(default_factory=list)  # a static C++ runtime's symbols it exports
-    external: list[str] = field(default_factory=list)     # needed, neither system (for its tag) nor shipped
 
     def violations(self, policy: Policy) -> list[str]:
         """Why this file does not meet `policy` (empty if it does)."""
@@ -135,9 +135,10 @@ class FileAudit:
         return out
 
 
-def audit_file(path: str, shipped=frozenset()) -> FileAudit:
-    """Audit one ELF file; `shipped` are the library names (SONAMEs) present beside it."""
-    req = requirements(path)
+def audit_file(path: str, shipped=frozenset(), req: ElfRequirements | None = None) -> FileAudit:
+    """Audit one ELF file (`req`: its requirements, if already read); `shipped` are the
+    library names (SONAMEs) present beside it."""
+    req = req or requirements(path)
     libc = "musl" if MUSL_LIBC in req.needed else "glibc"
     audit = FileAudit(path, req, frozenset(shipped), libc)
     for policy in policies(libc):
@@ -145,8 +146,6 @@ def audit_file(path: str, shipped=frozenset()) -> FileAudit:
             audit.tag = policy.name
             break
     audit.runtime_leaks = runtime_exports(req)
-    loosest = policies(libc)[-1]
-    audit.external = [n for n in req.needed if not is_loader(n) and n not in loosest.whitelist and n not in shipped]
     return audit
 
 
@@ -174,18 +173,20 @@ def what_sets(audits: list[FileAudit], tag: str) -> list[str]:
 
 def audit_together(paths: list[str]) -> list[FileAudit]:
     """Audit files shipped side by side: each may need the others (by SONAME or file name)."""
-    shipped = set()
-    for path in paths:
-        shipped |= {os.path.basename(path), requirements(path, symbols=False).soname or ""}
-    return [audit_file(path, shipped) for path in paths]
+    reqs = [requirements(path) for path in paths]
+    shipped = {name for path, req in zip(paths, reqs) for name in (os.path.basename(path), req.soname) if name}
+    return [audit_file(path, shipped, req) for path, req in zip(paths, reqs)]
 
 
 def claim_problems(audits: list[FileAudit], claim: str) -> list[str]:
     """Why files shipped together do not keep a platform tag's claim (e.g.
     manylinux2014_x86_64); empty if they do."""
     name = claim[:-len("_" + ARCH)] if claim.endswith("_" + ARCH) else claim
-    if name == "linux":
+    if name == "linux" or (name == "any" and not audits):
         return []
+    if name == "any":
+        return [f"{os.path.basename(a.path)}: a compiled file in a wheel that claims every platform"
+                for a in audits]
     policy = policy_named(name)
     if policy is None:
         return [f"{claim} is not a policy auditwheel knows ({known_policy_names()})"]
@@ -193,20 +194,15 @@ def claim_problems(audits: list[FileAudit], claim: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def opened(path):
-    """(ELF files to audit, the platform tags claimed) of a wheel, unpacked into a temporary
-    directory, claiming the tags of its file name; or of a list of ELF files, claiming nothing."""
-    if isinstance(path, list):
-        for p in path:
-            if not is_elf(p):
-                raise ValueError(f"{p}: neither an ELF file nor a wheel")
-        yield path, None
-        return
+def wheel_files(path: str):
+    """(its ELF files, unpacked into a temporary directory; the platform tags its name claims)."""
     import tempfile
     import zipfile
 
-    parts = os.path.basename(path)[:-len(".whl")].split("-")
-    if len(parts) not in (5, 6):
+    from buildgraph.sources import WheelName
+
+    wheel = WheelName.parse(os.path.basename(path))
+    if wheel is None:
         raise ValueError(f"{path}: not a wheel file name (NAME-VERSION-PYTHON-ABI-PLATFORM.whl)")
     with tempfile.TemporaryDirectory(prefix="bg-audit-") as tmp, zipfile.ZipFile(path) as z:
         files = []
@@ -217,7 +213,7 @@ def opened(path):
                 if f.read(4) != b"\x7fELF":
                     continue
             files.append(z.extract(info, tmp))
-        yield sorted(files), parts[-1].split(".")
+        yield sorted(files), wheel.platforms
 
 
 # A C++ runtime linked statically must stay private to the library: exported, its symbols
@@ -253,10 +249,10 @@ def runtime_exports(req: ElfRequirements) -> list[str]:
     found = [s for s in req.exported if s.startswith(_RUNTIME_PREFIXES)]
     mangled = [s for s in req.exported if s.startswith("_Z")]
     for symbol, text in zip(mangled, _demangle(mangled)):
-        # the roots of its names (not after "::" or "~"): the runtime's namespaces and builtin words only
-        roots = set(re.findall(r"(?<![\w:~])([A-Za-z_]\w*)", text))
         if text.startswith(_REPLACEABLE) or _LIBCXX_VERSIONED.search(text):
             continue
+        # the roots of its names (not after "::" or "~"): the runtime's namespaces and builtin words only
+        roots = set(re.findall(r"(?<![\w:~])([A-Za-z_]\w*)", text))
         if text.startswith(_RUNTIME_PREFIXES) or (roots & _RUNTIME_NAMESPACES and roots <= _NEUTRAL_WORDS):
             found.append(symbol)
     return sorted(found)
@@ -273,7 +269,9 @@ def _demangle(symbols: list[str]) -> list[str]:
         raise RuntimeError("c++filt (binutils) is needed to tell a C++ runtime's symbols from a library's")
     proc = subprocess.run([tool], input="\n".join(symbols) + "\n", capture_output=True, text=True, check=True)
     lines = proc.stdout.splitlines()
-    return lines if len(lines) == len(symbols) else symbols
+    if len(lines) != len(symbols):    # one line per symbol, or nothing can be matched up
+        raise RuntimeError(f"c++filt gave {len(lines)} lines for {len(symbols)} symbols")
+    return lines
 
 
 def runtime_export_problem(path: str, leaked: list[str]) -> str:

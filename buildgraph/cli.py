@@ -133,40 +133,49 @@ def cmd_worker(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    """Audit ELF files, or every ELF file in a wheel (against the tags its name claims)."""
+    """Audit ELF files (as shipped together), or every ELF file in a wheel against the tags
+    its name claims."""
     from buildgraph import audit
 
     policy = audit.policy_named(args.policy) if args.policy else None
     if args.policy and policy is None:
         print(f"buildgraph: error: unknown policy {args.policy!r} ({audit.known_policy_names()})", file=sys.stderr)
         return EXIT_FAILED + 1
+
+    def report(files: list[str]) -> tuple[list, int]:
+        audits, bad = audit.audit_together(files), 0
+        for a in audits:
+            highest = a.req.highest
+            versions = ", ".join(f"{ns} {'.'.join(map(str, highest[ns][0]))}" for ns in sorted(highest))
+            print(f"{a.path}: {a.tag} (needs {versions or 'no versioned symbols'}; "
+                  f"NEEDED {', '.join(a.req.needed) or '-'})")
+            problems = [audit.runtime_export_problem(a.path, a.runtime_leaks)] if a.runtime_leaks else []
+            problems += [f"not {policy.name}: {v}" for v in a.violations(policy)] if policy else []
+            for problem in problems:
+                print(f"  {problem}")
+            bad += len(problems)
+        return audits, bad
+
     bad = 0
-    elves = [p for p in args.files if not p.endswith(".whl")]    # shipped together: audited together
-    for path in ([elves] if elves else []) + [p for p in args.files if p.endswith(".whl")]:
-        try:
-            with audit.opened(path) as (files, claims):
-                audits = audit.audit_together(files)
-                for a in audits:
-                    versions = ", ".join(f"{ns} {a.req.max_version(ns)}" for ns in sorted(a.req.highest))
-                    print(f"{a.path}: {a.tag} (needs {versions or 'no versioned symbols'}; "
-                          f"NEEDED {', '.join(a.req.needed) or '-'})")
-                    if a.runtime_leaks:
-                        print(f"  {audit.runtime_export_problem(a.path, a.runtime_leaks)}")
+    elves = [p for p in args.files if not p.endswith(".whl")]
+    try:
+        for path in elves:
+            if not audit.is_elf(path):
+                raise ValueError(f"{path}: neither an ELF file nor a wheel")
+        bad += report(elves)[1] if elves else 0
+        for wheel in (p for p in args.files if p.endswith(".whl")):
+            with audit.wheel_files(wheel) as (files, claims):
+                audits, found = report(files)
+                bad += found
+                proof = f"its files prove {audit.tightest(audits)}" if audits else "it holds no compiled files"
+                print(f"{wheel}: claims {', '.join(claims)}; {proof}")
+                for claim in claims:
+                    for v in audit.claim_problems(audits, claim):
+                        print(f"  not {claim}: {v}")
                         bad += 1
-                    if policy is not None:
-                        for v in a.violations(policy):
-                            print(f"  not {policy.name}: {v}")
-                            bad += 1
-                if claims is not None:
-                    tag = audit.tightest(audits)
-                    print(f"{path}: claims {', '.join(claims)}; its files prove {tag}")
-                    for claim in claims:
-                        for v in audit.claim_problems(audits, claim):
-                            print(f"  not {claim}: {v}")
-                            bad += 1
-        except (ValueError, OSError) as exc:
-            print(f"buildgraph: error: {exc}", file=sys.stderr)
-            bad += 1
+    except (ValueError, OSError) as exc:
+        print(f"buildgraph: error: {exc}", file=sys.stderr)
+        bad += 1
     return EXIT_FAILED if bad else EXIT_OK
 
 

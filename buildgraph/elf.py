@@ -1,9 +1,10 @@
 """Read what an ELF file needs from the system: symbol versions and libraries.
 
-`requirements(path)` reports, for a shared library or executable, the highest
-version it needs of each versioned namespace (GLIBC, GLIBCXX, CXXABI, GCC, ...) and
-its NEEDED entries. This is the input of a manylinux-style audit: a library built
-on Debian 12 that needs GLIBC_2.34 will not load on CentOS 7 (glibc 2.17).
+`requirements(path)` reports, for a shared library or executable, every symbol version it
+needs and from which library (GLIBC_2.17 from libc.so.6, ...; the highest per namespace is
+derived), its NEEDED entries, RPATH and SONAME, the symbols it must take from others and the
+ones it exports. This is the input of a manylinux-style audit: a library built on Debian 12
+that needs GLIBC_2.34 will not load on CentOS 7 (glibc 2.17).
 """
 
 from __future__ import annotations
@@ -24,16 +25,25 @@ class ElfRequirements:
     needed: list[str] = field(default_factory=list)
     rpaths: list[str] = field(default_factory=list)   # DT_RPATH and DT_RUNPATH entries
     soname: str | None = None
-    # namespace (GLIBC, GLIBCXX, ...) -> (highest version, one symbol needing it)
-    highest: dict[str, tuple[tuple[int, ...], str]] = field(default_factory=dict)
     # every version it needs: (library, version name, e.g. GLIBC_2.17) -> one symbol needing it
+    # ("" where none was seen)
     versions: dict[tuple[str, str], str] = field(default_factory=dict)
     undefined: set[str] = field(default_factory=set)     # symbols it must take from others (not weak ones)
     exported: list[str] = field(default_factory=list)    # symbols it defines for other objects
 
-    def max_version(self, namespace: str) -> str | None:
-        found = self.highest.get(namespace)
-        return ".".join(map(str, found[0])) if found else None
+    @property
+    def highest(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Namespace (GLIBC, GLIBCXX, ...) -> (highest version it needs, one symbol needing it)."""
+        out: dict[str, tuple[tuple[int, ...], str]] = {}
+        for (_, name), symbol in self.versions.items():
+            m = _VERSION.match(name)
+            if not m:
+                continue
+            namespace, version = m.group(1), parse_version(m.group(2))
+            best = out.get(namespace)
+            if best is None or version > best[0] or (version == best[0] and not best[1] and symbol):
+                out[namespace] = (version, symbol)
+        return out
 
 
 def requirements(path: str, symbols: bool = True) -> ElfRequirements:
@@ -78,10 +88,8 @@ def requirements(path: str, symbols: bool = True) -> ElfRequirements:
                 index = versym.get_symbol(i)["ndx"] if versym is not None else None
                 name = version_names.get(index if isinstance(index, int) else -1)
                 if name:
-                    _note(out, name, sym.name)
                     out.versions.setdefault((library_of[name], name), sym.name)
             for name in version_names.values():  # versions required without a symbol we saw
-                _note(out, name, "")
                 out.versions.setdefault((library_of[name], name), "")
     except ELFError as exc:
         raise ValueError(f"{path}: not an ELF file ({exc})") from None
@@ -99,16 +107,6 @@ def _read_dynamic(section, out: ElfRequirements) -> None:
             out.rpaths.append(tag.runpath)
         elif kind == "DT_SONAME":
             out.soname = tag.soname
-
-
-def _note(out: ElfRequirements, version_name: str, symbol: str) -> None:
-    m = _VERSION.match(version_name)
-    if not m:
-        return
-    namespace, version = m.group(1), parse_version(m.group(2))
-    best = out.highest.get(namespace)
-    if best is None or version > best[0] or (version == best[0] and not best[1] and symbol):
-        out.highest[namespace] = (version, symbol)
 
 
 def build_id(path: str) -> str | None:

@@ -321,8 +321,6 @@ def fetch_sources(session: Session, patterns, mirror: Path | None):
         try:
             if mirror is not None:
                 yield name, src, session.sources.to_mirror(src, mirror, log)
-                if str(mirror) not in session.sources.mirrors:
-                    session.sources.mirrors.insert(0, str(mirror))   # unpack from what we just stored
             else:
                 yield name, src, session.sources.get(src, log)
         except SourceError as exc:

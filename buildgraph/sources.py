@@ -110,7 +110,7 @@ def mirror_list(extra=()) -> list[str]:
         else:
             joined.append(env[i])
             i += 1
-    return [str(m) for m in extra] + joined
+    return list(dict.fromkeys([str(m) for m in extra] + joined))   # each place looked in once
 
 
 class SourceStore:
@@ -215,8 +215,11 @@ class SourceStore:
         import subprocess
         import sys
 
-        what = ["--only-binary=:all:", *wheel_tags_as_pip_options(src.file)] if src.kind == "pypi-wheel" \
-            else [f"--no-binary={src.location}"]
+        if src.kind == "pypi-wheel":
+            wheel = WheelName.parse(src.file) if src.file else None   # checked when the workspace loaded
+            what = ["--only-binary=:all:", *(wheel.pip_options() if wheel else [])]
+        else:
+            what = [f"--no-binary={src.location}"]
         cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
                *what, "--dest", str(tmp / "pip"), f"{src.location}=={src.version}"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -332,19 +335,34 @@ class SourceStore:
             raise SourceError(f"{src.describe()} ({src.declared_in}): the wheel holds no files")
 
 
-def wheel_tags_as_pip_options(file: str) -> list[str]:
-    """pip options that make `pip download` choose the wheel named `file` whatever the running
-    Python is: its python, abi and platform tags (PEP 427 name: NAME-VER[-BUILD]-PY-ABI-PLAT.whl)."""
-    if not file:
-        return []
-    python, abi, platforms = file[:-len(".whl")].split("-")[-3:]
-    tag = python.split(".")[0]                         # cp311, py3 or py2 (py2.py3 -> py2: any)
-    implementation, digits = tag[:2], tag[2:]
-    version = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
-    options = ["--implementation", implementation, "--python-version", version, "--abi", abi.split(".")[0]]
-    for platform in platforms.split("."):
-        options += ["--platform", platform]
-    return options
+@dataclass(frozen=True)
+class WheelName:
+    """A wheel file's name (PEP 427: NAME-VERSION[-BUILD]-PYTHON-ABI-PLATFORM.whl), tags split."""
+    project: str                  # normalized: lower case, runs of -_. as _
+    version: str
+    pythons: tuple[str, ...]      # cp311 | py3 | py2, py3 ...
+    abis: tuple[str, ...]
+    platforms: tuple[str, ...]    # manylinux_2_17_x86_64, manylinux2014_x86_64 ...
+
+    @staticmethod
+    def parse(file: str) -> "WheelName | None":
+        import re
+
+        parts = file[:-len(".whl")].split("-") if file.endswith(".whl") and "/" not in file else []
+        if len(parts) not in (5, 6):
+            return None
+        python, abi, platform = (tuple(p.split(".")) for p in parts[-3:])
+        return WheelName(re.sub(r"[-_.]+", "_", parts[0]).lower(), parts[1], python, abi, platform)
+
+    def pip_options(self) -> list[str]:
+        """What makes `pip download` choose this wheel whatever the running Python is."""
+        tag = self.pythons[-1]                          # cp311; py3 of py2.py3
+        implementation, digits = tag[:2], tag[2:]
+        version = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        options = ["--implementation", implementation, "--python-version", version, "--abi", self.abis[0]]
+        for platform in self.platforms:
+            options += ["--platform", platform]
+        return options
 
 
 def _download(url: str, dest: Path) -> None:

@@ -531,10 +531,10 @@ def _parse_source(data, parent: _Fields) -> Source:
 
 def _check_wheel_file(file: str, name: str, version: str, f: _Fields, data) -> None:
     """A pypi-wheel's `file` is that wheel's name (PEP 427), for that project and version."""
-    parts = file[:-len(".whl")].split("-") if file.endswith(".whl") else []
+    from buildgraph.sources import WheelName
+    wheel = WheelName.parse(file)
     normal = re.sub(r"[-_.]+", "_", name).lower()
-    if len(parts) not in (5, 6) or "/" in file or re.sub(r"[-_.]+", "_", parts[0]).lower() != normal \
-            or parts[1] != version:
+    if wheel is None or wheel.project != normal or wheel.version != version:
         raise f.error("file", f"expected the wheel's file name, {normal}-{version}-PYTHON-ABI-PLATFORM.whl "
                       f"(e.g. {normal}-{version}-py3-none-manylinux2014_x86_64.whl), got {file!r}",
                       line=data.line_of("file"))

@@ -213,3 +213,11 @@ def test_std_templates_over_a_librarys_own_types_are_not_the_runtimes(tmp_path):
     a = audit.audit_file(str(lib))
     assert any(s.startswith("_ZNSt6vectorIN4mine5PointE") for s in a.req.exported)
     assert a.runtime_leaks == []
+
+
+def test_a_pure_wheel_claims_any_and_keeps_it_until_it_ships_a_binary(tmp_path, capsys):
+    code, libs = CASES["plain"]
+    lib = shared_library(tmp_path, "libplain", code, *libs)
+    assert main(["audit", str(wheel_of([], tmp_path / "pure", "any"))]) == 0
+    assert main(["audit", str(wheel_of([lib], tmp_path / "binary", "any"))]) == 1
+    assert "not any: libplain.so: a compiled file in a wheel that claims every platform" in capsys.readouterr().out

@@ -407,17 +407,21 @@ def test_a_wheel_file_pin_must_name_that_release(ws, capsys, file):
 
 
 def test_wheel_tags_become_pip_options():
-    from buildgraph.sources import wheel_tags_as_pip_options
-    assert wheel_tags_as_pip_options("a-1-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl") == [
+    from buildgraph.sources import WheelName
+    wheel = WheelName.parse("Scikit.Learn-1-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl")
+    assert (wheel.project, wheel.version) == ("scikit_learn", "1")
+    assert wheel.pip_options() == [
         "--implementation", "cp", "--python-version", "3.11", "--abi", "cp311",
         "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64"]
-    assert wheel_tags_as_pip_options("a-1-2-py2.py3-none-manylinux1_x86_64.whl")[:6] == [
-        "--implementation", "py", "--python-version", "2", "--abi", "none"]
-    assert wheel_tags_as_pip_options("") == []
+    assert WheelName.parse("a-1-2-py2.py3-none-manylinux1_x86_64.whl").pip_options()[:6] == [
+        "--implementation", "py", "--python-version", "3", "--abi", "none"]
+    assert WheelName.parse("a-1.tar.gz") is None and WheelName.parse("a-1-any.whl") is None
 
 
-def test_fetch_to_a_mirror_names_each_place_it_looked_once(ws, capsys, tmp_path):
+def test_fetch_to_a_mirror_names_each_place_it_looked_once(ws, capsys, tmp_path, monkeypatch):
+    """Three targets, the mirror named by --mirror and by $BUILDGRAPH_MIRROR: looked in once."""
     tarball, sha = project_tarball(tmp_path)
+    monkeypatch.setenv("BUILDGRAPH_MIRROR", str(tmp_path / "mirror"))
     ws.write("BUILD.yaml", f"""\
         targets:
           a: {{kind: script, source: {{url: "file://{tarball}", sha256: {sha}}}, outs: [o], cmds: ["touch $OUT/o"]}}
