@@ -41,7 +41,7 @@ from pathlib import Path
 from buildgraph import audit, elf
 from buildgraph.digest import sha256_file
 
-ARTIFACT_VERSION = 4
+ARTIFACT_VERSION = 5  # 5: one tag per C library the files meet
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,8 @@ def build(spec: dict, deps_root: Path, out_root: Path, toolbox: Toolbox = Toolbo
     origin = {main_lib.name: backend, **{new: providers[old][1] for old, new in bundled.items()}}
 
     audits = audit.audit_together([str(p) for p in sorted(lib_dir.iterdir()) if audit.is_elf(str(p))])
-    tag = audit.tightest(audits)
+    tags = audit.true_tags(audits)      # one per C library the files all meet, tightest first
+    tag = tags[0] if tags else "linux"
 
     def came_from(a: audit.FileAudit, problem: str) -> str:
         return f"{problem} (from {origin[os.path.basename(a.path)]})"
@@ -232,7 +233,7 @@ def build(spec: dict, deps_root: Path, out_root: Path, toolbox: Toolbox = Toolbo
     meta = {"variant": spec["variant"], "linking": spec["linking"], "commit": spec["commit"],
             # "dirty": built from a tree that differs from the commit; not what the commit makes.
             "working_tree": spec.get("working_tree", "unknown"),
-            "os": spec["os"], "platform_tag": platform_tags(tag),
+            "os": spec["os"], "platform_tag": platform_tags(tags),
             # the symbols that keep it from the next older policy, e.g. expf@GLIBC_2.27
             "platform_tag.set_by": "; ".join(audit.what_sets(audits, tag)) or "-",
             "library": main_lib.name,
@@ -254,23 +255,22 @@ def build(spec: dict, deps_root: Path, out_root: Path, toolbox: Toolbox = Toolbo
     (dist / f"{main_lib.name}.meta").write_text("".join(f"{k}={v}\n" for k, v in meta.items()))
 
     if spec.get("wheel"):
-        make_wheel(dist, out_root / "wheel", spec["wheel"], spec["version"], tag, main_lib.name)
+        make_wheel(dist, out_root / "wheel", spec["wheel"], spec["version"], tags, main_lib.name)
 
 
-def platform_tags(tag: str) -> str:
-    """The compressed tag set for a policy: alias first (e.g. manylinux2014_x86_64.manylinux_2_17_x86_64)."""
-    if tag == "linux":
-        return "linux_x86_64"
-    policy = audit.policy_named(tag)
-    return ".".join(f"{name}_x86_64" for name in (*policy.aliases, policy.name))
+def platform_tags(tags: list[str]) -> str:
+    """The compressed tag set of the policies `tags` name, each alias first (e.g.
+    manylinux2014_x86_64.manylinux_2_17_x86_64.musllinux_1_1_x86_64); linux_x86_64 for none."""
+    policies = [audit.policy_named(tag) for tag in tags if tag != "linux"]
+    return ".".join(f"{name}_x86_64" for p in policies for name in (*p.aliases, p.name)) or "linux_x86_64"
 
 
-def make_wheel(dist: Path, out: Path, name: str, version: str, tag: str, library: str) -> Path:
+def make_wheel(dist: Path, out: Path, name: str, version: str, tags: list[str], library: str) -> Path:
     """A py3-none-<tag> wheel holding the dist tree under package `name`, with a RECORD."""
     out.mkdir(parents=True)
     package = name.replace("-", "_")
     info = f"{package}-{version}.dist-info"
-    wheel = out / f"{package}-{version}-py3-none-{platform_tags(tag)}.whl"
+    wheel = out / f"{package}-{version}-py3-none-{platform_tags(tags)}.whl"
     files: list[tuple[str, bytes]] = []
     files.append((f"{package}/__init__.py", (
         '"""The shipped library: `load()` opens it with ctypes; `library_path` locates it."""\n'
@@ -281,7 +281,7 @@ def make_wheel(dist: Path, out: Path, name: str, version: str, tag: str, library
         files.append((f"{package}/{path.relative_to(dist)}", path.read_bytes()))
     files.append((f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()))
     files.append((f"{info}/WHEEL", ("Wheel-Version: 1.0\nGenerator: buildgraph\nRoot-Is-Purelib: false\n"
-                                    + "".join(f"Tag: py3-none-{t}\n" for t in platform_tags(tag).split(".")))
+                                    + "".join(f"Tag: py3-none-{t}\n" for t in platform_tags(tags).split(".")))
                   .encode()))
     record = []
     for arcname, data in files:

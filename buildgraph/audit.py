@@ -1,18 +1,24 @@
-"""Audit ELF files against the manylinux and musllinux policies: the tightest true tag, and why
-not better.
+"""Audit ELF files against the manylinux and musllinux policies: the tags that are true, and
+why not better.
 
 The policies are auditwheel's own data (policy/manylinux-policy.json and musllinux-policy.json
 in the auditwheel package, PEP 600 and PEP 656), read where it is installed, so a verdict here
 is the one `auditwheel show` gives, and a newer auditwheel brings newer policies. A file meets
 a policy when
+  - it is linked against the policy's C library, or against none;
   - every symbol version it needs in a namespace the policy lists (GLIBC, GLIBCXX, CXXABI,
     GCC, ZLIB, LIBATOMIC) is one the policy allows: a newer one, or GLIBC_PRIVATE, is not;
   - every library it needs is on the policy's list or shipped beside it (the dynamic
     loader always counts as the system's);
   - it takes no blacklisted symbol from a library on that list (zlib's internals, glibc's
     __cxa_thread_atexit_impl, ...).
-A file that needs musl's libc (libc.musl-x86_64.so.1) is audited against musllinux, any
-other against manylinux. `linux` is the tag of a file that meets no policy.
+The C library is read from the file: musl when it needs libc.musl-<arch>.so.1 or musl's
+loader, none when it needs no library at all (statically linked, or pure code), glibc
+otherwise. musl versions none of its symbols, so nothing in a file shows that it loads on an
+older musl than the newest policy; a musl file proves that one (as `auditwheel show` says on
+a machine without musl). A file that needs no C library is true on every policy of both, and
+files shipped together carry one tag per C library they all meet (the compressed tag set
+manylinux_2_5_x86_64.musllinux_1_1_x86_64). `linux` is the tag of files that meet none.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from buildgraph.elf import ElfRequirements, parse_version, requirements
 ARCH = "x86_64"
 MUSL_LIBC = "libc.musl-x86_64.so.1"
 _POLICY_FILES = {"glibc": "manylinux-policy.json", "musl": "musllinux-policy.json"}
+LIBC_FAMILIES = tuple(_POLICY_FILES)
 
 
 @dataclass(frozen=True)
@@ -110,15 +117,24 @@ class FileAudit:
     path: str
     req: ElfRequirements
     shipped: frozenset[str]
-    libc: str = "glibc"
-    tag: str = "linux"                                    # tightest policy it meets, or "linux"
+    libc: str | None = None                               # glibc | musl | none; None: it does not say
+    tags: list[str] = field(default_factory=list)         # per C library, the oldest policy it meets
     runtime_leaks: list[str] = field(default_factory=list)  # a static C++ runtime's symbols it exports
+
+    @property
+    def tag(self) -> str:
+        """Its tightest tag, or "linux"."""
+        return self.tags[0] if self.tags else "linux"
 
     def violations(self, policy: Policy) -> list[str]:
         """Why this file does not meet `policy` (empty if it does)."""
         name = os.path.basename(self.path)
-        if policy.libc != self.libc:
+        if self.libc not in (policy.libc, "none", None):
             return [f"{name}: a {self.libc} binary cannot be {policy.name}"]
+        newest_musl = policies("musl")[-1]
+        if self.libc == "musl" and policy.name != newest_musl.name:
+            return [f"{name}: needs musl's libc, whose symbols carry no versions, so nothing shows it "
+                    f"loads on a musl older than {newest_musl.name}'s"]
         out = []
         for (lib, version), symbol in sorted(self.req.versions.items()):
             namespace = version.partition("_")[0]
@@ -129,36 +145,51 @@ class FileAudit:
                        f"> {policy.newest(namespace)}")
         for lib in self.req.needed:
             if not is_loader(lib) and lib not in policy.whitelist and lib not in self.shipped:
-                out.append(f"{name}: needs {lib}, which is neither a system library nor shipped")
+                out.append(f"{name}: needs {lib}, which is neither a system library nor shipped"
+                           + (f" (zig's name for musl's C library; the musllinux policies know it as {MUSL_LIBC}, "
+                              "which the portable-musl toolchain links)" if lib == "libc.so" else ""))
             for symbol in sorted(policy.blacklist.get(lib, frozenset()) & (self.req.undefined | {"*"})):
                 out.append(f"{name}: takes {symbol} from {lib}, which {policy.name} does not allow")
         return out
 
 
-def audit_file(path: str, shipped=frozenset(), req: ElfRequirements | None = None) -> FileAudit:
-    """Audit one ELF file (`req`: its requirements, if already read); `shipped` are the
-    library names (SONAMEs) present beside it."""
+def audit_file(path: str, shipped=frozenset(), req: ElfRequirements | None = None,
+               libc: str | None = None) -> FileAudit:
+    """Audit one ELF file (`req`: its requirements, if already read; `libc`: the C library it
+    is linked against, if known better than the file says); `shipped` are the library names
+    (SONAMEs) present beside it."""
     req = req or requirements(path)
-    libc = "musl" if MUSL_LIBC in req.needed else "glibc"
-    audit = FileAudit(path, req, frozenset(shipped), libc)
-    for policy in policies(libc):
-        if not audit.violations(policy):
-            audit.tag = policy.name
-            break
+    audit = FileAudit(path, req, frozenset(shipped), libc or libc_of(req))
+    audit.tags = true_tags([audit])
     audit.runtime_leaks = runtime_exports(req)
     return audit
 
 
+def libc_of(req: ElfRequirements) -> str | None:
+    """musl, glibc, or none (needs no library at all) where the file says; None where it needs
+    libraries but names no C library (they might)."""
+    names = [*req.needed, *([os.path.basename(req.interp)] if req.interp else [])]
+    if not names:
+        return "none"
+    if any(n.startswith(("libc.musl-", "ld-musl-")) for n in names):
+        return "musl"
+    if any(n == "libc.so.6" or n.startswith(("ld-linux", "ld64.so.")) for n in names):
+        return "glibc"
+    return None
+
+
+def true_tags(audits: list[FileAudit]) -> list[str]:
+    """Per C library, the oldest policy every file meets: the tags the files prove together,
+    tightest first (none where glibc and musl files are mixed, or a file meets no policy)."""
+    found = []
+    for libc in LIBC_FAMILIES:
+        found += [next((p.name for p in policies(libc) if not any(a.violations(p) for a in audits)), None)]
+    return [tag for tag in found if tag]
+
+
 def tightest(audits: list[FileAudit]) -> str:
-    """The tag every file satisfies: the newest of their tightest tags ("linux" if any has
-    none, or if glibc and musl binaries are mixed)."""
-    if not audits:
-        return policies("glibc")[0].name
-    libcs = {a.libc for a in audits}
-    if len(libcs) > 1 or any(a.tag == "linux" for a in audits):
-        return "linux"
-    order = [p.name for p in policies(libcs.pop())]
-    return max((a.tag for a in audits), key=order.index)
+    """The tightest tag every file satisfies ("linux" if none)."""
+    return next(iter(true_tags(audits)), "linux")
 
 
 def what_sets(audits: list[FileAudit], tag: str) -> list[str]:
@@ -166,16 +197,22 @@ def what_sets(audits: list[FileAudit], tag: str) -> list[str]:
     that set their tag. Empty for the oldest policy."""
     if not audits:
         return []
-    order = policies(audits[0].libc)
+    family = policy_named(tag).libc if tag != "linux" else next(
+        (a.libc for a in audits if a.libc in LIBC_FAMILIES), "glibc")
+    order = policies(family)
     index = len(order) if tag == "linux" else next(i for i, p in enumerate(order) if p.name == tag)
     return [v for a in audits for v in a.violations(order[index - 1])] if index else []
 
 
 def audit_together(paths: list[str]) -> list[FileAudit]:
-    """Audit files shipped side by side: each may need the others (by SONAME or file name)."""
+    """Audit files shipped side by side: each may need the others (by SONAME or file name). A
+    file that needs libraries but names no C library takes the one the others name, if they
+    name one."""
     reqs = [requirements(path) for path in paths]
     shipped = {name for path, req in zip(paths, reqs) for name in (os.path.basename(path), req.soname) if name}
-    return [audit_file(path, shipped, req) for path, req in zip(paths, reqs)]
+    named = {libc_of(req) for req in reqs} - {None, "none"}
+    implied = named.pop() if len(named) == 1 else None
+    return [audit_file(path, shipped, req, libc_of(req) or implied) for path, req in zip(paths, reqs)]
 
 
 def claim_problems(audits: list[FileAudit], claim: str) -> list[str]:

@@ -147,7 +147,7 @@ def cmd_audit(args) -> int:
         for a in audits:
             highest = a.req.highest
             versions = ", ".join(f"{ns} {'.'.join(map(str, highest[ns][0]))}" for ns in sorted(highest))
-            print(f"{a.path}: {a.tag} (needs {versions or 'no versioned symbols'}; "
+            print(f"{a.path}: {', '.join(a.tags) or 'linux'} (needs {versions or 'no versioned symbols'}; "
                   f"NEEDED {', '.join(a.req.needed) or '-'})")
             problems = [audit.runtime_export_problem(a.path, a.runtime_leaks)] if a.runtime_leaks else []
             problems += [f"not {policy.name}: {v}" for v in a.violations(policy)] if policy else []
@@ -167,7 +167,8 @@ def cmd_audit(args) -> int:
             with audit.wheel_files(wheel) as (files, claims):
                 audits, found = report(files)
                 bad += found
-                proof = f"its files prove {audit.tightest(audits)}" if audits else "it holds no compiled files"
+                proof = (f"its files prove {', '.join(audit.true_tags(audits)) or 'linux'}" if audits
+                         else "it holds no compiled files")
                 print(f"{wheel}: claims {', '.join(claims)}; {proof}")
                 for claim in claims:
                     for v in audit.claim_problems(audits, claim):

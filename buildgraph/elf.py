@@ -25,6 +25,7 @@ class ElfRequirements:
     needed: list[str] = field(default_factory=list)
     rpaths: list[str] = field(default_factory=list)   # DT_RPATH and DT_RUNPATH entries
     soname: str | None = None
+    interp: str | None = None                         # PT_INTERP: the program's dynamic loader
     # every version it needs: (library, version name, e.g. GLIBC_2.17) -> one symbol needing it
     # ("" where none was seen)
     versions: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -59,6 +60,9 @@ def requirements(path: str, symbols: bool = True) -> ElfRequirements:
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
+            for segment in elf.iter_segments():
+                if segment["p_type"] == "PT_INTERP":
+                    out.interp = segment.get_interp_name()
             versym = None
             version_names: dict[int, str] = {}
             library_of: dict[str, str] = {}

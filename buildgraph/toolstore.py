@@ -146,6 +146,7 @@ class ToolStore:
                     _write_cmake_file(tmp)
                 for w in tc.writable:
                     (tmp / w).mkdir(parents=True, exist_ok=True)
+                _run_setup(tc, tmp, tools)
                 self._record(tc, tmp, host_files)
                 if final.exists():
                     force_remove(final)
@@ -307,17 +308,39 @@ def _write_bin(tc: Toolchain, tmp: Path, tools: dict[str, str]) -> None:
         script.chmod(0o755)
 
 
+def _run_setup(tc: Toolchain, tmp: Path, tools: dict[str, str]) -> None:
+    """Run the toolchain's `setup` commands in the new entry, with its environment."""
+    env = {**os.environ, **{k: v.replace("{entry}", str(tmp)) for k, v in tc.env}}
+    for command in tc.setup:
+        for ref, value in tools.items():
+            command = command.replace("{" + ref + "}", value)
+        command = command.replace("{entry}", '"$d"')
+        proc = subprocess.run(["sh", "-c", f"d={shlex.quote(str(tmp))}\n{command}"], cwd=tmp, env=env,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
+            raise FetchError(f"toolchain {tc.name}: setup command failed: {command}\n{tail}")
+
+
+def _sh_args(args) -> str:
+    """Arguments for the wrapper's sh, each quoted; {entry} becomes the entry's directory."""
+    return " ".join('"$d"'.join(shlex.quote(part) if part else "" for part in arg.split("{entry}"))
+                    for arg in args)
+
+
 def _driver_args(tc: Toolchain) -> str:
     """sh that rewrites a compiler driver's arguments: drops `drop_args` patterns, and when the
-    command links (no -c/-S/-E) appends `link_args`, plus `shared_link_args` for -shared. In the
-    wrapper, not in CMake's toolchain file, so make, autotools and CMake builds link alike."""
-    if not (tc.link_args or tc.shared_link_args or tc.drop_args or tc.short_so_names):
+    command links (no -c/-S/-E) appends `link_args`, plus `shared_link_args` for -shared and
+    `libc_link_args` unless it links without the C library or statically. In the wrapper, not
+    in CMake's toolchain file, so make, autotools and CMake builds link alike."""
+    if not (tc.link_args or tc.shared_link_args or tc.libc_link_args or tc.drop_args or tc.short_so_names):
         return ""
-    quote = shlex.quote
-    lines = ["links=1 shared=", "for a do", "  shift", "  case $a in"]
+    lines = ["links=1 shared=" + (" libc=1" if tc.libc_link_args else ""), "for a do", "  shift", "  case $a in"]
     if tc.drop_args:
         lines.append(f"    {'|'.join(_sh_pattern(p) for p in tc.drop_args)}) continue ;;")
     lines += ["    -c|-S|-E|-M|-MM) links= ;;", "    -shared) shared=1 ;;"]
+    if tc.libc_link_args:
+        lines.append("    -static|-nostdlib|-nodefaultlibs|-nolibc) libc= ;;")
     if tc.short_so_names:
         # A library path with four version numbers (libprotobuf.so.3.21.12.0) goes through a
         # link named *.so; the output's NEEDED entry comes from the library's SONAME anyway.
@@ -328,10 +351,11 @@ def _driver_args(tc: Toolchain) -> str:
                   "      fi ;;"]
     lines += ["  esac", '  set -- "$@" "$a"', "done"]
     if tc.link_args:
-        lines.append(f'[ -n "$links" ] && set -- "$@" {" ".join(map(quote, tc.link_args))}')
+        lines.append(f'[ -n "$links" ] && set -- "$@" {_sh_args(tc.link_args)}')
     if tc.shared_link_args:
-        lines.append(f'[ -n "$links" ] && [ -n "$shared" ] && set -- "$@" '
-                     f'{" ".join(map(quote, tc.shared_link_args))}')
+        lines.append(f'[ -n "$links" ] && [ -n "$shared" ] && set -- "$@" {_sh_args(tc.shared_link_args)}')
+    if tc.libc_link_args:
+        lines.append(f'[ -n "$links" ] && [ -n "$libc" ] && set -- "$@" {_sh_args(tc.libc_link_args)}')
     return "\n".join(lines) + "\n"
 
 

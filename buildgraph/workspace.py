@@ -65,7 +65,8 @@ HOST_PROPERTIES = ("kernel", "cpus")   # what an action can observe of the host 
 TOOLCHAIN_FIELDS = ("name", "version", "provider", "description", "tools", "expect_version",
                     "requirements", "packages", "url", "sha256", "strip_components", "wrappers",
                     "cmake_toolchain", "env", "writable", "host_compiler", "link_with", "cuda", "patches", "compiler",
-                    "link_args", "shared_link_args", "drop_args", "short_so_names", "runtime_licenses")
+                    "link_args", "shared_link_args", "libc_link_args", "drop_args", "short_so_names",
+                    "runtime_licenses", "setup")
 TOOLCHAIN_PROVIDERS = ("pypi", "apt", "host", "archive")
 # What each provider needs besides name, version and tools.
 PROVIDER_REQUIRES = {"pypi": ("requirements",), "apt": ("packages",), "host": (), "archive": ("url", "sha256")}
@@ -178,6 +179,8 @@ class Toolchain:
     # What the cc/c++ wrappers add or remove, so every build system gets the same linking:
     link_args: tuple[str, ...] = ()              # added when a command links (e.g. a build-id)
     shared_link_args: tuple[str, ...] = ()       # added when it links a shared library (-z defs)
+    libc_link_args: tuple[str, ...] = ()         # added when it links the C library dynamically
+                                                 # (not -static, -nostdlib, -nodefaultlibs)
     drop_args: tuple[str, ...] = ()              # sh patterns of arguments the driver must not see
     short_so_names: bool = False                 # pass libx.so.1.2.3.4 as a link named *.so (zig)
     # runtime -> its licence file (relative to the installed files): what an artifact linking
@@ -188,6 +191,9 @@ class Toolchain:
     # content); `patch_dir` is where the paths are relative to (the toolchain file's directory).
     patches: tuple[tuple[str, str], ...] = ()
     patch_dir: str = ""
+    # Commands run once at fetch, in the finished entry ({tool} and {entry} as in wrappers):
+    # what the toolchain makes from its own files (zig: musl's libc link stub).
+    setup: tuple[str, ...] = ()
 
     def spec(self) -> dict:
         """Everything that defines the store entry's contents (not where it was declared)."""
@@ -197,7 +203,9 @@ class Toolchain:
                 "wrappers": self.wrappers, "cmake_toolchain": self.cmake_toolchain, "env": self.env,
                 "writable": self.writable, "link_args": self.link_args,
                 "shared_link_args": self.shared_link_args, "drop_args": self.drop_args,
-                "short_so_names": self.short_so_names, **({"patches": self.patches} if self.patches else {})}
+                "short_so_names": self.short_so_names, **({"patches": self.patches} if self.patches else {}),
+                **({"libc_link_args": self.libc_link_args} if self.libc_link_args else {}),
+                **({"setup": self.setup} if self.setup else {})}
 
 
 @dataclass(frozen=True)
@@ -556,12 +564,14 @@ def _parse_toolchain(data, file: str, stem: str, directory: Path | None = None) 
     tools, wrappers = f.str_map("tools"), f.str_map("wrappers")
     if not tools and not wrappers and not (data.get("host_compiler") or data.get("link_with")):
         raise ConfigError("a toolchain needs 'tools' (e.g. cc: gcc)", file=file, line=data.line)
-    for role, template in wrappers:
+    setup = f.str_list("setup")
+    templates = [(f"wrappers.{role}", data["wrappers"].line_of(role), t) for role, t in wrappers]
+    templates += [(f"setup[{i}]", data["setup"].line_of(i), t) for i, t in enumerate(setup)]
+    for field_name, line, template in templates:
         for ref in _template_refs(template):
             if ref not in dict(tools) and ref not in ("entry", "prefix_maps"):
-                raise ConfigError(f"wrapper refers to unknown tool '{{{ref}}}'", file=file,
-                                  line=data["wrappers"].line_of(role), field=f"wrappers.{role}",
-                                  hint=did_you_mean(ref, dict(tools)) or "name one of 'tools', {entry} or {prefix_maps}")
+                raise ConfigError(f"{field_name} refers to unknown tool '{{{ref}}}'", file=file, line=line,
+                                  field=field_name, hint=did_you_mean(ref, dict(tools)) or "name one of 'tools', {entry} or {prefix_maps}")
     if provider in ("pypi", "archive"):
         for role, path in tools:
             if path.startswith("/") or ".." in Path(path).parts:
@@ -583,7 +593,7 @@ def _parse_toolchain(data, file: str, stem: str, directory: Path | None = None) 
                      writable=writable, host_compiler=f.str("host_compiler"), link_with=f.str("link_with"),
                      cuda=f.str("cuda"), compiler=f.str("compiler"), link_args=f.str_list("link_args"),
                      shared_link_args=f.str_list("shared_link_args"), drop_args=f.str_list("drop_args"),
-                     runtime_licenses=f.str_map("runtime_licenses"),
+                     libc_link_args=f.str_list("libc_link_args"), setup=setup, runtime_licenses=f.str_map("runtime_licenses"),
                      short_so_names=bool(data.get("short_so_names", False)), patches=patches,
                      patch_dir=str(directory) if patches else "")
 

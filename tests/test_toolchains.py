@@ -500,3 +500,30 @@ def test_toolchain_patches_apply_at_fetch_and_name_the_entry(ws, capsys, tmp_pat
     rc, _, err = ws.run("build", capsys=capsys)
     assert rc == 2 and "toolchains/mytc.yaml" in err and "patches" in err and "nope.patch" in err, err
     assert _key(ws, "t") == key
+
+
+def test_setup_commands_make_files_in_the_entry_and_a_failing_one_fails_the_fetch(ws, capsys, tmp_path,
+                                                                                  monkeypatch):
+    """`setup` runs once at fetch, in the new entry, with the toolchain's tools: what it makes is
+    part of the entry (and its digest); a failing command leaves no entry behind."""
+    archive_workspace(ws, tmp_path, monkeypatch)
+    spec = (ws.root / "toolchains" / "mytc.yaml").read_text()
+    ws.write("toolchains/mytc.yaml", spec + 'setup: ["mkdir -p {entry}/made && {tool} > {entry}/made/by-setup"]\n')
+    ws.write("BUILD.yaml", """\
+        targets:
+          t: {kind: script, toolchain: mytc, outs: [o], cmds: ["cat /toolchains/*/made/by-setup > $OUT/o"]}
+        """)
+    st = ws.build(capsys=capsys)
+    assert st["t"] == "ran", st["_out"] + st["_err"]
+    assert (ws.out("t") / "o").read_text() == "tool-v1\n"
+    entries = [p for p in (ws.cache / "toolchains").iterdir() if p.is_dir()]
+    manifest = json.loads((entries[0] / "manifest.json").read_text())
+    assert "made/by-setup" in manifest["files"]
+
+    ws.write("toolchains/mytc.yaml", spec + 'setup: ["{tool} > {entry}/x", "exit 3"]\n')
+    rc, _, err = ws.run("toolchain", "fetch", "mytc", capsys=capsys)
+    assert rc == 1 and "toolchain mytc: setup command failed: exit 3" in err, err
+    assert len([p for p in (ws.cache / "toolchains").iterdir() if p.is_dir()]) == 1   # only the first entry
+    ws.write("toolchains/mytc.yaml", spec + 'setup: ["{tol} > x"]\n')
+    rc, _, err = ws.run("toolchain", "fetch", "mytc", capsys=capsys)
+    assert rc == 2 and "setup[0] refers to unknown tool '{tol}'" in err and "did you mean 'tool'" in err, err
