@@ -177,8 +177,60 @@ def _copy_licenses(spec: dict, deps_root: Path, dist: Path, toolbox: Toolbox) ->
         shutil.copyfile(source, target)
 
 
-def build(spec: dict, deps_root: Path, out_root: Path, toolbox: Toolbox = Toolbox()) -> None:
-    """Make the artifact described by `spec` from staged dependency outputs into `out_root`."""
+@dataclass
+class Assembly:
+    """The shipped library and what it bundles, in one directory, audited together."""
+
+    main_lib: Path
+    bundled: dict[str, str]              # NEEDED name -> the name it ships under
+    origin: dict[str, str]               # shipped file name -> the dependency it came from
+    audits: list[audit.FileAudit]
+    wanted: audit.Policy                 # the declared policy
+
+    @property
+    def tags(self) -> list[str]:
+        return audit.true_tags(self.audits)   # one per C library the files all meet, tightest first
+
+    def came_from(self, a: audit.FileAudit, problem: str) -> str:
+        return f"{problem} (from {self.origin[os.path.basename(a.path)]})"
+
+    def leaks(self) -> list[str]:
+        return [self.came_from(a, audit.runtime_export_problem(a.path, a.runtime_leaks))
+                for a in self.audits if a.runtime_leaks]
+
+    def problems(self, policy: audit.Policy | None = None, symbols: int | None = 3) -> list[str]:
+        """Why the files do not keep `policy` (the declared one by default), each naming the
+        file, the symbols (up to `symbols` per version; None: all) or library, and the
+        dependency it came from."""
+        found = [self.came_from(a, v) for a in self.audits for v in a.violations(policy or self.wanted, symbols)]
+        return found + [self.came_from(a, f"{os.path.basename(a.path)}: RPATH {r!r} is not relative to the "
+                                          f"library ($ORIGIN)")
+                        for a in self.audits for entry in a.req.rpaths for r in entry.split(":")
+                        if r and not r.startswith("$ORIGIN")]
+
+
+    def explanation(self, policy: audit.Policy | None = None) -> tuple[list[str], bool]:
+        """Lines for `buildgraph audit --explain`, and whether the claim holds: the claim and what
+        the files prove; each file's tags and origin; every problem with its symbol, file and
+        dependency; and what sets the tightest true tag."""
+        policy = policy or self.wanted
+        tags = self.tags
+        lines = [f"claims {policy.name}; its files prove {', '.join(tags) or 'linux (no policy)'}"]
+        lines += [f"  {os.path.basename(a.path)} (from {self.origin[os.path.basename(a.path)]}): "
+                  f"{', '.join(a.tags) or 'linux'}" for a in self.audits]
+        problems = self.problems(policy, symbols=None)
+        lines += [f"  not {policy.name}: {p}" for p in problems]
+        lines += [f"  C++ runtime: {p}" for p in self.leaks()]
+        if tags:
+            set_by = [self.came_from(a, v) for a, v in audit.what_sets(self.audits, tags[0])]
+            lines.append(f"  tightest true tag: {tags[0]}" + (f", set by: {'; '.join(set_by)}" if set_by else
+                                                                " (the oldest policy)"))
+        return lines, not problems and not self.leaks()
+
+
+def assemble(spec: dict, deps_root: Path, lib_dir: Path, ship) -> Assembly:
+    """Put the backend's library into `lib_dir` with every library it needs from our
+    dependencies (`ship(source, target)` copies one), and audit them together."""
     backend = spec["backend"]
     library = deps_root / backend / spec["library"]
     if not library.is_file():
@@ -188,9 +240,24 @@ def build(spec: dict, deps_root: Path, out_root: Path, toolbox: Toolbox = Toolbo
     wanted = audit.policy_named(spec["policy"])
     if wanted is None:
         raise ArtifactError(f"unknown policy {spec['policy']!r}")
+    lib_dir.mkdir(parents=True, exist_ok=True)
+    main_lib = lib_dir / library.name
+    ship(library.resolve(), main_lib)
+    # Static variants link their dependencies in, so usually nothing is left to bundle; what a
+    # dependency offers only as a shared library (a prebuilt libdnnl) is bundled in both.
+    providers = _providers(deps_root, backend)
+    bundled = _bundle(main_lib, lib_dir, providers, ship, wanted.whitelist)
+    _patchelf("--set-rpath", "$ORIGIN", main_lib)
+    # Which dependency node each shipped file came from: what a refusal names.
+    origin = {main_lib.name: backend, **{new: providers[old][1] for old, new in bundled.items()}}
+    audits = audit.audit_together([str(p) for p in sorted(lib_dir.iterdir()) if audit.is_elf(str(p))])
+    return Assembly(main_lib, bundled, origin, audits, wanted)
+
+
+def build(spec: dict, deps_root: Path, out_root: Path, toolbox: Toolbox = Toolbox()) -> None:
+    """Make the artifact described by `spec` from staged dependency outputs into `out_root`."""
     dist = out_root / "dist"
-    lib_dir = dist / "lib"
-    lib_dir.mkdir(parents=True)
+    dist.mkdir(parents=True)
     (out_root / "debug").mkdir()
     _copy_licenses(spec, deps_root, dist, toolbox)
     debug_ids: dict[str, str] = {}
@@ -202,32 +269,15 @@ def build(spec: dict, deps_root: Path, out_root: Path, toolbox: Toolbox = Toolbo
         if bid:
             debug_ids[target.name] = bid
 
-    main_lib = lib_dir / library.name
-    ship(library.resolve(), main_lib)
-    # Static variants link their dependencies in, so usually nothing is left to bundle; what a
-    # dependency offers only as a shared library (a prebuilt libdnnl) is bundled in both.
-    providers = _providers(deps_root, backend)
-    bundled = _bundle(main_lib, lib_dir, providers, ship, wanted.whitelist)
-    _patchelf("--set-rpath", "$ORIGIN", main_lib)
-    # Which dependency node each shipped file came from: what a refusal names.
-    origin = {main_lib.name: backend, **{new: providers[old][1] for old, new in bundled.items()}}
-
-    audits = audit.audit_together([str(p) for p in sorted(lib_dir.iterdir()) if audit.is_elf(str(p))])
-    tags = audit.true_tags(audits)      # one per C library the files all meet, tightest first
+    built = assemble(spec, deps_root, dist / "lib", ship)
+    main_lib, bundled, audits, tags = built.main_lib, built.bundled, built.audits, built.tags
     tag = tags[0] if tags else "linux"
-
-    def came_from(a: audit.FileAudit, problem: str) -> str:
-        return f"{problem} (from {origin[os.path.basename(a.path)]})"
-
-    leaks = [came_from(a, audit.runtime_export_problem(a.path, a.runtime_leaks)) for a in audits if a.runtime_leaks]
+    leaks = built.leaks()
     if leaks:
         raise ArtifactError("refusing to ship a C++ runtime's symbols:\n  " + "\n  ".join(leaks))
-    problems = [came_from(a, v) for a in audits for v in a.violations(wanted)]
-    problems += [came_from(a, f"{os.path.basename(a.path)}: RPATH {r!r} is not relative to the library ($ORIGIN)")
-                 for a in audits for entry in a.req.rpaths for r in entry.split(":")
-                 if r and not r.startswith("$ORIGIN")]
+    problems = built.problems()
     if problems:
-        raise ArtifactError(f"refusing to label this artifact {wanted.name}: its true tag is {tag}:\n  "
+        raise ArtifactError(f"refusing to label this artifact {built.wanted.name}: its true tag is {tag}:\n  "
                             + "\n  ".join(problems))
 
     meta = {"variant": spec["variant"], "linking": spec["linking"], "commit": spec["commit"],
@@ -235,7 +285,7 @@ def build(spec: dict, deps_root: Path, out_root: Path, toolbox: Toolbox = Toolbo
             "working_tree": spec.get("working_tree", "unknown"),
             "os": spec["os"], "platform_tag": platform_tags(tags),
             # the symbols that keep it from the next older policy, e.g. expf@GLIBC_2.27
-            "platform_tag.set_by": "; ".join(audit.what_sets(audits, tag)) or "-",
+            "platform_tag.set_by": "; ".join(v for _, v in audit.what_sets(audits, tag)) or "-",
             "library": main_lib.name,
             "artifact_format": str(ARTIFACT_VERSION)}
     for name, digest in sorted(spec["toolchains"].items()):

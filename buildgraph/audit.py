@@ -55,10 +55,11 @@ class Policy:
 
 
 def _version_key(text: str) -> tuple:
+    """Numbered versions above named ones (CXXABI_TM_1 is not newer than CXXABI_1.3.7)."""
     try:
-        return (0, parse_version(text))
+        return (1, parse_version(text))
     except ValueError:
-        return (1, text)
+        return (0, text)
 
 
 @functools.cache
@@ -126,8 +127,9 @@ class FileAudit:
         """Its tightest tag, or "linux"."""
         return self.tags[0] if self.tags else "linux"
 
-    def violations(self, policy: Policy) -> list[str]:
-        """Why this file does not meet `policy` (empty if it does)."""
+    def violations(self, policy: Policy, symbols: int | None = 3) -> list[str]:
+        """Why this file does not meet `policy` (empty if it does), naming up to `symbols` of the
+        symbols that need each version (None: every one)."""
         name = os.path.basename(self.path)
         if self.libc not in (policy.libc, "none", None):
             return [f"{name}: a {self.libc} binary cannot be {policy.name}"]
@@ -136,13 +138,16 @@ class FileAudit:
             return [f"{name}: needs musl's libc, whose symbols carry no versions, so nothing shows it "
                     f"loads on a musl older than {newest_musl.name}'s"]
         out = []
-        for (lib, version), symbol in sorted(self.req.versions.items()):
+        for (lib, version), needing in sorted(self.req.versions.items()):
             namespace = version.partition("_")[0]
             if is_loader(lib) or namespace not in policy.versions or version in policy.versions[namespace]:
                 continue
-            sym = f"{symbol}@" if symbol else ""
+            sym = f"{needing[0]}@" if needing else ""
+            shown = needing[1:] if symbols is None else needing[1:symbols]
+            more = len(needing) - 1 - len(shown)
+            also = f" (also {', '.join(shown)}{f' and {more} more' if more else ''})" if shown else ""
             out.append(f"{name}: {sym}{version} needs {namespace} {version.partition('_')[2]} "
-                       f"> {policy.newest(namespace)}")
+                       f"> {policy.newest(namespace)}{also}")
         for lib in self.req.needed:
             if not is_loader(lib) and lib not in policy.whitelist and lib not in self.shipped:
                 out.append(f"{name}: needs {lib}, which is neither a system library nor shipped"
@@ -192,16 +197,16 @@ def tightest(audits: list[FileAudit]) -> str:
     return next(iter(true_tags(audits)), "linux")
 
 
-def what_sets(audits: list[FileAudit], tag: str) -> list[str]:
+def what_sets(audits: list[FileAudit], tag: str) -> list[tuple[FileAudit, str]]:
     """What keeps these files from the policy just older than `tag`: the symbols (and libraries)
-    that set their tag. Empty for the oldest policy."""
+    that set their tag, each with its file. Empty for the oldest policy."""
     if not audits:
         return []
     family = policy_named(tag).libc if tag != "linux" else next(
         (a.libc for a in audits if a.libc in LIBC_FAMILIES), "glibc")
     order = policies(family)
     index = len(order) if tag == "linux" else next(i for i, p in enumerate(order) if p.name == tag)
-    return [v for a in audits for v in a.violations(order[index - 1])] if index else []
+    return [(a, v) for a in audits for v in a.violations(order[index - 1])] if index else []
 
 
 def audit_together(paths: list[str]) -> list[FileAudit]:

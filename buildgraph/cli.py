@@ -141,6 +141,8 @@ def cmd_audit(args) -> int:
     if args.policy and policy is None:
         print(f"buildgraph: error: unknown policy {args.policy!r} ({audit.known_policy_names()})", file=sys.stderr)
         return EXIT_FAILED + 1
+    if args.explain:
+        return _explain_audit(args)
 
     def report(files: list[str]) -> tuple[list, int]:
         audits, bad = audit.audit_together(files), 0
@@ -178,6 +180,20 @@ def cmd_audit(args) -> int:
         print(f"buildgraph: error: {exc}", file=sys.stderr)
         bad += 1
     return EXIT_FAILED if bad else EXIT_OK
+
+
+def _explain_audit(args) -> int:
+    """audit --explain NODE...: why each node's files keep their claim or do not."""
+    from buildgraph import operations, ui
+
+    failed = 0
+    with _session(args) as s:
+        for pattern in args.files:
+            for name, lines, holds in operations.explain_audit(s, pattern, args.policy, ui.make_reporter(sys.stderr)):
+                print(f"{name}: {lines[0]}")
+                print("\n".join(lines[1:]))
+                failed += not holds
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_artifact(args) -> int:
@@ -547,8 +563,13 @@ def parser() -> argparse.ArgumentParser:
     wk.add_argument("--toolchain-dir", help="where the worker fetches toolchains")
     wk.set_defaults(func=cmd_worker)
 
-    au = sub.add_parser("audit", help="symbol versions and libraries ELF files or wheels need; their true tag")
-    au.add_argument("files", nargs="+", help="ELF files (audited as shipped together), or .whl files")
+    au = sub.add_parser("audit", parents=[common], help="symbol versions and libraries ELF files or wheels need; their true tag")
+    au.add_argument("files", nargs="+", help="ELF files (audited as shipped together), or .whl files; "
+                    "with --explain, nodes")
+    au.add_argument("--explain", action="store_true",
+                    help="audit nodes: an artifact as it would ship (its dependencies built if needed), any "
+                         "other node's ELF outputs; each file's tags and origin, every symbol that breaks "
+                         "the claim, and the tightest true tag")
     au.add_argument("--policy", help="report what keeps each file from this policy (e.g. manylinux_2_17)")
     au.set_defaults(func=cmd_audit)
 

@@ -26,9 +26,9 @@ class ElfRequirements:
     rpaths: list[str] = field(default_factory=list)   # DT_RPATH and DT_RUNPATH entries
     soname: str | None = None
     interp: str | None = None                         # PT_INTERP: the program's dynamic loader
-    # every version it needs: (library, version name, e.g. GLIBC_2.17) -> one symbol needing it
-    # ("" where none was seen)
-    versions: dict[tuple[str, str], str] = field(default_factory=dict)
+    # every version it needs: (library, version name, e.g. GLIBC_2.17) -> the symbols needing it,
+    # in symbol-table order (none where the version is required without a symbol we saw)
+    versions: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     undefined: set[str] = field(default_factory=set)     # symbols it must take from others (not weak ones)
     exported: list[str] = field(default_factory=list)    # symbols it defines for other objects
 
@@ -36,7 +36,8 @@ class ElfRequirements:
     def highest(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """Namespace (GLIBC, GLIBCXX, ...) -> (highest version it needs, one symbol needing it)."""
         out: dict[str, tuple[tuple[int, ...], str]] = {}
-        for (_, name), symbol in self.versions.items():
+        for (_, name), symbols in self.versions.items():
+            symbol = symbols[0] if symbols else ""
             m = _VERSION.match(name)
             if not m:
                 continue
@@ -92,9 +93,9 @@ def requirements(path: str, symbols: bool = True) -> ElfRequirements:
                 index = versym.get_symbol(i)["ndx"] if versym is not None else None
                 name = version_names.get(index if isinstance(index, int) else -1)
                 if name:
-                    out.versions.setdefault((library_of[name], name), sym.name)
+                    out.versions.setdefault((library_of[name], name), []).append(sym.name)
             for name in version_names.values():  # versions required without a symbol we saw
-                out.versions.setdefault((library_of[name], name), "")
+                out.versions.setdefault((library_of[name], name), [])
     except ELFError as exc:
         raise ValueError(f"{path}: not an ELF file ({exc})") from None
     return out

@@ -325,3 +325,50 @@ def fetch_sources(session: Session, patterns, mirror: Path | None):
                 yield name, src, session.sources.get(src, log)
         except SourceError as exc:
             yield name, src, exc
+
+
+def explain_audit(session: Session, pattern: str, policy_name: str | None, reporter):
+    """For `buildgraph audit --explain`: per node named by `pattern`, (node, lines, claim holds).
+    An artifact node is assembled again from its built dependencies (built first if they are
+    not), as its action would, without stripping, so a refused artifact can be explained; any
+    other node's ELF outputs are audited as shipped together."""
+    import shutil
+    import tempfile
+
+    from buildgraph import artifact, audit
+
+    for name in session.graph.resolve(pattern):
+        node = session.graph.nodes[name]
+        target = session.ws.targets[node.target]
+        needed = [dn for _, dn in node.deps] if target.kind == "artifact" else [name]
+        summary = build(session, needed, reporter)
+        if not summary.ok:
+            raise UsageError(f"{name}: cannot audit it: {', '.join(o.name for o in summary.outcomes if o.error)} "
+                             "did not build")
+        claim = policy_name or (target.for_variant("policy", dict(node.assignment)) if target.kind == "artifact"
+                                else "manylinux_2_17")
+        policy = audit.policy_named(claim)
+        if policy is None:
+            raise UsageError(f"unknown policy {claim!r} ({audit.known_policy_names()})")
+        with tempfile.TemporaryDirectory(prefix="bg-explain-") as tmp:
+            if target.kind == "artifact":
+                deps_root = Path(tmp) / "deps"
+                deps_root.mkdir()
+                for dep, dn in node.deps:
+                    (deps_root / dep).symlink_to(session.engine.out_dir(dn))
+                spec = {"backend": target.backend, "library": target.library, "policy": claim}
+                try:
+                    assembly = artifact.assemble(spec, deps_root, Path(tmp) / "lib", shutil.copyfile)
+                except artifact.ArtifactError as exc:
+                    raise UsageError(f"{name}: {exc}") from None
+                node_of = dict(node.deps)       # name the dependency nodes, not their targets
+                assembly.origin = {f: node_of[dep] for f, dep in assembly.origin.items()}
+            else:
+                out = session.engine.out_dir(name)
+                files = sorted(str(p) for p in out.rglob("*") if p.is_file() and not p.is_symlink()
+                               and audit.is_elf(str(p)))
+                audits = audit.audit_together(files)
+                assembly = artifact.Assembly(Path(files[0]) if files else out, {},
+                                             {os.path.basename(f): name for f in files}, audits, policy)
+            lines, holds = assembly.explanation(policy)
+            yield name, lines, holds

@@ -154,6 +154,23 @@ def test_gcc12_build_is_refused_and_labelled_with_its_true_tag(shared_ws, capsys
     assert main(["audit", "--policy", "manylinux_2_17", str(lib)]) == 1
     text = capsys.readouterr().out
     assert "not manylinux_2_17" in text and "GLIBCXX" in text
+    # --explain: the refused artifact assembled again, every offending symbol with its file and
+    # dependency node, each file's tags, and the tightest tag that is true.
+    rc, out, err = ws.run("audit", "--explain", "release@dynamic", capsys=capsys)
+    assert rc == 1, out + err
+    lines = out.splitlines()
+    tightest = re.search(r"its files prove (manylinux_2_\d+)", lines[0]).group(1)
+    assert lines[0] == f"release@dynamic: claims manylinux_2_17; its files prove {tightest}"
+    assert f"  libbk.so (from backend@dynamic): {tightest}" in lines
+    # (pure C calling nothing: it needs no C library, so it is true on musl too)
+    assert any(re.fullmatch(r"  libzdep-[0-9a-f]{8}\.so\.1 \(from zdep\): manylinux_2_5, musllinux_1_1", l)
+               for l in lines), out
+    assert "> TM_1" not in out    # the newest numbered version, not CXXABI_TM_1
+    refused = [l for l in lines if l.startswith("  not manylinux_2_17: libbk.so: ")]
+    assert refused and all(l.endswith("(from backend@dynamic)") and " more)" not in l for l in refused), out
+    assert any(l.startswith(f"  tightest true tag: {tightest}, set by: libbk.so: ") for l in lines), out
+    rc, out, _ = ws.run("audit", "--explain", "release@dynamic", "--policy", tightest, capsys=capsys)
+    assert rc == 0 and not any(l.startswith("  not ") for l in out.splitlines()), out
 
 
 def test_dependency_without_licence_files_is_an_error(ws, capsys):
