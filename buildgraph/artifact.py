@@ -32,6 +32,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import zipfile
@@ -305,7 +306,8 @@ def build(spec: dict, deps_root: Path, out_root: Path, toolbox: Toolbox = Toolbo
     (dist / f"{main_lib.name}.meta").write_text("".join(f"{k}={v}\n" for k, v in meta.items()))
 
     if spec.get("wheel"):
-        make_wheel(dist, out_root / "wheel", spec["wheel"], spec["version"], tags, main_lib.name)
+        make_wheel(dist, out_root / "wheel", spec["wheel"], spec["version"], tags, main_lib.name,
+                   project=spec.get("project") or spec["wheel"])
 
 
 def platform_tags(tags: list[str]) -> str:
@@ -315,12 +317,16 @@ def platform_tags(tags: list[str]) -> str:
     return ".".join(f"{name}_x86_64" for p in policies for name in (*p.aliases, p.name)) or "linux_x86_64"
 
 
-def make_wheel(dist: Path, out: Path, name: str, version: str, tags: list[str], library: str) -> Path:
-    """A py3-none-<tag> wheel holding the dist tree under package `name`, with a RECORD."""
+def make_wheel(dist: Path, out: Path, name: str, version: str, tags: list[str], library: str,
+               project: str | None = None) -> Path:
+    """A py3-none-<tag> wheel of project `project` (default `name`) holding the dist tree under
+    package `name`, with a RECORD."""
     out.mkdir(parents=True)
     package = name.replace("-", "_")
-    info = f"{package}-{version}.dist-info"
-    wheel = out / f"{package}-{version}-py3-none-{platform_tags(tags)}.whl"
+    project = project or name
+    stem = re.sub(r"[-_.]+", "_", project).lower()      # the wheel file name's form (PEP 427/503)
+    info = f"{stem}-{version}.dist-info"
+    wheel = out / f"{stem}-{version}-py3-none-{platform_tags(tags)}.whl"
     files: list[tuple[str, bytes]] = []
     files.append((f"{package}/__init__.py", (
         '"""The shipped library: `load()` opens it with ctypes; `library_path` locates it."""\n'
@@ -329,7 +335,7 @@ def make_wheel(dist: Path, out: Path, name: str, version: str, tags: list[str], 
         "def load():\n    return ctypes.CDLL(library_path)\n").encode()))
     for path in sorted(p for p in dist.rglob("*") if p.is_file()):
         files.append((f"{package}/{path.relative_to(dist)}", path.read_bytes()))
-    files.append((f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()))
+    files.append((f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n".encode()))
     files.append((f"{info}/WHEEL", ("Wheel-Version: 1.0\nGenerator: buildgraph\nRoot-Is-Purelib: false\n"
                                     + "".join(f"Tag: py3-none-{t}\n" for t in platform_tags(tags).split(".")))
                   .encode()))

@@ -59,7 +59,8 @@ def _options(args):
                    cache_max_bytes=getattr(args, "max_size", None), sandbox=args.sandbox,
                    jobs=getattr(args, "jobs", 0) or 0, keep_going=getattr(args, "keep_going", False),
                    mirrors=tuple(getattr(args, "mirror", None) or ()), git_sha=getattr(args, "git_sha", None),
-                   executor=_executor_options(args) if hasattr(args, "remote_executor") else None)
+                   executor=_executor_options(args) if hasattr(args, "remote_executor") else None,
+                   restore_only=getattr(args, "restore_only", False))
 
 
 def _cache_dir(args) -> Path:
@@ -94,6 +95,56 @@ def cmd_build(args) -> int:
         failed = [o for o in summary.outcomes if o.status.value == "failed"]
         for o in failed:
             print(f"buildgraph: {o.name} failed: {o.error} (log: .buildgraph/logs/{o.name}.log)", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_publish(args) -> int:
+    """Upload built artifacts; see publish.py."""
+    import datetime
+    import tempfile
+
+    from buildgraph import publish, pypi
+    from buildgraph.errors import UsageError
+
+    kind, url = publish.parse_destination(args.to)
+    if kind != "pypi":
+        raise UsageError(f"--to {args.to}: publishing to {kind} is not supported yet (pypi:URL is)")
+    if args.keep < 0:
+        raise UsageError("--keep must be 0 or more")
+    date = args.nightly_date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d")
+    if not (len(date) == 8 and date.isdigit()):
+        raise UsageError(f"--nightly-date {date!r}: expected YYYYMMDD")
+    creds = publish.credentials(url, "TWINE_USERNAME", "TWINE_PASSWORD")
+    index = pypi.Index(url, creds, args.index_url)
+    try:
+        with _session(args) as s:
+            restored = publish.restore(s, args.targets)
+        wheels = []
+        for r in restored:
+            found = sorted((r.out / "wheel").glob("*.whl"))
+            if not found:
+                raise publish.PublishError(f"{r.node} makes no wheel: give its target a 'wheel:' name")
+            wheels += [(r.node, w) for w in found]
+        if args.prune_nightlies:
+            projects = list(dict.fromkeys(pypi.WheelName.parse(w.name).project for _, w in wheels))
+            removed = pypi.prune_nightlies(index, projects, args.keep)
+            for project, version, size in removed:
+                print(f"removed {project} {version} ({size} bytes)")
+            print(f"pruned {len(removed)} nightlies, {sum(r[2] for r in removed)} bytes freed; "
+                  f"kept the {args.keep} newest of each of {len(projects)} projects")
+            return EXIT_OK
+        with tempfile.TemporaryDirectory(prefix="bg-publish-") as work:
+            planned = pypi.plan(wheels, index, date if args.nightly else None, Path(work))
+            new = [p for p in planned if not p.already]
+            if new:
+                index.upload([p.path for p in new])
+            for p in planned:
+                print(f"{p.node}: {'already there, identical' if p.already else 'uploaded'}: {p.path.name}")
+        print(f"uploaded {len(new)} files to {index.upload_url}" if new else
+              f"nothing to upload: {index.upload_url} has all {len(planned)} files, identical")
+    except publish.PublishError as exc:
+        print(f"buildgraph: error: {creds.scrub(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -472,15 +523,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="buildgraph", description="Declarative build graph with Bazel-like caching.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    b = sub.add_parser("build", parents=[common], help="build targets (default: all nodes)")
-    b.add_argument("targets", nargs="*", help="node (lib@cpu), target (all its variants) or target@value")
-    b.add_argument("-j", "--jobs", type=int, default=0, help="parallel slots, shared with nested make (default: cores)")
-    b.add_argument("-k", "--keep-going", action="store_true", help="go on building what does not depend on a failure")
-    b.add_argument("--log-json", metavar="FILE", help="write one JSON event per node")
-    b.add_argument("--profile", metavar="FILE", help="write a Chrome trace of the actions that ran")
-    b.add_argument("--max-size", type=_size, help="local cache size limit (default 10G); gc runs when exceeded")
-    b.add_argument("--git-sha", help="the commit artifacts record (default $MXNET_SHA, $GIT_COMMIT, git rev-parse HEAD)")
-    r = b.add_argument_group("remote cache (credentials: $BUILDGRAPH_REMOTE_HEADERS, $BUILDGRAPH_NETRC or ~/.netrc)")
+    remote = argparse.ArgumentParser(add_help=False)
+    r = remote.add_argument_group("remote cache (credentials: $BUILDGRAPH_REMOTE_HEADERS, $BUILDGRAPH_NETRC or ~/.netrc)")
     r.add_argument("--remote-cache", metavar="URL",
                    help="http(s)://host[:port][/prefix] (Bazel HTTP cache) or grpc(s)://host:port (REAPI); "
                         "default $BUILDGRAPH_REMOTE_CACHE")
@@ -490,10 +534,33 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--remote-timeout", type=float, default=10.0, metavar="SECONDS", help="per request (default 10)")
     r.add_argument("--remote-retries", type=int, default=2, help="retries of failed requests, with backoff (default 2)")
     r.add_argument("--remote-jobs", type=int, default=8, help="parallel remote lookups and transfers (default 8)")
-    r.add_argument("--remote-executor", metavar="URL",
+    b = sub.add_parser("build", parents=[common, remote], help="build targets (default: all nodes)")
+    b.add_argument("targets", nargs="*", help="node (lib@cpu), target (all its variants) or target@value")
+    b.add_argument("-j", "--jobs", type=int, default=0, help="parallel slots, shared with nested make (default: cores)")
+    b.add_argument("-k", "--keep-going", action="store_true", help="go on building what does not depend on a failure")
+    b.add_argument("--log-json", metavar="FILE", help="write one JSON event per node")
+    b.add_argument("--profile", metavar="FILE", help="write a Chrome trace of the actions that ran")
+    b.add_argument("--max-size", type=_size, help="local cache size limit (default 10G); gc runs when exceeded")
+    b.add_argument("--git-sha", help="the commit artifacts record (default $MXNET_SHA, $GIT_COMMIT, git rev-parse HEAD)")
+    b.add_argument("--remote-executor", metavar="URL",
                    help="grpc(s)://host:port: run actions on a REAPI executor (BuildGrid with buildgraph workers); "
                         "when it cannot be reached, actions run locally")
     b.set_defaults(func=cmd_build)
+
+    pu = sub.add_parser("publish", parents=[common, remote],
+                        help="upload built artifacts' wheels to an index (never builds: results come from the caches)")
+    pu.add_argument("targets", nargs="+", metavar="NODE", help="artifact nodes or targets (release: every variant)")
+    pu.add_argument("--to", required=True, metavar="pypi:URL",
+                    help="where: pypi:URL (an index's upload URL; credentials: $TWINE_USERNAME/$TWINE_PASSWORD, "
+                         "~/.netrc or a keyring)")
+    pu.add_argument("--index-url", metavar="URL", help="its simple index (default: URL/simple/)")
+    pu.add_argument("--nightly", action="store_true", help="publish as VERSION.devYYYYMMDDN (a PEP 440 dev release)")
+    pu.add_argument("--nightly-date", metavar="YYYYMMDD", help="the nightly's date (default: today, UTC)")
+    pu.add_argument("--prune-nightlies", action="store_true",
+                    help="instead of uploading: delete all but the --keep newest nightlies of these artifacts' projects")
+    pu.add_argument("--keep", type=int, default=7, metavar="N", help="nightlies --prune-nightlies keeps (default 7)")
+    pu.add_argument("--git-sha", help="the commit the artifacts were built for (as given to build)")
+    pu.set_defaults(func=cmd_publish, restore_only=True)
 
     f = sub.add_parser("fetch", parents=[common], help="fetch the upstream sources targets need; with "
                                                        "--mirror DIR, store them there by digest")

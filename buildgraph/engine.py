@@ -325,7 +325,7 @@ class Engine:
             if tc:
                 toolchains[tc] = self.resolver.resolve(tc).digest
         spec = {"backend": t.backend, "library": t.library, "policy": t.for_variant("policy", assignment),
-                "wheel": t.wheel,
+                "wheel": t.wheel, **({"project": t.project_for(assignment)} if t.wheel else {}),
                 "version": t.version or "0", "linking": assignment.get("linking", "dynamic"),
                 "variant": "-".join(v for k, v in assignment.items() if k != "linking") or "default",
                 "commit": commit, "working_tree": tree, "os": os_name,

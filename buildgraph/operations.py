@@ -35,6 +35,7 @@ class Options:
     mirrors: tuple[str, ...] = ()   # --mirror: searched for sources before $BUILDGRAPH_MIRROR and upstream
     git_sha: str | None = None      # --git-sha: the commit artifacts record
     executor: object = None         # store.remote.RemoteOptions for --remote-executor
+    restore_only: bool = False      # publish: results come from the caches; nothing runs
 
 
 class Session:
@@ -131,6 +132,8 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
         engine.executor = RemoteExecutor(session.opts.executor, store, engine, session.sources,
                                          lambda m: print(f"buildgraph: {m}", file=sys.stderr))
         engine.executor.fallback = engine.sandbox
+    if session.opts.restore_only:
+        engine.executor = _RestoreOnly()
     scheduler = Scheduler(session.graph, engine, jobs, jobserver, reporter, session.opts.keep_going)
     interrupted = False
     try:
@@ -168,6 +171,18 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
         except StoreError as exc:  # another build holds the cache: the next build will collect
             print(f"buildgraph: warning: cache over its size limit; {exc}", file=sys.stderr)
     return summary
+
+
+class _RestoreOnly:
+    """The executor of a build that may only restore (publish): an action that would run fails."""
+
+    def run(self, action, deps, tools):
+        from buildgraph.sandbox import RunOutcome
+
+        return RunOutcome(None, "not in any cache (this command restores results, it never builds)", "", 0.0)
+
+    def close(self) -> None:
+        pass
 
 
 def open_remote_layer(store, options, scope: str = ""):

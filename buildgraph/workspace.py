@@ -53,7 +53,7 @@ KIND_FIELDS = {
     "cmake": ("cmake_args", "generator", "build_targets"),
     "make": ("make_args", "make_targets", "install_targets"),
     "autotools": ("configure_args", "make_args", "make_targets", "install_targets"),
-    "artifact": ("backend", "library", "policy", "wheel"),
+    "artifact": ("backend", "library", "policy", "wheel", "project"),
 }
 # Licences that forbid linking into a shipped binary statically (SPDX prefixes).
 STATIC_DENY = ("GPL-", "AGPL-", "LGPL-")
@@ -129,6 +129,8 @@ class Target:
     library: str = ""                            # artifact: the library's path in the backend's outputs
     policy: str = "manylinux_2_17"               # artifact: the platform policy it must meet
     wheel: str = ""                              # artifact: Python package name of an optional wheel
+    project: str = ""                            # artifact: the wheel's project name on an index
+                                                 # ({axis}: the variant's value; default: wheel)
     reproducible: bool = True                    # false: `verify` reports it apart, not as a failure
     reproducible_reason: str = ""
     version: str = ""                            # the upstream release, for metadata
@@ -144,6 +146,10 @@ class Target:
         for w in self.when:
             seen.update(dict.fromkeys(w.deps))
         return tuple(seen)
+
+    def project_for(self, assignment: dict[str, str]) -> str:
+        """The wheel's project (distribution) name for one variant: mxbackend-{device} -> mxbackend-cpu."""
+        return re.sub(r"\{(\w+)\}", lambda m: assignment.get(m.group(1), m.group(0)), self.project or self.wheel)
 
     def for_variant(self, name: str, assignment: dict[str, str]):
         """A single-valued field (toolchain, policy) as one variant sees it: set by the last
@@ -453,6 +459,7 @@ def _parse_target(name: str, data, file: str, line: int, prefix: str,
         if f.str("backend") not in f.str_list("deps"):
             raise f.error("backend", "the backend must also be listed in 'deps'")
         _policy(f, "manylinux_2_17")
+        _check_project(f, features)
     when = _parse_when(data.get("when"), f, axes, features)
     if data.get("reproducible") is False and not data.get("reproducible_reason"):
         raise ConfigError("a target declared reproducible: false needs a reproducible_reason",
@@ -478,9 +485,27 @@ def _parse_target(name: str, data, file: str, line: int, prefix: str,
         configure_args=f.str_list("configure_args"), post_install=f.str_list("post_install"),
         source=source, licenses=licenses, license=f.str("license", ""),
         backend=f.str("backend", ""), library=f.str("library", ""),
-        policy=f.str("policy", "manylinux_2_17"), wheel=f.str("wheel", ""),
+        policy=f.str("policy", "manylinux_2_17"), wheel=f.str("wheel", ""), project=f.str("project", ""),
         reproducible=_bool(f, "reproducible", True), reproducible_reason=f.str("reproducible_reason", ""),
         version=f.str("version", ""), description=f.str("description", ""), field_lines=field_lines)
+
+
+_PROJECT_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")   # PEP 508
+
+
+def _check_project(f: _Fields, features: tuple[str, ...]) -> None:
+    """`project` (or `wheel`) is a project name an index takes; its {axis} names read axes."""
+    if "project" in f.data and not f.str("wheel"):
+        raise f.error("project", "a project name is for the wheel: set 'wheel' too")
+    name = f.str("project", "") or f.str("wheel", "")
+    for axis in re.findall(r"\{(\w*)\}", name):
+        if axis not in features:
+            raise f.error("project", f"{{{axis}}} is not an axis this target reads",
+                          hint=f"add '{axis}' to its features" if axis else "write {AXIS}, e.g. {device}")
+    if name and not _PROJECT_NAME.match(re.sub(r"\{\w+\}", "x", name)):
+        field = "project" if "project" in f.data else "wheel"
+        raise f.error(field, f"{name!r} is not a project name an index takes (PEP 508: letters, digits, "
+                             "and . _ - between them)")
 
 
 def _bool(f: _Fields, key: str, default: bool) -> bool:

@@ -312,6 +312,32 @@ class MotoS3Server(Server):
         self.url = f"http://127.0.0.1:{self.port}"
 
 
+class PypiServer(Server):
+    """pypiserver: a Python package index (simple API, upload API, removal) on loopback; uploads
+    and removals need the user in its htpasswd file, listing and downloads need nothing."""
+
+    kind = "pypiserver"
+
+    def __init__(self, root: Path, user: str, password: str):
+        import sys
+        from passlib.apache import HtpasswdFile
+
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "packages").mkdir(exist_ok=True)
+        htpasswd = HtpasswdFile(str(root / "htpasswd"), new=True)
+        htpasswd.set_password(user, password)
+        htpasswd.save()
+        self.port = free_port()
+        log = root / "pypiserver.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pypiserver", "run", "-i", "127.0.0.1", "-p", str(self.port),
+             "-P", str(root / "htpasswd"), "-a", "update", "--hash-algo", "sha256", str(root / "packages")],
+            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for_port(self.port, self.proc, log)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.packages = root / "packages"
+
+
 PG_USER = "bgpg"   # PostgreSQL refuses to run as root; .ci/setup --tests creates this user
 
 

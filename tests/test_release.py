@@ -43,7 +43,8 @@ def test_release_artifacts_from_real_sources(tmp_path, capsys):
         assert meta["linking"] == variant.split("-")[1]
         licences = {p.parent.name for p in (release / "dist/licenses").rglob("*") if p.is_file()}
         assert licences >= {"backend", "openblas", "libjpeg-turbo", "opencv", "protobuf", "libc++", "libunwind"}
-        assert list((release / "wheel").glob(f"mxbackend-1.9.0-py3-none-{tags[device].split('.')[0]}*.whl"))
+        project = f"mxbackend_{variant.replace('-', '_')}"     # mxbackend-{device}-{linking}
+        assert list((release / "wheel").glob(f"{project}-1.9.0-py3-none-{tags[device].split('.')[0]}*.whl"))
         assert meta["debug.libbackend.so.build_id"]
         if device == "cu130":
             assert "cudart" in licences      # the CUDA runtime is linked in; its terms ship

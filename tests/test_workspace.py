@@ -172,3 +172,25 @@ def test_arbitrary_text_exits_2_without_traceback(ws, capsys, text):
     rc, _, err = ws.run("graph", capsys=capsys)
     assert rc in (0, 2), err
     assert "Traceback" not in err
+
+
+def test_an_artifact_project_name_takes_axis_values_and_must_be_one_an_index_takes(ws, capsys):
+    body = """\
+        variants: {{device: [cpu, gpu]}}
+        targets:
+          lib: {{kind: script, outs: [lib/l.so], cmds: ["true"]}}
+          rel: {{kind: artifact, backend: lib, library: lib/l.so, deps: [lib], wheel: pkg, features: [device],
+                 {extra}}}
+        """
+    ws.write("BUILD.yaml", body.format(extra='project: "pkg-{device}"'))
+    rc, out, err = ws.run("plan", capsys=capsys)
+    assert rc == 0, err
+    from buildgraph.workspace import load_workspace
+    rel = load_workspace(ws.root).targets["rel"]
+    assert rel.project_for({"device": "gpu"}) == "pkg-gpu"
+    ws.write("BUILD.yaml", body.format(extra='project: "pkg-{linking}"'))
+    rc, _, err = ws.run("plan", capsys=capsys)
+    assert rc == 2 and "BUILD.yaml:5: targets.rel.project: {linking} is not an axis this target reads" in err, err
+    ws.write("BUILD.yaml", body.format(extra='project: "pkg {device}!"'))
+    rc, _, err = ws.run("plan", capsys=capsys)
+    assert rc == 2 and "is not a project name an index takes" in err, err

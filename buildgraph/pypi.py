@@ -1,0 +1,250 @@
+"""Publish wheels to a Python package index (PyPI, pypiserver, devpi ...).
+
+What the index holds is read from its simple API (PEP 503: each file's link, with its
+SHA-256 in the fragment); uploads go through twine (the upload API PyPI speaks). A release
+file is immutable, as on PyPI: the same file name with the same bytes is already published
+(skipped), with other bytes refused before anything is uploaded. Nightlies are PEP 440 dev
+releases of the artifact's version, 1.9.0.devYYYYMMDDN: the wheel is rewritten with that
+version (its payload untouched); an identical nightly of the same day is not uploaded again.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html.parser
+import os
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin
+
+from buildgraph.digest import sha256_file
+from buildgraph.publish import Credentials, PublishError
+from buildgraph.sources import WheelName
+
+
+def normalize(project: str) -> str:
+    return re.sub(r"[-_.]+", "-", project).lower()
+
+
+@dataclass(frozen=True)
+class IndexFile:
+    filename: str
+    url: str
+    sha256: str | None
+
+
+class _Links(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links: list[tuple[str, str]] = []
+        self._href: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            self._href = dict(attrs).get("href")
+
+    def handle_data(self, data):
+        if self._href is not None and data.strip():
+            self.links.append((self._href, data.strip()))
+            self._href = None
+
+
+class Index:
+    """One index: `upload_url` takes uploads; `simple_url` lists files."""
+
+    def __init__(self, upload_url: str, creds: Credentials, simple_url: str | None = None):
+        self.upload_url = upload_url.rstrip("/") + "/"
+        self.simple_url = (simple_url or urljoin(re.sub(r"legacy/?$", "", self.upload_url), "simple/")).rstrip("/") + "/"
+        self.creds = creds
+
+    def _open(self, url: str, method: str = "GET", data: bytes | None = None, headers=None):
+        req = urllib.request.Request(url, data=data, method=method,
+                                     headers={**self.creds.basic_auth(), **(headers or {})})
+        return urllib.request.urlopen(req, timeout=60)
+
+    def files(self, project: str) -> dict[str, IndexFile]:
+        """The files the index has for `project` (none if it does not know the project)."""
+        url = f"{self.simple_url}{normalize(project)}/"
+        try:
+            with self._open(url) as resp:
+                page = resp.read().decode("utf-8", "replace")
+                base = resp.geturl()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return {}
+            raise PublishError(f"{self.creds.scrub(url)}: HTTP {exc.code} {exc.reason}") from None
+        except OSError as exc:
+            raise PublishError(f"cannot read the index at {self.creds.scrub(url)}: {exc}") from None
+        parser = _Links()
+        parser.feed(page)
+        out = {}
+        for href, text in parser.links:
+            link, _, fragment = href.partition("#")
+            digest = fragment[len("sha256="):] if fragment.startswith("sha256=") else None
+            out[text] = IndexFile(text, urljoin(base, link), digest)
+        return out
+
+    def sha256(self, f: IndexFile) -> str:
+        if f.sha256:
+            return f.sha256
+        with self._open(f.url) as resp:
+            return hashlib.sha256(resp.read()).hexdigest()
+
+    def size(self, f: IndexFile) -> int:
+        try:
+            with self._open(f.url, method="HEAD") as resp:
+                length = resp.headers.get("Content-Length")
+            if length is not None:
+                return int(length)
+        except (OSError, ValueError):
+            pass
+        with self._open(f.url) as resp:
+            return len(resp.read())
+
+    def upload(self, paths: list[Path]) -> None:
+        """Upload with twine; the credentials go through its environment."""
+        try:
+            import twine  # noqa: F401
+        except ImportError:
+            raise PublishError("publishing to an index uses twine: pip install 'buildgraph[publish]' "
+                               "(bash .ci/setup installs it)") from None
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TWINE_")}
+        if self.creds.password is not None:
+            env.update(TWINE_USERNAME=self.creds.username or "__token__", TWINE_PASSWORD=self.creds.password)
+        proc = subprocess.run([sys.executable, "-m", "twine", "upload", "--non-interactive", "--disable-progress-bar",
+                               "--repository-url", self.upload_url, *map(str, paths)],
+                              capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-10:])
+            raise PublishError(f"twine could not upload to {self.upload_url}:\n{self.creds.scrub(tail)}")
+
+    def remove(self, project: str, version: str) -> bool:
+        """Delete one version, where the index offers it (pypiserver's remove_pkg); False where
+        it does not (PyPI offers no deletion through its API)."""
+        body = f":action=remove_pkg&name={project}&version={version}".encode()
+        try:
+            with self._open(self.upload_url, method="POST", data=body,
+                            headers={"Content-Type": "application/x-www-form-urlencoded"}):
+                return True
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                raise PublishError(f"{self.upload_url}: deleting {project} {version} was refused "
+                                   f"(HTTP {exc.code}): check the credentials") from None
+            return False
+        except OSError as exc:
+            raise PublishError(f"cannot reach {self.upload_url}: {exc}") from None
+
+
+def dev_version(base: str, date: str, n: int) -> str:
+    """A nightly's PEP 440 version: 1.9.0 built on 20261122, the 2nd that day -> 1.9.0.dev202611222."""
+    return f"{base}.dev{date}{n}"
+
+
+def _nightly_parts(version: str) -> tuple[str, str, int] | None:
+    """1.9.0.dev202611222 -> ("1.9.0", "20261122", 2); None for a version that is no nightly."""
+    m = re.fullmatch(r"(.+)\.dev(\d{8})(\d+)", version)
+    return (m.group(1), m.group(2), int(m.group(3))) if m else None
+
+
+def with_version(wheel: Path, version: str, out_dir: Path) -> Path:
+    """The same wheel at another version: dist-info renamed, METADATA's Version and RECORD
+    rewritten, every other file byte for byte (the artifact is not rebuilt)."""
+    name = WheelName.parse(wheel.name)
+    old_info, new_info = f"{name.project}-{name.version}.dist-info/", f"{name.project}-{version}.dist-info/"
+    target = out_dir / wheel.name.replace(f"{name.project}-{name.version}-", f"{name.project}-{version}-", 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = []
+    with zipfile.ZipFile(wheel) as z:
+        for info in z.infolist():
+            data = z.read(info)
+            arcname = new_info + info.filename[len(old_info):] if info.filename.startswith(old_info) else info.filename
+            if arcname == f"{new_info}RECORD":
+                continue
+            if arcname == f"{new_info}METADATA":
+                data = re.sub(rb"(?m)^Version: .*$", f"Version: {version}".encode(), data, count=1)
+            entries.append((arcname, data, info.external_attr))
+    record = [f"{a},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},{len(d)}"
+              for a, d, _ in entries] + [f"{new_info}RECORD,,"]
+    entries.append((f"{new_info}RECORD", ("\n".join(record) + "\n").encode(), 0o644 << 16))
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as z:
+        for arcname, data, attr in entries:
+            zi = zipfile.ZipInfo(arcname, date_time=(1980, 1, 1, 0, 0, 0))
+            zi.external_attr, zi.compress_type = attr, zipfile.ZIP_DEFLATED
+            z.writestr(zi, data)
+    return target
+
+
+@dataclass
+class Planned:
+    node: str
+    path: Path                 # the file to upload (the artifact's wheel, or its nightly form)
+    project: str
+    already: bool              # the index has it, byte for byte
+
+
+def plan(wheels: list[tuple[str, Path]], index: Index, nightly_date: str | None, work: Path) -> list[Planned]:
+    """What to upload for each (node, wheel); PublishError (before anything is uploaded) for a
+    release file the index has with other bytes, or two nodes making one file name."""
+    out, refused, seen = [], [], {}
+    for node, wheel in wheels:
+        name = WheelName.parse(wheel.name)
+        existing = index.files(name.project)
+        path = wheel
+        if nightly_date is not None:
+            same_day = sorted((p[2], WheelName.parse(f).version) for f in existing
+                              if WheelName.parse(f) and (p := _nightly_parts(WheelName.parse(f).version))
+                              and p[0] == name.version and p[1] == nightly_date)
+            path = None
+            for _, version in same_day:
+                candidate = with_version(wheel, version, work / node)
+                if index.sha256(existing[candidate.name]) == sha256_file(candidate):
+                    path = candidate          # this day's nightly of these very bytes: published
+                    break
+            if path is None:
+                number = (same_day[-1][0] + 1) if same_day else 1
+                path = with_version(wheel, dev_version(name.version, nightly_date, number), work / node)
+        digest = sha256_file(path)
+        if path.name in seen and seen[path.name][1] != digest:
+            refused.append(f"{node} and {seen[path.name][0]} both make {path.name}, with different contents: "
+                           "give each variant its own project (project: \"name-{axis}\")")
+        seen[path.name] = (node, digest)
+        there = existing.get(path.name)
+        if there is not None and index.sha256(there) != digest:
+            refused.append(f"{node}: {index.simple_url} already has {path.name} with other contents; a release "
+                           f"file cannot be replaced (PyPI's rule): publish a new version, or a nightly (--nightly)")
+        out.append(Planned(node, path, name.project, there is not None))
+    if refused:
+        raise PublishError("nothing was uploaded:\n  " + "\n  ".join(refused))
+    return out
+
+
+def prune_nightlies(index: Index, projects: list[str], keep: int) -> list[tuple[str, str, int]]:
+    """Delete all but the `keep` newest nightlies of each project: (project, version, bytes)
+    of each one removed. PublishError where the index does not allow deletion."""
+    from packaging.version import Version
+
+    removed = []
+    for project in projects:
+        files = index.files(project)
+        by_version: dict[str, list[IndexFile]] = {}
+        for f in files.values():
+            parsed = WheelName.parse(f.filename)
+            if parsed and _nightly_parts(parsed.version):
+                by_version.setdefault(parsed.version, []).append(f)
+        versions = sorted(by_version, key=Version)
+        for version in versions[:max(0, len(versions) - keep)]:
+            size = sum(index.size(f) for f in by_version[version])
+            if not index.remove(project, version):
+                raise PublishError(f"{index.upload_url} does not allow deleting releases (PyPI's API has no "
+                                   f"deletion): {project} {version} and older nightlies stay; removed so far: "
+                                   f"{len(removed)}")
+            removed.append((project, version, size))
+    return removed
+
