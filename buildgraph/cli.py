@@ -101,15 +101,23 @@ def cmd_build(args) -> int:
 
 def cmd_publish(args) -> int:
     """Upload built artifacts; see publish.py."""
+    from buildgraph import publish
+
+    destinations = [publish.parse_destination(text) for text in args.to]
+    failed = 0
+    for kind, url in destinations:      # one command: every wheel to the index, every jar to Maven
+        failed += (_publish_maven if kind == "maven" else _publish_pypi)(args, url) != EXIT_OK
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _publish_pypi(args, url: str) -> int:
+    """publish --to pypi:URL: every selected artifact's wheel (or --prune-nightlies)."""
     import datetime
     import tempfile
 
     from buildgraph import publish, pypi
     from buildgraph.errors import UsageError
 
-    kind, url = publish.parse_destination(args.to)
-    if kind != "pypi":
-        raise UsageError(f"--to {args.to}: publishing to {kind} is not supported yet (pypi:URL is)")
     if args.keep < 0:
         raise UsageError("--keep must be 0 or more")
     date = args.nightly_date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d")
@@ -146,6 +154,42 @@ def cmd_publish(args) -> int:
     except publish.PublishError as exc:
         print(f"buildgraph: error: {creds.scrub(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
+    return EXIT_OK
+
+
+def _publish_maven(args, url: str) -> int:
+    """publish --to maven:URL: every selected variant's jar under one set of coordinates."""
+    from buildgraph import maven, publish
+    from buildgraph.errors import UsageError
+
+    if not args.group:
+        raise UsageError("--to maven:URL needs --group (the Maven groupId, e.g. org.example)")
+    if args.prune_nightlies:
+        raise UsageError("--prune-nightlies is for indexes (pypi:URL); a Maven repository keeps its snapshots")
+    creds = publish.credentials(url, "MAVEN_USERNAME", "MAVEN_PASSWORD")
+    try:
+        with _session(args) as s:
+            restored = publish.restore(s, args.targets)
+        targets = {r.target.name for r in restored}
+        if len(targets) != 1:
+            raise UsageError(f"one artifact target per Maven publish (its variants are the classifiers); "
+                             f"got {', '.join(sorted(targets))}")
+        t = restored[0].target
+        versions = {r.target.version or "0" for r in restored}
+        coords = maven.Coordinates(args.group, t.wheel or t.name,
+                                   versions.pop() + ("-SNAPSHOT" if args.nightly else ""))
+        variants = [maven.Variant(r.node, r.node.partition("@")[2] or "default", r.out / "dist",
+                                  os.path.basename(t.library)) for r in restored]
+        deployed, there = maven.publish(variants, coords, maven.Repository(url, creds),
+                                        t.description or t.name, args.nightly)
+    except publish.PublishError as exc:
+        print(f"buildgraph: error: {creds.scrub(str(exc))}", file=sys.stderr)
+        return EXIT_FAILED
+    where = f"{coords.group}:{coords.artifact}:{coords.version}"
+    for name in deployed:
+        print(f"deployed {name}")
+    print(f"deployed {len(deployed)} files (and their signatures) as {where}" if deployed else
+          f"nothing to deploy: {url} has {where} with all {len(there)} files, identical")
     return EXIT_OK
 
 
@@ -550,11 +594,15 @@ def parser() -> argparse.ArgumentParser:
     pu = sub.add_parser("publish", parents=[common, remote],
                         help="upload built artifacts' wheels to an index (never builds: results come from the caches)")
     pu.add_argument("targets", nargs="+", metavar="NODE", help="artifact nodes or targets (release: every variant)")
-    pu.add_argument("--to", required=True, metavar="pypi:URL",
+    pu.add_argument("--to", required=True, action="append", metavar="pypi:URL|maven:URL",
                     help="where: pypi:URL (an index's upload URL; credentials: $TWINE_USERNAME/$TWINE_PASSWORD, "
-                         "~/.netrc or a keyring)")
+                         "~/.netrc or a keyring) or maven:URL (a repository; $MAVEN_USERNAME/$MAVEN_PASSWORD, "
+                         "~/.netrc or a keyring; signing key: $BUILDGRAPH_GPG_KEY); repeatable")
     pu.add_argument("--index-url", metavar="URL", help="its simple index (default: URL/simple/)")
-    pu.add_argument("--nightly", action="store_true", help="publish as VERSION.devYYYYMMDDN (a PEP 440 dev release)")
+    pu.add_argument("--group", metavar="GROUP_ID", help="maven: the groupId (artifactId: the wheel name; "
+                                                        "classifier: the variant)")
+    pu.add_argument("--nightly", action="store_true",
+                    help="publish as VERSION.devYYYYMMDDN (pypi: a PEP 440 dev release) or VERSION-SNAPSHOT (maven)")
     pu.add_argument("--nightly-date", metavar="YYYYMMDD", help="the nightly's date (default: today, UTC)")
     pu.add_argument("--prune-nightlies", action="store_true",
                     help="instead of uploading: delete all but the --keep newest nightlies of these artifacts' projects")

@@ -2,10 +2,13 @@
 authentication), never rebuilt, credentials only in that step; nightlies and their pruning."""
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from servers import PypiServer
@@ -163,3 +166,93 @@ def test_nightlies_are_dev_releases_numbered_per_day_and_pruned(ws, capsys, inde
     freed = sizes[f"answer_cpu-1.0.dev202611201-{tag}"] + sizes[f"answer_cpu-1.0.dev202611202-{tag}"]
     assert f"pruned 2 nightlies, {freed} bytes freed" in out, out
     assert listed(index, "answer-cpu") == [f"answer_cpu-1.0.dev202611211-{tag}"]
+
+
+def throwaway_key(tmp_path) -> tuple[str, Path]:
+    """(an armoured secret key, a keyring holding only its public half) for this test."""
+    home, verify = tmp_path / "gnupg-make", tmp_path / "gnupg-verify"
+    for d in (home, verify):
+        d.mkdir(mode=0o700)
+    gpg = ["gpg", "--batch", "--homedir", str(home)]
+    subprocess.run([*gpg, "--passphrase", "", "--quick-gen-key", "Release <release@example.invalid>", "ed25519",
+                    "sign", "never"], check=True, capture_output=True)
+    secret = subprocess.run([*gpg, "--armor", "--export-secret-keys"], check=True, capture_output=True).stdout
+    public = subprocess.run([*gpg, "--armor", "--export"], check=True, capture_output=True).stdout
+    subprocess.run(["gpg", "--batch", "--homedir", str(verify), "--import"], input=public, check=True,
+                   capture_output=True)
+    return secret.decode(), verify
+
+
+@pytest.mark.skipif(not all(map(shutil.which, ("mvn", "javac", "gpg"))), reason="needs maven, a JDK and gpg")
+def test_maven_jars_signed_deployed_once_resolved_and_loaded_from_java(ws, capsys, tmp_path, monkeypatch, index):
+    from servers import NginxServer
+
+    repo = NginxServer(tmp_path / "maven", basic_auth=(USER, PASSWORD))
+    try:
+        make(ws)
+        assert ws.build(capsys=capsys)["_rc"] == 0
+        secret, verify_home = throwaway_key(tmp_path)
+        monkeypatch.setenv("BUILDGRAPH_GPG_KEY", secret)
+        monkeypatch.setenv("MAVEN_USERNAME", USER)
+        monkeypatch.setenv("MAVEN_PASSWORD", PASSWORD)
+        monkeypatch.setenv("TWINE_USERNAME", USER)
+        monkeypatch.setenv("TWINE_PASSWORD", PASSWORD)
+        to = ["--to", f"maven:{repo.url}/maven", "--group", "org.example"]
+        both = [*to, "--to", f"pypi:{index.url}/"]
+        # One command publishes the matrix: every variant's jar and wheel.
+        rc, out, err = ws.run("publish", "pkg", *both, capsys=capsys)
+        assert rc == 0, out + err
+        assert "deployed 3 files (and their signatures) as org.example:answer:1.0" in out
+        assert "uploaded 2 files" in out
+        release = repo.data / "maven/org/example/answer/1.0"
+        names = sorted(p.name for p in release.iterdir())
+        for name in ("answer-1.0.pom", "answer-1.0-cpu.jar", "answer-1.0-gpu.jar"):
+            assert name in names and f"{name}.asc" in names, names
+        # Every file's signature verifies against the public key.
+        for asc in release.glob("*.asc"):
+            check = subprocess.run(["gpg", "--batch", "--homedir", str(verify_home), "--verify", str(asc),
+                                    str(asc)[:-4]], capture_output=True, text=True)
+            assert check.returncode == 0, check.stderr
+        rc, out, err = ws.run("publish", "pkg", *both, capsys=capsys)
+        assert rc == 0 and "nothing to deploy" in out and "nothing to upload" in out, out + err
+
+        # Maven resolves it into a fresh local repository ...
+        settings = tmp_path / "settings.xml"
+        settings.write_text(f"""<settings><localRepository>{tmp_path}/m2</localRepository>
+            <mirrors><mirror><id>debian</id><mirrorOf>central</mirrorOf><url>file:///usr/share/maven-repo</url></mirror></mirrors>
+            <servers><server><id>target</id><username>{USER}</username><password>{PASSWORD}</password></server></servers>
+            </settings>""")
+        get = subprocess.run(["mvn", "-B", "-q", "-s", str(settings),
+                              "org.apache.maven.plugins:maven-dependency-plugin:3.5.0:get",
+                              "-Dartifact=org.example:answer:1.0:jar:gpu",
+                              f"-DremoteRepositories=target::default::{repo.url}/maven"], capture_output=True, text=True)
+        assert get.returncode == 0, get.stdout[-3000:] + get.stderr[-2000:]
+        jar = tmp_path / "m2/org/example/answer/1.0/answer-1.0-gpu.jar"
+        # ... and a Java program loads the library from the jar, with no LD_LIBRARY_PATH.
+        (tmp_path / "Check.java").write_text(
+            "public class Check { public static void main(String[] a) throws Exception {\n"
+            "  System.out.println(\"loaded \" + org.example.answer.NativeLibrary.load()); } }\n")
+        subprocess.run(["javac", "-cp", str(jar), "-d", str(tmp_path), str(tmp_path / "Check.java")], check=True)
+        run = subprocess.run(["java", "-cp", f"{jar}:{tmp_path}", "Check"], capture_output=True, text=True,
+                             env={"PATH": os.environ["PATH"]})
+        assert run.returncode == 0 and run.stdout.startswith("loaded /") and run.stdout.strip().endswith(
+            "/libanswer.so"), run.stdout + run.stderr
+
+        # A release is immutable: other bytes under 1.0 are refused, and nothing is deployed.
+        make(ws, answer="43")
+        assert ws.build(capsys=capsys)["_rc"] == 0
+        before = {p.name: p.read_bytes() for p in release.iterdir()}
+        rc, out, err = ws.run("publish", "pkg", *to, capsys=capsys)
+        assert rc == 1 and "release is immutable" in err and "nothing was deployed" in err, out + err
+        assert {p.name: p.read_bytes() for p in release.iterdir()} == before
+        # A nightly: a -SNAPSHOT, stored by Maven as timestamped files.
+        rc, out, err = ws.run("publish", "pkg", *to, "--nightly", capsys=capsys)
+        assert rc == 0, out + err
+        snapshot = repo.data / "maven/org/example/answer/1.0-SNAPSHOT"
+        assert any(re.fullmatch(r"answer-1\.0-\d{8}\.\d{6}-1-cpu\.jar", p.name) for p in snapshot.iterdir()), \
+            sorted(p.name for p in snapshot.iterdir())
+        assert (snapshot / "maven-metadata.xml").exists()
+        for root in (ws.root, ws.cache):
+            assert files_containing(root, PASSWORD.encode()) == []
+    finally:
+        repo.stop()
