@@ -103,14 +103,24 @@ def cmd_publish(args) -> int:
     """Upload built artifacts; see publish.py."""
     from buildgraph import publish
 
+    from buildgraph.errors import UsageError
+
     destinations = [publish.parse_destination(text) for text in args.to]
+    if any(kind == "maven" for kind, _ in destinations) and not args.group:
+        raise UsageError("--to maven:URL needs --group (the Maven groupId, e.g. org.example)")
+    try:
+        with _session(args) as s:
+            restored = publish.restore(s, args.targets)
+    except publish.PublishError as exc:
+        print(f"buildgraph: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     failed = 0
     for kind, url in destinations:      # one command: every wheel to the index, every jar to Maven
-        failed += (_publish_maven if kind == "maven" else _publish_pypi)(args, url) != EXIT_OK
+        failed += (_publish_maven if kind == "maven" else _publish_pypi)(args, url, restored) != EXIT_OK
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _publish_pypi(args, url: str) -> int:
+def _publish_pypi(args, url: str, restored) -> int:
     """publish --to pypi:URL: every selected artifact's wheel (or --prune-nightlies)."""
     import datetime
     import tempfile
@@ -126,8 +136,6 @@ def _publish_pypi(args, url: str) -> int:
     creds = publish.credentials(url, "TWINE_USERNAME", "TWINE_PASSWORD")
     index = pypi.Index(url, creds, args.index_url)
     try:
-        with _session(args) as s:
-            restored = publish.restore(s, args.targets)
         wheels = []
         for r in restored:
             found = sorted((r.out / "wheel").glob("*.whl"))
@@ -157,19 +165,15 @@ def _publish_pypi(args, url: str) -> int:
     return EXIT_OK
 
 
-def _publish_maven(args, url: str) -> int:
+def _publish_maven(args, url: str, restored) -> int:
     """publish --to maven:URL: every selected variant's jar under one set of coordinates."""
     from buildgraph import maven, publish
     from buildgraph.errors import UsageError
 
-    if not args.group:
-        raise UsageError("--to maven:URL needs --group (the Maven groupId, e.g. org.example)")
     if args.prune_nightlies:
         raise UsageError("--prune-nightlies is for indexes (pypi:URL); a Maven repository keeps its snapshots")
     creds = publish.credentials(url, "MAVEN_USERNAME", "MAVEN_PASSWORD")
     try:
-        with _session(args) as s:
-            restored = publish.restore(s, args.targets)
         targets = {r.target.name for r in restored}
         if len(targets) != 1:
             raise UsageError(f"one artifact target per Maven publish (its variants are the classifiers); "
