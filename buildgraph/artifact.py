@@ -32,15 +32,15 @@ import base64
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from buildgraph import audit, elf
 from buildgraph.digest import sha256_file
+from buildgraph.fsutil import write_zip
+from buildgraph.sources import wheel_stem
 
 ARTIFACT_VERSION = 5  # 5: one tag per C library the files meet
 
@@ -182,15 +182,17 @@ def _copy_licenses(spec: dict, deps_root: Path, dist: Path, toolbox: Toolbox) ->
 class Assembly:
     """The shipped library and what it bundles, in one directory, audited together."""
 
-    main_lib: Path
+    main_lib: Path                       # (a node's output directory, when --explain audits one)
     bundled: dict[str, str]              # NEEDED name -> the name it ships under
     origin: dict[str, str]               # shipped file name -> the dependency it came from
     audits: list[audit.FileAudit]
     wanted: audit.Policy                 # the declared policy
+    tags: list[str] = field(init=False)  # one per C library the files all meet, tightest first
+    tag: str = field(init=False)         # the tightest, or "linux"
 
-    @property
-    def tags(self) -> list[str]:
-        return audit.true_tags(self.audits)   # one per C library the files all meet, tightest first
+    def __post_init__(self):
+        self.tags = audit.true_tags(self.audits)
+        self.tag = self.tags[0] if self.tags else "linux"
 
     def came_from(self, a: audit.FileAudit, problem: str) -> str:
         return f"{problem} (from {self.origin[os.path.basename(a.path)]})"
@@ -209,24 +211,21 @@ class Assembly:
                         for a in self.audits for entry in a.req.rpaths for r in entry.split(":")
                         if r and not r.startswith("$ORIGIN")]
 
-
     def explanation(self, policy: audit.Policy | None = None) -> tuple[list[str], bool]:
         """Lines for `buildgraph audit --explain`, and whether the claim holds: the claim and what
         the files prove; each file's tags and origin; every problem with its symbol, file and
         dependency; and what sets the tightest true tag."""
         policy = policy or self.wanted
-        tags = self.tags
-        lines = [f"claims {policy.name}; its files prove {', '.join(tags) or 'linux (no policy)'}"]
+        lines = [f"claims {policy.name}; its files prove {', '.join(self.tags) or 'linux (no policy)'}"]
         lines += [f"  {os.path.basename(a.path)} (from {self.origin[os.path.basename(a.path)]}): "
                   f"{', '.join(a.tags) or 'linux'}" for a in self.audits]
-        problems = self.problems(policy, symbols=None)
+        problems = self.problems(policy, symbols=None) + [f"C++ runtime: {p}" for p in self.leaks()]
         lines += [f"  not {policy.name}: {p}" for p in problems]
-        lines += [f"  C++ runtime: {p}" for p in self.leaks()]
-        if tags:
-            set_by = [self.came_from(a, v) for a, v in audit.what_sets(self.audits, tags[0])]
-            lines.append(f"  tightest true tag: {tags[0]}" + (f", set by: {'; '.join(set_by)}" if set_by else
-                                                                " (the oldest policy)"))
-        return lines, not problems and not self.leaks()
+        if self.tags:
+            set_by = [self.came_from(a, v) for a, v in audit.what_sets(self.audits, self.tag)]
+            lines.append(f"  tightest true tag: {self.tag}" + (f", set by: {'; '.join(set_by)}" if set_by else
+                                                                 " (the oldest policy)"))
+        return lines, not problems
 
 
 def assemble(spec: dict, deps_root: Path, lib_dir: Path, ship) -> Assembly:
@@ -271,8 +270,7 @@ def build(spec: dict, deps_root: Path, out_root: Path, toolbox: Toolbox = Toolbo
             debug_ids[target.name] = bid
 
     built = assemble(spec, deps_root, dist / "lib", ship)
-    main_lib, bundled, audits, tags = built.main_lib, built.bundled, built.audits, built.tags
-    tag = tags[0] if tags else "linux"
+    main_lib, bundled, audits, tags, tag = built.main_lib, built.bundled, built.audits, built.tags, built.tag
     leaks = built.leaks()
     if leaks:
         raise ArtifactError("refusing to ship a C++ runtime's symbols:\n  " + "\n  ".join(leaks))
@@ -324,7 +322,7 @@ def make_wheel(dist: Path, out: Path, name: str, version: str, tags: list[str], 
     out.mkdir(parents=True)
     package = name.replace("-", "_")
     project = project or name
-    stem = re.sub(r"[-_.]+", "_", project).lower()      # the wheel file name's form (PEP 427/503)
+    stem = wheel_stem(project)
     info = f"{stem}-{version}.dist-info"
     wheel = out / f"{stem}-{version}-py3-none-{platform_tags(tags)}.whl"
     files: list[tuple[str, bytes]] = []
@@ -339,19 +337,16 @@ def make_wheel(dist: Path, out: Path, name: str, version: str, tags: list[str], 
     files.append((f"{info}/WHEEL", ("Wheel-Version: 1.0\nGenerator: buildgraph\nRoot-Is-Purelib: false\n"
                                     + "".join(f"Tag: py3-none-{t}\n" for t in platform_tags(tags).split(".")))
                   .encode()))
-    record = []
-    for arcname, data in files:
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record.append(f"{arcname},sha256={digest},{len(data)}")
-    record.append(f"{info}/RECORD,,")
-    files.append((f"{info}/RECORD", ("\n".join(record) + "\n").encode()))
-    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as z:
-        for arcname, data in files:
-            zi = zipfile.ZipInfo(arcname, date_time=(1980, 1, 1, 0, 0, 0))
-            zi.external_attr = (0o755 if arcname.endswith((".so", ".py")) or ".so." in arcname else 0o644) << 16
-            zi.compress_type = zipfile.ZIP_DEFLATED
-            z.writestr(zi, data)
+    write_wheel(wheel, [(a, d, 0o755 if a.endswith((".so", ".py")) or ".so." in a else 0o644) for a, d in files],
+                info)
     return wheel
+
+
+def write_wheel(path: Path, entries: list[tuple[str, bytes, int]], info: str) -> None:
+    """A wheel of (name, bytes, mode) entries and the RECORD of them in `info` (its .dist-info)."""
+    record = [f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
+              f"{len(data)}" for name, data, _ in entries] + [f"{info}/RECORD,,"]
+    write_zip(path, [*entries, (f"{info}/RECORD", ("\n".join(record) + "\n").encode(), 0o644)])
 
 
 def spec_json(spec: dict) -> str:

@@ -192,11 +192,6 @@ def true_tags(audits: list[FileAudit]) -> list[str]:
     return [tag for tag in found if tag]
 
 
-def tightest(audits: list[FileAudit]) -> str:
-    """The tightest tag every file satisfies ("linux" if none)."""
-    return next(iter(true_tags(audits)), "linux")
-
-
 def what_sets(audits: list[FileAudit], tag: str) -> list[tuple[FileAudit, str]]:
     """What keeps these files from the policy just older than `tag`: the symbols (and libraries)
     that set their tag, each with its file. Empty for the oldest policy."""

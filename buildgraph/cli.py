@@ -100,101 +100,34 @@ def cmd_build(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    """Upload built artifacts; see publish.py."""
-    from buildgraph import publish
+    """Upload built artifacts' wheels and jars; see publish.py."""
+    import datetime
 
+    from buildgraph import publish
     from buildgraph.errors import UsageError
 
     destinations = [publish.parse_destination(text) for text in args.to]
     if any(kind == "maven" for kind, _ in destinations) and not args.group:
         raise UsageError("--to maven:URL needs --group (the Maven groupId, e.g. org.example)")
-    try:
-        with _session(args) as s:
-            restored = publish.restore(s, args.targets)
-    except publish.PublishError as exc:
-        print(f"buildgraph: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    failed = 0
-    for kind, url in destinations:      # one command: every wheel to the index, every jar to Maven
-        failed += (_publish_maven if kind == "maven" else _publish_pypi)(args, url, restored) != EXIT_OK
-    return EXIT_FAILED if failed else EXIT_OK
-
-
-def _publish_pypi(args, url: str, restored) -> int:
-    """publish --to pypi:URL: every selected artifact's wheel (or --prune-nightlies)."""
-    import datetime
-    import tempfile
-
-    from buildgraph import publish, pypi
-    from buildgraph.errors import UsageError
-
+    if args.prune_nightlies and any(kind == "maven" for kind, _ in destinations):
+        raise UsageError("--prune-nightlies is for indexes (pypi:URL); a Maven repository keeps its snapshots")
     if args.keep < 0:
         raise UsageError("--keep must be 0 or more")
     date = args.nightly_date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d")
     if not (len(date) == 8 and date.isdigit()):
         raise UsageError(f"--nightly-date {date!r}: expected YYYYMMDD")
-    creds = publish.credentials(url, "TWINE_USERNAME", "TWINE_PASSWORD")
-    index = pypi.Index(url, creds, args.index_url)
-    try:
-        wheels = []
-        for r in restored:
-            found = sorted((r.out / "wheel").glob("*.whl"))
-            if not found:
-                raise publish.PublishError(f"{r.node} makes no wheel: give its target a 'wheel:' name")
-            wheels += [(r.node, w) for w in found]
-        if args.prune_nightlies:
-            projects = list(dict.fromkeys(pypi.WheelName.parse(w.name).project for _, w in wheels))
-            removed = pypi.prune_nightlies(index, projects, args.keep)
-            for project, version, size in removed:
-                print(f"removed {project} {version} ({size} bytes)")
-            print(f"pruned {len(removed)} nightlies, {sum(r[2] for r in removed)} bytes freed; "
-                  f"kept the {args.keep} newest of each of {len(projects)} projects")
-            return EXIT_OK
-        with tempfile.TemporaryDirectory(prefix="bg-publish-") as work:
-            planned = pypi.plan(wheels, index, date if args.nightly else None, Path(work))
-            new = [p for p in planned if not p.already]
-            if new:
-                index.upload([p.path for p in new])
-            for p in planned:
-                print(f"{p.node}: {'already there, identical' if p.already else 'uploaded'}: {p.path.name}")
-        print(f"uploaded {len(new)} files to {index.upload_url}" if new else
-              f"nothing to upload: {index.upload_url} has all {len(planned)} files, identical")
-    except publish.PublishError as exc:
-        print(f"buildgraph: error: {creds.scrub(str(exc))}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
-
-
-def _publish_maven(args, url: str, restored) -> int:
-    """publish --to maven:URL: every selected variant's jar under one set of coordinates."""
-    from buildgraph import maven, publish
-    from buildgraph.errors import UsageError
-
-    if args.prune_nightlies:
-        raise UsageError("--prune-nightlies is for indexes (pypi:URL); a Maven repository keeps its snapshots")
-    creds = publish.credentials(url, "MAVEN_USERNAME", "MAVEN_PASSWORD")
-    try:
-        targets = {r.target.name for r in restored}
-        if len(targets) != 1:
-            raise UsageError(f"one artifact target per Maven publish (its variants are the classifiers); "
-                             f"got {', '.join(sorted(targets))}")
-        t = restored[0].target
-        versions = {r.target.version or "0" for r in restored}
-        coords = maven.Coordinates(args.group, t.wheel or t.name,
-                                   versions.pop() + ("-SNAPSHOT" if args.nightly else ""))
-        variants = [maven.Variant(r.node, r.node.partition("@")[2] or "default", r.out / "dist",
-                                  os.path.basename(t.library)) for r in restored]
-        deployed, there = maven.publish(variants, coords, maven.Repository(url, creds),
-                                        t.description or t.name, args.nightly)
-    except publish.PublishError as exc:
-        print(f"buildgraph: error: {creds.scrub(str(exc))}", file=sys.stderr)
-        return EXIT_FAILED
-    where = f"{coords.group}:{coords.artifact}:{coords.version}"
-    for name in deployed:
-        print(f"deployed {name}")
-    print(f"deployed {len(deployed)} files (and their signatures) as {where}" if deployed else
-          f"nothing to deploy: {url} has {where} with all {len(there)} files, identical")
-    return EXIT_OK
+    request = publish.Request(nightly=date if args.nightly else None, index_url=args.index_url, group=args.group,
+                              prune_keep=args.keep if args.prune_nightlies else None)
+    with _session(args) as s:
+        restored = publish.restore(s, args.targets)
+    failed = 0
+    for kind, url in destinations:      # one command: every wheel to the index, every jar to Maven
+        try:
+            print("\n".join(publish.publish(kind, restored, url, request)))
+        except publish.PublishError as exc:   # the next destination still gets its files
+            print(f"buildgraph: error: {exc}", file=sys.stderr)
+            failed += 1
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_fetch(args) -> int:
@@ -572,7 +505,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     remote = argparse.ArgumentParser(add_help=False)
-    r = remote.add_argument_group("remote cache (credentials: $BUILDGRAPH_REMOTE_HEADERS, $BUILDGRAPH_NETRC or ~/.netrc)")
+    r = remote.add_argument_group("remote cache (credentials: $BUILDGRAPH_REMOTE_HEADERS, a netrc file)")
     r.add_argument("--remote-cache", metavar="URL",
                    help="http(s)://host[:port][/prefix] (Bazel HTTP cache) or grpc(s)://host:port (REAPI); "
                         "default $BUILDGRAPH_REMOTE_CACHE")
@@ -682,7 +615,8 @@ def parser() -> argparse.ArgumentParser:
     wk.add_argument("--toolchain-dir", help="where the worker fetches toolchains")
     wk.set_defaults(func=cmd_worker)
 
-    au = sub.add_parser("audit", parents=[common], help="symbol versions and libraries ELF files or wheels need; their true tag")
+    au = sub.add_parser("audit", parents=[common],
+                        help="symbol versions and libraries ELF files or wheels need; their true tags")
     au.add_argument("files", nargs="+", help="ELF files (audited as shipped together), or .whl files; "
                     "with --explain, nodes")
     au.add_argument("--explain", action="store_true",

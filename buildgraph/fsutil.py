@@ -95,3 +95,16 @@ def walk_tree(base: str) -> tuple[list[tuple[str, str, bool]], list[tuple[str, s
             else:
                 others.append(rel)
     return sorted(files), sorted(links), sorted(others)
+
+
+def write_zip(path: str | os.PathLike, entries) -> None:
+    """A zip (wheel, jar) of (name, bytes, mode) entries, in the order given, with fixed dates:
+    the same entries make the same bytes."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data, mode in entries:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = mode << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, data)

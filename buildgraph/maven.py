@@ -24,13 +24,13 @@ import shutil
 import subprocess
 import tempfile
 import urllib.error
-import urllib.request
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from buildgraph.publish import Credentials, PublishError
+from buildgraph.errors import UsageError
+from buildgraph.fsutil import write_zip
+from buildgraph.publish import Credentials, PublishError, Request, Restored
 
 PLATFORM_DIR = "native/linux-x86_64"
 DEBIAN_MAVEN_REPO = "/usr/share/maven-repo"
@@ -94,16 +94,6 @@ class Coordinates:
         return f"{self.artifact}-{self.version}{'-' + classifier if classifier else ''}.{ext}"
 
 
-def _zip(path: Path, entries: list[tuple[str, bytes]]) -> None:
-    """A jar with fixed dates and order: the same inputs make the same bytes."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, data in entries:
-            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            z.writestr(info, data)
-
-
 def loader_classes(package: str, library: str, work: Path) -> list[tuple[str, bytes]]:
     """The NativeLibrary class for `package`, compiled with javac (--release 8)."""
     javac = shutil.which("javac")
@@ -122,17 +112,16 @@ def loader_classes(package: str, library: str, work: Path) -> list[tuple[str, by
     return [(str(p.relative_to(classes)), p.read_bytes()) for p in sorted(classes.rglob("*.class"))]
 
 
-def make_jar(dist: Path, library: str, package: str, target: Path, work: Path) -> Path:
-    """The variant's jar from its artifact's dist/ tree."""
+def make_jar(dist: Path, classes: list[tuple[str, bytes]], target: Path) -> Path:
+    """The variant's jar from its artifact's dist/ tree and the loader's classes."""
     natives = sorted(p for p in (dist / "lib").iterdir() if p.is_file())
-    entries = [("META-INF/MANIFEST.MF", b"Manifest-Version: 1.0\r\nCreated-By: buildgraph\r\n\r\n")]
-    entries += loader_classes(package, library, work)
+    entries = [("META-INF/MANIFEST.MF", b"Manifest-Version: 1.0\r\nCreated-By: buildgraph\r\n\r\n"), *classes]
     entries += [(f"{PLATFORM_DIR}/{p.name}", p.read_bytes()) for p in natives]
     entries.append((f"{PLATFORM_DIR}/FILES", "".join(f"{p.name}\n" for p in natives).encode()))
     entries += [(f"{PLATFORM_DIR}/{p.name}", p.read_bytes()) for p in sorted(dist.glob("*.meta"))]
     entries += [(f"META-INF/licenses/{p.relative_to(dist / 'licenses')}", p.read_bytes())
                 for p in sorted((dist / "licenses").rglob("*")) if p.is_file()]
-    _zip(target, entries)
+    write_zip(target, [(name, data, 0o644) for name, data in entries])   # fixed dates: the same jar again
     return target
 
 
@@ -161,9 +150,8 @@ class Repository:
 
     def sha1(self, coords: Coordinates, name: str) -> str | None:
         """The SHA-1 the repository records for one file of a release (None: it has none)."""
-        req = urllib.request.Request(f"{self.url}/{coords.path()}/{name}.sha1", headers=self.creds.basic_auth())
         try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
+            with self.creds.open(f"{self.url}/{coords.path()}/{name}.sha1") as resp:
                 return resp.read().decode().split()[0].strip().lower()
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
@@ -199,7 +187,7 @@ class Repository:
         if proc.returncode != 0:
             tail = "\n".join(line for line in (proc.stdout + proc.stderr).splitlines() if "ERROR" in line)[-3000:]
             raise PublishError(f"mvn could not deploy {coords.group}:{coords.artifact}:{coords.version} to "
-                               f"{self.url}:\n{self.creds.scrub(tail)}")
+                               f"{self.url}:\n{tail}")
 
 
 class Signer:
@@ -226,30 +214,42 @@ class Signer:
             raise PublishError(f"gpg: {what}: {proc.stderr.decode(errors='replace').strip()[-500:]}")
 
     def sign(self, path: Path) -> Path:
-        self._gpg(["--armor", "--detach-sign", "--output", f"{path}.asc", str(path)], None, f"could not sign {path.name}")
+        self._gpg(["--armor", "--detach-sign", "--output", f"{path}.asc", str(path)], None,
+                  f"could not sign {path.name}")
         return Path(f"{path}.asc")
 
 
-@dataclass
-class Variant:
-    node: str
-    classifier: str
-    dist: Path
-    library: str
+def publish_artifacts(restored: list[Restored], url: str, creds: Credentials, request: Request) -> list[str]:
+    """Every restored variant's jar, and the POM, to the repository at `url`, under
+    request.group : the wheel name : the version (-SNAPSHOT for a nightly); the report's lines."""
+    targets = {r.target.name for r in restored}
+    if len(targets) != 1:
+        raise UsageError(f"one artifact target per Maven publish (its variants are the classifiers); "
+                         f"got {', '.join(sorted(targets))}")
+    t = restored[0].target
+    version = (t.version or "0") + ("-SNAPSHOT" if request.nightly else "")
+    coords = Coordinates(request.group, t.wheel or t.name, version)
+    variants = [(r.node.partition("@")[2] or "default", r.out / "dist") for r in restored]
+    deployed, there = deploy(variants, os.path.basename(t.library), coords, Repository(url, creds),
+                             t.description or t.name, bool(request.nightly))
+    where = f"{coords.group}:{coords.artifact}:{coords.version}"
+    return [f"deployed {name}" for name in deployed] + [
+        f"deployed {len(deployed)} files (and their signatures) as {where}" if deployed else
+        f"nothing to deploy: {url} has {where} with all {len(there)} files, identical"]
 
 
-def publish(variants: list[Variant], coords: Coordinates, repo: Repository, description: str,
-            snapshot: bool) -> tuple[list[str], list[str]]:
-    """Deploy every variant's jar (and the POM) under `coords`: (deployed, already there) file names."""
+def deploy(variants: list[tuple[str, Path]], library: str, coords: Coordinates, repo: Repository,
+           description: str, snapshot: bool) -> tuple[list[str], list[str]]:
+    """Deploy every (classifier, dist/ tree) variant's jar, and the POM, under `coords`:
+    (deployed, already there) file names."""
     with tempfile.TemporaryDirectory(prefix="bg-maven-") as tmp:
         work = Path(tmp)
         package = re.sub(r"[^A-Za-z0-9_.]", "_", f"{coords.group}.{coords.artifact}")
-        files: list[tuple[Path, str, str]] = []
-        for v in variants:
-            jar = make_jar(v.dist, v.library, package, work / coords.file(v.classifier, "jar"), work / v.classifier)
-            files.append((jar, v.classifier, "jar"))
+        classes = loader_classes(package, library, work / "loader")     # one loader for every variant
+        files = [(make_jar(dist, classes, work / coords.file(classifier, "jar")), classifier, "jar")
+                 for classifier, dist in variants]
         pom = work / coords.file(None, "pom")
-        pom.write_bytes(make_pom(coords, [v.classifier for v in variants], description))
+        pom.write_bytes(make_pom(coords, [classifier for classifier, _ in variants], description))
         there, refused = [], []
         if not snapshot:
             for path, _, _ in [(pom, "", "pom"), *files]:

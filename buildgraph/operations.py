@@ -382,8 +382,7 @@ def explain_audit(session: Session, pattern: str, policy_name: str | None, repor
                 out = session.engine.out_dir(name)
                 files = sorted(str(p) for p in out.rglob("*") if p.is_file() and not p.is_symlink()
                                and audit.is_elf(str(p)))
-                audits = audit.audit_together(files)
-                assembly = artifact.Assembly(Path(files[0]) if files else out, {},
-                                             {os.path.basename(f): name for f in files}, audits, policy)
+                assembly = artifact.Assembly(out, {}, {os.path.basename(f): name for f in files},
+                                             audit.audit_together(files), policy)
             lines, holds = assembly.explanation(policy)
             yield name, lines, holds

@@ -4,7 +4,7 @@
 and audited. Their results are restored from the caches (the local one, or a remote one read
 only); nothing is built: an artifact that is in no cache fails the command, naming it. So a CI
 layout can build and test on ordinary machines with a read-write remote cache, and publish
-from a restricted machine that restores and uploads.
+from a restricted machine that restores and uploads. pypi.py and maven.py do the uploading.
 
 Credentials are looked up here only: the environment (the names the index's own client
 reads), then a netrc file, then a keyring. They reach an upload client through its
@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import os
 import sys
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from buildgraph.errors import BuildgraphError, UsageError
+
+# Where each destination's credentials are found first: the names its own client reads.
+CREDENTIAL_VARS = {"pypi": ("TWINE_USERNAME", "TWINE_PASSWORD"), "maven": ("MAVEN_USERNAME", "MAVEN_PASSWORD")}
 
 
 class PublishError(BuildgraphError):
@@ -31,45 +35,47 @@ class PublishError(BuildgraphError):
 class Credentials:
     username: str | None = None
     password: str | None = None
-    source: str = "none"             # where they came from, for messages (never the values)
 
     def scrub(self, text: str) -> str:
-        """`text` with the password (and anything that embeds it) replaced."""
+        """`text` with the password replaced."""
         return text.replace(self.password, "****") if self.password else text
 
-    def basic_auth(self) -> dict[str, str]:
-        import base64
+    def open(self, url: str, method: str = "GET", data: bytes | None = None, headers=None):
+        """urlopen with these credentials (HTTP basic auth) where there are any."""
+        from buildgraph.store.remote import basic_auth
 
-        if self.username is None or self.password is None:
-            return {}
-        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
-        return {"Authorization": f"Basic {token}"}
+        auth = {"Authorization": basic_auth(self.username or "", self.password)} if self.password else {}
+        return urllib.request.urlopen(urllib.request.Request(url, data=data, method=method,
+                                                             headers={**auth, **(headers or {})}), timeout=60)
 
 
-def credentials(url: str, user_var: str, password_var: str) -> Credentials:
-    """The credentials for `url`: $user_var/$password_var, else the netrc entry for its host
-    ($NETRC or ~/.netrc), else the keyring's (if the keyring package is installed)."""
+def credentials(url: str, kind: str) -> Credentials:
+    """The credentials for `url`: the destination's variables, else the netrc entry for its
+    host, else the keyring's (if the keyring package is installed and has a backend)."""
+    from buildgraph.store.remote import netrc_login
+
+    user_var, password_var = CREDENTIAL_VARS[kind]
     if os.environ.get(password_var):
-        return Credentials(os.environ.get(user_var, "__token__"), os.environ[password_var], f"${password_var}")
-    host = urlsplit(url).hostname or ""
-    import netrc
-
-    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
-    if os.path.isfile(path):
-        try:
-            found = netrc.netrc(path).authenticators(host)
-        except (netrc.NetrcParseError, OSError) as exc:
-            raise PublishError(f"cannot read {path}: {exc}") from None
-        if found:
-            return Credentials(found[0], found[2], f"netrc ({path})")
+        return Credentials(os.environ.get(user_var, "__token__"), os.environ[password_var])
+    found = netrc_login(urlsplit(url).hostname or "")
+    if found:
+        return Credentials(*found)
     try:
         import keyring
         cred = keyring.get_credential(url, None)
     except Exception:   # no keyring package, or no backend on this machine: not an error
         cred = None
-    if cred is not None and cred.password:
-        return Credentials(cred.username, cred.password, "keyring")
-    return Credentials()
+    return Credentials(cred.username, cred.password) if cred is not None and cred.password else Credentials()
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to publish, besides the artifacts and the destination."""
+
+    nightly: str | None = None        # the nightly's date (YYYYMMDD); None: a release
+    index_url: str | None = None      # pypi: its simple index (default: URL/simple/)
+    group: str | None = None          # maven: the groupId
+    prune_keep: int | None = None     # pypi: delete all but this many nightlies instead of uploading
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,6 @@ class Restored:
     node: str
     out: Path                        # its outputs (dist/, wheel/ ...), as the build left them
     target: object                   # workspace.Target
-    assignment: dict[str, str]
 
 
 def restore(session, patterns: list[str]) -> list[Restored]:
@@ -101,13 +106,25 @@ def restore(session, patterns: list[str]) -> list[Restored]:
                            + "; publish restores artifacts from the caches and never builds them: run "
                            f"`buildgraph build {' '.join(missing)}` first (or point --remote-cache at the "
                            "cache CI filled)")
-    return [Restored(n, session.engine.out_dir(n), session.ws.targets[session.graph.nodes[n].target],
-                     dict(session.graph.nodes[n].assignment)) for n in names]
+    return [Restored(n, session.engine.out_dir(n), session.ws.targets[session.graph.nodes[n].target])
+            for n in names]
 
 
 def parse_destination(text: str) -> tuple[str, str]:
     """pypi:URL or maven:URL -> (kind, url)."""
     kind, sep, url = text.partition(":")
-    if not sep or kind not in ("pypi", "maven") or not url.startswith(("http://", "https://", "file://")):
+    if not sep or kind not in CREDENTIAL_VARS or not url.startswith(("http://", "https://", "file://")):
         raise UsageError(f"--to {text!r}: expected pypi:URL or maven:URL (http, https or file)")
     return kind, url
+
+
+def publish(kind: str, restored: list[Restored], url: str, request: Request) -> list[str]:
+    """Publish the restored artifacts to one destination; the lines that report it.
+    PublishError, scrubbed of the credentials, if it fails."""
+    from buildgraph import maven, pypi
+
+    creds = credentials(url, kind)
+    try:
+        return (maven if kind == "maven" else pypi).publish_artifacts(restored, url, creds, request)
+    except PublishError as exc:
+        raise PublishError(creds.scrub(str(exc))) from None

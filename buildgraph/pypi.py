@@ -10,27 +10,23 @@ version (its payload untouched); an identical nightly of the same day is not upl
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import html.parser
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import urllib.error
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin
 
+from buildgraph.artifact import write_wheel
 from buildgraph.digest import sha256_file
-from buildgraph.publish import Credentials, PublishError
-from buildgraph.sources import WheelName
-
-
-def normalize(project: str) -> str:
-    return re.sub(r"[-_.]+", "-", project).lower()
+from buildgraph.publish import Credentials, PublishError, Request, Restored
+from buildgraph.sources import WheelName, wheel_stem
 
 
 @dataclass(frozen=True)
@@ -61,27 +57,23 @@ class Index:
 
     def __init__(self, upload_url: str, creds: Credentials, simple_url: str | None = None):
         self.upload_url = upload_url.rstrip("/") + "/"
-        self.simple_url = (simple_url or urljoin(re.sub(r"legacy/?$", "", self.upload_url), "simple/")).rstrip("/") + "/"
+        simple_url = simple_url or urljoin(re.sub(r"legacy/?$", "", self.upload_url), "simple/")
+        self.simple_url = simple_url.rstrip("/") + "/"
         self.creds = creds
-
-    def _open(self, url: str, method: str = "GET", data: bytes | None = None, headers=None):
-        req = urllib.request.Request(url, data=data, method=method,
-                                     headers={**self.creds.basic_auth(), **(headers or {})})
-        return urllib.request.urlopen(req, timeout=60)
 
     def files(self, project: str) -> dict[str, IndexFile]:
         """The files the index has for `project` (none if it does not know the project)."""
-        url = f"{self.simple_url}{normalize(project)}/"
+        url = f"{self.simple_url}{wheel_stem(project).replace('_', '-')}/"   # PEP 503
         try:
-            with self._open(url) as resp:
+            with self.creds.open(url) as resp:
                 page = resp.read().decode("utf-8", "replace")
                 base = resp.geturl()
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 return {}
-            raise PublishError(f"{self.creds.scrub(url)}: HTTP {exc.code} {exc.reason}") from None
+            raise PublishError(f"{url}: HTTP {exc.code} {exc.reason}") from None
         except OSError as exc:
-            raise PublishError(f"cannot read the index at {self.creds.scrub(url)}: {exc}") from None
+            raise PublishError(f"cannot read the index at {url}: {exc}") from None
         parser = _Links()
         parser.feed(page)
         out = {}
@@ -94,18 +86,18 @@ class Index:
     def sha256(self, f: IndexFile) -> str:
         if f.sha256:
             return f.sha256
-        with self._open(f.url) as resp:
+        with self.creds.open(f.url) as resp:
             return hashlib.sha256(resp.read()).hexdigest()
 
     def size(self, f: IndexFile) -> int:
         try:
-            with self._open(f.url, method="HEAD") as resp:
+            with self.creds.open(f.url, method="HEAD") as resp:
                 length = resp.headers.get("Content-Length")
             if length is not None:
                 return int(length)
         except (OSError, ValueError):
             pass
-        with self._open(f.url) as resp:
+        with self.creds.open(f.url) as resp:
             return len(resp.read())
 
     def upload(self, paths: list[Path]) -> None:
@@ -123,14 +115,14 @@ class Index:
                               capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-10:])
-            raise PublishError(f"twine could not upload to {self.upload_url}:\n{self.creds.scrub(tail)}")
+            raise PublishError(f"twine could not upload to {self.upload_url}:\n{tail}")
 
     def remove(self, project: str, version: str) -> bool:
         """Delete one version, where the index offers it (pypiserver's remove_pkg); False where
         it does not (PyPI offers no deletion through its API)."""
         body = f":action=remove_pkg&name={project}&version={version}".encode()
         try:
-            with self._open(self.upload_url, method="POST", data=body,
+            with self.creds.open(self.upload_url, method="POST", data=body,
                             headers={"Content-Type": "application/x-www-form-urlencoded"}):
                 return True
         except urllib.error.HTTPError as exc:
@@ -169,15 +161,8 @@ def with_version(wheel: Path, version: str, out_dir: Path) -> Path:
                 continue
             if arcname == f"{new_info}METADATA":
                 data = re.sub(rb"(?m)^Version: .*$", f"Version: {version}".encode(), data, count=1)
-            entries.append((arcname, data, info.external_attr))
-    record = [f"{a},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},{len(d)}"
-              for a, d, _ in entries] + [f"{new_info}RECORD,,"]
-    entries.append((f"{new_info}RECORD", ("\n".join(record) + "\n").encode(), 0o644 << 16))
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as z:
-        for arcname, data, attr in entries:
-            zi = zipfile.ZipInfo(arcname, date_time=(1980, 1, 1, 0, 0, 0))
-            zi.external_attr, zi.compress_type = attr, zipfile.ZIP_DEFLATED
-            z.writestr(zi, data)
+            entries.append((arcname, data, info.external_attr >> 16))
+    write_wheel(target, entries, new_info.rstrip("/"))
     return target
 
 
@@ -185,7 +170,6 @@ def with_version(wheel: Path, version: str, out_dir: Path) -> Path:
 class Planned:
     node: str
     path: Path                 # the file to upload (the artifact's wheel, or its nightly form)
-    project: str
     already: bool              # the index has it, byte for byte
 
 
@@ -196,20 +180,8 @@ def plan(wheels: list[tuple[str, Path]], index: Index, nightly_date: str | None,
     for node, wheel in wheels:
         name = WheelName.parse(wheel.name)
         existing = index.files(name.project)
-        path = wheel
-        if nightly_date is not None:
-            same_day = sorted((p[2], WheelName.parse(f).version) for f in existing
-                              if WheelName.parse(f) and (p := _nightly_parts(WheelName.parse(f).version))
-                              and p[0] == name.version and p[1] == nightly_date)
-            path = None
-            for _, version in same_day:
-                candidate = with_version(wheel, version, work / node)
-                if index.sha256(existing[candidate.name]) == sha256_file(candidate):
-                    path = candidate          # this day's nightly of these very bytes: published
-                    break
-            if path is None:
-                number = (same_day[-1][0] + 1) if same_day else 1
-                path = with_version(wheel, dev_version(name.version, nightly_date, number), work / node)
+        path = wheel if nightly_date is None else _nightly(wheel, name.version, nightly_date, existing, index,
+                                                             work / node)
         digest = sha256_file(path)
         if path.name in seen and seen[path.name][1] != digest:
             refused.append(f"{node} and {seen[path.name][0]} both make {path.name}, with different contents: "
@@ -219,10 +191,27 @@ def plan(wheels: list[tuple[str, Path]], index: Index, nightly_date: str | None,
         if there is not None and index.sha256(there) != digest:
             refused.append(f"{node}: {index.simple_url} already has {path.name} with other contents; a release "
                            f"file cannot be replaced (PyPI's rule): publish a new version, or a nightly (--nightly)")
-        out.append(Planned(node, path, name.project, there is not None))
+        out.append(Planned(node, path, there is not None))
     if refused:
         raise PublishError("nothing was uploaded:\n  " + "\n  ".join(refused))
     return out
+
+
+def _nightly(wheel: Path, base: str, date: str, existing: dict[str, IndexFile], index: Index, work: Path) -> Path:
+    """The wheel as this day's nightly: the one the index has with these very bytes, else the
+    day's next number."""
+    numbers = sorted(parts[2] for parts in map(_nightly_parts, _versions(existing))
+                     if parts and parts[:2] == (base, date))
+    for number in numbers:
+        candidate = with_version(wheel, dev_version(base, date, number), work)
+        there = existing.get(candidate.name)
+        if there is not None and index.sha256(there) == sha256_file(candidate):
+            return candidate
+    return with_version(wheel, dev_version(base, date, (numbers[-1] + 1) if numbers else 1), work)
+
+
+def _versions(files: dict[str, IndexFile]) -> set[str]:
+    return {parsed.version for parsed in map(WheelName.parse, files) if parsed}
 
 
 def prune_nightlies(index: Index, projects: list[str], keep: int) -> list[tuple[str, str, int]]:
@@ -232,9 +221,8 @@ def prune_nightlies(index: Index, projects: list[str], keep: int) -> list[tuple[
 
     removed = []
     for project in projects:
-        files = index.files(project)
         by_version: dict[str, list[IndexFile]] = {}
-        for f in files.values():
+        for f in index.files(project).values():
             parsed = WheelName.parse(f.filename)
             if parsed and _nightly_parts(parsed.version):
                 by_version.setdefault(parsed.version, []).append(f)
@@ -248,3 +236,29 @@ def prune_nightlies(index: Index, projects: list[str], keep: int) -> list[tuple[
             removed.append((project, version, size))
     return removed
 
+
+def publish_artifacts(restored: list[Restored], url: str, creds: Credentials, request: Request) -> list[str]:
+    """Every restored artifact's wheel to the index at `url` (or, with request.prune_keep, its
+    old nightlies deleted); the lines that report it."""
+    index = Index(url, creds, request.index_url)
+    wheels = []
+    for r in restored:
+        found = sorted((r.out / "wheel").glob("*.whl"))
+        if not found:
+            raise PublishError(f"{r.node} makes no wheel: give its target a 'wheel:' name")
+        wheels += [(r.node, w) for w in found]
+    if request.prune_keep is not None:
+        projects = list(dict.fromkeys(WheelName.parse(w.name).project for _, w in wheels))
+        removed = prune_nightlies(index, projects, request.prune_keep)
+        return [f"removed {project} {version} ({size} bytes)" for project, version, size in removed] + [
+            f"pruned {len(removed)} nightlies, {sum(r[2] for r in removed)} bytes freed; kept the "
+            f"{request.prune_keep} newest of each of {len(projects)} projects"]
+    with tempfile.TemporaryDirectory(prefix="bg-publish-") as work:
+        planned = plan(wheels, index, request.nightly, Path(work))
+        new = [p.path for p in planned if not p.already]
+        if new:
+            index.upload(new)
+        lines = [f"{p.node}: {'already there, identical' if p.already else 'uploaded'}: {p.path.name}"
+                 for p in planned]
+    return lines + [f"uploaded {len(new)} files to {index.upload_url}" if new else
+                    f"nothing to upload: {index.upload_url} has all {len(planned)} files, identical"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -97,6 +96,8 @@ class WebDavBackend:
         self.headers = dict(credentials(url))
 
     def put(self, key: str, source: Path) -> None:
+        import urllib.request
+
         req = urllib.request.Request(f"{self.base}/{key}", data=source.read_bytes(), method="PUT", headers=self.headers)
         try:
             with urllib.request.urlopen(req, timeout=60, context=self.context):
@@ -105,6 +106,8 @@ class WebDavBackend:
             raise RepositoryError(f"PUT {key}: {exc}") from None
 
     def get(self, key: str, dest: Path) -> None:
+        import urllib.request
+
         req = urllib.request.Request(f"{self.base}/{key}", headers=self.headers)
         try:
             with urllib.request.urlopen(req, timeout=60, context=self.context) as resp, open(dest, "wb") as out:

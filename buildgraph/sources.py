@@ -335,6 +335,14 @@ class SourceStore:
             raise SourceError(f"{src.describe()} ({src.declared_in}): the wheel holds no files")
 
 
+def wheel_stem(project: str) -> str:
+    """A project's name as wheel file names spell it (PEP 427 with PEP 503's normalization:
+    runs of -_. as one _, lower case): My.Backend -> my_backend."""
+    import re
+
+    return re.sub(r"[-_.]+", "_", project).lower()
+
+
 @dataclass(frozen=True)
 class WheelName:
     """A wheel file's name (PEP 427: NAME-VERSION[-BUILD]-PYTHON-ABI-PLATFORM.whl), tags split."""
@@ -346,13 +354,11 @@ class WheelName:
 
     @staticmethod
     def parse(file: str) -> "WheelName | None":
-        import re
-
         parts = file[:-len(".whl")].split("-") if file.endswith(".whl") and "/" not in file else []
         if len(parts) not in (5, 6):
             return None
         python, abi, platform = (tuple(p.split(".")) for p in parts[-3:])
-        return WheelName(re.sub(r"[-_.]+", "_", parts[0]).lower(), parts[1], python, abi, platform)
+        return WheelName(wheel_stem(parts[0]), parts[1], python, abi, platform)
 
     def pip_options(self) -> list[str]:
         """What makes `pip download` choose this wheel whatever the running Python is."""

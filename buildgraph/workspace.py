@@ -209,9 +209,10 @@ class Toolchain:
                 "wrappers": self.wrappers, "cmake_toolchain": self.cmake_toolchain, "env": self.env,
                 "writable": self.writable, "link_args": self.link_args,
                 "shared_link_args": self.shared_link_args, "drop_args": self.drop_args,
-                "short_so_names": self.short_so_names, **({"patches": self.patches} if self.patches else {}),
-                **({"libc_link_args": self.libc_link_args} if self.libc_link_args else {}),
-                **({"setup": self.setup} if self.setup else {})}
+                "short_so_names": self.short_so_names,
+                # fields added later: only when set, so the entries of toolchains without them keep their names
+                **{k: v for k, v in (("patches", self.patches), ("libc_link_args", self.libc_link_args),
+                                     ("setup", self.setup)) if v}}
 
 
 @dataclass(frozen=True)
@@ -564,9 +565,9 @@ def _parse_source(data, parent: _Fields) -> Source:
 
 def _check_wheel_file(file: str, name: str, version: str, f: _Fields, data) -> None:
     """A pypi-wheel's `file` is that wheel's name (PEP 427), for that project and version."""
-    from buildgraph.sources import WheelName
+    from buildgraph.sources import WheelName, wheel_stem
     wheel = WheelName.parse(file)
-    normal = re.sub(r"[-_.]+", "_", name).lower()
+    normal = wheel_stem(name)
     if wheel is None or wheel.project != normal or wheel.version != version:
         raise f.error("file", f"expected the wheel's file name, {normal}-{version}-PYTHON-ABI-PLATFORM.whl "
                       f"(e.g. {normal}-{version}-py3-none-manylinux2014_x86_64.whl), got {file!r}",
@@ -596,7 +597,8 @@ def _parse_toolchain(data, file: str, stem: str, directory: Path | None = None) 
         for ref in _template_refs(template):
             if ref not in dict(tools) and ref not in ("entry", "prefix_maps"):
                 raise ConfigError(f"{field_name} refers to unknown tool '{{{ref}}}'", file=file, line=line,
-                                  field=field_name, hint=did_you_mean(ref, dict(tools)) or "name one of 'tools', {entry} or {prefix_maps}")
+                                  field=field_name, hint=did_you_mean(ref, dict(tools))
+                                  or "name one of 'tools', {entry} or {prefix_maps}")
     if provider in ("pypi", "archive"):
         for role, path in tools:
             if path.startswith("/") or ".." in Path(path).parts:
@@ -618,7 +620,8 @@ def _parse_toolchain(data, file: str, stem: str, directory: Path | None = None) 
                      writable=writable, host_compiler=f.str("host_compiler"), link_with=f.str("link_with"),
                      cuda=f.str("cuda"), compiler=f.str("compiler"), link_args=f.str_list("link_args"),
                      shared_link_args=f.str_list("shared_link_args"), drop_args=f.str_list("drop_args"),
-                     libc_link_args=f.str_list("libc_link_args"), setup=setup, runtime_licenses=f.str_map("runtime_licenses"),
+                     libc_link_args=f.str_list("libc_link_args"), setup=setup,
+                     runtime_licenses=f.str_map("runtime_licenses"),
                      short_so_names=bool(data.get("short_so_names", False)), patches=patches,
                      patch_dir=str(directory) if patches else "")
 

@@ -104,14 +104,15 @@ def test_publish_uploads_built_wheels_once_never_builds_and_keeps_credentials_ou
     assert rc == 0 and "nothing to upload" in out and "already there, identical" in out, out + err
 
     # A user installs it from the index into a fresh venv and loads the library.
-    venv = tmp_path / "venv"
-    subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True)
-    pip = subprocess.run([str(venv / "bin/pip"), "install", "--quiet", "--index-url", f"{index.url}/simple/",
-                          "answer-gpu==1.0"], capture_output=True, text=True)
-    assert pip.returncode == 0, pip.stderr
-    call = subprocess.run([str(venv / "bin/python"), "-c", "import answer; print(answer.load().answer())"],
-                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
-    assert call.stdout == "42\n", call.stderr
+    for project in ("answer-cpu", "answer-gpu"):    # each uploaded wheel, as a user installs it
+        venv = tmp_path / f"venv-{project}"
+        subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True)
+        pip = subprocess.run([str(venv / "bin/pip"), "install", "--quiet", "--index-url",
+                              f"{index.url}/simple/", f"{project}==1.0"], capture_output=True, text=True)
+        assert pip.returncode == 0, pip.stderr
+        call = subprocess.run([str(venv / "bin/python"), "-c", "import answer; print(answer.load().answer())"],
+                              capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+        assert call.stdout == "42\n", call.stderr
 
     # The same version with other contents: refused before anything is uploaded (PyPI's rule).
     make(ws, answer="43")

@@ -75,16 +75,33 @@ def redact(url: str) -> str:
     return url
 
 
-def credentials(url: str, netrc_file: str | None = None) -> tuple[tuple[str, str], ...]:
-    """Headers for `url` from the environment and a netrc-style file.
-
-    BUILDGRAPH_REMOTE_HEADERS: lines of `Name: value` (e.g. an Authorization bearer token).
-    A netrc file (BUILDGRAPH_NETRC, else ~/.netrc) entry for the host gives HTTP basic auth.
-    Userinfo in the URL itself also gives basic auth.
-    """
-    import base64
+def netrc_login(host: str) -> tuple[str, str] | None:
+    """(login, password) for `host` in the netrc file ($BUILDGRAPH_NETRC, else $NETRC, else
+    ~/.netrc); None if there is no such file or entry."""
     import netrc
 
+    path = os.environ.get("BUILDGRAPH_NETRC") or os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    try:
+        found = netrc.netrc(path).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return None
+    return (found[0], found[2] or "") if found else None
+
+
+def basic_auth(user: str, password: str) -> str:
+    """An Authorization header's value for HTTP basic auth."""
+    import base64
+
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def credentials(url: str) -> tuple[tuple[str, str], ...]:
+    """Headers for `url` from the environment and a netrc file.
+
+    BUILDGRAPH_REMOTE_HEADERS: lines of `Name: value` (e.g. an Authorization bearer token).
+    A netrc entry for the host (see netrc_login) gives HTTP basic auth.
+    Userinfo in the URL itself also gives basic auth.
+    """
     headers = []
     for line in os.environ.get("BUILDGRAPH_REMOTE_HEADERS", "").splitlines():
         if ":" in line:
@@ -93,16 +110,9 @@ def credentials(url: str, netrc_file: str | None = None) -> tuple[tuple[str, str
     parts = urlsplit(url)
     user, password = parts.username, parts.password
     if user is None:
-        path = netrc_file or os.environ.get("BUILDGRAPH_NETRC") or os.path.expanduser("~/.netrc")
-        try:
-            found = netrc.netrc(path).authenticators(parts.hostname or "")
-        except (OSError, netrc.NetrcParseError):
-            found = None
-        if found:
-            user, _, password = found
+        user, password = netrc_login(parts.hostname or "") or (None, None)
     if user is not None and not any(n.lower() == "authorization" for n, _ in headers):
-        token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
-        headers.append(("Authorization", f"Basic {token}"))
+        headers.append(("Authorization", basic_auth(user, password or "")))
     return tuple(headers)
 
 
