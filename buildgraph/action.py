@@ -80,6 +80,8 @@ class Action:
     source_fetch: object = None                  # sources.Source to fetch, or a path source's files; not in the key
     sandbox: str | None = None                   # isolation mode (in the key)
     host: tuple[tuple[str, str], ...] = ()       # observable host properties (in the key)
+    # (name on PATH, program, ccache type) the compile cache may wrap: an accelerator, not in the key
+    compilers: tuple[tuple[str, str, str], ...] = ()
 
     @cached_property
     def srcs_digest(self) -> str:

@@ -60,7 +60,8 @@ def _options(args):
                    jobs=getattr(args, "jobs", 0) or 0, keep_going=getattr(args, "keep_going", False),
                    mirrors=tuple(getattr(args, "mirror", None) or ()), git_sha=getattr(args, "git_sha", None),
                    executor=_executor_options(args) if hasattr(args, "remote_executor") else None,
-                   restore_only=getattr(args, "restore_only", False))
+                   restore_only=getattr(args, "restore_only", False),
+                   compile_cache=not getattr(args, "no_compile_cache", False))
 
 
 def _cache_dir(args) -> Path:
@@ -521,6 +522,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("-k", "--keep-going", action="store_true", help="go on building what does not depend on a failure")
     b.add_argument("--log-json", metavar="FILE", help="write one JSON event per node")
     b.add_argument("--profile", metavar="FILE", help="write a Chrome trace of the actions that ran")
+    b.add_argument("--no-compile-cache", action="store_true",
+                   help="compile every file again in cmake, make and autotools actions (no ccache)")
     b.add_argument("--max-size", type=_size, help="local cache size limit (default 10G); gc runs when exceeded")
     b.add_argument("--git-sha", help="the commit artifacts record (default $MXNET_SHA, $GIT_COMMIT, git rev-parse HEAD)")
     b.add_argument("--remote-executor", metavar="URL",

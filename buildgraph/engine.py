@@ -36,6 +36,10 @@ BASE_ENV = (("LC_ALL", "C"), ("TZ", "UTC"), ("HOME", f"{SANDBOX_ROOT}/home"),
             ("WORK", f"{SANDBOX_ROOT}/work"), ("DEPS", f"{SANDBOX_ROOT}/deps"))
 
 
+# The kinds whose actions compile many files in one run: the compile cache is on in them.
+COMPILE_CACHED_KINDS = ("cmake", "make", "autotools")
+
+
 class Status(enum.Enum):
     UP_TO_DATE = "up-to-date"   # same key as the last build, outputs in place
     CACHED = "cached"           # restored from a store
@@ -270,11 +274,13 @@ class Engine:
         t = self.ws.targets[node.target]
         srcs, hosts = self._sources(node.target)
         env = dict(node.env)
-        toolchain = None
+        toolchain, compilers = None, ()
         if node.toolchain:
             tc = self.resolver.resolve(node.toolchain)
             toolchain = (tc.name, tc.digest)
             env.update(tc.env)
+            if t.kind in COMPILE_CACHED_KINDS:
+                compilers = tc.compilers
         env.update(BASE_ENV)
         env["SOURCE_DATE_EPOCH"] = str(self.ws.source_date_epoch)
         prefix = []
@@ -295,7 +301,7 @@ class Engine:
                       weight=t.weight, jobserver=t.jobserver,
                       source=source, source_fetch=source_fetch,
                       sandbox=None if builtin else self.sandbox_mode,
-                      host=() if builtin else self.host_properties())
+                      host=() if builtin else self.host_properties(), compilers=compilers)
 
     def host_properties(self) -> tuple[tuple[str, str], ...]:
         """What an action can observe of this host that the sandbox cannot pin, as far as the

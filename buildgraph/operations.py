@@ -36,6 +36,7 @@ class Options:
     git_sha: str | None = None      # --git-sha: the commit artifacts record
     executor: object = None         # store.remote.RemoteOptions for --remote-executor
     restore_only: bool = False      # publish: results come from the caches; nothing runs
+    compile_cache: bool = True      # ccache in cmake/make/autotools actions (--no-compile-cache: off)
 
 
 class Session:
@@ -124,7 +125,8 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
     store.open_for_build()
     jobserver = Jobserver(jobs)
     engine = session.engine
-    engine.sandbox = Sandbox(store, engine.sandbox_mode, jobserver, session.sources)
+    compiles = open_compile_cache(store, session.opts) if engine.sandbox_mode == "bwrap" else None
+    engine.sandbox = Sandbox(store, engine.sandbox_mode, jobserver, session.sources, compile_cache=compiles)
     engine.remote = open_remote_layer(store, session.opts.remote, session.ws.name)
     if session.opts.executor is not None:
         from buildgraph.remote_exec import RemoteExecutor
@@ -143,6 +145,8 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
     finally:
         reporter.end()
         engine.sandbox.close()
+        if compiles is not None:
+            compiles.close()   # waits for the compile cache's uploads
         jobserver.close()
         if engine.remote is not None:
             engine.remote.close()   # waits for background uploads
@@ -171,6 +175,29 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
         except StoreError as exc:  # another build holds the cache: the next build will collect
             print(f"buildgraph: warning: cache over its size limit; {exc}", file=sys.stderr)
     return summary
+
+
+def open_compile_cache(store, opts: Options):
+    """The build's compile cache (compile_cache.py), sharing entries through an HTTP remote
+    cache when one is given; None when it is off or ccache is not installed."""
+    if not opts.compile_cache or opts.restore_only:
+        return None
+    from buildgraph import compile_cache
+
+    if compile_cache.program_path() is None:
+        return None
+    remote = None
+    if opts.remote is not None and opts.remote.url.startswith(("http://", "https://")):
+        from dataclasses import replace
+
+        from buildgraph.store.http import HttpCache
+
+        # A lookup stands between ccache and the compiler: a remote slower than this is dropped.
+        remote = HttpCache(replace(opts.remote, timeout=min(opts.remote.timeout, compile_cache.COMPILE_TIMEOUT),
+                                   retries=0))
+    return compile_cache.CompileCache(str(store.root / "compile-cache"), remote,
+                                      lambda m: print(f"buildgraph: {m}", file=sys.stderr),
+                                      read_only=opts.remote is not None and opts.remote.read_only)
 
 
 class _RestoreOnly:

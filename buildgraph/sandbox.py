@@ -145,10 +145,13 @@ def sandbox_env(action: Action, mapped_root: str, mounts=()) -> dict[str, str]:
 
 class Sandbox:
     def __init__(self, store: LocalStore, mode: str, jobserver=None, sources=None,
-                 inner_root: str = SANDBOX_ROOT, umask: int | None = None, reverse_env: bool = False):
+                 inner_root: str = SANDBOX_ROOT, umask: int | None = None, reverse_env: bool = False,
+                 compile_cache=None):
         """`inner_root`, `umask` and `reverse_env` exist to perturb a second run (repro.verify):
-        the path the action sees, the file mode mask, and the order of its environment."""
+        the path the action sees, the file mode mask, and the order of its environment.
+        `compile_cache`: a compile_cache.CompileCache for the actions that compile (bwrap only)."""
         self.store = store
+        self.compile_cache = compile_cache if mode == "bwrap" else None
         self.inner_root, self.umask, self.reverse_env = inner_root, umask, reverse_env
         self.sources = sources   # a SourceStore: upstream trees, fetched when an action needs one
         self.mode = mode
@@ -175,7 +178,10 @@ class Sandbox:
                 return RunOutcome(None, str(exc), "", time.monotonic() - start)
             if action.commands[:1] and action.commands[0].startswith("builtin:artifact"):
                 return self._run_artifact(root, action, tools, start)
-            code = self._execute(root, action, tools, source_tree)
+            binding = None
+            if self.compile_cache is not None and action.compilers and action.toolchain:
+                binding = self.compile_cache.bind(action.toolchain[1], f"{self.inner_root}/.tools/bin")
+            code = self._execute(root, action, tools, source_tree, binding)
             log = _tail(f"{root}/.stdout") + _tail(f"{root}/.stderr")
             if self.cancelled:
                 return RunOutcome(None, "interrupted", log, time.monotonic() - start)
@@ -248,16 +254,17 @@ class Sandbox:
 
     # ------------------------------------------------------------ stages
 
-    def tools_dir(self, tools) -> str:
+    def tools_dir(self, tools, compilers=()) -> str:
         """A directory of links named as the action sees its tools; one per tool set and build.
 
         `tools` is (links, mounts) from Engine.tools_for. Under bwrap the links keep their
         /toolchains/<entry> targets (the entries are mounted there); otherwise they point
-        at the entries' host paths.
+        at the entries' host paths. With `compilers` (the compile cache on), those names
+        are ccache shims instead, and the CMake launcher is there too (compile_cache.py).
         """
         links, mounts = tools
         with self._lock:
-            path = self._tool_dirs.get(tools)
+            path = self._tool_dirs.get((tools, compilers))
             if path is None:
                 path = f"{self.store.sandboxes}/tools-{os.getpid()}-{len(self._tool_dirs)}"
                 os.makedirs(f"{path}/bin")
@@ -265,7 +272,11 @@ class Sandbox:
                     if self.mode != "bwrap":
                         target = _unmapped(target, SANDBOX_ROOT, mounts)   # toolchains: real paths
                     os.symlink(target, f"{path}/bin/{name}")
-                self._tool_dirs[tools] = path
+                if compilers:
+                    from buildgraph import compile_cache
+
+                    compile_cache.write_tools(f"{path}/bin", compilers, f"{self.inner_root}/.tools/bin")
+                self._tool_dirs[(tools, compilers)] = path
             return path
 
     def _etc_dir(self) -> str:
@@ -361,7 +372,8 @@ class Sandbox:
         shutil.copytree(tree, f"{root}/source", symlinks=True)
         return None
 
-    def _argv(self, root: str, action: Action, tools, source_tree: str | None = None) -> tuple[list[str], str]:
+    def _argv(self, root: str, action: Action, tools, source_tree: str | None = None,
+              binding=None) -> tuple[list[str], str]:
         script = ["/bin/sh", "-e", "-c", _script(action.commands)]
         if self.mode == "bwrap":
             argv = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid",
@@ -376,8 +388,15 @@ class Sandbox:
                     "--ro-bind", f"{root}/deps", f"{self.inner_root}/deps",
                     "--bind", f"{root}/out", f"{self.inner_root}/out",
                     "--bind", f"{root}/work", f"{self.inner_root}/work",
-                    "--ro-bind", self.tools_dir(tools), f"{self.inner_root}/.tools"]
+                    "--ro-bind", self.tools_dir(tools, action.compilers if binding else ()),
+                    f"{self.inner_root}/.tools"]
             links, mounts = tools
+            if binding is not None:
+                from buildgraph.compile_cache import SANDBOX_DIR, SANDBOX_REMOTE_DIR
+
+                argv += ["--bind", binding.host_dir, SANDBOX_DIR]
+                if binding.remote_dir is not None:
+                    argv += ["--bind", binding.remote_dir, SANDBOX_REMOTE_DIR]
             for m in mounts:
                 argv += ["--ro-bind", m.host, f"{SANDBOX_TOOLCHAINS}/{m.name}"]
                 for w in m.writable:
@@ -399,9 +418,11 @@ class Sandbox:
             return [shutil.which("unshare") or "unshare", "-n", "--"] + script, root
         return script, root
 
-    def _execute(self, root: str, action: Action, tools, source_tree: str | None = None) -> int:
-        argv, mapped = self._argv(root, action, tools, source_tree)
+    def _execute(self, root: str, action: Action, tools, source_tree: str | None = None, binding=None) -> int:
+        argv, mapped = self._argv(root, action, tools, source_tree, binding)
         env = sandbox_env(action, mapped, tools[1])
+        if binding is not None:
+            env.update(binding.env)   # the compile cache: an accelerator, not in the key
         env["BUILDGRAPH_SANDBOX"] = mapped  # for -ffile-prefix-map in toolchain wrappers; not in the key
         fds: tuple[int, ...] = ()
         if self.jobserver is not None:

@@ -20,6 +20,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 
+from buildgraph.compile_cache import COMPILER_NAMES, compiler_type
 from buildgraph.digest import StatCache, value_digest
 from buildgraph.toolstore import ROLE_NAMES, SANDBOX_TOOLCHAINS, Entry, ToolStore
 from buildgraph.workspace import Toolchain
@@ -45,6 +46,8 @@ class ResolvedToolchain:
     env: tuple[tuple[str, str], ...]
     mounts: tuple[Mount, ...]
     hermetic: bool
+    # (name on PATH, program, ccache compiler type) of each compiler: what the compile cache wraps
+    compilers: tuple[tuple[str, str, str], ...] = ()
 
 
 def _entry_view(tc: Toolchain, entry: Entry, rename: dict[str, str] | None = None):
@@ -111,6 +114,7 @@ class ToolchainResolver:
         tc = self.toolchains[name]
         entry, digest = self._entry(name)
         links, env, mounts, digests = {}, {}, [], []
+        owners: dict[str, Toolchain] = {}   # entry name -> the toolchain it holds
         hermetic = True
 
         def member(m: str):
@@ -119,6 +123,7 @@ class ToolchainResolver:
             mtc = self.toolchains[m]
             m_entry, m_digest = self._entry(m)
             if all(mount.name != m_entry.name for mount in mounts):
+                owners[m_entry.name] = mtc
                 mounts.append(Mount(m_entry.name, str(m_entry.path), mtc.writable))
                 digests.append([m, m_digest])
                 digests.extend(self._packages(mtc, m_entry))
@@ -143,9 +148,11 @@ class ToolchainResolver:
         env.update((k, v) for k, v in own_env.items() if k not in linker_owned)
         if tc.cuda:
             env["CUDA_HOME"] = f"{SANDBOX_TOOLCHAINS}/{entry.name}/install/{_cuda_home(tc)}"
+        compilers = tuple((n, target, compiler_type(owners[target.split("/")[2]], COMPILER_NAMES[n]))
+                          for n, target in sorted(links.items()) if n in COMPILER_NAMES)
         resolved = ResolvedToolchain(name=name, digest=value_digest(digests) if len(digests) > 1 else digest,
                                      links=tuple(sorted(links.items())), env=tuple(sorted(env.items())),
-                                     mounts=tuple(mounts), hermetic=hermetic)
+                                     mounts=tuple(mounts), hermetic=hermetic, compilers=compilers)
         self._resolved[name] = resolved
         return resolved
 

@@ -1,4 +1,5 @@
-"""Bazel HTTP remote cache client: GET/PUT/HEAD <prefix>/ac/<sha256> and <prefix>/cas/<sha256>.
+"""Bazel HTTP remote cache client: GET/PUT/HEAD <prefix>/ac/<sha256> and <prefix>/cas/<sha256>
+(and the compile cache's entries, <prefix>/compile-cache/<namespace>/<key>).
 
 Works with bazel-remote and with any WebDAV server that stores what is PUT (nginx with
 `dav_methods PUT`). One keep-alive connection per thread; bodies stream in 1 MiB blocks
@@ -159,6 +160,15 @@ class HttpCache:
             if self.download_blob(d, parts.append):
                 out[d] = b"".join(parts)
         return out
+
+    def get_compile_entry(self, namespace: str, key: str) -> bytes | None:
+        """A compile cache entry (compile_cache.py): <prefix>/compile-cache/<namespace>/<key>."""
+        parts: list[bytes] = []
+        status = self._request("GET", f"/compile-cache/{namespace}/{key}", sink=parts.append)
+        return None if status == 404 else b"".join(parts)
+
+    def put_compile_entry(self, namespace: str, key: str, data: bytes) -> None:
+        self._request("PUT", f"/compile-cache/{namespace}/{key}", body=data, size=len(data), blob_size=len(data))
 
     def abort(self) -> None:
         """End every request in flight now (their threads get RemoteError) and refuse new ones."""
