@@ -420,7 +420,8 @@ class Sandbox:
 
     def _execute(self, root: str, action: Action, tools, source_tree: str | None = None, binding=None) -> int:
         argv, mapped = self._argv(root, action, tools, source_tree, binding)
-        env = sandbox_env(action, mapped, tools[1])
+        # Under bwrap the toolchain entries are mounted at /toolchains, whatever the inner root.
+        env = sandbox_env(action, mapped, tools[1] if self.mode != "bwrap" else ())
         if binding is not None:
             env.update(binding.env)   # the compile cache: an accelerator, not in the key
         env["BUILDGRAPH_SANDBOX"] = mapped  # for -ffile-prefix-map in toolchain wrappers; not in the key
