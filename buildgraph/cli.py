@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from buildgraph.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, BuildgraphError
+from buildgraph.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, BuildgraphError, UsageError
 
 
 def _size(text: str) -> int:
@@ -98,6 +98,45 @@ def cmd_build(args) -> int:
             print(f"buildgraph: {o.name} failed: {o.error} (log: .buildgraph/logs/{o.name}.log)", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def cmd_env(args) -> int:
+    from buildgraph import devenv, ui
+
+    with _session(args) as s:
+        dev = devenv.prepare(s, args.node, ui.make_reporter(sys.stderr), not args.no_compile_cache)
+    if args.format == "sh":
+        sys.stdout.write(dev.sh())
+    elif args.format == "json":
+        sys.stdout.write(dev.json())
+    else:
+        if dev.presets is None:
+            raise UsageError(f"{dev.node} is a {dev.kind} node: only cmake nodes have CMake presets")
+        sys.stdout.write(json.dumps(dev.presets, indent=2) + "\n")
+    return EXIT_OK
+
+
+def cmd_shell(args) -> int:
+    import subprocess
+
+    from buildgraph import devenv, ui
+
+    with _session(args) as s:   # the workspace lock is held while dependencies build, not after
+        dev = devenv.prepare(s, args.node, ui.make_reporter(sys.stderr), not args.no_compile_cache)
+    written = dev.write_presets()
+    command = args.command_args or [os.environ.get("SHELL") or "/bin/sh"]
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not args.command_args:
+        print(f"buildgraph: the build environment of {dev.node}: its toolchain on PATH, "
+              f"dependencies in {', '.join(dev.deps.values()) or '(none)'}; exit to leave", file=sys.stderr)
+        if written:
+            print(f"buildgraph: {written} has the preset {dev.preset_name}: "
+                  f"cmake --preset {dev.preset_name} && cmake --build --preset {dev.preset_name}", file=sys.stderr)
+    try:
+        return subprocess.run(command, env={**os.environ, **dev.env}).returncode
+    except FileNotFoundError:
+        raise UsageError(f"{command[0]}: command not found") from None
 
 
 def cmd_publish(args) -> int:
@@ -646,6 +685,21 @@ def parser() -> argparse.ArgumentParser:
     apl.add_argument("-o", "--output", required=True)
     apl.add_argument("--remote-ca", metavar="FILE")
     apl.set_defaults(func=cmd_artifact)
+
+    dev = argparse.ArgumentParser(add_help=False)
+    dev.add_argument("node", help="one node (target@variant), whose dependencies are built or restored first")
+    dev.add_argument("--no-compile-cache", action="store_true", help="leave ccache out of the environment")
+    en = sub.add_parser("env", parents=[common, remote, dev],
+                        help="a node's build environment for a checkout: eval \"$(buildgraph env backend@cpu-dynamic)\"")
+    en.add_argument("--format", choices=("sh", "json", "cmake-presets"), default="sh",
+                    help="sh: export lines (default); json; cmake-presets: a CMakeUserPresets.json")
+    en.set_defaults(func=cmd_env)
+    sh = sub.add_parser("shell", parents=[common, remote, dev],
+                        help="a shell (or -- COMMAND) in a node's build environment; writes the CMake preset "
+                             "buildgraph-<node> into the project's CMakeUserPresets.json")
+    sh.add_argument("command_args", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                    help="run this instead of $SHELL")
+    sh.set_defaults(func=cmd_shell)
 
     cl = sub.add_parser("clean", parents=[common], help="remove the workspace's outputs and state")
     cl.add_argument("--cache", action="store_true", help="also delete the whole local cache")

@@ -472,7 +472,8 @@ class Engine:
 
     def materialize(self, name: str, result: ActionResult) -> None:
         """Make out/<name> hold exactly `result`'s outputs, replacing it atomically. Files are
-        the workspace's own copies (reflinks where possible), never the store's inodes."""
+        the workspace's own copies (reflinks where possible), never the store's inodes, and
+        read-only, as Bazel's are: outputs are edited through their sources."""
         if self._materialized_ok(name, result.output_digest):
             return
         final = self.out_dir(name)
@@ -483,7 +484,7 @@ class Engine:
             for f in result.files:
                 dest = tmp / f.path
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                self.store.copy_out(f.digest, f.executable, str(dest))
+                self.store.copy_out(f.digest, f.executable, str(dest), read_only=True)
             for s in result.symlinks:
                 dest = tmp / s.path
                 dest.parent.mkdir(parents=True, exist_ok=True)

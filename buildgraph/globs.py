@@ -2,7 +2,8 @@
 
 Patterns: `*`, `?` and `[...]` match within one path segment, `**` matches any
 number of directories, a leading `!` excludes. Hidden entries (.git, .buildgraph)
-are never matched. A pattern that matches nothing is an error, as in Bazel.
+and developer-local files (CMakeUserPresets.json: CMake's own rule is that it is never
+versioned, and `buildgraph shell` writes it) are never matched. A pattern that matches nothing is an error, as in Bazel.
 
 Results are cached with the signature (inode, mtime, ctime) of every directory they
 read: adding or removing a file changes its directory's mtime and ctime, and a directory
@@ -22,6 +23,7 @@ import re
 from buildgraph.digest import is_racy, stat_signature
 
 _MAGIC = re.compile(r"[*?\[]")
+LOCAL_FILES = frozenset(("CMakeUserPresets.json",))
 
 
 class GlobError(Exception):
@@ -76,7 +78,7 @@ def _walk(root: str, segments: list[str], rel: str, out: set[str], visited: dict
         raise GlobError(rel, "symlink loop (a link to a directory that contains it)")
     chain = (*chain, (st.st_dev, st.st_ino))
     kinds = {e.name: _kind(f"{rel}/{e.name}" if rel else e.name, e)
-             for e in entries if not e.name.startswith(".")}
+             for e in entries if not e.name.startswith(".") and e.name not in LOCAL_FILES}
     if head == "**":
         if not rest:                                  # trailing **: every file below
             out.update(f"{rel}/{n}" if rel else n for n, k in kinds.items() if k == "f")

@@ -259,10 +259,11 @@ class LocalStore:
         with self._lock:
             self.counters.quarantined += 1
 
-    def copy_out(self, digest: str, executable: bool, dest: str) -> None:
+    def copy_out(self, digest: str, executable: bool, dest: str, read_only: bool = False) -> None:
         """Materialize a blob at `dest` as a file of its own (reflink, else copy), writable
-        by its owner: an edit of `dest` can never reach the store."""
-        copy_new(self.blob_path(digest, executable), dest, 0o755 if executable else 0o644)
+        by its owner unless `read_only`: an edit of `dest` can never reach the store."""
+        mode = 0o755 if executable else 0o644
+        copy_new(self.blob_path(digest, executable), dest, mode & 0o555 if read_only else mode)
 
     def link_out(self, digest: str, executable: bool, dest: str) -> None:
         """Hardlink a blob at `dest`: only for places nothing can write (a read-only mount)."""
