@@ -138,6 +138,13 @@ class CompileCache:
         env = self.env(digest, SANDBOX_DIR, remote_dir and SANDBOX_REMOTE_DIR, tools_bin)
         return Binding(self.directory(digest), remote_dir, tuple(env.items()))
 
+    def counters(self) -> dict[str, int]:
+        """The remote's part, in entries (a hit is a manifest and a result), for last-build.json
+        (`ccache -s` in the namespace has the compiles' hits and misses)."""
+        p = self.proxy
+        return {} if p is None else {"compile_remote_hits": p.hits, "compile_remote_misses": p.misses,
+                                     "compile_remote_uploads": p.uploads}
+
     def close(self) -> None:
         if self.proxy is not None:
             self.proxy.close()

@@ -165,6 +165,7 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
             "rejected": store.counters.rejected, "quarantined": store.counters.quarantined,
             "bytes_stored": store.counters.bytes_in,
             **({f"remote_{k}": v for k, v in vars(engine.remote.counters).items()} if engine.remote else {}),
+            **(compiles.counters() if compiles is not None else {}),
             "seconds": round(summary.elapsed, 3), "finished": time.time()})
     if interrupted:
         return summary

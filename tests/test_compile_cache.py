@@ -1,6 +1,7 @@
 """The compile cache (ccache in cmake, make and autotools actions): an accelerator, never an input."""
 
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -174,6 +175,9 @@ def test_a_second_developer_gets_the_objects_from_the_remote_cache(ws, tmp_path,
         assert ran(second) == {"calc", "mk"}, second["_err"]
         n = cold["misses"]
         assert stats(other.cache) == {"hits": n, "misses": 0, "remote_hits": n, "namespaces": 1}
+        last = json.loads((ws.root / ".buildgraph" / "last-build.json").read_text())
+        # entries: a manifest and a result per compile
+        assert last["compile_remote_hits"] == 2 * n and last["compile_remote_uploads"] == 0
         assert outputs(other) == compiled
     finally:
         server.stop()
