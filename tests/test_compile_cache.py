@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import ran
 from servers import NGINX, NginxServer, free_port
-from test_toolchains import CUDA_CPP, CUDA_CU
+from test_toolchains import write_cuda_project
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/ccache").exists(), reason="ccache is not installed")
 
@@ -35,14 +35,14 @@ PROJECT = {
     "mk/README": "not compiled\n",
 }
 
-BUILD = """\
-toolchain: {toolchain}
-targets:
+CALC = """\
   calc:
     kind: cmake
     srcs: ["lib/*"]
     source_dir: lib
     outs: [include/, lib/]
+"""
+BUILD = "toolchain: {toolchain}\ntargets:\n" + CALC + """\
     cmake_args: [{flags}]
   mk:
     kind: make
@@ -228,19 +228,8 @@ def test_an_unusable_remote_costs_one_warning_and_a_local_compile(ws, capsys, re
 @pytest.mark.slow
 def test_nvcc_and_its_host_compiles_are_cached(shared_ws, capsys):
     ws = shared_ws
-    ws.use_toolchains("cuda-13.0", "portable")
-    ws.write("proj/scale.cu", CUDA_CU)
-    ws.write("proj/main.cpp", CUDA_CPP)
+    write_cuda_project(ws)
     ws.write("proj/README", "x\n")
-    ws.write("proj/CMakeLists.txt", """\
-        cmake_minimum_required(VERSION 3.18)
-        project(p CXX CUDA)
-        set(CMAKE_CUDA_RUNTIME_LIBRARY Static)
-        add_library(scale SHARED scale.cu)
-        add_executable(scale_test main.cpp)
-        target_link_libraries(scale_test PRIVATE scale)
-        install(TARGETS scale scale_test LIBRARY DESTINATION lib RUNTIME DESTINATION bin)
-        """)
     ws.write("BUILD.yaml", """\
         targets:
           p: {kind: cmake, toolchain: cuda-13.0, srcs: ["proj/*"], source_dir: proj, outs: [bin/, lib/]}

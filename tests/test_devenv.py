@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from conftest import HOST_GCC, REPO, ran
-from test_compile_cache import PROJECT
+from test_compile_cache import CALC, PROJECT
 
 APP = {
     "app/CMakeLists.txt": """\
@@ -26,14 +26,7 @@ APP = {
                     "int main() { std::printf(\"%s %d\\n\", GREETING, calc_add(2, calc_mul(3, 4))); }\n",
 }
 
-BUILD = """\
-toolchain: {toolchain}
-targets:
-  calc:
-    kind: cmake
-    srcs: ["lib/*"]
-    source_dir: lib
-    outs: [include/, lib/]
+BUILD = "toolchain: {toolchain}\ntargets:\n" + CALC + """\
   app:
     kind: cmake
     srcs: ["app/**"]

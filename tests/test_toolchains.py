@@ -177,9 +177,8 @@ int main() { std::vector<float> y{1, 2, 3}; std::printf("%s\\n", scale_all(2, y)
 """
 
 
-@pytest.mark.slow
-def test_cuda_13_through_cmake_shares_the_cpp_runtime_and_loads_on_glibc_2_17(shared_ws, capsys):
-    ws = shared_ws
+def write_cuda_project(ws) -> None:
+    """proj/: a CUDA library (scale.cu, through nvcc) and a C++ program using it (main.cpp)."""
     ws.use_toolchains("cuda-13.0", "portable")
     ws.write("proj/scale.cu", CUDA_CU)
     ws.write("proj/main.cpp", CUDA_CPP)
@@ -192,6 +191,12 @@ def test_cuda_13_through_cmake_shares_the_cpp_runtime_and_loads_on_glibc_2_17(sh
         target_link_libraries(scale_test PRIVATE scale)
         install(TARGETS scale scale_test LIBRARY DESTINATION lib RUNTIME DESTINATION bin)
         """)
+
+
+@pytest.mark.slow
+def test_cuda_13_through_cmake_shares_the_cpp_runtime_and_loads_on_glibc_2_17(shared_ws, capsys):
+    ws = shared_ws
+    write_cuda_project(ws)
     ws.write("BUILD.yaml", """\
         targets:
           p:
