@@ -181,7 +181,7 @@ def test_a_result_that_cannot_be_materialized_is_a_miss_that_drops_it(ws, capsys
     ws.run("clean", capsys=capsys)
     calls = []
 
-    def broken(self, digest, executable, dest):
+    def broken(self, digest, executable, dest, read_only=False):
         calls.append(dest)
         raise OSError(5, "Input/output error")
     monkeypatch.setattr(LocalStore, "copy_out", broken)
