@@ -20,21 +20,16 @@ the compiler wrote for exactly these inputs — byte for byte. Only under bwrap:
 sandbox's paths differ per action and every lookup would miss. `buildgraph verify` reruns
 without it (the compiler runs).
 
-Shared through the remote cache: ccache speaks to buildgraph over a unix socket bound into
-the sandbox (ccache's redis+unix storage: GET and SET), and buildgraph carries entries to the
-HTTP remote cache as <prefix>/compile-cache/<namespace>/<key>. The sandbox keeps no
-network. A remote that fails or takes longer than COMPILE_TIMEOUT is dropped for the rest of
-the build with one warning; every lookup then misses at once and ccache compiles locally.
+Shared through the remote cache (compile_remote.py): ccache speaks to buildgraph over a unix
+socket bound into the sandbox, and buildgraph carries entries to the HTTP remote cache. A
+remote that fails or takes longer than COMPILE_TIMEOUT is dropped for the rest of the build
+with one warning; every lookup then misses at once and ccache compiles locally.
 """
 
 from __future__ import annotations
 
 import os
-import queue
 import shutil
-import socketserver
-import tempfile
-import threading
 from dataclasses import dataclass
 
 SANDBOX_DIR = "/compile-cache"              # the namespace's ccache directory, inside bwrap
@@ -116,7 +111,11 @@ class CompileCache:
     def __init__(self, root: str, remote=None, warn=None, read_only: bool = False):
         """`remote`: an HttpCache (store/http.py) to share entries through, or None."""
         self.root = root
-        self.proxy = RemoteProxy(remote, warn, read_only) if remote is not None else None
+        self.proxy = None
+        if remote is not None:
+            from buildgraph.compile_remote import RemoteProxy
+
+            self.proxy = RemoteProxy(remote, warn, read_only)
 
     def directory(self, digest: str) -> str:
         path = f"{self.root}/{namespace(digest)}"
@@ -148,135 +147,3 @@ class CompileCache:
     def close(self) -> None:
         if self.proxy is not None:
             self.proxy.close()
-
-
-class RemoteProxy:
-    """A redis-protocol server on unix sockets (one per namespace) that ccache's redis+unix
-    storage talks to, backed by the HTTP remote cache. Lookups are answered synchronously;
-    stores are acknowledged at once and uploaded by a background thread, drained at close."""
-
-    def __init__(self, remote, warn=None, read_only: bool = False):
-        self.remote, self.read_only = remote, read_only
-        self.warn = warn or (lambda message: None)
-        self.down = False
-        self.hits = self.misses = self.uploads = 0
-        self._dir: str | None = None
-        self._servers: dict[str, socketserver.BaseServer] = {}
-        self._lock = threading.Lock()
-        self._uploads: queue.Queue = queue.Queue()
-        self._uploader: threading.Thread | None = None
-
-    def serve(self, ns: str) -> str:
-        """Start serving namespace `ns` (once); returns the directory holding the sockets."""
-        with self._lock:
-            if self._dir is None:
-                # Short: a unix socket's path has at most 107 bytes.
-                self._dir = tempfile.mkdtemp(prefix="bg-cc-")
-            if ns not in self._servers:
-                server = _Server(f"{self._dir}/{ns}.sock", _Handler)
-                server.proxy, server.ns = self, ns
-                threading.Thread(target=server.serve_forever, name=f"compile-cache-{ns[:8]}", daemon=True).start()
-                self._servers[ns] = server
-            if self._uploader is None and not self.read_only:
-                self._uploader = threading.Thread(target=self._upload_loop, name="compile-cache-uploads", daemon=True)
-                self._uploader.start()
-            return self._dir
-
-    def get(self, ns: str, key: str) -> bytes | None:
-        if self.down:
-            return None
-        try:
-            data = self.remote.get_compile_entry(ns, key)
-        except Exception as exc:   # noqa: BLE001 — any failure of the remote: compile locally
-            self._drop(exc)
-            return None
-        if data is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return data
-
-    def put(self, ns: str, key: str, data: bytes) -> None:
-        if not self.down and not self.read_only:
-            self._uploads.put((ns, key, data))
-
-    def _upload_loop(self) -> None:
-        while (item := self._uploads.get()) is not None:
-            if not self.down:
-                try:
-                    self.remote.put_compile_entry(*item)
-                    self.uploads += 1
-                except Exception as exc:   # noqa: BLE001
-                    self._drop(exc)
-            self._uploads.task_done()
-        self._uploads.task_done()
-
-    def _drop(self, exc: Exception) -> None:
-        with self._lock:
-            if self.down:
-                return
-            self.down = True
-        self.warn(f"warning: remote compile cache unusable ({exc}); compiling locally for the rest of this build")
-
-    def close(self) -> None:
-        if self._uploader is not None:
-            self._uploads.put(None)
-            self._uploader.join()
-            self._uploader = None
-        for server in self._servers.values():
-            server.shutdown()
-            server.server_close()
-        self._servers.clear()
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
-
-
-class _Server(socketserver.ThreadingUnixStreamServer):
-    daemon_threads = True
-    proxy: RemoteProxy
-    ns: str
-
-
-class _Handler(socketserver.StreamRequestHandler):
-    """The part of the redis protocol ccache uses: GET, SET (and EXISTS, PING, AUTH, SELECT)."""
-
-    def handle(self) -> None:
-        proxy, ns = self.server.proxy, self.server.ns
-        while (command := self._read_command()) is not None:
-            op = command[0].upper() if command else b""
-            key = command[1].decode("ascii", "replace").removeprefix("ccache:") if len(command) > 1 else ""
-            if op == b"GET" and _valid_key(key):
-                data = proxy.get(ns, key)
-                self.wfile.write(b"$-1\r\n" if data is None else b"$%d\r\n%s\r\n" % (len(data), data))
-            elif op == b"SET" and len(command) >= 3 and _valid_key(key):
-                proxy.put(ns, key, command[2])
-                self.wfile.write(b"+OK\r\n")
-            elif op == b"EXISTS":
-                self.wfile.write(b":0\r\n")   # "store it": a duplicate upload costs less than a lookup
-            elif op in (b"PING", b"AUTH", b"SELECT", b"CLIENT", b"HELLO"):
-                self.wfile.write(b"+OK\r\n")
-            else:
-                self.wfile.write(b"-ERR unsupported\r\n")
-            self.wfile.flush()
-
-    def _read_command(self) -> list[bytes] | None:
-        line = self.rfile.readline()
-        if not line.startswith(b"*"):
-            return None
-        args = []
-        try:
-            for _ in range(int(line[1:])):
-                header = self.rfile.readline()
-                if not header.startswith(b"$"):
-                    return None
-                size = int(header[1:])
-                args.append(self.rfile.read(size + 2)[:size])
-        except ValueError:
-            return None
-        return args
-
-
-def _valid_key(key: str) -> bool:
-    """ccache's keys are base32hex digests: nothing that could leave the namespace's path."""
-    return 0 < len(key) <= 128 and key.isalnum()
