@@ -39,6 +39,9 @@ sys.path.insert(0, str(REPO / "tests"))
 from genbackend import generate  # noqa: E402
 from servers import NginxServer  # noqa: E402
 
+sys.path.insert(0, str(REPO))
+from buildgraph import compile_cache  # noqa: E402
+
 BUILD = """\
 toolchain: {toolchain}
 targets:
@@ -127,17 +130,7 @@ class Bench:
 
 
 def ccache_counts(cache: Path) -> dict[str, int]:
-    total: dict[str, int] = {}
-    root = cache / "compile-cache"
-    for ns in (root.iterdir() if root.is_dir() else ()):
-        out = subprocess.run(["ccache", "--print-stats"], env=dict(os.environ, CCACHE_DIR=str(ns)),
-                             capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            name, _, value = line.partition("\t")
-            if value.isdigit():
-                total[name] = total.get(name, 0) + int(value)
-    return {"hits": total.get("direct_cache_hit", 0) + total.get("preprocessed_cache_hit", 0),
-            "misses": total.get("cache_miss", 0), "remote_hits": total.get("remote_storage_hit", 0)}
+    return compile_cache.stats(str(cache / "compile-cache"))
 
 
 def delta(after: dict, before: dict) -> dict:

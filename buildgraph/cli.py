@@ -104,7 +104,7 @@ def cmd_env(args) -> int:
     from buildgraph import devenv, ui
 
     with _session(args) as s:
-        dev = devenv.prepare(s, args.node, ui.make_reporter(sys.stderr), not args.no_compile_cache)
+        dev = devenv.prepare(s, args.node, ui.make_reporter(sys.stderr))
     if args.format == "sh":
         sys.stdout.write(dev.sh())
     elif args.format == "json":
@@ -122,7 +122,7 @@ def cmd_shell(args) -> int:
     from buildgraph import devenv, ui
 
     with _session(args) as s:   # the workspace lock is held while dependencies build, not after
-        dev = devenv.prepare(s, args.node, ui.make_reporter(sys.stderr), not args.no_compile_cache)
+        dev = devenv.prepare(s, args.node, ui.make_reporter(sys.stderr))
     written = dev.write_presets()
     command = args.command_args or [os.environ.get("SHELL") or "/bin/sh"]
     if command[:1] == ["--"]:
@@ -144,7 +144,6 @@ def cmd_publish(args) -> int:
     import datetime
 
     from buildgraph import publish
-    from buildgraph.errors import UsageError
 
     destinations = [publish.parse_destination(text) for text in args.to]
     if any(kind == "maven" for kind, _ in destinations) and not args.group:
@@ -431,6 +430,12 @@ def cmd_cache(args) -> int:
         print(f"cache: {st['directory']}")
         print(f"  action results: {st['action_entries']}")
         print(f"  blobs: {st['blobs']} ({st['bytes'] / 1e6:.1f} MB of {st['max_bytes'] / 1e6:.0f} MB)")
+        from buildgraph import compile_cache
+
+        cc = compile_cache.stats(str(store.root / "compile-cache"))
+        if cc["namespaces"]:
+            print(f"  compile cache: {cc['hits']} hits ({cc['remote_hits']} from the remote), {cc['misses']} misses "
+                  f"in {cc['namespaces']} toolchain namespaces")
     finally:
         store.close()
     from buildgraph.state import StateDir
@@ -451,6 +456,9 @@ def cmd_cache(args) -> int:
                   f"{last['remote_rejected']} rejected, {last['remote_errors']} errors; "
                   f"{last['remote_bytes_down'] / 1e6:.2f} MB down, {last['remote_bytes_up'] / 1e6:.2f} MB up "
                   f"({last['remote_uploads']} results uploaded)")
+        if "compile_remote_hits" in last:
+            print(f"  remote compile cache: {last['compile_remote_hits']} entries found, "
+                  f"{last['compile_remote_misses']} missing, {last['compile_remote_uploads']} uploaded")
     return EXIT_OK
 
 

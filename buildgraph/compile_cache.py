@@ -28,8 +28,10 @@ with one warning; every lookup then misses at once and ccache compiles locally.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass
 
 SANDBOX_DIR = "/compile-cache"              # the namespace's ccache directory, inside bwrap
@@ -91,10 +93,30 @@ def _write_exe(path: str, text: str) -> None:
     os.chmod(path, 0o755)
 
 
+@functools.cache
 def program_path() -> str | None:
     """ccache's real path (under /usr, which the sandbox shows), or None when not installed."""
     found = shutil.which("ccache")
     return os.path.realpath(found) if found else None
+
+
+def stats(root: str) -> dict[str, int]:
+    """ccache's counters summed over the namespaces under `root` (CACHE_DIR/compile-cache):
+    namespaces, hits (direct and preprocessed), misses, remote_hits."""
+    total = {"namespaces": 0, "hits": 0, "misses": 0, "remote_hits": 0}
+    names = {"direct_cache_hit": "hits", "preprocessed_cache_hit": "hits", "cache_miss": "misses",
+             "remote_storage_hit": "remote_hits"}
+    if program_path() is None or not os.path.isdir(root):
+        return total
+    for ns in sorted(os.listdir(root)):
+        total["namespaces"] += 1
+        out = subprocess.run([program_path(), "--print-stats"], env={**os.environ, "CCACHE_DIR": f"{root}/{ns}"},
+                             capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            name, _, value = line.partition("\t")
+            if name in names and value.isdigit():
+                total[names[name]] += int(value)
+    return total
 
 
 @dataclass(frozen=True)

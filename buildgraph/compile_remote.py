@@ -74,8 +74,6 @@ class RemoteProxy:
                     self.uploads += 1
                 except Exception as exc:   # noqa: BLE001
                     self._drop(exc)
-            self._uploads.task_done()
-        self._uploads.task_done()
 
     def _drop(self, exc: Exception) -> None:
         with self._lock:

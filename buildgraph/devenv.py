@@ -24,10 +24,11 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from buildgraph import recipes
 from buildgraph.errors import UsageError
 
 _SANDBOX_ONLY = {"HOME", "TMPDIR", "PATH", "SRC", "OUT", "WORK", "DEPS", "SOURCE", "LC_ALL", "TZ"}
-# Set by the recipe's configure command itself, or by the preset from the environment.
+# The recipe's configure command sets these itself; the preset sets them from the environment.
 _RECIPE_CACHE_VARS = {"CMAKE_INSTALL_PREFIX", "CMAKE_PREFIX_PATH"}
 PRESETS_FILE = "CMakeUserPresets.json"
 
@@ -76,10 +77,11 @@ class DevEnv:
         return path
 
 
-def prepare(session, pattern: str, reporter, compile_cache: bool = True) -> DevEnv:
-    """Build what node `pattern` needs and describe its environment."""
+def prepare(session, pattern: str, reporter) -> DevEnv:
+    """Build what node `pattern` needs and describe its environment (the compile cache on
+    unless the session's options turn it off)."""
     from buildgraph import operations
-    from buildgraph.sandbox import SANDBOX_ROOT, _unmapped
+    from buildgraph.sandbox import SANDBOX_ROOT, unmapped
 
     nodes = session.graph.resolve(pattern)
     if len(nodes) != 1:
@@ -96,15 +98,13 @@ def prepare(session, pattern: str, reporter, compile_cache: bool = True) -> DevE
             failed = [o.name for o in summary.outcomes if o.status.value == "failed"]
             raise UsageError(f"the dependencies of {node.name} did not build ({', '.join(failed) or 'interrupted'})")
     engine = session.engine
-    if node.toolchain:
-        engine.resolver.ensure([node.toolchain])
     action = engine.action_for(node, {n: engine.outputs[n] for n in dep_nodes})
     resolved = engine.resolver.resolve(node.toolchain) if node.toolchain else None
     mounts = resolved.mounts if resolved else ()
     deps = {t: str(engine.out_dir(n)) for t, n in node.deps}
 
     def host(value: str) -> str:
-        value = _unmapped(value, None, mounts)
+        value = unmapped(value, None, mounts)
         for t, path in deps.items():
             value = value.replace(f"{SANDBOX_ROOT}/deps/{t}", path)
         return value
@@ -117,44 +117,39 @@ def prepare(session, pattern: str, reporter, compile_cache: bool = True) -> DevE
     libs = [f"{d}/{sub}" for d in deps.values() for sub in ("lib", "lib64") if os.path.isdir(f"{d}/{sub}")]
     if libs:
         env["LD_LIBRARY_PATH"] = ":".join(libs + [p for p in [os.environ.get("LD_LIBRARY_PATH")] if p])
-    tools_bin = _tools_dir(session.store.root, resolved, compile_cache)
-    if resolved is not None and compile_cache:
-        from buildgraph import compile_cache as cc
+    from buildgraph import compile_cache as cc
 
-        if cc.program_path() is not None:
-            cache = cc.CompileCache(str(session.store.root / "compile-cache"))
-            env.update(cache.env(resolved.digest, cache.directory(resolved.digest), None, tools_bin))
+    cached = resolved is not None and session.opts.compile_cache and cc.program_path() is not None
+    tools_bin = _tools_dir(session.store.root, resolved, cached)
+    if cached:
+        cache = cc.CompileCache(str(session.store.root / "compile-cache"))
+        env.update(cache.env(resolved.digest, cache.directory(resolved.digest), None, tools_bin))
     env["PATH"] = f"{tools_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}"
     env["BUILDGRAPH_ENV"] = node.name
     source_dir = session.root / target.source_dir if target.source is None else None
     dev = DevEnv(node.name, target.kind, env, tools_bin, source_dir, deps=deps)
     if target.kind == "cmake":
-        dev.presets = _presets(dev, target, node.commands[0], env, session.state_dir.dir / "dev")
+        args = recipes.cmake_args(target, target.matching(dict(node.assignment)))
+        dev.presets = _presets(dev, target, args, env, session.state_dir.dir / "dev")
     return dev
 
 
-def _tools_dir(cache_root: Path, resolved, compile_cache: bool) -> str:
-    """CACHE_DIR/dev-env/<digest>/bin: the toolchain's names as links into the store (and the
-    compile cache's shims in place of the compilers). Written once, atomically, and shared."""
-    from buildgraph import compile_cache as cc
+def _tools_dir(cache_root: Path, resolved, cached: bool) -> str:
+    """CACHE_DIR/dev-env/<digest>/bin: the toolchain's names as links into the store (and with
+    `cached` the compile cache's shims in place of the compilers). Written once, atomically,
+    and shared."""
     from buildgraph.digest import value_digest
-    from buildgraph.sandbox import _unmapped
+    from buildgraph.sandbox import fill_tools_dir, unmapped
 
-    if resolved is None:
-        links, compilers = (), ()
-    else:
-        links = tuple((n, _unmapped(t, None, resolved.mounts)) for n, t in resolved.links)
-        compilers = tuple((n, _unmapped(p, None, resolved.mounts), ct) for n, p, ct in resolved.compilers) \
-            if compile_cache and cc.program_path() else ()
-    path = cache_root / "dev-env" / value_digest([links, compilers, cc.program_path()])[:16]
+    links = tuple((n, unmapped(t, None, resolved.mounts)) for n, t in resolved.links) if resolved else ()
+    compilers = tuple((n, unmapped(p, None, resolved.mounts), ct) for n, p, ct in resolved.compilers) \
+        if cached else ()
+    path = cache_root / "dev-env" / value_digest([links, compilers])[:16]
     final = path / "bin"
     if not final.is_dir():
         tmp = path / f".bin.{os.getpid()}"
         tmp.mkdir(parents=True, exist_ok=True)
-        for name, target in links:
-            os.symlink(target, tmp / name)
-        if compilers:
-            cc.write_tools(str(tmp), compilers, str(final))
+        fill_tools_dir(str(tmp), links, compilers, str(final))
         try:
             os.rename(tmp, final)
         except OSError:   # another process made it first: theirs is the same
@@ -164,15 +159,15 @@ def _tools_dir(cache_root: Path, resolved, compile_cache: bool) -> str:
     return str(final)
 
 
-def _presets(dev: DevEnv, target, configure: str, env: dict[str, str], build_dir: Path) -> dict:
-    """The CMake configure and build presets of a cmake node: the recipe's own -D arguments,
-    expanded as its shell would, plus the exported compile commands."""
+def _presets(dev: DevEnv, target, args: tuple[str, ...], env: dict[str, str], build_dir: Path) -> dict:
+    """The CMake configure and build presets of a cmake node: the recipe's own -D arguments
+    (recipes.cmake_args), expanded as its shell would, plus the exported compile commands."""
     def expand(word: str) -> str:
         return re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), m.group(0)), word)
 
     cache = {"CMAKE_BUILD_TYPE": "Release", "CMAKE_EXPORT_COMPILE_COMMANDS": "ON",
              "CMAKE_PREFIX_PATH": env["DEPS_PREFIX_PATH"]}
-    for word in shlex.split(configure):
+    for word in args:
         if word.startswith("-D") and "=" in word:
             name, value = word[2:].split("=", 1)
             name = name.split(":", 1)[0]

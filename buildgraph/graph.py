@@ -242,7 +242,7 @@ def _check_static_licences(ws: Workspace, nodes: dict[str, Node]) -> None:
 
 
 def _make_node(t: Target, assignment: dict[str, str], eff, effective) -> Node:
-    matched = [w for w in t.when if w.matches(assignment)]
+    matched = t.matching(assignment)
     dep_targets = list(dict.fromkeys(list(t.deps) + [d for w in matched for d in w.deps]))
     deps = tuple((d, node_name(d, [assignment[a] for a in effective[d]])) for d in dep_targets)
     env = dict(t.env)

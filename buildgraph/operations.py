@@ -125,7 +125,7 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
     store.open_for_build()
     jobserver = Jobserver(jobs)
     engine = session.engine
-    compiles = open_compile_cache(store, session.opts) if engine.sandbox_mode == "bwrap" else None
+    compiles = open_compile_cache(store, session.opts)
     engine.sandbox = Sandbox(store, engine.sandbox_mode, jobserver, session.sources, compile_cache=compiles)
     engine.remote = open_remote_layer(store, session.opts.remote, session.ws.name)
     if session.opts.executor is not None:
@@ -180,14 +180,15 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
 
 def open_compile_cache(store, opts: Options):
     """The build's compile cache (compile_cache.py), sharing entries through an HTTP remote
-    cache when one is given; None when it is off or ccache is not installed."""
+    cache when one is given; None when it is off or ccache is not installed. The sandbox uses
+    it under bwrap only."""
     if not opts.compile_cache or opts.restore_only:
         return None
     from buildgraph import compile_cache
 
     if compile_cache.program_path() is None:
         return None
-    remote = None
+    remote, read_only = None, False
     if opts.remote is not None and opts.remote.url.startswith(("http://", "https://")):
         from dataclasses import replace
 
@@ -196,9 +197,9 @@ def open_compile_cache(store, opts: Options):
         # A lookup stands between ccache and the compiler: a remote slower than this is dropped.
         remote = HttpCache(replace(opts.remote, timeout=min(opts.remote.timeout, compile_cache.COMPILE_TIMEOUT),
                                    retries=0))
+        read_only = opts.remote.read_only
     return compile_cache.CompileCache(str(store.root / "compile-cache"), remote,
-                                      lambda m: print(f"buildgraph: {m}", file=sys.stderr),
-                                      read_only=opts.remote is not None and opts.remote.read_only)
+                                      lambda m: print(f"buildgraph: {m}", file=sys.stderr), read_only)
 
 
 class _RestoreOnly:

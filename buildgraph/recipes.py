@@ -31,13 +31,18 @@ def commands(target: Target, matched: list[When]) -> tuple[str, ...]:
     return steps + target.post_install if target.kind not in ("script", "artifact") else steps
 
 
+def cmake_args(target: Target, matched: list[When]) -> tuple[str, ...]:
+    """A cmake target's own configure arguments in one variant (before the shell expands them)."""
+    return target.cmake_args + tuple(a for w in matched for a in w.cmake_args)
+
+
 def _kind_commands(target: Target, matched: list[When]) -> tuple[str, ...]:
     if target.kind == "artifact":
         return ()   # a built-in action: the engine writes its spec (artifact.py)
     if target.kind == "script":
         return target.cmds + tuple(c for w in matched for c in w.cmds)
     if target.kind == "cmake":
-        args = target.cmake_args + tuple(a for w in matched for a in w.cmake_args)
+        args = cmake_args(target, matched)
         # Configured from $OUT: CMake makes a relative PATH-typed cache value given on the command
         # line (-DCMAKE_INSTALL_LIBDIR=lib, -DCMAKE_INSTALL_DOCDIR=share/…) absolute against the
         # working directory when the project declares it (libjpeg-turbo 2.x does), so relative

@@ -119,7 +119,7 @@ class RunOutcome:
     note: str = ""                # said to the user about a success (how it was obtained)
 
 
-def _unmapped(value: str, root: str | None, mounts) -> str:
+def unmapped(value: str, root: str | None, mounts) -> str:
     """`value` with the symbolic /toolchains/<entry> paths, and /sandbox unless `root` is None,
     made real host paths."""
     if root is not None:
@@ -139,7 +139,7 @@ def sandbox_env(action: Action, mapped_root: str, mounts=()) -> dict[str, str]:
     """The action's environment as it runs: symbolic paths mapped where they really are."""
     if mapped_root == SANDBOX_ROOT:
         return dict(action.env)
-    return {k: _unmapped(v, mapped_root if k in _PATH_VARS or k.startswith("DEP_") else None, mounts)
+    return {k: unmapped(v, mapped_root if k in _PATH_VARS or k.startswith("DEP_") else None, mounts)
             for k, v in action.env}
 
 
@@ -179,7 +179,7 @@ class Sandbox:
             if action.commands[:1] and action.commands[0].startswith("builtin:artifact"):
                 return self._run_artifact(root, action, tools, start)
             binding = None
-            if self.compile_cache is not None and action.compilers and action.toolchain:
+            if self.compile_cache is not None and action.compilers:   # compilers come with a toolchain
                 binding = self.compile_cache.bind(action.toolchain[1], f"{self.inner_root}/.tools/bin")
             code = self._execute(root, action, tools, source_tree, binding)
             log = _tail(f"{root}/.stdout") + _tail(f"{root}/.stderr")
@@ -268,14 +268,9 @@ class Sandbox:
             if path is None:
                 path = f"{self.store.sandboxes}/tools-{os.getpid()}-{len(self._tool_dirs)}"
                 os.makedirs(f"{path}/bin")
-                for name, target in links:
-                    if self.mode != "bwrap":
-                        target = _unmapped(target, SANDBOX_ROOT, mounts)   # toolchains: real paths
-                    os.symlink(target, f"{path}/bin/{name}")
-                if compilers:
-                    from buildgraph import compile_cache
-
-                    compile_cache.write_tools(f"{path}/bin", compilers, f"{self.inner_root}/.tools/bin")
+                if self.mode != "bwrap":   # toolchains at their real paths
+                    links = tuple((name, unmapped(target, SANDBOX_ROOT, mounts)) for name, target in links)
+                fill_tools_dir(f"{path}/bin", links, compilers, f"{self.inner_root}/.tools/bin")
                 self._tool_dirs[(tools, compilers)] = path
             return path
 
@@ -344,10 +339,10 @@ class Sandbox:
         links, mounts = tools
         spec = json.loads(action.commands[1])
         objcopy = dict(links).get("objcopy")
-        toolbox = artifact.Toolbox(objcopy=objcopy and _unmapped(objcopy, None, mounts),
-                                   licenses={r: _unmapped(p, None, mounts)
+        toolbox = artifact.Toolbox(objcopy=objcopy and unmapped(objcopy, None, mounts),
+                                   licenses={r: unmapped(p, None, mounts)
                                              for r, p in spec.get("runtime_licenses", {}).items()},
-                                   env={k: _unmapped(v, root, mounts) for k, v in action.env})
+                                   env={k: unmapped(v, root, mounts) for k, v in action.env})
         for name in (".stdout", ".stderr"):
             open(f"{root}/{name}", "w").close()
         try:
@@ -488,6 +483,18 @@ class OutputError(Exception):
 
 
 RECOLLECT = ".buildgraph-recollect.json"   # in a kept sandbox whose commands all succeeded
+
+
+def fill_tools_dir(bin_dir: str, links, compilers=(), seen_as: str = "") -> None:
+    """The names an action (or a developer's shell) finds on PATH: links to the tools, and for
+    `compilers` the compile cache's shims instead (compile_cache.py); `seen_as` is where
+    `bin_dir` is seen from inside."""
+    for name, target in links:
+        os.symlink(target, f"{bin_dir}/{name}")
+    if compilers:
+        from buildgraph import compile_cache
+
+        compile_cache.write_tools(bin_dir, compilers, seen_as)
 
 
 def _tree_listing(base: str) -> list:

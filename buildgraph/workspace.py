@@ -151,6 +151,10 @@ class Target:
         """The wheel's project (distribution) name for one variant: mxbackend-{device} -> mxbackend-cpu."""
         return re.sub(r"\{(\w+)\}", lambda m: assignment.get(m.group(1), m.group(0)), self.project or self.wheel)
 
+    def matching(self, assignment: dict[str, str]) -> list:
+        """The `when` entries one variant matches, in order."""
+        return [w for w in self.when if w.matches(assignment)]
+
     def for_variant(self, name: str, assignment: dict[str, str]):
         """A single-valued field (toolchain, policy) as one variant sees it: set by the last
         matching `when` that sets it, else the target's own."""

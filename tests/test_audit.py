@@ -2,7 +2,6 @@
 auditwheel's own policy data (every manylinux policy up to the newest it knows, every symbol
 namespace, blacklisted symbols), on real system libraries and on libraries built here."""
 
-import os
 import re
 import shutil
 import subprocess

@@ -2,9 +2,7 @@
 
 import hashlib
 import json
-import os
 import socket
-import subprocess
 import threading
 from pathlib import Path
 
@@ -12,6 +10,8 @@ import pytest
 from conftest import ran
 from servers import NGINX, NginxServer, free_port
 from test_toolchains import write_cuda_project
+
+from buildgraph import compile_cache
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/ccache").exists(), reason="ccache is not installed")
 
@@ -61,17 +61,7 @@ def write_project(ws, toolchain: str, flags: str = "-DCALC_UNUSED=1") -> None:
 
 def stats(cache: Path) -> dict[str, int]:
     """ccache's counters summed over every namespace of the cache."""
-    total: dict[str, int] = {}
-    for ns in sorted((cache / "compile-cache").iterdir()):
-        out = subprocess.run(["ccache", "--print-stats"], env=dict(os.environ, CCACHE_DIR=str(ns)),
-                             capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            name, _, value = line.partition("\t")
-            if value.isdigit():
-                total[name] = total.get(name, 0) + int(value)
-    return {"hits": total.get("direct_cache_hit", 0) + total.get("preprocessed_cache_hit", 0),
-            "misses": total.get("cache_miss", 0), "remote_hits": total.get("remote_storage_hit", 0),
-            "namespaces": len(list((cache / "compile-cache").iterdir()))}
+    return compile_cache.stats(str(cache / "compile-cache"))
 
 
 def outputs(ws) -> dict[str, str]:
@@ -143,15 +133,12 @@ def test_a_changed_flag_or_toolchain_compiles_again(ws, capsys):
     # compiles go to a namespace of their own and all miss there.
     ws.write("toolchains/host-gcc.yaml", (ws.root / "toolchains/host-gcc.yaml").read_text()
              .replace("  cc: gcc\n", "  gcc: gcc\n").replace("tools:\n", "wrappers:\n  cc: \"{gcc} -DFLAVOUR=2\"\ntools:\n"))
-    before = set((ws.cache / "compile-cache").iterdir())
+    before = stats(ws.cache)
     rebuilt = ws.build(capsys=capsys)
     assert ran(rebuilt) == {"calc", "mk"}, rebuilt["_err"]
-    (new,) = set((ws.cache / "compile-cache").iterdir()) - before
-    out = subprocess.run(["ccache", "--print-stats"], env=dict(os.environ, CCACHE_DIR=str(new)),
-                         capture_output=True, text=True, check=True).stdout
-    counters = dict(line.split("\t") for line in out.splitlines() if "\t" in line)
-    assert counters["direct_cache_hit"] == counters["preprocessed_cache_hit"] == "0"
-    assert counters["cache_miss"] == str(cold["misses"])
+    after = stats(ws.cache)
+    assert after["namespaces"] == 2 and after["hits"] == before["hits"]
+    assert after["misses"] == before["misses"] + cold["misses"]
 
 
 def test_a_second_developer_gets_the_objects_from_the_remote_cache(ws, tmp_path, capsys):
@@ -178,6 +165,10 @@ def test_a_second_developer_gets_the_objects_from_the_remote_cache(ws, tmp_path,
         last = json.loads((ws.root / ".buildgraph" / "last-build.json").read_text())
         # entries: a manifest and a result per compile
         assert last["compile_remote_hits"] == 2 * n and last["compile_remote_uploads"] == 0
+        rc, out, _ = other.run("cache", "stats", capsys=capsys)
+        assert rc == 0
+        assert f"compile cache: {n} hits ({n} from the remote), 0 misses in 1 toolchain namespaces" in out
+        assert f"remote compile cache: {2 * n} entries found, 0 missing, 0 uploaded" in out
         assert outputs(other) == compiled
     finally:
         server.stop()
