@@ -90,6 +90,8 @@ def test_a_hit_gives_the_bytes_a_compile_gives(shared_ws, capsys, toolchain):
     cold = stats(ws.cache)
     # The four files, and the compiles of CMake's compiler checks (C and C++).
     assert cold["hits"] == 0 and cold["misses"] >= 4 and cold["namespaces"] == 1
+    # Not an input: turning it off changes no key (nothing runs).
+    assert ran(ws.build("--no-compile-cache", capsys=capsys)) == set()
 
     touch_readmes(ws, "again\n")
     second = ws.build(capsys=capsys)
