@@ -1,9 +1,8 @@
-"""Generate an N-node workspace plus equivalent build.ninja and Makefile.
+"""Generate the scale benchmark's N-node graph for buildgraph, ninja, make and Bazel.
 
-Node i reads its own source file and the first bytes of up to two earlier
-nodes' outputs (i-1 within a chain of 10, and i//3), so the graph is wide and
-layered like a real dependency stack. The ninja and make files run the same
-command on the same inputs.
+The graph is a binary tree: node i cats its own source and the outputs of nodes
+2i+1 and 2i+2 (those below N). Node 0 is the root; the leaves are the upper half.
+Every tool runs the same command on the same inputs: cat, in that order.
 """
 
 from __future__ import annotations
@@ -11,41 +10,48 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-
-def deps_of(i: int) -> list[int]:
-    out = []
-    if i % 10:
-        out.append(i - 1)
-    if i >= 3 and (i // 3) not in out and i // 3 != i:
-        out.append(i // 3)
-    return out
+BAZEL_OFFLINE = Path(__file__).resolve().parents[2] / "shared" / "notes" / "bazel-offline"
 
 
-def generate(root: Path, n: int) -> None:
+def deps_of(i: int, n: int) -> list[int]:
+    return [d for d in (2 * i + 1, 2 * i + 2) if d < n]
+
+
+def generate(root: Path, n: int, bazel_user_root: Path | None = None) -> None:
     (root / "src").mkdir(parents=True, exist_ok=True)
     for i in range(n):
         (root / "src" / f"n{i}.txt").write_text(f"node {i}\n")
-    lines = ["workspace: bench", "host_tools: [sh, cat, head]", "targets:"]
-    ninja = ["rule step", "  command = sh -c 'cat $in > $out.tmp; for d in $reads; do head -c 16 $$d >> $out.tmp; done; mv $out.tmp $out'", ""]
-    make = [".PHONY: all", f"all: {' '.join(f'out/n{i}' for i in range(n))}", ""]
+    yaml = ["workspace: bench", "host_tools: [cat]", "targets:"]
+    ninja = ["rule step", "  command = cat $in > $out", ""]
+    make = [".PHONY: all", "all: out/n0", "", "out:", "\tmkdir -p out", ""]
+    bazel = []
     for i in range(n):
-        deps = deps_of(i)
-        dep_reads = "".join(f"; head -c 16 $DEP_N{d}/o >> $OUT/o" for d in deps)
-        lines.append(f"  n{i}:")
-        lines.append("    kind: script")
-        lines.append(f"    srcs: [src/n{i}.txt]")
+        deps = deps_of(i, n)
+        yaml.append(f"  n{i}:")
+        yaml.append("    kind: script")
+        yaml.append(f"    srcs: [src/n{i}.txt]")
         if deps:
-            lines.append(f"    deps: [{', '.join(f'n{d}' for d in deps)}]")
-        lines.append("    outs: [o]")
-        lines.append(f"    cmds: [\"cat $SRC/src/n{i}.txt > $OUT/o{dep_reads}\"]")
-        dep_outs = " ".join(f"out/n{d}" for d in deps)
-        ninja.append(f"build out/n{i}: step src/n{i}.txt | {dep_outs}".rstrip(" |"))
-        ninja.append(f"  reads = {dep_outs}")
-        make.append(f"out/n{i}: src/n{i}.txt {dep_outs}")
-        make.append(f"\t@mkdir -p out; cat src/n{i}.txt > $@.tmp; for d in {dep_outs}; do head -c 16 $$d >> $@.tmp; done; mv $@.tmp $@")
-    (root / "BUILD.yaml").write_text("\n".join(lines) + "\n")
+            yaml.append(f"    deps: [{', '.join(f'n{d}' for d in deps)}]")
+        yaml.append("    outs: [o]")
+        reads = "".join(f" $DEP_N{d}/o" for d in deps)
+        yaml.append(f"    cmds: [\"cat $SRC/src/n{i}.txt{reads} > $OUT/o\"]")
+        dep_outs = [f"out/n{d}" for d in deps]
+        ninja.append(f"build out/n{i}: step src/n{i}.txt {' '.join(dep_outs)}".rstrip())
+        make.append(f"out/n{i}: {' '.join([f'src/n{i}.txt'] + dep_outs)} | out")
+        make.append("\tcat $^ > $@")
+        srcs = ", ".join([f'"src/n{i}.txt"'] + [f'":n{d}"' for d in deps])
+        bazel.append(f'genrule(name = "n{i}", srcs = [{srcs}], outs = ["n{i}.out"], cmd = "cat $(SRCS) > $@")')
+    (root / "BUILD.yaml").write_text("\n".join(yaml) + "\n")
     (root / "build.ninja").write_text("\n".join(ninja) + "\n")
     (root / "Makefile").write_text("\n".join(make) + "\n")
+    (root / "BUILD.bazel").write_text("\n".join(bazel) + "\n")
+    (root / "WORKSPACE").write_text(
+        'workspace(name = "gen")\n'
+        f'local_repository(name = "rules_cc", path = "{BAZEL_OFFLINE / "rules_cc_stub"}")\n'
+        f'local_repository(name = "rules_java", path = "{BAZEL_OFFLINE / "rules_java_stub"}")\n'
+        'local_repository(name = "platforms", path = "/usr/share/bazel/platforms")\n')
+    if bazel_user_root is not None:
+        (root / ".bazelrc").write_text(f"startup --output_user_root={bazel_user_root}\n")
 
 
 if __name__ == "__main__":

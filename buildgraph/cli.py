@@ -67,7 +67,7 @@ def _options(args):
 def _cache_dir(args) -> Path:
     """--cache-dir, else $BUILDGRAPH_CACHE_DIR, else ~/.cache/buildgraph; always absolute
     (actions and bwrap see it from other directories)."""
-    from buildgraph.store.local import default_cache_dir
+    from buildgraph.locations import default_cache_dir
 
     return (Path(args.cache_dir) if args.cache_dir else default_cache_dir()).absolute()
 
@@ -80,11 +80,62 @@ def _session(args, write=True):
 
 # ---------------------------------------------------------------- commands
 
+def process_seconds() -> float:
+    """How long this process has run, interpreter start-up included (the kernel's start
+    time, to its 10 ms tick): what a build's summary reports."""
+    import time
+
+    try:
+        with open("/proc/self/stat") as f:
+            started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
+    except (OSError, ValueError, IndexError):
+        return time.process_time()
+
+
+def _noop_build(args) -> bool:
+    """The no-op check (noop.py), under the workspace lock: True if it proved this build
+    would do nothing and said so."""
+    from buildgraph import noop, signatures
+    from buildgraph.fsutil import lock_exclusive
+    from buildgraph.locations import toolchain_dir
+
+    root = signatures.find_root(Path(args.directory))
+    if root is None:
+        return False
+    explicit = Path(args.toolchain_dir).absolute() if args.toolchain_dir else None
+    asked = noop.request(args.targets, args.sandbox, toolchain_dir(_cache_dir(args), explicit))
+    try:
+        lock = lock_exclusive(root / ".buildgraph" / "lock", lambda m: print(f"buildgraph: {m}", file=sys.stderr))
+    except OSError:   # no .buildgraph yet (or not ours to write): the build proper says why
+        return False
+    try:
+        nodes = noop.check(root, asked)
+    finally:
+        os.close(lock)
+    if nodes is None:
+        return False
+    if args.log_json or args.profile:
+        from buildgraph import ui
+        from buildgraph.status import UpToDate
+
+        outcomes = [UpToDate(name, key) for name, key in nodes]
+        if args.log_json:
+            ui.write_event_log(args.log_json, outcomes)
+        if args.profile:
+            ui.write_chrome_trace(args.profile, outcomes)
+    print(f"{len(nodes)} nodes: 0 ran, 0 cached, {len(nodes)} up to date in {process_seconds():.2f}s")
+    return True
+
+
 def cmd_build(args) -> int:
+    if _noop_build(args):
+        return EXIT_OK
     from buildgraph import operations, ui
 
     with _session(args) as s:
         summary = operations.build(s, args.targets, ui.make_reporter())
+    summary.elapsed = process_seconds()   # the whole process: start-up, loading and saving too
     if args.log_json:
         ui.write_event_log(args.log_json, summary.outcomes)
     if args.profile:
@@ -195,8 +246,7 @@ def _print_each(items, line) -> int:
 
 def cmd_worker(args) -> int:
     from buildgraph import worker
-    from buildgraph.store.local import default_cache_dir
-    from buildgraph.toolstore import default_toolchain_dir
+    from buildgraph.locations import default_cache_dir, default_toolchain_dir
 
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir() / "worker"
     tc_dir = Path(args.toolchain_dir) if args.toolchain_dir else default_toolchain_dir(cache)
@@ -508,7 +558,7 @@ def cmd_toolchain(args) -> int:
 def cmd_clean(args) -> int:
     import shutil
 
-    from buildgraph.state import StateDir
+    from buildgraph.state import NOOP_RECORD, StateDir
     from buildgraph.workspace import find_root
 
     state_dir = StateDir(find_root(Path(args.directory)))
@@ -516,7 +566,7 @@ def cmd_clean(args) -> int:
     try:
         shutil.rmtree(state_dir.out, ignore_errors=True)
         shutil.rmtree(state_dir.logs, ignore_errors=True)
-        for name in ("state.pickle", "last-build.json"):
+        for name in ("state.pickle", "last-build.json", NOOP_RECORD):
             (state_dir.dir / name).unlink(missing_ok=True)
         shutil.rmtree(state_dir.dir / "inputs", ignore_errors=True)
     finally:

@@ -10,25 +10,24 @@ the same key and out/<node> still holds those outputs, nothing is looked up.
 
 from __future__ import annotations
 
-import enum
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from buildgraph import globs
+from buildgraph import globs, signatures
 from buildgraph.action import Action, ActionResult
-from buildgraph.digest import StatCache, is_racy, stat_signature, tree_digest
+from buildgraph.digest import StatCache, stat_signature, tree_digest
 from buildgraph.errors import ConfigError, StoreError
 from buildgraph.graph import BuildGraph, Node, configure
 from buildgraph.sandbox import SANDBOX_ROOT, Sandbox
 from buildgraph.state import NodeRecord, State, StateDir
+from buildgraph.status import Status
 from buildgraph.fsutil import force_remove
 from buildgraph.store.local import LocalStore
 from buildgraph.toolchains import Mount, ToolchainResolver, host_tools
 from buildgraph.toolstore import ToolStore
-from buildgraph.workspace import Workspace, field_path, load_workspace, workspace_files
+from buildgraph.workspace import Workspace, field_path, load_workspace
 
 BASE_ENV = (("LC_ALL", "C"), ("TZ", "UTC"), ("HOME", f"{SANDBOX_ROOT}/home"),
             ("TMPDIR", f"{SANDBOX_ROOT}/tmp"), ("PATH", f"{SANDBOX_ROOT}/.tools/bin"),
@@ -38,15 +37,6 @@ BASE_ENV = (("LC_ALL", "C"), ("TZ", "UTC"), ("HOME", f"{SANDBOX_ROOT}/home"),
 
 # The kinds whose actions compile many files in one run: the compile cache is on in them.
 COMPILE_CACHED_KINDS = ("cmake", "make", "autotools")
-
-
-class Status(enum.Enum):
-    UP_TO_DATE = "up-to-date"   # same key as the last build, outputs in place
-    CACHED = "cached"           # restored from a store
-    RAN = "ran"
-    FAILED = "failed"
-    SKIPPED = "skipped"         # a dependency failed
-    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -59,63 +49,13 @@ def load_configured(root: Path, state: State) -> tuple[Workspace, BuildGraph]:
     """The workspace and its graph, parsed again only if a workspace file changed."""
     if state.config is not None:
         # The files the cached workspace read (its YAML, and files it names: toolchain patches).
-        sig = _files_signature(root, state.config[1].files)
+        sig = signatures.files_signature(root, state.config[1].files)
         if sig is not None and state.config[0] == sig:
             return state.config[1], state.config[2]
     ws = load_workspace(root)
     graph = configure(ws)
-    state.config = (_files_signature(root, ws.files), ws, graph)
+    state.config = (signatures.files_signature(root, ws.files), ws, graph)
     return ws, graph
-
-
-def _code_signature() -> tuple:
-    """The modules that turn YAML into a configured graph (commands included), by stat: a
-    buildgraph upgraded in place (same version string) must not reuse a graph it configured."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    out = []
-    for name in ("workspace.py", "yamlsource.py", "graph.py", "recipes.py", "sources.py", "engine.py"):
-        st = os.stat(os.path.join(here, name))
-        out.append((name, st.st_size, st.st_mtime_ns))
-    return tuple(out)
-
-
-def _files_signature(root: Path, read: tuple[str, ...] = ()) -> tuple | None:
-    """The stat signatures of every workspace file and of the directories that list them
-    (a file added or removed), and of the code that configured them; or None while one is
-    too young to trust (racy)."""
-    sig = [_code_signature()]
-    now = time.time_ns()
-    for d in (root / "toolchains", root / "deps"):
-        try:
-            st = os.stat(d)
-        except OSError:
-            sig.append(None)
-            continue
-        if is_racy(st, now):
-            return None
-        sig.append(stat_signature(st))
-    for f in dict.fromkeys([*workspace_files(root), *(root / r for r in read)]):
-        try:
-            st = os.stat(f)
-        except OSError:   # a file the last configuration read is gone
-            return None
-        if is_racy(st, now):
-            return None
-        sig.append((str(f), *stat_signature(st)))
-    return tuple(sig)
-
-
-def kernel_release() -> str:
-    return os.uname().release
-
-
-def pin_cpu_affinity() -> None:
-    """Let this process (and so every action) use every CPU of the machine: the CPUs an
-    action sees (nproc) must not depend on how buildgraph was started (taskset)."""
-    try:
-        os.sched_setaffinity(0, range(os.cpu_count() or 1))
-    except (OSError, AttributeError):   # a cpuset that forbids it: what we have is what actions get
-        pass
 
 
 def env_name(target: str) -> str:
@@ -132,6 +72,7 @@ class Engine:
         self.resolver = ToolchainResolver(toolstore, ws.toolchains, self.stat_cache, packages=self.packages)
         self._srcs: dict[str, tuple] = {}
         self._dir_memo: dict[str, int | None] = {}
+        self.globs_used: set[tuple[str, ...]] = set()   # the glob expansions this build's keys read
         self._host_tools = None
         self._host = None
         self.requested_sandbox = "auto"   # --sandbox
@@ -198,6 +139,7 @@ class Engine:
             raise error(f"cannot read {exc.filename}: {exc.strerror or exc}") from None
 
     def _expand(self, patterns: tuple[str, ...], empty_error, fresh: bool) -> list[str]:
+        self.globs_used.add(patterns)
         cached = self.state.resolutions.get(("glob", patterns))
         if cached is not None and not fresh and globs.still_valid(cached[1], self._dir_memo):
             return cached[0]
@@ -210,10 +152,10 @@ class Engine:
 
     def host_tools(self):
         if self._host_tools is None:
-            from buildgraph.sandbox import visible_host_files, visible_host_signature
+            from buildgraph.sandbox import visible_host_files
 
             def host_files():
-                return self._resolved(("visible_host_files",), visible_host_signature(), visible_host_files)
+                return self._resolved(("visible_host_files",), signatures.visible_host_signature(), visible_host_files)
             self._host_tools = host_tools(self.ws.host_tools, self.stat_cache, self.packages, host_files)
         return self._host_tools
 
@@ -266,7 +208,7 @@ class Engine:
         """The isolation mode actions run in (it is in their keys): detected once."""
         if self._sandbox_mode is None:
             from buildgraph.sandbox import detect_mode
-            self._sandbox_mode = detect_mode(self.requested_sandbox)
+            self._sandbox_mode = detect_mode(self.requested_sandbox, str(self.store.root))
         return self._sandbox_mode
 
     def action_for(self, node: Node, dep_outputs: dict[str, str]) -> Action:
@@ -307,8 +249,7 @@ class Engine:
         """What an action can observe of this host that the sandbox cannot pin, as far as the
         workspace's `host_key` asks: the kernel release, the CPUs an action may use."""
         if self._host is None:
-            pin_cpu_affinity()
-            values = {"kernel": kernel_release(), "cpus": str(len(os.sched_getaffinity(0)))}
+            values = signatures.host_values()
             self._host = tuple((p, values[p]) for p in self.ws.host_key)
         return self._host
 

@@ -108,3 +108,16 @@ def write_zip(path: str | os.PathLike, entries) -> None:
             info.external_attr = mode << 16
             info.compress_type = zipfile.ZIP_DEFLATED
             z.writestr(info, data)
+
+
+def lock_exclusive(path: str | os.PathLike, wait_message=None) -> int:
+    """Open `path` (created if missing) and hold an exclusive flock on it; the descriptor.
+    `wait_message(text)` is called once if another process holds it and we wait."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if wait_message:
+            wait_message("another build is running in this workspace; waiting for it")
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 
 from buildgraph.digest import value_digest
 
@@ -82,6 +81,8 @@ def owners(paths, admin: str | None = None) -> dict[str, str | None]:
     wanted = sorted({q for qs in queries.values() for q in qs})
     found: dict[str, str] = {}
     if wanted and os.path.isdir(admin):
+        import subprocess   # not at the top: the no-op check needs only status_signature
+
         out = subprocess.run(["dpkg-query", f"--admindir={admin}", "-S", *wanted],
                              capture_output=True, text=True).stdout
         for line in out.splitlines():

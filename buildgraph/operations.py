@@ -19,7 +19,8 @@ from buildgraph.engine import Engine, Status, load_configured
 from buildgraph.errors import StoreError, UsageError
 from buildgraph.state import StateDir
 from buildgraph.sources import SourceStore, mirror_list
-from buildgraph.toolstore import ToolStore, default_toolchain_dir
+from buildgraph.locations import default_cache_dir, toolchain_dir
+from buildgraph.toolstore import ToolStore
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Options:
 
 class Session:
     def __init__(self, opts: Options, *, write: bool = True, notify=None):
-        from buildgraph.store.local import DEFAULT_MAX_BYTES, LocalStore, default_cache_dir
+        from buildgraph.store.local import DEFAULT_MAX_BYTES, LocalStore
         from buildgraph.workspace import find_root
 
         self.opts = opts
@@ -49,6 +50,7 @@ class Session:
         self.state_dir = StateDir(self.root)
         self.write = write
         self.dirty = False  # set when the state must be saved
+        self.noop_record: bytes | None = None   # written after the state: see noop.py
         if write:
             self.state_dir.lock(notify)
         try:
@@ -59,7 +61,7 @@ class Session:
             cache_dir = opts.cache_dir or default_cache_dir()
             self.store = LocalStore(cache_dir, DEFAULT_MAX_BYTES if opts.cache_max_bytes is None
                                     else opts.cache_max_bytes)
-            self.toolstore = ToolStore(opts.toolchain_dir or default_toolchain_dir(cache_dir))
+            self.toolstore = ToolStore(toolchain_dir(cache_dir, opts.toolchain_dir))
             self.sources = SourceStore(cache_dir / "sources", mirror_list(opts.mirrors))
             self.engine = Engine(self.ws, self.graph, self.store, self.state, self.state_dir, None,
                                  self.toolstore)
@@ -73,6 +75,8 @@ class Session:
         try:
             if self.write and (self.dirty or self.engine.changed()):
                 self.state_dir.save(self.state)
+            if self.write and self.noop_record is not None:
+                self.state_dir.save_noop(self.noop_record)
             if self.write and self.engine.new_inputs:
                 self.state_dir.write_inputs(self.engine.new_inputs)
         finally:
@@ -169,6 +173,11 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
             "seconds": round(summary.elapsed, 3), "finished": time.time()})
     if interrupted:
         return summary
+    if summary.ok:
+        from buildgraph import noop
+
+        session.noop_record = noop.record(engine, noop.request(patterns, session.opts.sandbox,
+                                                               session.toolstore.root), selected)
     if store.counters.bytes_in and store.over_limit():
         store.close()  # release the shared lock so gc can take it exclusively
         try:

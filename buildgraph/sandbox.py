@@ -41,9 +41,10 @@ from dataclasses import dataclass
 from buildgraph.action import (Action, ActionResult, BadResult, OutputFile, OutputSymlink, check_declared,
                                check_symlink, check_tree)
 from buildgraph.digest import copy_hashed, file_digest, stat_signature
-from buildgraph.fsutil import force_remove, walk_tree
+from buildgraph.fsutil import force_remove, walk_tree, write_atomic
 from buildgraph.store.local import LocalStore
 from buildgraph.sources import SourceError
+from buildgraph.signatures import KEYED_ETC, sandbox_facts
 from buildgraph.toolstore import SANDBOX_TOOLCHAINS
 
 SANDBOX_ROOT = "/sandbox"
@@ -54,29 +55,9 @@ _BOUND_PREFIXES = ("/usr/", "/bin/", "/lib/", "/lib64/", "/sbin/")
 # What the sandbox shows of the host's /etc; every other file there is hidden. Those in
 # KEYED_ETC are in the host tools' digest; ld.so.cache is derived from the installed
 # libraries, which the package digests cover.
-KEYED_ETC = ("/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives")
 VISIBLE_ETC = ("/etc/ld.so.cache",) + KEYED_ETC
 _PASSWD = "root:x:0:0:root:/sandbox/home:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
 _GROUP = "root:x:0:\nnogroup:x:65534:\n"
-
-
-def visible_host_signature():
-    """What must not change for visible_host_files() to be reused: the stat signature of each
-    KEYED_ETC path (a link or file replaced in a directory changes the directory's), or None
-    while one is too young to trust."""
-    from buildgraph.digest import is_racy, stat_signature
-
-    sig = []
-    for path in KEYED_ETC:
-        try:
-            st = os.lstat(path)
-        except OSError:
-            sig.append(None)
-            continue
-        if is_racy(st):
-            return None
-        sig.append(stat_signature(st))
-    return tuple(sig)
 
 
 def visible_host_files() -> list:
@@ -92,15 +73,33 @@ def visible_host_files() -> list:
     return out
 
 
-def detect_mode(requested: str = "auto") -> str:
-    """The isolation mode to use: `requested`, or the strongest that works here."""
+def detect_mode(requested: str = "auto", cache_dir=None) -> str:
+    """The isolation mode to use: `requested`, or the strongest that works here. With a
+    `cache_dir`, the probe's answer is kept there with the facts it depends on
+    (signatures.sandbox_facts) and reused while they hold: a probe costs a process or two."""
     if requested != "auto":
         return requested
+    facts = json.dumps(sandbox_facts(requested))
+    memo = os.path.join(cache_dir, "sandbox-mode.json") if cache_dir is not None else None
+    if memo is not None:
+        try:
+            with open(memo) as f:
+                known = json.load(f)
+            if known.get("facts") == facts and known.get("mode") in ("bwrap", "unshare", "none"):
+                return known["mode"]
+        except (OSError, ValueError, AttributeError):
+            pass
+    mode = "none"
     if shutil.which("bwrap") and _probe(["bwrap", "--ro-bind", "/", "/", "--unshare-net", "true"]):
-        return "bwrap"
-    if shutil.which("unshare") and _probe(["unshare", "-n", "true"]):
-        return "unshare"
-    return "none"
+        mode = "bwrap"
+    elif shutil.which("unshare") and _probe(["unshare", "-n", "true"]):
+        mode = "unshare"
+    if memo is not None:
+        try:
+            write_atomic(memo, json.dumps({"facts": facts, "mode": mode}).encode())
+        except OSError:
+            pass   # a read-only cache: probe again next time
+    return mode
 
 
 def _probe(argv) -> bool:

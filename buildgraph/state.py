@@ -21,7 +21,6 @@ one workspace take turns instead of racing on out/.
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import json
 import os
@@ -31,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from buildgraph import __version__
-from buildgraph.fsutil import write_atomic
+from buildgraph.fsutil import lock_exclusive, write_atomic
+from buildgraph.noop import RECORD as NOOP_RECORD
 
 STATE_VERSION = (5, __version__)
 
@@ -65,14 +65,7 @@ class StateDir:
 
     def lock(self, wait_message=None) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if wait_message:
-                wait_message("another build is running in this workspace; waiting for it")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        self._lock_fd = fd
+        self._lock_fd = lock_exclusive(self.dir / "lock", wait_message)
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
@@ -100,7 +93,18 @@ class StateDir:
         return State()
 
     def save(self, state: State) -> None:
+        self.drop_noop()   # it described the state being replaced
         self._write("state.pickle", pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def save_noop(self, record: bytes) -> None:
+        """The no-op record (noop.py) of the state as saved now."""
+        self._write(NOOP_RECORD, record)
+
+    def drop_noop(self) -> None:
+        try:
+            os.unlink(self.dir / NOOP_RECORD)
+        except FileNotFoundError:
+            pass
 
     def _inputs(self, create: bool):
         if self._inputs_cache is None and (create or (self.dir / "inputs").is_dir()):

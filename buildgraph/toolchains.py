@@ -97,6 +97,11 @@ class ToolchainResolver:
         for name in dict.fromkeys(m for n in names for m in self.members(n)):
             self._entry(name)
 
+    def entry_if_resolved(self, name: str) -> Entry | None:
+        """The store entry of toolchain `name` if this build has used it already."""
+        found = self._entries.get(name)
+        return found[0] if found is not None else None
+
     def _entry(self, name: str) -> tuple[Entry, str]:
         if name not in self._entries:
             tc = self.toolchains[name]

@@ -60,11 +60,6 @@ class FetchError(BuildgraphError):
     """A toolchain could not be obtained; the message says what was tried and how to supply it."""
 
 
-def default_toolchain_dir(cache_dir: Path) -> Path:
-    env = os.environ.get("BUILDGRAPH_TOOLCHAIN_DIR")
-    return Path(env) if env else cache_dir / "toolchains"
-
-
 @dataclass(frozen=True)
 class Entry:
     toolchain: Toolchain

@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-from buildgraph.engine import Status
+from buildgraph.status import Status
 
 _LABEL = {Status.RAN: "ran", Status.CACHED: "cached", Status.UP_TO_DATE: "up-to-date",
           Status.FAILED: "FAILED", Status.SKIPPED: "skipped", Status.CANCELLED: "cancelled"}

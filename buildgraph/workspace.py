@@ -23,11 +23,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from buildgraph import signatures
 from buildgraph.errors import ConfigError, did_you_mean
+from buildgraph.signatures import BUILD_FILE
 from buildgraph.sources import Source
 from buildgraph.yamlsource import LocatedDict, load_yaml
 
-BUILD_FILE = "BUILD.yaml"
 KINDS = ("script", "cmake", "make", "autotools", "artifact")
 JOBSERVER_FORMS = ("pipe", "fifo")
 
@@ -651,22 +652,11 @@ def _template_refs(template: str) -> list[str]:
 
 def find_root(start: Path) -> Path:
     """The nearest directory at or above `start` holding BUILD.yaml."""
-    start = start.resolve()
-    for d in (start, *start.parents):
-        if (d / BUILD_FILE).is_file():
-            return d
-    raise ConfigError(f"no {BUILD_FILE} in {start} or any parent directory",
-                      hint="run inside a workspace or pass -C DIR")
-
-
-def workspace_files(root: Path) -> list[Path]:
-    """Every file that defines the workspace, in load order."""
-    files = [root / BUILD_FILE]
-    for sub in ("toolchains", "deps"):
-        d = root / sub
-        if d.is_dir():
-            files.extend(sorted(p for p in d.iterdir() if p.suffix in (".yaml", ".yml")))
-    return files
+    root = signatures.find_root(start)
+    if root is None:
+        raise ConfigError(f"no {BUILD_FILE} in {Path(start).resolve()} or any parent directory",
+                          hint="run inside a workspace or pass -C DIR")
+    return root
 
 
 def load_workspace(root: Path) -> Workspace:

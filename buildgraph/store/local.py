@@ -60,14 +60,6 @@ DEFAULT_MAX_BYTES = 10 * 1024 ** 3
 _USED_RESOLUTION = 3600.0  # refresh an entry's last-used time at most hourly
 
 
-def default_cache_dir() -> Path:
-    env = os.environ.get("BUILDGRAPH_CACHE_DIR")
-    if env:
-        return Path(env).absolute()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "buildgraph"
-
-
 @dataclass
 class StoreCounters:
     hits: int = 0

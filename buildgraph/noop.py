@@ -1,0 +1,152 @@
+"""The no-op check: prove from stat signatures alone, before the state or the workspace
+is loaded, that a build would do nothing.
+
+A build that ends with every node it selected done writes .buildgraph/noop.marshal
+(StateDir.save removes it before any other state is written, so it never outlives the
+state it describes):
+  request   what was asked: the target patterns, the sandbox, the toolchain directory
+  facts     host_facts(): where PATH finds the host tools, what picks the sandbox mode,
+            the host properties in keys, dpkg's database, the keyed /etc files
+  config    signatures.files_signature of the workspace's files (buildgraph's code too)
+  stats     (path, stat signature) of every other file and directory the keys were
+            computed from, as the build used them: the host tools, the toolchains'
+            executables and records, every source file, every directory a glob read
+  outputs   (path, lstat signature) of every file materialized under out/
+The next build with the same request, if all of these are unchanged, is a no-op: every
+key would come out the same (each is a function of exactly these; file digests come
+from the stat cache, which trusts one exactly as long as its stat signature holds),
+and every output is in place. It prints the summary and exits, having read one file
+and statted each input once, instead of loading the graph and computing every key.
+Anything else (a change, another request, no record) is the normal build.
+Builds selecting artifact nodes write no record: their keys read git's state.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import shutil
+import time
+from pathlib import Path
+
+from buildgraph import signatures
+from buildgraph.digest import is_racy, stat_signature
+
+RECORD = "noop.marshal"   # in .buildgraph/
+VERSION = 1
+
+
+def request(patterns, sandbox: str, toolchain_dir) -> tuple:
+    """What a build was asked, as far as its keys can tell."""
+    return (tuple(patterns), sandbox, str(toolchain_dir))
+
+
+def host_facts(tools: tuple[str, ...], sandbox: str, host_key: tuple[str, ...]) -> tuple:
+    """What the keys read of this host besides files: computed the same way by the build
+    that writes a record and by the check that reads it."""
+    from buildgraph import hostpkgs
+
+    found = []
+    for name in tools:
+        path = shutil.which(name)
+        found.append(os.path.realpath(path) if path else None)
+    values = signatures.host_values()
+    return (tuple(found), signatures.sandbox_facts(sandbox), tuple(values[p] for p in host_key),
+            hostpkgs.status_signature(), signatures.visible_host_signature())
+
+
+def check(root: Path, request: tuple) -> tuple | None:
+    """The (name, key) of each node the last build of `request` selected, if this build of
+    it would do nothing; else None."""
+    try:
+        with open(f"{root}/.buildgraph/{RECORD}", "rb") as f:
+            record = marshal.loads(f.read())   # ten times faster than marshal.load(f)
+        version, asked, tools, host_key, facts, files, config, stats, outputs, nodes = record
+    except (OSError, EOFError, ValueError, TypeError):
+        return None
+    if version != VERSION or asked != request or host_facts(tools, request[1], host_key) != facts:
+        return None
+    if signatures.files_signature(root, files) != config:
+        return None
+    stat, lstat = os.stat, os.lstat
+    try:
+        for path, sig in stats:
+            st = stat(path)
+            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != sig:
+                return None
+        for path, sig in outputs:
+            st = lstat(path)
+            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != sig:
+                return None
+    except OSError:
+        return None
+    return nodes
+
+
+def record(engine, request: tuple, selected: list[str]) -> bytes | None:
+    """The record of a build that just finished every node in `selected`, or None when one
+    cannot be trusted (artifacts, a file too young to vouch for, a toolchain not resolved)."""
+    ws, graph, state = engine.ws, engine.graph, engine.state
+    config = state.config[0] if state.config is not None else None
+    if config is None:
+        return None
+    now = time.time_ns()
+    stats: dict[str, tuple] = {}
+
+    def known(path: str) -> bool:
+        """Add the signature the stat cache trusts for `path` (absent: it was too young)."""
+        hit = engine.stat_cache.entries.get(path)
+        if hit is None:
+            return False
+        stats[path] = hit[0]
+        return True
+
+    def fresh(path: str) -> bool:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        if is_racy(st, now):
+            return False
+        stats[path] = stat_signature(st)
+        return True
+    targets = {}
+    for name in selected:
+        node = graph.nodes[name]
+        if ws.targets[node.target].kind == "artifact":
+            return None
+        targets[node.target] = node
+    links = engine.host_tools()[0]
+    if not all(known(path) for _, path in links):
+        return None
+    for tc in dict.fromkeys(n.toolchain for n in targets.values() if n.toolchain):
+        for member in engine.resolver.members(tc):
+            entry = engine.resolver.entry_if_resolved(member)
+            # Not while a program changed since it was fetched: every build warns of that.
+            if entry is None or not fresh(f"{entry.path}/digest.json") or \
+                    not all(fresh(path) and stats[path] == sig for path, sig in entry.watch):
+                return None
+    for target in targets:
+        for key in (target, ("source", target)):
+            held = engine._srcs.get(key)
+            if held is None:
+                continue
+            hosts = held[1] if key == target else [host for _, host, _, _ in held[1]]
+            if not all(known(host) for host in hosts):
+                return None
+    for patterns in engine.globs_used:
+        for d, sig in state.resolutions[("glob", patterns)][1].items():
+            if sig is None:
+                return None
+            stats[d] = sig
+    outputs = []
+    base = engine.state_dir.out
+    for name in selected:
+        done = state.materialized.get(name)
+        if done is None:
+            return None
+        outputs.extend((f"{base}/{name}/{rel}", sig) for rel, sig in done[1])
+    facts = host_facts(ws.host_tools, request[1], ws.host_key)
+    return marshal.dumps((VERSION, request, tuple(ws.host_tools), tuple(ws.host_key), facts, tuple(ws.files),
+                          config, tuple(stats.items()), tuple(outputs),
+                          tuple((name, state.nodes[name].key) for name in selected)))

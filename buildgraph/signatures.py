@@ -1,0 +1,138 @@
+"""Stat signatures of what configures a build: the workspace's files, buildgraph's own
+code, and the host facts an action can observe.
+
+Light on purpose (os and the digest helpers only): the no-op check (noop.py) calls
+these before anything else is imported, and the engine calls the same functions, so
+both always look at the same things.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from buildgraph.digest import is_racy, stat_signature
+
+BUILD_FILE = "BUILD.yaml"
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+# Host files the sandbox shows its actions, keyed in the host tools' digest (sandbox.py).
+KEYED_ETC = ("/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives")
+
+
+def find_root(start: Path):
+    """The nearest directory at or above `start` holding BUILD.yaml, or None."""
+    start = Path(start).resolve()
+    for d in (start, *start.parents):
+        if os.path.isfile(f"{d}/{BUILD_FILE}"):
+            return d
+    return None
+
+
+def workspace_files(root: Path) -> list[Path]:
+    """Every file that defines the workspace, in load order."""
+    files = [root / BUILD_FILE]
+    for sub in ("toolchains", "deps"):
+        d = root / sub
+        if d.is_dir():
+            files.extend(sorted(p for p in d.iterdir() if p.suffix in (".yaml", ".yml")))
+    return files
+
+
+def code_signature() -> tuple:
+    """buildgraph's own modules, by stat: a buildgraph changed in place (same version string)
+    must neither reuse a graph it configured nor call a build a no-op by its old rules."""
+    out = []
+    for sub in ("", "store"):
+        d = os.path.join(_PACKAGE, sub)
+        for name in sorted(os.listdir(d)):
+            if name.endswith(".py"):
+                st = os.stat(os.path.join(d, name))
+                out.append((sub, name, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def files_signature(root: Path, read: tuple[str, ...] = ()) -> tuple | None:
+    """The stat signatures of every workspace file and of the directories that list them
+    (a file added or removed), and of the code that configured them; or None while one is
+    too young to trust (racy)."""
+    sig = [code_signature()]
+    now = time.time_ns()
+    for d in (root / "toolchains", root / "deps"):
+        try:
+            st = os.stat(d)
+        except OSError:
+            sig.append(None)
+            continue
+        if is_racy(st, now):
+            return None
+        sig.append(stat_signature(st))
+    for f in dict.fromkeys([*workspace_files(root), *(root / r for r in read)]):
+        try:
+            st = os.stat(f)
+        except OSError:   # a file the last configuration read is gone
+            return None
+        if is_racy(st, now):
+            return None
+        sig.append((str(f), *stat_signature(st)))
+    return tuple(sig)
+
+
+def visible_host_signature():
+    """What must not change for sandbox.visible_host_files() to be reused: the stat signature
+    of each KEYED_ETC path (a link or file replaced in a directory changes the directory's),
+    or None while one is too young to trust."""
+    sig = []
+    for path in KEYED_ETC:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            sig.append(None)
+            continue
+        if is_racy(st):
+            return None
+        sig.append(stat_signature(st))
+    return tuple(sig)
+
+
+def kernel_release() -> str:
+    return os.uname().release
+
+
+def pin_cpu_affinity() -> None:
+    """Let this process (and so every action) use every CPU of the machine: the CPUs an
+    action sees (nproc) must not depend on how buildgraph was started (taskset)."""
+    try:
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    except (OSError, AttributeError):   # a cpuset that forbids it: what we have is what actions get
+        pass
+
+
+def host_values() -> dict[str, str]:
+    """The host properties a workspace's `host_key` may name, as actions see them."""
+    pin_cpu_affinity()
+    return {"kernel": kernel_release(), "cpus": str(len(os.sched_getaffinity(0)))}
+
+
+def sandbox_facts(requested: str) -> tuple:
+    """What decides which sandbox `detect_mode(requested)` picks, short of running it: the
+    programs it would probe (by path and stat), who we are, and the kernel's switches for
+    user namespaces. Equal facts, equal choice: the probe runs once per cache directory."""
+    if requested != "auto":
+        return (requested,)
+    facts: list = [requested, os.getuid(), kernel_release()]
+    for program in ("bwrap", "unshare"):
+        found = shutil.which(program)
+        try:
+            facts.append((program, found, stat_signature(os.stat(found)) if found else None))
+        except OSError:
+            facts.append((program, found, None))
+    for switch in ("/proc/sys/kernel/unprivileged_userns_clone", "/proc/sys/user/max_user_namespaces"):
+        try:
+            with open(switch) as f:
+                facts.append(f.read().strip())
+        except OSError:
+            facts.append(None)
+    return tuple(facts)

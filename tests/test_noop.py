@@ -1,0 +1,166 @@
+"""The no-op check (noop.py): it answers a build that would do nothing without loading the
+workspace, and never answers one that would do something."""
+
+import os
+import shutil
+import time
+
+import pytest
+
+from conftest import ran
+from test_incremental import make_chain
+
+
+@pytest.fixture
+def sessions(monkeypatch):
+    """How many builds went past the no-op check and opened a session (loaded the state and
+    the workspace)."""
+    from buildgraph import operations
+
+    opened = []
+    real = operations.Session.__init__
+
+    def counting(self, *args, **kw):
+        opened.append(1)
+        real(self, *args, **kw)
+    monkeypatch.setattr(operations.Session, "__init__", counting)
+    return opened
+
+
+def settle():
+    """Past the window in which a file just written is too young to vouch for (racy)."""
+    time.sleep(0.25)
+
+
+def test_a_noop_build_is_answered_from_stat_signatures_alone(ws, capsys, sessions):
+    make_chain(ws)
+    assert ran(ws.build(capsys=capsys)) == {"gen", "lib", "other", "app"}
+    assert len(sessions) == 1
+    second = ws.build(capsys=capsys)
+    assert len(sessions) == 1   # no state, no YAML, no keys
+    assert {second[n] for n in ("gen", "lib", "other", "app")} == {"up-to-date"}
+    assert "4 nodes: 0 ran, 0 cached, 4 up to date in " in second["_out"]
+    trace = ws.root / "trace.json"
+    assert ws.run("build", "--profile", str(trace), capsys=capsys)[0] == 0
+    assert len(sessions) == 1 and '"traceEvents": []' in trace.read_text()
+
+
+def _edit_source(ws):
+    ws.write("lib/a.c", "int a2;\n")
+
+
+def _same_content_new_inode(ws):
+    path = ws.root / "other.c"
+    data = path.read_bytes()
+    path.unlink()
+    path.write_bytes(data)
+
+
+def _edit_output(ws):
+    out = ws.out("other") / "other.txt"
+    out.chmod(0o644)
+    out.write_text("edited\n")
+
+
+def _add_glob_match(ws):
+    ws.write("lib/c.c", "int c;\n")
+
+
+def _remove_glob_match(ws):
+    (ws.root / "lib" / "b.c").unlink()
+
+
+def _edit_build_file(ws):
+    path = ws.root / "BUILD.yaml"
+    path.write_text(path.read_text().replace('FLAGS: "-O2"', 'FLAGS: "-O3"'))
+
+
+def _another_grep_on_path(ws, monkeypatch):
+    bin_dir = ws.root.parent / "other-bin"
+    bin_dir.mkdir()
+    shutil.copy2(shutil.which("grep"), bin_dir / "grep")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def _another_kernel(ws, monkeypatch):
+    from buildgraph import signatures
+    monkeypatch.setattr(signatures, "kernel_release", lambda: "0.0.0-other-kernel")
+
+
+def _buildgraph_changed(ws, monkeypatch):
+    from buildgraph import signatures
+    real = signatures.code_signature
+    monkeypatch.setattr(signatures, "code_signature", lambda: real() + (("", "new.py", 1, 2),))
+
+
+CHANGES = {
+    # change -> (how, what runs then; None: not asserted)
+    "edit a source": (_edit_source, {"lib", "app"}),
+    "same bytes, new file": (_same_content_new_inode, set()),
+    "edit an output": (_edit_output, set()),
+    "a file joins a glob": (_add_glob_match, {"lib", "app"}),
+    "a file leaves a glob": (_remove_glob_match, {"lib", "app"}),
+    "edit BUILD.yaml": (_edit_build_file, {"lib", "app"}),
+}
+HOST_CHANGES = {
+    "another grep on PATH": (_another_grep_on_path, None),   # every key names the host tools
+    "another kernel": (_another_kernel, {"gen", "lib", "other", "app"}),
+    "buildgraph's code changed": (_buildgraph_changed, set()),
+}
+
+
+@pytest.mark.parametrize("change", [*CHANGES, *HOST_CHANGES])
+def test_any_change_is_left_to_the_build(ws, capsys, sessions, monkeypatch, change):
+    make_chain(ws)
+    ws.build(capsys=capsys)
+    assert ws.build(capsys=capsys)["app"] == "up-to-date" and len(sessions) == 1
+    if change in CHANGES:
+        CHANGES[change][0](ws)
+        expected = CHANGES[change][1]
+    else:
+        HOST_CHANGES[change][0](ws, monkeypatch)
+        expected = HOST_CHANGES[change][1]
+    after = ws.build(capsys=capsys)
+    assert len(sessions) == 2, "the no-op check answered a build that had a change to look at"
+    assert after["_rc"] == 0
+    if expected is not None:
+        assert ran(after) == expected
+    if change == "edit an output":
+        assert after["other"] == "cached" and (ws.out("other") / "other.txt").read_text() == "int other;\n"
+
+
+def test_a_partial_build_in_between_is_never_skipped_over(ws, capsys, sessions):
+    """`build gen` after an edit changes gen's output; the next full build must see that its
+    dependents are stale, though nothing it can stat changed since `build gen`."""
+    make_chain(ws)
+    ws.build(capsys=capsys)
+    ws.write("data.txt", "# header\nthree\n")
+    settle()
+    assert ran(ws.build("gen", capsys=capsys)) == {"gen"}
+    assert ran(ws.build(capsys=capsys)) == {"lib", "app"}
+    assert ws.build("--sandbox", "none", capsys=capsys)["_rc"] == 0   # another request: not answered
+    assert len(sessions) == 4
+
+
+def test_a_failed_build_removes_the_record(ws, capsys, sessions):
+    make_chain(ws)
+    ws.build(capsys=capsys)
+    record = ws.root / ".buildgraph" / "noop.marshal"
+    assert record.exists()
+    ws.write("other.c", "int other2;\n")
+    path = ws.root / "BUILD.yaml"
+    path.write_text(path.read_text().replace('cp $SRC/other.c $OUT/other.txt', 'exit 3'))
+    settle()
+    assert ws.build(capsys=capsys)["_rc"] == 1
+    assert not record.exists()
+    path.write_text(path.read_text().replace('exit 3', 'cp $SRC/other.c $OUT/other.txt'))
+    settle()
+    assert ran(ws.build(capsys=capsys)) == {"other", "app"}
+
+
+def test_clean_removes_the_record(ws, capsys, sessions):
+    make_chain(ws)
+    ws.build(capsys=capsys)
+    assert ws.run("clean", capsys=capsys)[0] == 0
+    assert not (ws.root / ".buildgraph" / "noop.marshal").exists()
+    assert set(ws.build(capsys=capsys).values()) >= {"cached"}
