@@ -1,17 +1,27 @@
-"""Scale benchmark: buildgraph vs ninja vs GNU make on generated N-node graphs.
+"""Scale benchmark: buildgraph against Bazel, ninja and GNU make on one N-node graph.
 
-    python bench/scale.py [N ...]          (default: 1000 10000)
+    .venv/bin/python bench/scale.py [N ...]        (default: 1000 10000)
 
-For each N: cold build, no-op rebuild (best of 3) and one-leaf-change rebuild,
-for all three tools on equivalent generated files, in this one process tree.
-Also the per-action overhead: buildgraph running N independent one-command
-actions at -j1 against the same commands run bare, one process each. Prints
-figures and ratios; asserts nothing.
+The graph (genworkspace.py) is a binary tree: node i cats its own source and the
+outputs of nodes 2i+1 and 2i+2. For each N and tool, in this one process tree on an
+idle machine, whole-process wall time (start-up, loading and saving included):
+  cold      a first build into an empty cache
+  no-op     the same build again (median of 5; Bazel's server is warm by then)
+  leaf      after editing one leaf's source: log2(N) actions in a chain (median of 3)
+  restore   buildgraph only: `clean`, then everything from the local cache (median of 3)
+and buildgraph's peak memory (RSS) on the cold and no-op builds. Then the per-action
+overhead: 500 independent one-command actions at -j1 against the same commands run
+bare (`sh -c`), one process each. Bazel is measured when `bazel` is installed
+(Debian's bazel-bootstrap, run offline with ../shared/notes/bazel-offline/) and
+shut down afterwards. Prints figures and ratios; asserts nothing: the targets are
+in the README.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,41 +31,66 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from genworkspace import generate  # noqa: E402
 
+REPO = Path(__file__).resolve().parent.parent
 BG = [sys.executable, "-m", "buildgraph"]
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}   # as users run it
 
 
-def timed(cmd, cwd, env=None) -> float:
+def timed(cmd, cwd, rss_file: Path | None = None) -> float:
+    if rss_file is not None:   # GNU time: the command's peak resident set, in KiB
+        cmd = ["/usr/bin/time", "-q", "-f", "%M", "-o", str(rss_file), *cmd]
     t = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL, env=env)
+    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     return time.perf_counter() - t
+
+
+def rss_mb(path: Path) -> float:
+    return int(path.read_text().split()[-1]) / 1024
 
 
 def touch_leaf(root: Path, n: int, round_: int) -> None:
     (root / "src" / f"n{n - 1}.txt").write_text(f"node {n - 1} edit {round_}\n")
 
 
-def bench_tool(name, cold_cmd, noop_cmd, root, n, env=None) -> dict:
-    cold = timed(cold_cmd, root, env)
-    noop = min(timed(noop_cmd, root, env) for _ in range(3))
+def bench_tool(name, cmd, root, n, restore=None, rss=False) -> dict:
+    rss_file = root.parent / f"{root.name}.rss" if rss else None
+    row = {"tool": name, "cold": timed(cmd, root, rss_file)}
+    if rss:
+        row["cold_mb"] = rss_mb(rss_file)
+    row["noop"] = statistics.median(timed(cmd, root, rss_file) for _ in range(5))
+    if rss:
+        row["noop_mb"] = rss_mb(rss_file)
     leaf = []
     for r in range(3):
         touch_leaf(root, n, r)
-        leaf.append(timed(noop_cmd, root, env))
-    return {"tool": name, "cold": cold, "noop": noop, "leaf": min(leaf)}
+        time.sleep(0.2)   # as an edit in an editor would be: not in the same clock tick as the build
+        leaf.append(timed(cmd, root))
+    row["leaf"] = statistics.median(leaf)
+    if restore is not None:
+        times = []
+        for _ in range(3):
+            subprocess.run(restore, cwd=root, check=True, stdout=subprocess.DEVNULL, env=ENV)
+            times.append(timed(cmd, root))
+        row["restore"] = statistics.median(times)
+    return row
 
 
-def run_scale(n: int, base: Path, sandbox: str) -> list[dict]:
+def run_scale(n: int, base: Path, sandbox: str, tools: list[str]) -> list[dict]:
     rows = []
-    for tool in ("buildgraph", "ninja", "make"):
+    for tool in tools:
         root = base / f"{tool}-{n}"
-        generate(root, n)
+        generate(root, n, bazel_user_root=base / "bazel-root")
         if tool == "buildgraph":
             cmd = BG + ["build", "-j2", "--sandbox", sandbox, "--cache-dir", str(base / f"cache-{n}")]
-            rows.append(bench_tool(f"buildgraph ({sandbox})", cmd, cmd, root, n))
-        elif tool == "ninja":
-            rows.append(bench_tool("ninja", ["ninja", "-j2"], ["ninja", "-j2"], root, n))
+            rows.append(bench_tool(f"buildgraph ({sandbox})", cmd, root, n, restore=BG + ["clean"], rss=True))
+        elif tool == "bazel":
+            try:
+                rows.append(bench_tool("Bazel (warm server)", ["bazel", "build", "--jobs=2", "//:all"], root, n))
+            finally:
+                subprocess.run(["bazel", "shutdown"], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         else:
-            rows.append(bench_tool("make", ["make", "-j2"], ["make", "-j2"], root, n))
+            rows.append(bench_tool(tool, [tool, "-j2"], root, n))
+        shutil.rmtree(root, ignore_errors=True)
     return rows
 
 
@@ -68,8 +103,7 @@ def per_action_overhead(n: int, base: Path, sandbox: str) -> tuple[float, float]
         lines += [f"  a{i}: {{kind: script, srcs: [src/f{i}], outs: [o], cmds: [\"cat $SRC/src/f{i} > $OUT/o\"]}}"]
     (root / "BUILD.yaml").write_text("\n".join(lines) + "\n")
     bg = timed(BG + ["build", "-j1", "--sandbox", sandbox, "--cache-dir", str(root / ".cache")], root)
-    out = root / "bare"
-    out.mkdir()
+    (root / "bare").mkdir()
     t = time.perf_counter()
     for i in range(n):
         subprocess.run(["sh", "-c", f"cat src/f{i} > bare/o{i}"], cwd=root, check=True)
@@ -77,20 +111,34 @@ def per_action_overhead(n: int, base: Path, sandbox: str) -> tuple[float, float]
     return bg / n, bare / n
 
 
+def fmt(value, unit="") -> str:
+    return "–" if value is None else f"{value:.3f}{unit}"
+
+
 def main() -> None:
     sizes = [int(a) for a in sys.argv[1:]] or [1000, 10000]
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(__file__).resolve().parent.parent / "buildgraph")])
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "buildgraph")], check=True)
     from buildgraph.sandbox import detect_mode
     sandbox = detect_mode()
+    tools = ["buildgraph", "ninja", "make"] + (["bazel"] if shutil.which("bazel") else [])
     base = Path(tempfile.mkdtemp(prefix="bg-bench-"))
     try:
-        print(f"{'nodes':>6}  {'tool':<20} {'cold s':>8} {'no-op s':>8} {'1 leaf s':>8}   ratios vs ninja (no-op, leaf)")
+        print(f"whole-process wall time, seconds; {os.cpu_count()} CPUs; "
+              f"{'Bazel: ' + shutil.which('bazel') if 'bazel' in tools else 'Bazel not installed'}")
+        print(f"{'nodes':>6}  {'tool':<22} {'cold':>8} {'no-op':>8} {'1 leaf':>8} {'restore':>8}   "
+              f"{'vs Bazel (cold, no-op, leaf)':<30} vs ninja (no-op, leaf)")
         for n in sizes:
-            rows = run_scale(n, base, sandbox)
+            rows = run_scale(n, base, sandbox, tools)
             ninja = next(r for r in rows if r["tool"] == "ninja")
+            bazel = next((r for r in rows if r["tool"].startswith("Bazel")), None)
             for r in rows:
-                print(f"{n:>6}  {r['tool']:<20} {r['cold']:8.3f} {r['noop']:8.3f} {r['leaf']:8.3f}   "
-                      f"{r['noop'] / ninja['noop']:6.1f}x {r['leaf'] / ninja['leaf']:6.1f}x")
+                vs_bazel = (f"{r['cold'] / bazel['cold']:5.2f}x {r['noop'] / bazel['noop']:5.2f}x "
+                            f"{r['leaf'] / bazel['leaf']:5.2f}x") if bazel else "–"
+                print(f"{n:>6}  {r['tool']:<22} {fmt(r['cold'])} {fmt(r['noop'])} {fmt(r['leaf'])} "
+                      f"{fmt(r.get('restore')):>8}   {vs_bazel:<30} "
+                      f"{r['noop'] / ninja['noop']:5.1f}x {r['leaf'] / ninja['leaf']:5.1f}x")
+            bg = rows[0]
+            print(f"{n:>6}  buildgraph peak memory: cold {bg['cold_mb']:.0f} MB, no-op {bg['noop_mb']:.0f} MB")
         for mode in dict.fromkeys((sandbox, "none")):
             bg, bare = per_action_overhead(500, base, mode)
             print(f"per-action ({mode:>7}): buildgraph {bg * 1e3:.2f} ms, bare command {bare * 1e3:.2f} ms, "
