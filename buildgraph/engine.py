@@ -17,7 +17,7 @@ from pathlib import Path
 
 from buildgraph import globs, signatures
 from buildgraph.action import Action, ActionResult
-from buildgraph.digest import StatCache, stat_signature, tree_digest
+from buildgraph.digest import StatCache, stat_signature, tree_digest, value_digest
 from buildgraph.errors import ConfigError, StoreError
 from buildgraph.graph import BuildGraph, Node, configure
 from buildgraph.sandbox import SANDBOX_ROOT, Sandbox
@@ -75,6 +75,7 @@ class Engine:
         self.globs_used: set[tuple[str, ...]] = set()   # the glob expansions this build's keys read
         self._host_tools = None
         self._host = None
+        self._tokens: dict[str | None, str | None] = {}   # toolchain -> global token (see unchanged)
         self.requested_sandbox = "auto"   # --sandbox
         self._sandbox_mode: str | None = None
         self.remote = None  # a RemoteLayer when --remote-cache is given
@@ -82,6 +83,7 @@ class Engine:
         self.git_sha = None       # --git-sha: the commit artifacts record (else $MXNET_SHA, ..., git HEAD)
         self._release_identity = None
         self._changed = False
+        self._refreshed = False   # only NodeRecord.inputs were brought up to date
         self.results: dict[str, ActionResult] = {}   # node -> result known this build
         self.outputs: dict[str, str] = {}            # node -> output digest known this build
         self.new_inputs: dict[str, dict] = {}        # node -> input digests, for nodes recorded this build
@@ -311,6 +313,48 @@ class Engine:
 
     # ------------------------------------------------------------ reuse
 
+    def unchanged(self, node: Node) -> Reuse | None:
+        """UP_TO_DATE without computing the key, when everything the last key was computed
+        from is equal now (as ninja compares inputs, not keys): the workspace's configuration
+        (by the stat signature of its files and buildgraph's code), the host tools, toolchain,
+        sandbox mode and host properties (one token per build and toolchain), the sources,
+        and the dependencies' outputs; and out/<node> is intact. Else None: compute the key."""
+        rec = self.state.nodes.get(node.name)
+        if rec is None or rec.inputs is None or rec.inputs != self._inputs_of(node):
+            return None
+        if not self._materialized_ok(node.name, rec.output_digest):
+            return None
+        return Reuse(Status.UP_TO_DATE, rec.output_digest)
+
+    def _inputs_of(self, node: Node) -> tuple | None:
+        t = self.ws.targets[node.target]
+        if t.kind == "artifact":   # its key reads git's state too: always computed
+            return None
+        token = self._token(node.toolchain)
+        deps = tuple(self.outputs.get(dn) for _, dn in node.deps)
+        if token is None or None in deps:
+            return None
+        path_source = self._source_of(t)[0] if t.source is not None and t.source.kind == "path" else None
+        return (token, self._sources(node.target)[0], path_source, deps)
+
+    def _token(self, toolchain: str | None) -> str | None:
+        """Everything in this build's keys that is not per node; None while the workspace's
+        files are too young to vouch for (their signature is None)."""
+        if toolchain not in self._tokens:
+            config = self.state.config[0] if self.state.config is not None else None
+            self._tokens[toolchain] = None if config is None else value_digest([
+                config, self.host_tools()[1], self.sandbox_mode, self.host_properties(),
+                self.resolver.resolve(toolchain).digest if toolchain else None])
+        return self._tokens[toolchain]
+
+    def refresh_inputs(self, node: Node) -> None:
+        """After a node was found up to date by its key: remember its inputs for next time."""
+        rec = self.state.nodes[node.name]
+        inputs = self._inputs_of(node)
+        if rec.inputs != inputs:
+            rec.inputs = inputs
+            self._refreshed = True
+
     def check(self, node: Node, action: Action, dry_run: bool = False) -> Reuse | None:
         """How `node` can be satisfied without running, or None if it must run.
 
@@ -349,6 +393,7 @@ class Engine:
         recorded a different result for the same key first, that one is used (and the node
         reported as not reproducible): every dependent, here and elsewhere, sees one output."""
         kept = self.store.put_result(action.key, result)
+        self.store.commit(due=1.0)
         if kept.output_digest != result.output_digest:
             self.warn(f"warning: {node.name} is not reproducible: its output differs from the result "
                       "another build cached for the same key; using the cached one "
@@ -386,7 +431,8 @@ class Engine:
     def record(self, name: str, action: Action, result: ActionResult) -> None:
         self.results[name] = result
         self.outputs[name] = result.output_digest
-        self.state.nodes[name] = NodeRecord(action.key, result.output_digest, result.duration)
+        self.state.nodes[name] = NodeRecord(action.key, result.output_digest, result.duration,
+                                            self._inputs_of(self.graph.nodes[name]))
         self.new_inputs[name] = action.inputs()
         self._changed = True
 
@@ -444,9 +490,10 @@ class Engine:
         self.state.materialized[name] = (result.output_digest, listing)
         self._changed = True
 
-    def changed(self) -> bool:
-        """Whether this build changed the state (a no-op build does not)."""
-        return self._changed or self.stat_cache.dirty
+    def changed(self, bookkeeping: bool = True) -> bool:
+        """Whether this build changed the state (a no-op build does not); without
+        `bookkeeping`, not counting NodeRecord.inputs brought up to date (refresh_inputs)."""
+        return self._changed or self.stat_cache.dirty or (bookkeeping and self._refreshed)
 
     def write_log(self, name: str, log: str) -> Path:
         self.state_dir.logs.mkdir(parents=True, exist_ok=True)

@@ -74,7 +74,7 @@ class Session:
     def close(self) -> None:
         try:
             if self.write and (self.dirty or self.engine.changed()):
-                self.state_dir.save(self.state)
+                self.state_dir.save(self.state, config=self.dirty)
             if self.write and self.noop_record is not None:
                 self.state_dir.save_noop(self.noop_record)
             if self.write and self.engine.new_inputs:
@@ -127,6 +127,7 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
     store = session.store
     session.engine.prepare(selected)
     store.open_for_build()
+    store.begin_batch()
     jobserver = Jobserver(jobs)
     engine = session.engine
     compiles = open_compile_cache(store, session.opts)
@@ -156,12 +157,13 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
             engine.remote.close()   # waits for background uploads
         if engine.executor is not None:
             engine.executor.close()
+        store.commit()
     ordered = [outcomes[n] for n in selected if n in outcomes]
     summary = BuildSummary(ordered, time.monotonic() - t0, selected=len(selected), interrupted=interrupted)
     for o in ordered:
         summary.counts[o.status.value] = summary.counts.get(o.status.value, 0) + 1
     no_op = all(o.status == Status.UP_TO_DATE for o in ordered) and len(ordered) == len(selected) \
-        and not engine.changed() and not interrupted
+        and not engine.changed(bookkeeping=False) and not interrupted
     if not no_op:   # a no-op build writes nothing: last-build.json keeps the last build that did something
         session.state_dir.save_last_build({
             "nodes": len(ordered), **summary.counts, "files_hashed": engine.stat_cache.hashed,

@@ -147,9 +147,15 @@ class Scheduler:
                 while ready and not stopping:                                  # 1. check
                     _, name = heapq.heappop(ready)
                     node = graph.nodes[name]
+                    reuse = engine.unchanged(node)
+                    if reuse is not None:   # its inputs are as its last build's: no key to compute
+                        done(name, NodeOutcome(name, reuse.status, engine.state.nodes[name].key), reuse.output_digest)
+                        continue
                     action = engine.action_for(node, {d: engine.outputs[d] for _, d in node.deps})
                     reuse = engine.check(node, action)
                     if reuse is not None:
+                        if reuse.status == Status.UP_TO_DATE:
+                            engine.refresh_inputs(node)
                         done(name, NodeOutcome(name, reuse.status, action.key), reuse.output_digest)
                     elif action.key in same_key:
                         same_key[action.key].append(name)

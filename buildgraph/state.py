@@ -1,16 +1,18 @@
 """Per-workspace state under <workspace>/.buildgraph/: an accelerator, never the truth.
 
-state.pickle holds what makes a no-op build cheap and what `why` compares against:
+state.pickle and config.pickle hold what makes a no-op build cheap and what `why`
+compares against:
   stat cache      path -> ((dev, ino, size, mtime_ns, ctime_ns), digest)
   resolutions     toolchain and glob results, each with the stat signature it
                   was computed under
-  config          the parsed workspace and configured graph, keyed by the stat
-                  signatures of every workspace file (no YAML parsing on a no-op)
+  config          (config.pickle) the parsed workspace and configured graph, keyed
+                  by the stat signatures of every workspace file (no YAML parsing
+                  on a no-op); written only when it changed, kept by `clean`
   nodes           node -> NodeRecord of its last successful build (key, output
-                  digest, duration)
+                  digest, duration, what the key was computed from)
   materialized    node -> (output digest, ((relpath, stat signature), ...))
                   of out/<node>: what was written there, to notice any edit
-It is written atomically (temp file + rename) at the end of a build that changed
+Each is written atomically (temp file + rename) at the end of a build that changed
 any of it (a no-op build writes nothing); last-build.json beside it holds the
 counters of the last build, for `cache stats`; inputs/ (a diskcache) holds each
 node's input digests by kind, read only by `plan` and `why` and written in one
@@ -26,14 +28,15 @@ import json
 import os
 import pickle
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from buildgraph import __version__
 from buildgraph.fsutil import lock_exclusive, write_atomic
 from buildgraph.noop import RECORD as NOOP_RECORD
 
-STATE_VERSION = (5, __version__)
+STATE_VERSION = (6, __version__)
+CONFIG = "config.pickle"   # the parsed workspace and its graph (State.config)
 
 
 @dataclass
@@ -41,6 +44,9 @@ class NodeRecord:
     key: str
     output_digest: str
     duration: float
+    # What the key was computed from, short of computing it (Engine.unchanged): the build's
+    # global token, the sources, a path source's identity, the dependencies' outputs.
+    inputs: tuple | None = None
 
 
 @dataclass
@@ -73,28 +79,41 @@ class StateDir:
             self._lock_fd = None
 
     def load(self) -> State:
+        state = self._unpickle("state.pickle")
+        if not isinstance(state, State) or state.version != STATE_VERSION:
+            state = State()
+        # The parsed workspace is a file of its own: rewritten only when the workspace changed,
+        # and kept by `clean` (it is checked against the files it was parsed from before use).
+        config = self._unpickle(CONFIG)
+        if isinstance(config, tuple) and len(config) == 4 and config[0] == STATE_VERSION:
+            state.config = config[1:]
+        return state
+
+    def _unpickle(self, name: str):
         try:
-            with open(self.dir / "state.pickle", "rb") as f:
+            with open(self.dir / name, "rb") as f:
                 data = f.read()
             # Unpickling creates ~10 objects per node; without the cyclic GC running
             # over them half way through, a 10,000-node state loads twice as fast.
             gc.disable()
             try:
-                state = pickle.loads(data)
+                value = pickle.loads(data)
             finally:
                 gc.enable()
             gc.freeze()  # and later collections need not traverse it again
-            if isinstance(state, State) and state.version == STATE_VERSION:
-                return state
+            return value
         except FileNotFoundError:
-            pass
+            return None
         except Exception as exc:  # any unreadable state is discarded: it is only a cache
-            print(f"buildgraph: ignoring unreadable state ({exc.__class__.__name__})", file=sys.stderr)
-        return State()
+            print(f"buildgraph: ignoring unreadable {name} ({exc.__class__.__name__})", file=sys.stderr)
+            return None
 
-    def save(self, state: State) -> None:
+    def save(self, state: State, config: bool = True) -> None:
+        """Write the state; and the parsed workspace too if `config` (it changed)."""
         self.drop_noop()   # it described the state being replaced
-        self._write("state.pickle", pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+        if config and state.config is not None:
+            self._write(CONFIG, pickle.dumps((STATE_VERSION, *state.config), protocol=pickle.HIGHEST_PROTOCOL))
+        self._write("state.pickle", pickle.dumps(replace(state, config=None), protocol=pickle.HIGHEST_PROTOCOL))
 
     def save_noop(self, record: bytes) -> None:
         """The no-op record (noop.py) of the state as saved now."""
