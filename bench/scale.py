@@ -111,8 +111,8 @@ def per_action_overhead(n: int, base: Path, sandbox: str) -> tuple[float, float]
     return bg / n, bare / n
 
 
-def fmt(value, unit="") -> str:
-    return "–" if value is None else f"{value:.3f}{unit}"
+def fmt(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def main() -> None:

@@ -10,9 +10,12 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from buildgraph.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, BuildgraphError, UsageError
+
+_STARTED = time.monotonic()
 
 
 def _size(text: str) -> int:
@@ -55,7 +58,7 @@ def _options(args):
 
     return Options(remote=_remote_options(args) if hasattr(args, "remote_cache") else None,
                    directory=Path(args.directory), cache_dir=_cache_dir(args),
-                   toolchain_dir=Path(args.toolchain_dir).absolute() if args.toolchain_dir else None,
+                   toolchain_dir=_toolchain_dir_arg(args),
                    cache_max_bytes=getattr(args, "max_size", None), sandbox=args.sandbox,
                    jobs=getattr(args, "jobs", 0) or 0, keep_going=getattr(args, "keep_going", False),
                    mirrors=tuple(getattr(args, "mirror", None) or ()), git_sha=getattr(args, "git_sha", None),
@@ -72,6 +75,10 @@ def _cache_dir(args) -> Path:
     return (Path(args.cache_dir) if args.cache_dir else default_cache_dir()).absolute()
 
 
+def _toolchain_dir_arg(args) -> Path | None:
+    return Path(args.toolchain_dir).absolute() if args.toolchain_dir else None
+
+
 def _session(args, write=True):
     from buildgraph.operations import Session
 
@@ -83,14 +90,12 @@ def _session(args, write=True):
 def process_seconds() -> float:
     """How long this process has run, interpreter start-up included (the kernel's start
     time, to its 10 ms tick): what a build's summary reports."""
-    import time
-
     try:
         with open("/proc/self/stat") as f:
             started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
         return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
-    except (OSError, ValueError, IndexError):
-        return time.process_time()
+    except (OSError, ValueError, IndexError):   # no /proc: since buildgraph's code began
+        return time.monotonic() - _STARTED
 
 
 def _noop_build(args) -> bool:
@@ -103,8 +108,7 @@ def _noop_build(args) -> bool:
     root = signatures.find_root(Path(args.directory))
     if root is None:
         return False
-    explicit = Path(args.toolchain_dir).absolute() if args.toolchain_dir else None
-    asked = noop.request(args.targets, args.sandbox, toolchain_dir(_cache_dir(args), explicit))
+    asked = noop.request(args.targets, args.sandbox, toolchain_dir(_cache_dir(args), _toolchain_dir_arg(args)))
     try:
         lock = lock_exclusive(root / ".buildgraph" / "lock", lambda m: print(f"buildgraph: {m}", file=sys.stderr))
     except OSError:   # no .buildgraph yet (or not ours to write): the build proper says why
@@ -556,19 +560,13 @@ def cmd_toolchain(args) -> int:
 
 
 def cmd_clean(args) -> int:
-    import shutil
-
-    from buildgraph.state import NOOP_RECORD, StateDir
+    from buildgraph.state import StateDir
     from buildgraph.workspace import find_root
 
     state_dir = StateDir(find_root(Path(args.directory)))
     state_dir.lock(lambda m: print(f"buildgraph: {m}", file=sys.stderr))
     try:
-        shutil.rmtree(state_dir.out, ignore_errors=True)
-        shutil.rmtree(state_dir.logs, ignore_errors=True)
-        for name in ("state.pickle", "last-build.json", NOOP_RECORD):
-            (state_dir.dir / name).unlink(missing_ok=True)
-        shutil.rmtree(state_dir.dir / "inputs", ignore_errors=True)
+        state_dir.clear()
     finally:
         state_dir.unlock()
     print(f"removed outputs and state of {state_dir.dir.parent}")

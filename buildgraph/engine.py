@@ -72,7 +72,7 @@ class Engine:
         self.resolver = ToolchainResolver(toolstore, ws.toolchains, self.stat_cache, packages=self.packages)
         self._srcs: dict[str, tuple] = {}
         self._dir_memo: dict[str, int | None] = {}
-        self.globs_used: set[tuple[str, ...]] = set()   # the glob expansions this build's keys read
+        self._globs_used: set[tuple[str, ...]] = set()   # the glob expansions this build read
         self._host_tools = None
         self._host = None
         self._tokens: dict[str | None, str | None] = {}   # toolchain -> global token (see unchanged)
@@ -83,7 +83,6 @@ class Engine:
         self.git_sha = None       # --git-sha: the commit artifacts record (else $MXNET_SHA, ..., git HEAD)
         self._release_identity = None
         self._changed = False
-        self._refreshed = False   # only NodeRecord.inputs were brought up to date
         self.results: dict[str, ActionResult] = {}   # node -> result known this build
         self.outputs: dict[str, str] = {}            # node -> output digest known this build
         self.new_inputs: dict[str, dict] = {}        # node -> input digests, for nodes recorded this build
@@ -141,7 +140,7 @@ class Engine:
             raise error(f"cannot read {exc.filename}: {exc.strerror or exc}") from None
 
     def _expand(self, patterns: tuple[str, ...], empty_error, fresh: bool) -> list[str]:
-        self.globs_used.add(patterns)
+        self._globs_used.add(patterns)
         cached = self.state.resolutions.get(("glob", patterns))
         if cached is not None and not fresh and globs.still_valid(cached[1], self._dir_memo):
             return cached[0]
@@ -151,6 +150,17 @@ class Engine:
         self.state.resolutions[("glob", patterns)] = (paths, visited)
         self._changed = True
         return paths
+
+    def sources_read(self) -> tuple[list[str], dict[str, tuple | None]]:
+        """The host paths of every source file this build staged or keyed (srcs and path
+        sources), and the directories its glob expansions read with their stat signatures."""
+        files = []
+        for key, held in self._srcs.items():
+            files.extend(held[1] if isinstance(key, str) else (host for _, host, _, _ in held[1]))
+        dirs = {}
+        for patterns in self._globs_used:
+            dirs.update(self.state.resolutions[("glob", patterns)][1])
+        return files, dirs
 
     def host_tools(self):
         if self._host_tools is None:
@@ -347,14 +357,6 @@ class Engine:
                 self.resolver.resolve(toolchain).digest if toolchain else None])
         return self._tokens[toolchain]
 
-    def refresh_inputs(self, node: Node) -> None:
-        """After a node was found up to date by its key: remember its inputs for next time."""
-        rec = self.state.nodes[node.name]
-        inputs = self._inputs_of(node)
-        if rec.inputs != inputs:
-            rec.inputs = inputs
-            self._refreshed = True
-
     def check(self, node: Node, action: Action, dry_run: bool = False) -> Reuse | None:
         """How `node` can be satisfied without running, or None if it must run.
 
@@ -363,6 +365,11 @@ class Engine:
         """
         rec = self.state.nodes.get(node.name)
         if rec is not None and rec.key == action.key and self._materialized_ok(node.name, rec.output_digest):
+            if not dry_run:   # the same key from other inputs' signatures: `unchanged` next time
+                inputs = self._inputs_of(node)
+                if rec.inputs != inputs:
+                    rec.inputs = inputs
+                    self._changed = True
             return Reuse(Status.UP_TO_DATE, rec.output_digest)
         result = self.store.get_result(action.key)
         if result is None:
@@ -393,7 +400,6 @@ class Engine:
         recorded a different result for the same key first, that one is used (and the node
         reported as not reproducible): every dependent, here and elsewhere, sees one output."""
         kept = self.store.put_result(action.key, result)
-        self.store.commit(due=1.0)
         if kept.output_digest != result.output_digest:
             self.warn(f"warning: {node.name} is not reproducible: its output differs from the result "
                       "another build cached for the same key; using the cached one "
@@ -490,10 +496,9 @@ class Engine:
         self.state.materialized[name] = (result.output_digest, listing)
         self._changed = True
 
-    def changed(self, bookkeeping: bool = True) -> bool:
-        """Whether this build changed the state (a no-op build does not); without
-        `bookkeeping`, not counting NodeRecord.inputs brought up to date (refresh_inputs)."""
-        return self._changed or self.stat_cache.dirty or (bookkeeping and self._refreshed)
+    def changed(self) -> bool:
+        """Whether this build changed the state (a no-op build does not)."""
+        return self._changed or self.stat_cache.dirty
 
     def write_log(self, name: str, log: str) -> Path:
         self.state_dir.logs.mkdir(parents=True, exist_ok=True)

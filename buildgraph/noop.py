@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import marshal
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from buildgraph import signatures
 from buildgraph.digest import is_racy, stat_signature
 
 RECORD = "noop.marshal"   # in .buildgraph/
-VERSION = 1
+VERSION = 2
 
 
 def request(patterns, sandbox: str, toolchain_dir) -> tuple:
@@ -46,12 +45,8 @@ def host_facts(tools: tuple[str, ...], sandbox: str, host_key: tuple[str, ...]) 
     that writes a record and by the check that reads it."""
     from buildgraph import hostpkgs
 
-    found = []
-    for name in tools:
-        path = shutil.which(name)
-        found.append(os.path.realpath(path) if path else None)
     values = signatures.host_values()
-    return (tuple(found), signatures.sandbox_facts(sandbox), tuple(values[p] for p in host_key),
+    return (signatures.host_programs(tools), signatures.sandbox_facts(sandbox), tuple(values[p] for p in host_key),
             hostpkgs.status_signature(), signatures.visible_host_signature())
 
 
@@ -110,35 +105,23 @@ def record(engine, request: tuple, selected: list[str]) -> bytes | None:
             return False
         stats[path] = stat_signature(st)
         return True
-    targets = {}
-    for name in selected:
-        node = graph.nodes[name]
-        if ws.targets[node.target].kind == "artifact":
-            return None
-        targets[node.target] = node
+    nodes = [graph.nodes[name] for name in selected]
+    if any(ws.targets[node.target].kind == "artifact" for node in nodes):
+        return None
     links = engine.host_tools()[0]
     if not all(known(path) for _, path in links):
         return None
-    for tc in dict.fromkeys(n.toolchain for n in targets.values() if n.toolchain):
+    for tc in dict.fromkeys(n.toolchain for n in nodes if n.toolchain):
         for member in engine.resolver.members(tc):
             entry = engine.resolver.entry_if_resolved(member)
             # Not while a program changed since it was fetched: every build warns of that.
             if entry is None or not fresh(f"{entry.path}/digest.json") or \
                     not all(fresh(path) and stats[path] == sig for path, sig in entry.watch):
                 return None
-    for target in targets:
-        for key in (target, ("source", target)):
-            held = engine._srcs.get(key)
-            if held is None:
-                continue
-            hosts = held[1] if key == target else [host for _, host, _, _ in held[1]]
-            if not all(known(host) for host in hosts):
-                return None
-    for patterns in engine.globs_used:
-        for d, sig in state.resolutions[("glob", patterns)][1].items():
-            if sig is None:
-                return None
-            stats[d] = sig
+    files, dirs = engine.sources_read()
+    if not all(known(path) for path in files) or None in dirs.values():
+        return None
+    stats.update(dirs)
     outputs = []
     base = engine.state_dir.out
     for name in selected:

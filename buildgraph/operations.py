@@ -163,8 +163,8 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
     for o in ordered:
         summary.counts[o.status.value] = summary.counts.get(o.status.value, 0) + 1
     no_op = all(o.status == Status.UP_TO_DATE for o in ordered) and len(ordered) == len(selected) \
-        and not engine.changed(bookkeeping=False) and not interrupted
-    if not no_op:   # a no-op build writes nothing: last-build.json keeps the last build that did something
+        and not interrupted
+    if not no_op:   # last-build.json keeps the last build in which a node ran or was restored
         session.state_dir.save_last_build({
             "nodes": len(ordered), **summary.counts, "files_hashed": engine.stat_cache.hashed,
             "local_hits": store.counters.hits, "local_misses": store.counters.misses,

@@ -154,8 +154,6 @@ class Scheduler:
                     action = engine.action_for(node, {d: engine.outputs[d] for _, d in node.deps})
                     reuse = engine.check(node, action)
                     if reuse is not None:
-                        if reuse.status == Status.UP_TO_DATE:
-                            engine.refresh_inputs(node)
                         done(name, NodeOutcome(name, reuse.status, action.key), reuse.output_digest)
                     elif action.key in same_key:
                         same_key[action.key].append(name)

@@ -97,6 +97,17 @@ def visible_host_signature():
     return tuple(sig)
 
 
+def host_programs(names) -> tuple[tuple[str, str | None], ...]:
+    """(name, real path or None) of each host tool, as PATH finds it. A name may be an absolute
+    path, which picks one program where PATH would find another (a pyenv shim under /root,
+    which the sandbox does not show)."""
+    found = []
+    for name in names:
+        path = shutil.which(name)
+        found.append((os.path.basename(name), os.path.realpath(path) if path is not None else None))
+    return tuple(found)
+
+
 def kernel_release() -> str:
     return os.uname().release
 

@@ -119,6 +119,16 @@ class StateDir:
         """The no-op record (noop.py) of the state as saved now."""
         self._write(NOOP_RECORD, record)
 
+    def clear(self) -> None:
+        """Remove the outputs, logs and state (`clean`); the parsed workspace stays, since
+        it is checked against the files it was parsed from before any use."""
+        import shutil
+
+        for d in (self.out, self.logs, self.dir / "inputs"):
+            shutil.rmtree(d, ignore_errors=True)
+        for name in ("state.pickle", "last-build.json", NOOP_RECORD):
+            (self.dir / name).unlink(missing_ok=True)
+
     def drop_noop(self) -> None:
         try:
             os.unlink(self.dir / NOOP_RECORD)

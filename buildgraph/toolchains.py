@@ -16,12 +16,12 @@ final link of a CUDA library can target glibc 2.17.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from dataclasses import dataclass
 
 from buildgraph.compile_cache import COMPILER_NAMES, compiler_type
 from buildgraph.digest import StatCache, value_digest
+from buildgraph.signatures import host_programs
 from buildgraph.toolstore import ROLE_NAMES, SANDBOX_TOOLCHAINS, Entry, ToolStore
 from buildgraph.workspace import Toolchain
 
@@ -187,13 +187,7 @@ def host_tools(names: tuple[str, ...], stat_cache: StatCache, packages=None, hos
     from buildgraph import hostpkgs
     from buildgraph.sandbox import visible_host_files
 
-    links = []
-    for name in names:
-        # A name is looked up on PATH; an absolute path picks one program where PATH would find
-        # another (a pyenv shim under /root, which the sandbox does not show).
-        found = shutil.which(name)
-        if found is not None:
-            links.append((os.path.basename(name), os.path.realpath(found)))
+    links = [(name, path) for name, path in host_programs(names) if path is not None]
     pk_digest, unowned = (packages or hostpkgs.packages_digest)(tuple(sorted({p for _, p in links})), ())
     files = (host_files or visible_host_files)()
     digest = value_digest({"tools": sorted([n, stat_cache.digest(p)] for n, p in links), "packages": pk_digest,

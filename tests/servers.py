@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -408,3 +409,52 @@ class WorkerProcess(Server):
     def ran(self) -> list[str]:
         return [line.split("running ", 1)[1].split(" (")[0] for line in self.log.read_text().splitlines()
                 if "] running " in line]
+
+
+class HostileServer:
+    """A loopback port whose every connection goes to `handle(conn, stop)` on a thread of its
+    own: a remote that hangs, drips, or otherwise misbehaves. `close` stops it."""
+
+    def __init__(self, handle):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        self._handle = handle
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        try:
+            self._handle(conn, self.stop)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+
+
+def silent(conn, stop) -> None:
+    """Accept and never answer: a remote that hangs."""
+    stop.wait()
+
+
+def drip(conn, stop) -> None:
+    """An HTTP answer at one byte every half second, forever."""
+    conn.recv(65536)
+    for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100000:
+        if stop.is_set():
+            return
+        conn.send(bytes([byte]))
+        time.sleep(0.5)

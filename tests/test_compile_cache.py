@@ -2,13 +2,11 @@
 
 import hashlib
 import json
-import socket
-import threading
 from pathlib import Path
 
 import pytest
 from conftest import ran
-from servers import NGINX, NginxServer, free_port
+from servers import NGINX, HostileServer, NginxServer, free_port, silent
 from test_toolchains import write_cuda_project
 
 from buildgraph import compile_cache
@@ -176,40 +174,16 @@ def test_a_second_developer_gets_the_objects_from_the_remote_cache(ws, tmp_path,
         server.stop()
 
 
-class SilentServer:
-    """Accepts connections and never answers: a remote that hangs."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.held = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                self.held.append(self.sock.accept()[0])
-            except OSError:
-                return
-
-    def close(self):
-        self.sock.close()
-        for c in self.held:
-            c.close()
-
-
 @pytest.mark.parametrize("remote", ["down", "hanging"])
 def test_an_unusable_remote_costs_one_warning_and_a_local_compile(ws, capsys, remote):
     write_project(ws, "host-gcc")
-    silent = SilentServer() if remote == "hanging" else None
-    port = silent.port if silent else free_port()
+    hanging = HostileServer(silent) if remote == "hanging" else None
+    port = hanging.port if hanging else free_port()
     try:
         result = ws.build("--remote-cache", f"http://127.0.0.1:{port}", "--remote-timeout", "1", capsys=capsys)
     finally:
-        if silent:
-            silent.close()
+        if hanging:
+            hanging.close()
     assert result["_rc"] == 0, result["_err"]
     assert ran(result) == {"calc", "mk"}
     warnings = [line for line in result["_err"].splitlines() if "compile cache" in line]

@@ -164,3 +164,19 @@ def test_clean_removes_the_record(ws, capsys, sessions):
     assert ws.run("clean", capsys=capsys)[0] == 0
     assert not (ws.root / ".buildgraph" / "noop.marshal").exists()
     assert set(ws.build(capsys=capsys).values()) >= {"cached"}
+
+
+def test_unchanged_nodes_are_not_keyed_again(ws, capsys, monkeypatch):
+    """Past the no-op check, a node whose inputs are as its last build's is up to date
+    without its action and key being computed (Engine.unchanged); its dependents are not."""
+    from buildgraph.engine import Engine
+
+    make_chain(ws)
+    ws.build(capsys=capsys)
+    keyed = []
+    real = Engine.action_for
+    monkeypatch.setattr(Engine, "action_for", lambda self, node, deps: keyed.append(node.name) or
+                        real(self, node, deps))
+    _edit_source(ws)
+    assert ran(ws.build(capsys=capsys)) == {"lib", "app"}
+    assert sorted(keyed) == ["app", "lib"]

@@ -6,15 +6,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 from conftest import Workspace, ran
-from servers import NGINX, NginxServer
+from servers import NGINX, HostileServer, NginxServer, drip
 from test_store import verify_cas
 
 from buildgraph.action import ActionResult, OutputFile
@@ -577,67 +575,30 @@ def test_declared_file_and_directory_outputs_mean_what_they_say(ws, capsys):
 
 # 17 ------------------------------------------------------------------------------------
 
-class DripServer:
-    """An HTTP server that answers one byte a second, forever."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
-
-    def _drip(self, conn):
-        try:
-            conn.recv(65536)
-            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100000:
-                if self.stop.is_set():
-                    return
-                conn.send(bytes([byte]))
-                time.sleep(0.5)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self):
-        self.stop.set()
-        self.sock.close()
-
-
 def test_a_dripping_remote_is_dropped_at_its_deadline(ws, capsys):
-    drip = DripServer()
+    dripping = HostileServer(drip)
     try:
         ws.write("BUILD.yaml", "targets:\n" + "".join(
             f"  n{i}: {{kind: script, outs: [o], cmds: [\"echo {i} > $OUT/o\"]}}\n" for i in range(6)))
-        st = ws.build("--remote-cache", f"http://127.0.0.1:{drip.port}", "--remote-timeout", "2", capsys=capsys)
+        st = ws.build("--remote-cache", f"http://127.0.0.1:{dripping.port}", "--remote-timeout", "2", capsys=capsys)
         assert st["_rc"] == 0 and len(ran(st)) == 6
         assert st["_err"].count("warning: remote cache") == 1
     finally:
-        drip.close()
+        dripping.close()
 
 
 def test_sigterm_stops_a_build_stuck_on_a_dripping_remote(ws):
-    drip = DripServer()
+    dripping = HostileServer(drip)
     try:
         ws.write("BUILD.yaml", 'targets:\n  t: {kind: script, outs: [o], cmds: ["echo > $OUT/o"]}\n')
-        proc = ws.spawn("build", "--remote-cache", f"http://127.0.0.1:{drip.port}", "--remote-timeout", "600")
+        proc = ws.spawn("build", "--remote-cache", f"http://127.0.0.1:{dripping.port}", "--remote-timeout", "600")
         time.sleep(3)
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=20)    # a liveness bound, not a timing: it stopped
         assert proc.returncode == 130
     finally:
-        drip.close()
+        dripping.close()
 
 
 def test_no_op_build_writes_nothing(ws, capsys):
