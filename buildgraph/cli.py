@@ -28,6 +28,30 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500M, 10G)") from None
 
 
+def _count(minimum: int, zero_means: str | None = None):
+    """An argparse type: an integer ≥ `minimum` (0 allowed too when `zero_means` says what it means)."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if n < minimum and not (n == 0 and zero_means):
+            raise argparse.ArgumentTypeError(f"{n}: must be {minimum} or more"
+                                             + (f" (or 0: {zero_means})" if zero_means else ""))
+        return n
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be more than 0")
+    return value
+
+
 def _remote_options(args):
     """RemoteOptions from --remote-* flags (and $BUILDGRAPH_REMOTE_CACHE), or None."""
     import os
@@ -149,8 +173,9 @@ def cmd_build(args) -> int:
     print(summary.line())
     if not summary.ok:
         failed = [o for o in summary.outcomes if o.status.value == "failed"]
-        for o in failed:
-            print(f"buildgraph: {o.name} failed: {o.error} (log: .buildgraph/logs/{o.name}.log)", file=sys.stderr)
+        for o in failed:   # a log path only where there is a log to read
+            log = f" (log: .buildgraph/logs/{o.name}.log)" if o.log.strip() else ""
+            print(f"buildgraph: {o.name} failed: {o.error}{log}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -326,18 +351,12 @@ def cmd_artifact(args) -> int:
 
     if args.action == "push":
         with _session(args, write=False) as s:
-            names = s.graph.resolve(args.node)
-            commit = repository.resolve_commit(args.git_sha, s.root)
-            if commit is None:
-                print("buildgraph: error: no commit: pass --git-sha, set MXNET_SHA or GIT_COMMIT, or push from a "
-                      "git checkout", file=sys.stderr)
-                return EXIT_FAILED + 1
-            for name in names:
+            for name in s.graph.resolve(args.node):
                 dist = s.state_dir.out / name / "dist"
                 if not dist.is_dir():
                     print(f"buildgraph: error: {name} is not built (buildgraph build {name})", file=sys.stderr)
                     return EXIT_FAILED
-                prefix = repository.push(dist, args.url, commit, args.remote_ca, args.allow_dirty)
+                prefix = repository.push(dist, args.url, args.git_sha, args.remote_ca, args.allow_dirty)
                 print(f"{name}: pushed to {args.url.rstrip('/')}/{prefix}/")
         return EXIT_OK
     files = repository.pull(args.url, args.prefix, args.library, Path(args.output), args.remote_ca)
@@ -408,6 +427,7 @@ def cmd_plan(args) -> int:
     from buildgraph import operations
 
     with _session(args, write=False) as s:
+        s.engine.resolver.fetch = args.fetch
         rows, path, impure = operations.plan(s, args.targets)
     if args.format == "json":
         print(json.dumps({"nodes": [{"node": r.name, "key": r.key, "action_digest": r.action_digest,
@@ -435,6 +455,7 @@ def cmd_why(args) -> int:
     from buildgraph import operations
 
     with _session(args, write=False) as s:
+        s.engine.resolver.fetch = args.fetch
         name, lines = operations.why(s, args.node)
     if not lines:
         print(f"{name}: no input changed since its last build")
@@ -470,6 +491,8 @@ def cmd_query(args) -> int:
 def cmd_cache(args) -> int:
     from buildgraph.store.local import DEFAULT_MAX_BYTES, LocalStore
 
+    if args.action == "clean":
+        return _cache_clean(args)
     store = LocalStore(_cache_dir(args), DEFAULT_MAX_BYTES if args.max_size is None else args.max_size)
     try:
         if args.action == "gc":
@@ -559,10 +582,49 @@ def cmd_toolchain(args) -> int:
         return EXIT_FAILED if bad else EXIT_OK
 
 
+def cmd_info(args) -> int:
+    """Bazel's `info`: where everything is, as this command line (and the rc files) set it."""
+    from buildgraph import rcfile, signatures
+    from buildgraph.errors import did_you_mean
+    from buildgraph.locations import toolchain_dir
+    from buildgraph.sandbox import detect_mode
+
+    root = signatures.find_root(Path(args.directory))
+    cache = _cache_dir(args)
+    remote = getattr(args, "remote_cache", None) or os.environ.get("BUILDGRAPH_REMOTE_CACHE")
+    items = {
+        "version": _version(),
+        "workspace": str(root) if root else f"none (no BUILD.yaml at or above {Path(args.directory).resolve()})",
+        "output_root": str(root / ".buildgraph" / "out") if root else "none",
+        "logs": str(root / ".buildgraph" / "logs") if root else "none",
+        "cache_dir": str(cache),
+        "toolchain_dir": str(toolchain_dir(cache, _toolchain_dir_arg(args))),
+        "sources_dir": str(cache / "sources"),
+        "sandbox": detect_mode(args.sandbox, cache if cache.is_dir() else None),
+        "remote_cache": remote or "none",
+        "remote_read_only": str(bool(args.remote_read_only)).lower(),
+        "mirrors": " ".join(args.mirror or ()) or os.environ.get("BUILDGRAPH_MIRROR") or "none",
+        "rc_files": " ".join(str(f) for f in rcfile.rc_files(root)) or "none",
+    }
+    if args.key:
+        if args.key not in items:
+            raise UsageError(f"info: no item {args.key!r}; " + (did_you_mean(args.key, items) or
+                                                                f"items: {', '.join(items)}"))
+        print(items[args.key])
+        return EXIT_OK
+    for key, value in items.items():
+        print(f"{key}: {value}")
+    return EXIT_OK
+
+
 def cmd_clean(args) -> int:
     from buildgraph.state import StateDir
     from buildgraph.workspace import find_root
 
+    if args.cache:
+        raise UsageError("`clean` removes this workspace's outputs and state only; the cache is shared by "
+                         "every workspace: `buildgraph cache clean` removes its build results, "
+                         "`buildgraph cache clean --all` also the fetched toolchains and sources")
     state_dir = StateDir(find_root(Path(args.directory)))
     state_dir.lock(lambda m: print(f"buildgraph: {m}", file=sys.stderr))
     try:
@@ -570,21 +632,132 @@ def cmd_clean(args) -> int:
     finally:
         state_dir.unlock()
     print(f"removed outputs and state of {state_dir.dir.parent}")
-    if args.cache:
-        from buildgraph.fsutil import force_remove
-        from buildgraph.store.local import LocalStore
+    return EXIT_OK
 
-        cache = _cache_dir(args)
-        if cache.is_dir():
-            store = LocalStore(cache)
-            with store.exclusive("clean --cache"):   # never under a running build (StoreError)
-                store.close()
-                force_remove(cache)   # the lock file too: it is held until the last moment
-        print(f"removed cache {cache}")
+
+def _cache_clean(args) -> int:
+    from buildgraph.cache_clean import DOWNLOADS, clean
+
+    cache = _cache_dir(args)
+    if not cache.is_dir():
+        print(f"cache {cache}: nothing to remove")
+        return EXIT_OK
+    removed = clean(cache, args.all)
+    for name, files, size in removed:
+        print(f"  removed {name}/: {files} files, {size / 1e6:.1f} MB")
+    total = sum(size for _, _, size in removed)
+    print(f"cache {cache}: removed {total / 1e6:.1f} MB"
+          + ("" if args.all else f" of build results; kept {', '.join(d + '/' for d in DOWNLOADS)} (--all removes them)"))
     return EXIT_OK
 
 
 # ---------------------------------------------------------------- parser
+
+# Bazel's names for our flags (did-you-mean); the rest match with '_' read as '-'.
+_BAZEL_FLAGS = {"--disk_cache": "--cache-dir", "--spawn_strategy": "--sandbox", "--output_base": "--cache-dir",
+                "--execution_log_json_file": "--log-json", "--remote_upload_local_results": "--remote-read-only",
+                "--subcommands": "-s", "--verbose_failures": "-s", "--k": "--keep-going"}
+
+EXAMPLES = {
+    "build": ["buildgraph build                       # every node",
+              "buildgraph build backend@cpu-dynamic -j 8 --keep-going",
+              "buildgraph build --config=ci           # the options of build:ci in .buildgraphrc"],
+    "publish": ["buildgraph publish release --to pypi:http://127.0.0.1:8080/ --git-sha $GIT_COMMIT"],
+    "fetch": ["buildgraph fetch                       # every upstream source the targets need",
+              "buildgraph fetch --mirror /srv/mirror  # and keep them there by digest"],
+    "plan": ["buildgraph plan                        # what a build would do; downloads nothing",
+             "buildgraph plan backend --format json"],
+    "why": ["buildgraph why backend@cpu-dynamic"],
+    "graph": ["buildgraph graph | dot -Tsvg > graph.svg",
+              "buildgraph graph release --format json"],
+    "query": ["buildgraph query deps backend@cpu-dynamic",
+              "buildgraph query rdeps openblas --direct"],
+    "cache": ["buildgraph cache stats",
+              "buildgraph cache gc --max-size 5G",
+              "buildgraph cache verify --repair",
+              "buildgraph cache clean                 # build results of every workspace",
+              "buildgraph cache clean --all           # and fetched toolchains and sources"],
+    "toolchain": ["buildgraph toolchain list", "buildgraph toolchain fetch zig", "buildgraph toolchain verify"],
+    "verify": ["buildgraph verify backend@cpu-dynamic --report-dir reports/"],
+    "manifest": ["buildgraph manifest -o here.json && buildgraph diff here.json ci.json"],
+    "diff": ["buildgraph diff here.json ci.json"],
+    "worker": ["buildgraph worker --server grpc://127.0.0.1:50051 --slots 4"],
+    "audit": ["buildgraph audit dist/lib/libmxnet.so --policy manylinux_2_17",
+              "buildgraph audit --explain release@cpu-dynamic"],
+    "artifact": ["buildgraph artifact push release@cpu-dynamic --to /srv/artifacts",
+                 "buildgraph artifact pull --from /srv/artifacts --prefix COMMIT/debian-12/cpu/dynamic "
+                 "--library libmxnet.so -o out/"],
+    "env": ['eval "$(buildgraph env backend@cpu-dynamic)"',
+            "buildgraph env backend@cpu-dynamic --format cmake-presets > CMakeUserPresets.json"],
+    "shell": ["buildgraph shell backend@cpu-dynamic", "buildgraph shell backend@cpu-dynamic -- cmake --build build"],
+    "clean": ["buildgraph clean                       # this workspace's outputs and state; not the cache"],
+    "info": ["buildgraph info", "buildgraph info cache_dir"],
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with did-you-mean for commands and choices, and no abbreviated options (as
+    Bazel: `--keep-goin` is a typo, and an abbreviation that works today breaks when an
+    option that shares its prefix is added)."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kw)
+
+    def error(self, message: str):
+        import re
+
+        from buildgraph.errors import did_you_mean
+
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            hint = did_you_mean(m.group(1), re.findall(r"'([^']*)'", m.group(2)))
+            if hint:
+                message = f"{message}; {hint}"
+        super().error(message)
+
+
+def suggest_option(option: str, command: argparse.ArgumentParser) -> str | None:
+    """The option of `command` a mistyped or Bazel-spelled `option` most likely means."""
+    from buildgraph.errors import closest
+
+    known = [o for a in command._actions for o in a.option_strings]
+    flag = option.split("=", 1)[0]
+    for guess in (_BAZEL_FLAGS.get(flag), flag.replace("_", "-")):
+        if guess in known:
+            return guess
+    return closest(flag.replace("_", "-"), [o for o in known if o.startswith("--")])
+
+
+def _subcommand(p: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], argparse.ArgumentParser]:
+    """(the command words at the start of argv, the parser they select)."""
+    words, parser = [], p
+    for word in argv:
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None or word not in sub.choices:
+            break
+        words.append(word)
+        parser = sub.choices[word]
+    return words, parser
+
+
+def _with_rc(p: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """argv with the rc files' options of its command inserted (rcfile.py)."""
+    from buildgraph import rcfile, signatures
+
+    words, command = _subcommand(p, argv)
+    if not words:
+        return argv
+    rest = argv[len(words):]
+    directory = next((rest[i + 1] for i, a in enumerate(rest[:-1]) if a in ("-C", "--directory")), None) or \
+        next((a.split("=", 1)[1] for a in rest if a.startswith("--directory=")), ".")
+    lines = rcfile.read(rcfile.rc_files(signatures.find_root(Path(directory))))
+    if not lines and not any(a == "--config" or a.startswith("--config=") for a in rest):
+        return argv
+    options = {o: a for a in command._actions for o in a.option_strings}
+    return words + rcfile.expand(words[0], rest, lines, options.get)
+
+
 
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -597,7 +770,10 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--mirror", action="append", metavar="DIR_OR_URL",
                         help="look for sources here first (repeatable; then $BUILDGRAPH_MIRROR, then upstream)")
 
-    p = argparse.ArgumentParser(prog="buildgraph", description="Declarative build graph with Bazel-like caching.")
+    p = _Parser(prog="buildgraph", description="Declarative build graph with Bazel-like caching.",
+                epilog="Options also come from .buildgraphrc files (the workspace's, then ~/.buildgraphrc): "
+                       "`buildgraph COMMAND --help` for each command's.")
+    p.add_argument("--version", action="version", version=f"buildgraph {_version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     remote = argparse.ArgumentParser(add_help=False)
@@ -608,12 +784,13 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--remote-read-only", action="store_true", help="use remote results, never upload")
     r.add_argument("--remote-instance-name", default="", help="REAPI instance name")
     r.add_argument("--remote-ca", metavar="FILE", help="CA certificates for https/grpcs")
-    r.add_argument("--remote-timeout", type=float, default=10.0, metavar="SECONDS", help="per request (default 10)")
-    r.add_argument("--remote-retries", type=int, default=2, help="retries of failed requests, with backoff (default 2)")
-    r.add_argument("--remote-jobs", type=int, default=8, help="parallel remote lookups and transfers (default 8)")
+    r.add_argument("--remote-timeout", type=_seconds, default=10.0, metavar="SECONDS", help="per request (default 10)")
+    r.add_argument("--remote-retries", type=_count(0), default=2, help="retries of failed requests, with backoff (default 2)")
+    r.add_argument("--remote-jobs", type=_count(1), default=8, help="parallel remote lookups and transfers (default 8)")
     b = sub.add_parser("build", parents=[common, remote], help="build targets (default: all nodes)")
     b.add_argument("targets", nargs="*", help="node (lib@cpu), target (all its variants) or target@value")
-    b.add_argument("-j", "--jobs", type=int, default=0, help="parallel slots, shared with nested make (default: cores)")
+    b.add_argument("-j", "--jobs", type=_count(1, "one per CPU core"), default=0,
+                   help="parallel slots, shared with nested make (default: one per CPU core)")
     b.add_argument("-k", "--keep-going", action="store_true", help="go on building what does not depend on a failure")
     b.add_argument("--log-json", metavar="FILE", help="write one JSON event per node")
     b.add_argument("--profile", metavar="FILE", help="write a Chrome trace of the actions that ran")
@@ -641,7 +818,7 @@ def parser() -> argparse.ArgumentParser:
     pu.add_argument("--nightly-date", metavar="YYYYMMDD", help="the nightly's date (default: today, UTC)")
     pu.add_argument("--prune-nightlies", action="store_true",
                     help="instead of uploading: delete all but the --keep newest nightlies of these artifacts' projects")
-    pu.add_argument("--keep", type=int, default=7, metavar="N", help="nightlies --prune-nightlies keeps (default 7)")
+    pu.add_argument("--keep", type=_count(1), default=7, metavar="N", help="nightlies --prune-nightlies keeps (default 7)")
     pu.add_argument("--git-sha", help="the commit the artifacts were built for (as given to build)")
     pu.set_defaults(func=cmd_publish, restore_only=True)
 
@@ -650,14 +827,18 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("targets", nargs="*")
     f.set_defaults(func=cmd_fetch)
 
-    pl = sub.add_parser("plan", parents=[common], help="dry run: each node, its key, cached or why it must run")
+    pl = sub.add_parser("plan", parents=[common], help="dry run: each node, its key, cached or why it must run; "
+                                                       "downloads and installs nothing")
     pl.add_argument("targets", nargs="*")
+    pl.add_argument("--fetch", action="store_true",
+                    help="fetch missing toolchains to compute every key (default: a dry run downloads nothing)")
     pl.add_argument("--format", choices=("text", "json"), default="text",
                     help="json adds each node's remote action digest (SHA-256, as remote caches see it)")
     pl.set_defaults(func=cmd_plan)
 
     w = sub.add_parser("why", parents=[common], help="which inputs of NODE changed since its last build")
     w.add_argument("node")
+    w.add_argument("--fetch", action="store_true", help="fetch a missing toolchain to compare its key's inputs")
     w.set_defaults(func=cmd_why)
 
     g = sub.add_parser("graph", parents=[common], help="print the configured graph")
@@ -671,8 +852,10 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--direct", action="store_true", help="only direct edges")
     q.set_defaults(func=cmd_query)
 
-    c = sub.add_parser("cache", parents=[common], help="local cache: stats | gc | verify")
-    c.add_argument("action", choices=("stats", "gc", "verify"))
+    c = sub.add_parser("cache", parents=[common], help="local cache: stats | gc | verify | clean")
+    c.add_argument("action", choices=("stats", "gc", "verify", "clean"))
+    c.add_argument("--all", action="store_true",
+                   help="clean: also the fetched toolchains and sources, not only the build results")
     c.add_argument("--repair", action="store_true",
                    help="verify: quarantine damaged blobs and drop the action results naming them")
     c.add_argument("--max-size", type=_size, help="size to shrink to (gc) or the limit shown (stats)")
@@ -691,7 +874,8 @@ def parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("verify", parents=[common], help="build again, perturbed, and compare outputs")
     v.add_argument("targets", nargs="*")
-    v.add_argument("-j", "--jobs", type=int, default=0)
+    v.add_argument("-j", "--jobs", type=_count(1, "one per CPU core"), default=0,
+                   help="parallel slots (default: one per CPU core)")
     v.add_argument("--report-dir", help="keep diffoscope reports here (when diffoscope is installed)")
     v.set_defaults(func=cmd_verify)
 
@@ -708,7 +892,7 @@ def parser() -> argparse.ArgumentParser:
     wk = sub.add_parser("worker", help="run actions for a REAPI executor (a Remote Workers API bot)")
     wk.add_argument("--server", required=True, help="grpc://host:port of the BuildGrid (bots service)")
     wk.add_argument("--instance-name", default="")
-    wk.add_argument("--slots", type=int, default=0, help="CPU slots (jobserver) for each action (default: cores)")
+    wk.add_argument("--slots", type=_count(1, "one per CPU core"), default=0, help="CPU slots (jobserver) for each action (default: cores)")
     wk.add_argument("--cache-dir", help="the worker's local store (default CACHE_DIR/worker)")
     wk.add_argument("--toolchain-dir", help="where the worker fetches toolchains")
     wk.set_defaults(func=cmd_worker)
@@ -729,7 +913,8 @@ def parser() -> argparse.ArgumentParser:
     ap = asub.add_parser("push", parents=[common], help="upload NODE's dist/ under <commit>/<os>/<variant>/<linking>/")
     ap.add_argument("node")
     ap.add_argument("--to", dest="url", required=True, help="a directory, http(s):// (WebDAV) or s3://bucket/prefix")
-    ap.add_argument("--git-sha")
+    ap.add_argument("--git-sha", help="refuse unless the artifact's .meta records this commit (the commit it is "
+                                      "filed under always comes from the .meta)")
     ap.add_argument("--allow-dirty", action="store_true",
                     help="push an artifact built from a working tree with uncommitted changes")
     ap.add_argument("--remote-ca", metavar="FILE")
@@ -758,9 +943,34 @@ def parser() -> argparse.ArgumentParser:
     sh.set_defaults(func=cmd_shell)
 
     cl = sub.add_parser("clean", parents=[common], help="remove the workspace's outputs and state")
-    cl.add_argument("--cache", action="store_true", help="also delete the whole local cache")
+    cl.add_argument("--cache", action="store_true", help=argparse.SUPPRESS)   # gone: says where it went
     cl.set_defaults(func=cmd_clean)
+
+    i = sub.add_parser("info", parents=[common, remote],
+                       help="where things are: workspace, cache, toolchain store, outputs, sandbox, remote")
+    i.add_argument("key", nargs="?", help="print only this item's value")
+    i.set_defaults(func=cmd_info)
+    _describe(sub)
     return p
+
+
+def _describe(sub) -> None:
+    """Each command's --help: its one-line help as the description, and examples."""
+    helps = {a.dest: a.help for a in sub._choices_actions}
+    for name, command in sub.choices.items():
+        command.description = command.description or helps.get(name)
+        if name in EXAMPLES:
+            command.epilog = "examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[name])
+            command.formatter_class = argparse.RawDescriptionHelpFormatter
+        nested = next((a for a in command._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if nested is not None:
+            _describe(nested)
+
+
+def _version() -> str:
+    from buildgraph import __version__
+
+    return f"{__version__} (Python {sys.version.split()[0]})"
 
 
 def _stop_on_sigterm() -> None:
@@ -776,10 +986,21 @@ def _stop_on_sigterm() -> None:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = parser()
     try:
-        args = parser().parse_args(argv)
+        argv = _with_rc(p, argv)
+        args, unknown = p.parse_known_args(argv)
+        if unknown:
+            words, command = _subcommand(p, argv)
+            option = next((u for u in unknown if u.startswith("-")), unknown[0])
+            guess = suggest_option(option, command) if option.startswith("-") else None
+            command.error(f"unrecognized argument: {option}" + (f"; did you mean {guess}?" if guess else ""))
     except SystemExit as exc:  # argparse: --help exits 0, bad usage exits 2
         return int(exc.code or 0)
+    except BuildgraphError as exc:   # an rc file
+        print(f"buildgraph: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     _stop_on_sigterm()
     try:
         return args.func(args)

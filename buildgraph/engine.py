@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buildgraph import globs, signatures
-from buildgraph.action import Action, ActionResult
+from buildgraph.action import Action, ActionResult, OutputSymlink
 from buildgraph.digest import StatCache, stat_signature, tree_digest, value_digest
 from buildgraph.errors import ConfigError, StoreError
 from buildgraph.graph import BuildGraph, Node, configure
@@ -469,28 +469,37 @@ class Engine:
         read-only, as Bazel's are: outputs are edited through their sources."""
         if self._materialized_ok(name, result.output_digest):
             return
-        final = self.out_dir(name)
-        tmp = final.parent / f".{name}.{os.getpid()}.tmp"
-        force_remove(str(tmp))
-        tmp.mkdir(parents=True)
+        out = str(self.state_dir.out)
+        final, tmp = f"{out}/{name}", f"{out}/.{name}.{os.getpid()}.tmp"
         try:
-            for f in result.files:
-                dest = tmp / f.path
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                self.store.copy_out(f.digest, f.executable, str(dest), read_only=True)
-            for s in result.symlinks:
-                dest = tmp / s.path
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.symlink(s.target, dest)
-            listing = tuple((e.path, stat_signature(os.lstat(tmp / e.path))) for e in (*result.files, *result.symlinks))
+            os.mkdir(tmp)
+        except FileExistsError:   # left by a killed build
+            force_remove(tmp)
+            os.mkdir(tmp)
+        except FileNotFoundError:   # the first node, or one named a/b
+            os.makedirs(tmp)
+        made = {tmp}
+        try:
+            for entry in (*result.files, *result.symlinks):
+                dest = f"{tmp}/{entry.path}"
+                parent = os.path.dirname(dest)
+                if parent not in made:
+                    os.makedirs(parent, exist_ok=True)
+                    made.add(parent)
+                if isinstance(entry, OutputSymlink):
+                    os.symlink(entry.target, dest)
+                else:
+                    self.store.copy_out(entry.digest, entry.executable, dest, read_only=True)
+            listing = tuple((e.path, stat_signature(os.lstat(f"{tmp}/{e.path}")))
+                            for e in (*result.files, *result.symlinks))
         except OSError:
-            force_remove(str(tmp))
+            force_remove(tmp)
             raise
-        if final.exists() or final.is_symlink():
-            trash = final.parent / f".{name}.{os.getpid()}.old"
+        if os.path.lexists(final):
+            trash = f"{out}/.{name}.{os.getpid()}.old"
             os.replace(final, trash)
             os.replace(tmp, final)
-            force_remove(str(trash))
+            force_remove(trash)
         else:
             os.replace(tmp, final)
         self.state.materialized[name] = (result.output_digest, listing)
@@ -500,8 +509,12 @@ class Engine:
         """Whether this build changed the state (a no-op build does not)."""
         return self._changed or self.stat_cache.dirty
 
-    def write_log(self, name: str, log: str) -> Path:
-        self.state_dir.logs.mkdir(parents=True, exist_ok=True)
+    def write_log(self, name: str, log: str) -> None:
+        """Keep a failed node's log; an empty one is not kept (no path to an empty file is shown),
+        and a log from an earlier failure goes, so no stale one is read as this one."""
         path = self.state_dir.logs / f"{name}.log"
+        if not log.strip():
+            path.unlink(missing_ok=True)
+            return
+        self.state_dir.logs.mkdir(parents=True, exist_ok=True)
         path.write_text(log)
-        return path

@@ -19,6 +19,7 @@ from buildgraph.engine import Engine, Status, load_configured
 from buildgraph.errors import StoreError, UsageError
 from buildgraph.state import StateDir
 from buildgraph.sources import SourceStore, mirror_list
+from buildgraph.toolchains import NotFetched
 from buildgraph.locations import default_cache_dir, toolchain_dir
 from buildgraph.toolstore import ToolStore
 
@@ -268,7 +269,12 @@ def _plan(session: Session, selected: list[str]) -> tuple[list[PlanRow], dict[st
             rows.append(PlanRow(name, None, "run", [f"after {', '.join(blocked)} (key known then)"],
                                 prebuilt=prebuilt))
             continue
-        action = engine.action_for(node, {d: known[d] for _, d in node.deps})
+        try:
+            action = engine.action_for(node, {d: known[d] for _, d in node.deps})
+        except NotFetched as exc:   # a dry run fetches nothing: its key is known once it is
+            must_run.add(name)
+            rows.append(PlanRow(name, None, "run", [f"{exc}; `--fetch` fetches it"], prebuilt=prebuilt))
+            continue
         ad = action_digest(action.key_bytes)
         remote_key = {"hash": ad.hash, "size_bytes": ad.size}
         reuse = engine.check(node, action, dry_run=True)
@@ -310,7 +316,10 @@ def why(session: Session, name: str) -> tuple[str, list[str]]:
     # A dependency that must rebuild has no output digest yet: compare the rest.
     last = (old or {}).get("deps", {})
     outputs = {d: known.get(d, last.get(t, "unknown")) for t, d in node.deps}
-    lines.extend(explain.changes(old, session.engine.action_for(node, outputs).inputs()))
+    try:
+        lines.extend(explain.changes(old, session.engine.action_for(node, outputs).inputs()))
+    except NotFetched as exc:
+        lines.append(f"{exc}; `--fetch` fetches it and compares")
     return name, lines
 
 

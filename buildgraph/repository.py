@@ -157,16 +157,27 @@ def prefix_for(commit: str, os_name: str, variant: str, linking: str) -> str:
     return f"{commit}/{os_name}/{variant}/{linking}"
 
 
-def push(dist: Path, url: str, commit: str, ca_file: str | None = None, allow_dirty: bool = False) -> str:
-    """Upload an artifact's dist/ (the .meta last); returns the key prefix. An artifact built
-    from a dirty working tree is not what its commit makes: refused unless `allow_dirty`."""
+def push(dist: Path, url: str, git_sha: str | None = None, ca_file: str | None = None,
+         allow_dirty: bool = False) -> str:
+    """Upload an artifact's dist/ (the .meta last) under the commit its .meta records; returns
+    the key prefix. `git_sha`, when given, must be that commit (or its abbreviation): filing
+    an artifact under another commit than the one it names would make the repository lie.
+    An artifact built from a dirty working tree is not what its commit makes: refused unless
+    `allow_dirty`."""
     metas = list(dist.glob("*.meta"))
     if len(metas) != 1:
         raise RepositoryError(f"{dist} holds no artifact (.meta missing)")
     meta = read_meta(metas[0])
+    commit = meta.get("commit", "unknown")
+    if commit == "unknown":
+        raise UsageError(f"{metas[0].name} records no commit (it was built outside a git checkout "
+                              "without --git-sha); build it again with --git-sha COMMIT")
+    if git_sha and not (len(git_sha) >= 4 and commit.startswith(git_sha)):
+        raise UsageError(f"--git-sha {git_sha} is not the commit {metas[0].name} records ({commit}); "
+                              f"build it again with --git-sha {git_sha} to push it as that commit")
     if meta.get("working_tree") == "dirty" and not allow_dirty:
         raise RepositoryError(f"{metas[0].name}: built from a working tree with uncommitted changes, so not "
-                              f"what commit {meta.get('commit', '?')[:12]} makes; commit and rebuild, or pass "
+                              f"what commit {commit[:12]} makes; commit and rebuild, or pass "
                               f"--allow-dirty")
     prefix = prefix_for(commit, meta["os"], meta["variant"], meta["linking"])
     backend = backend_for(url, ca_file)

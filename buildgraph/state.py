@@ -14,9 +14,10 @@ compares against:
                   of out/<node>: what was written there, to notice any edit
 Each is written atomically (temp file + rename) at the end of a build that changed
 any of it (a no-op build writes nothing); last-build.json beside it holds the
-counters of the last build, for `cache stats`; inputs/ (a diskcache) holds each
-node's input digests by kind, read only by `plan` and `why` and written in one
-transaction per build for the nodes that ran. If the state is lost or unreadable the next build starts from an empty state and the cache
+counters of the last build, for `cache stats`; inputs.sqlite holds each node's
+input digests by kind (marshal), read only by `plan`, `why` and manifests, and
+written in one statement per build for the nodes recorded (a 10,000-node restore
+writes them in ~0.1 s, where a diskcache entry each took 0.85 s). If the state is lost or unreadable the next build starts from an empty state and the cache
 answers instead. A build holds .buildgraph/lock exclusively, so two builds of
 one workspace take turns instead of racing on out/.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import gc
 import json
+import marshal
 import os
 import pickle
 import sys
@@ -37,6 +39,7 @@ from buildgraph.noop import RECORD as NOOP_RECORD
 
 STATE_VERSION = (6, __version__)
 CONFIG = "config.pickle"   # the parsed workspace and its graph (State.config)
+INPUTS = "inputs.sqlite"   # node -> its last input digests (marshal)
 
 
 @dataclass
@@ -67,7 +70,7 @@ class StateDir:
         self.out = self.dir / "out"
         self.logs = self.dir / "logs"
         self._lock_fd: int | None = None
-        self._inputs_cache = None
+        self._inputs_db = None
 
     def lock(self, wait_message=None) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -120,14 +123,20 @@ class StateDir:
         self._write(NOOP_RECORD, record)
 
     def clear(self) -> None:
-        """Remove the outputs, logs and state (`clean`); the parsed workspace stays, since
-        it is checked against the files it was parsed from before any use."""
+        """Remove the outputs, logs and build records (`clean`). What only caches facts about
+        the sources stays, each checked before use: the parsed workspace (against the
+        signatures of the files it was parsed from) and the stat cache and resolutions
+        (against each file's stat signature), so a build after `clean` restores from the
+        cache without hashing every source again."""
         import shutil
 
+        kept = self._unpickle("state.pickle")
         for d in (self.out, self.logs, self.dir / "inputs"):
             shutil.rmtree(d, ignore_errors=True)
-        for name in ("state.pickle", "last-build.json", NOOP_RECORD):
+        for name in ("state.pickle", "last-build.json", NOOP_RECORD, INPUTS, INPUTS + "-wal", INPUTS + "-shm"):
             (self.dir / name).unlink(missing_ok=True)
+        if isinstance(kept, State) and kept.version == STATE_VERSION:
+            self.save(State(stat_cache=kept.stat_cache, resolutions=kept.resolutions), config=False)
 
     def drop_noop(self) -> None:
         try:
@@ -136,27 +145,39 @@ class StateDir:
             pass
 
     def _inputs(self, create: bool):
-        if self._inputs_cache is None and (create or (self.dir / "inputs").is_dir()):
-            import diskcache
+        if self._inputs_db is None and (create or (self.dir / INPUTS).exists()):
+            import sqlite3
 
-            self._inputs_cache = diskcache.Cache(str(self.dir / "inputs"))
-        return self._inputs_cache
+            self.dir.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.dir / INPUTS, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")   # a crash may lose the last write, never the file
+            db.execute("CREATE TABLE IF NOT EXISTS inputs (node TEXT PRIMARY KEY, value BLOB NOT NULL)")
+            self._inputs_db = db
+        return self._inputs_db
 
     def read_inputs(self, name: str) -> dict | None:
         """The input digests of `name`'s last build, or None."""
-        cache = self._inputs(create=False)
-        return cache.get(name) if cache is not None else None
+        import sqlite3
+
+        try:
+            db = self._inputs(create=False)
+            row = db.execute("SELECT value FROM inputs WHERE node = ?", (name,)).fetchone() if db else None
+            return marshal.loads(row[0]) if row else None
+        except (sqlite3.Error, ValueError, EOFError, TypeError):   # only an explanation is lost
+            return None
 
     def write_inputs(self, inputs: dict[str, dict]) -> None:
-        cache = self._inputs(create=True)
-        with cache.transact():
-            for name, value in inputs.items():
-                cache.set(name, value)
+        db = self._inputs(create=True)
+        with db:   # one transaction
+            db.execute("BEGIN")
+            db.executemany("INSERT OR REPLACE INTO inputs VALUES (?, ?)",
+                           ((name, marshal.dumps(value)) for name, value in inputs.items()))
 
     def close(self) -> None:
-        if self._inputs_cache is not None:
-            self._inputs_cache.close()
-            self._inputs_cache = None
+        if self._inputs_db is not None:
+            self._inputs_db.close()
+            self._inputs_db = None
         self.unlock()
 
     def save_last_build(self, counters: dict) -> None:

@@ -69,8 +69,19 @@ def _entry_view(tc: Toolchain, entry: Entry, rename: dict[str, str] | None = Non
     return links, env
 
 
+class NotFetched(Exception):
+    """A dry run needs a toolchain the store does not have (and may not fetch it)."""
+
+    def __init__(self, tc: Toolchain):
+        self.toolchain = tc
+        what = {"pypi": "from PyPI: " + " ".join(tc.requirements), "apt": "Debian packages: "
+                + " ".join(p for p, _ in tc.packages)}.get(tc.provider, tc.provider)
+        super().__init__(f"toolchain {tc.name} {tc.version} is not fetched ({what})")
+
+
 class ToolchainResolver:
-    """Resolves toolchains for one build against the store; fetches what is missing."""
+    """Resolves toolchains for one build against the store; fetches what is missing, unless
+    `fetch` is off (dry runs: `plan`, `why`), when a missing one raises NotFetched."""
 
     def __init__(self, store: ToolStore, toolchains: dict[str, Toolchain], stat_cache: StatCache,
                  log=None, packages=None):
@@ -82,6 +93,7 @@ class ToolchainResolver:
         self.log = log or (lambda message: print(f"buildgraph: {message}", file=sys.stderr))
         self._resolved: dict[str, ResolvedToolchain] = {}
         self._entries: dict[str, tuple[Entry, str]] = {}
+        self.fetch = True
 
     def members(self, name: str) -> list[str]:
         """`name` and the toolchains it brings along (host compiler, linker)."""
@@ -105,7 +117,11 @@ class ToolchainResolver:
     def _entry(self, name: str) -> tuple[Entry, str]:
         if name not in self._entries:
             tc = self.toolchains[name]
-            entry = self.store.entry(tc) or self.store.fetch(tc, log=self.log)
+            entry = self.store.entry(tc)
+            if entry is None:
+                if not self.fetch:
+                    raise NotFetched(tc)
+                entry = self.store.fetch(tc, log=self.log)
             digest, changed = self.store.current_digest(entry, self.stat_cache)
             if changed:
                 self.log(f"warning: toolchain {name}: {', '.join(changed[:3])} changed since it was "

@@ -33,7 +33,8 @@ class PlainReporter:
         self.count += 1
         if o.status is Status.UP_TO_DATE:
             return
-        extra = f" ({o.duration:.2f}s)" if o.status is Status.RAN else " (remote)" if o.remote else ""
+        extra = f" ({o.duration:.2f}s)" if o.status is Status.RAN else " (remote)" if o.remote else \
+            f" ({o.error})" if o.status is Status.SKIPPED and o.error else ""
         print(f"[{self.count}/{self.total}] {_LABEL[o.status]} {o.name}{extra}", file=self.stream, flush=True)
         if o.status is Status.FAILED:
             for line in failure_lines(o):
@@ -77,7 +78,8 @@ class RichReporter(PlainReporter):
             return
         style = {Status.RAN: "green", Status.CACHED: "cyan", Status.FAILED: "bold red",
                  Status.SKIPPED: "yellow", Status.CANCELLED: "yellow"}[o.status]
-        extra = f" ({o.duration:.2f}s)" if o.status is Status.RAN else " (remote)" if o.remote else ""
+        extra = f" ({o.duration:.2f}s)" if o.status is Status.RAN else " (remote)" if o.remote else \
+            f" ({o.error})" if o.status is Status.SKIPPED and o.error else ""
         self.console.print(f"[{style}]{_LABEL[o.status]:>9}[/] {o.name}{extra}", highlight=False)
         if o.status is Status.FAILED:
             for line in failure_lines(o):
@@ -104,7 +106,7 @@ def make_reporter(stream=None):
 
 
 def write_event_log(path: str, outcomes) -> None:
-    """One JSON object per line and node: name, key, status, duration."""
+    """One JSON object per line and node: name, key, status, cached, remote, duration, error."""
     with open(path, "w") as f:
         for o in outcomes:
             f.write(json.dumps({"node": o.name, "key": o.key, "status": o.status.value,

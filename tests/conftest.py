@@ -14,6 +14,9 @@ import pytest
 
 from buildgraph.cli import main
 
+# A developer's own ~/.buildgraphrc must not change what the tests run (rcfile.py).
+os.environ["BUILDGRAPH_RC"] = os.devnull
+
 REPO = Path(__file__).resolve().parent.parent
 # Heavy toolchains (zig, CUDA) are fetched once into this store and shared by every
 # test and every run on this machine; the store's locking makes concurrent fetches safe.

@@ -257,6 +257,24 @@ def test_directory_repository_round_trip(ws, capsys, tmp_path):
     assert (tmp_path / "out" / "licenses/zdep/LICENSE").exists()
 
 
+def test_push_files_under_the_commit_the_meta_records(ws, capsys, tmp_path):
+    """The commit an artifact is filed under comes from its .meta; a different --git-sha is
+    refused (exit 2) and nothing is uploaded."""
+    make(ws, toolchain="host-gcc")
+    ws.write("BUILD.yaml", (ws.root / "BUILD.yaml").read_text().replace("policy: manylinux_2_17", "policy: manylinux_2_35"))
+    assert ws.build("release@static", "--git-sha", "d1d1aaaa", capsys=capsys)["_rc"] == 0
+    repo = tmp_path / "repo"
+    rc, _, err = ws.run("artifact", "push", "release@static", "--to", str(repo), "--git-sha", "beefbeef",
+                        capsys=capsys)
+    assert rc == 2 and "not the commit libbk.so.meta records (d1d1aaaa)" in err, err
+    assert not repo.exists()
+    rc, out, err = ws.run("artifact", "push", "release@static", "--to", str(repo), capsys=capsys)
+    assert rc == 0 and "/d1d1aaaa/" in out, err
+    rc, out, err = ws.run("artifact", "push", "release@static", "--to", str(repo), "--git-sha", "d1d1",
+                          capsys=capsys)
+    assert rc == 0 and [p.parts[len(repo.parts)] for p in repo.rglob("*.meta")] == ["d1d1aaaa"]
+
+
 def test_dirty_working_tree_is_flagged_and_not_pushed_as_the_commit(ws, capsys, tmp_path):
     make(ws, toolchain="host-gcc")
     ws.write("BUILD.yaml", (ws.root / "BUILD.yaml").read_text().replace("policy: manylinux_2_17", "policy: manylinux_2_35"))

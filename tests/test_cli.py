@@ -1,6 +1,7 @@
 """The remaining commands: graph, query, cache stats, clean, --help, bad usage."""
 
 import json
+import os
 
 from buildgraph.cli import main
 
@@ -52,14 +53,84 @@ def test_cache_stats_and_clean(ws, capsys):
     ws.build(capsys=capsys)   # a no-op writes nothing: stats still show the build that did something
     rc, out, _ = ws.run("cache", "stats", capsys=capsys)
     assert "ran 5, cached 1" in out
-    rc, out, _ = ws.run("clean", "--cache", capsys=capsys)
-    assert rc == 0 and not (ws.root / ".buildgraph/out").exists() and not ws.cache.exists()
+    rc, _, err = ws.run("clean", "--cache", capsys=capsys)   # the shared cache is not one workspace's
+    assert rc == 2 and "cache clean --all" in err and (ws.cache / "cas").is_dir()
+    rc, out, _ = ws.run("clean", capsys=capsys)
+    assert rc == 0 and not (ws.root / ".buildgraph/out").exists() and (ws.cache / "cas").is_dir()
+    (ws.cache / "sources").mkdir()   # a fetched upstream tree: kept unless --all
+    (ws.cache / "sources" / "tree").write_bytes(b"x" * 1000)
+    rc, out, _ = ws.run("cache", "clean", capsys=capsys)
+    assert rc == 0 and "removed cas/: " in out and "kept toolchains/, sources/" in out
+    assert not (ws.cache / "cas").exists() and (ws.cache / "sources" / "tree").exists()
+    rc, out, _ = ws.run("cache", "clean", "--all", capsys=capsys)
+    assert rc == 0 and "removed sources/: 1 files, 0.0 MB" in out
+    assert sorted(os.listdir(ws.cache)) == ["lock"]
 
 
 def test_help_and_bad_usage(capsys):
     assert main(["--help"]) == 0
     assert "build" in capsys.readouterr().out
     assert main(["build", "--jobs", "x"]) == 2
+
+
+def test_bad_options_are_refused_with_the_likely_meaning(ws, capsys):
+    ws.write("BUILD.yaml", DIAMOND)
+    for argv, said in ((["build", "--keep_going"], "did you mean --keep-going?"),   # Bazel's spelling
+                       (["build", "--disk_cache=/tmp/c"], "did you mean --cache-dir?"),
+                       (["build", "--keep-goin"], "did you mean --keep-going?"),
+                       (["biuld"], "did you mean 'build'?"),
+                       (["build", "-j", "-1"], "-1: must be 1 or more (or 0: one per CPU core)"),
+                       (["build", "--remote-jobs", "0"], "0: must be 1 or more")):
+        assert main([*argv, "-C", str(ws.root)]) == 2, argv
+        assert said in capsys.readouterr().err, argv
+    assert not (ws.root / ".buildgraph" / "out").exists()   # nothing ran
+    assert main(["--version"]) == 0 and capsys.readouterr().out.startswith("buildgraph ")
+    assert main(["cache", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text and "buildgraph cache clean --all" in text
+
+
+def test_rc_files_and_named_configs(ws, capsys, tmp_path, monkeypatch):
+    """The workspace's .buildgraphrc, then the user's, then the command line; `common` lines
+    apply where the command has the option; `--config=NAME` adds `COMMAND:NAME` lines."""
+    ws.write("BUILD.yaml", DIAMOND)
+    other = tmp_path / "other-cache"
+    ws.write(".buildgraphrc", f"""\
+        # team defaults
+        common --sandbox none --log-json '{ws.root / "events.json"}'
+        build -j 1
+        build:ci --keep-going --cache-dir '{other}'
+        """)
+    user = tmp_path / "user-rc"
+    user.write_text("info --mirror /srv/mirror\n")
+    monkeypatch.setenv("BUILDGRAPH_RC", str(user))
+    assert main(["info", "-C", str(ws.root)]) == 0
+    out = capsys.readouterr().out
+    assert "sandbox: none" in out and "mirrors: /srv/mirror" in out
+    assert f"rc_files: {ws.root / '.buildgraphrc'} {user}" in out
+    assert main(["info", "-C", str(ws.root), "--sandbox", "bwrap", "sandbox"]) == 0   # the command line wins
+    assert capsys.readouterr().out == "bwrap\n"
+    assert main(["build", "-C", str(ws.root), "--config=ci"]) == 0   # log-json from common, cache from ci
+    assert (other / "cas").is_dir() and (ws.root / "events.json").exists()
+    assert main(["build", "-C", str(ws.root), "--config", "cd"]) == 2
+    err = capsys.readouterr().err
+    assert "--config=cd: no such config" in err and "(configs: ci)" in err
+    ws.write(".buildgraphrc", "build: --jobs 2\n")
+    assert main(["build", "-C", str(ws.root)]) == 2
+    assert ".buildgraphrc:1: 'build:': expected COMMAND or COMMAND:CONFIG" in capsys.readouterr().err
+
+
+def test_info_names_where_things_are(ws, capsys):
+    ws.write("BUILD.yaml", DIAMOND)
+    rc, out, _ = ws.run("info", capsys=capsys)
+    assert rc == 0
+    assert f"workspace: {ws.root}" in out and f"cache_dir: {ws.cache}" in out
+    assert f"output_root: {ws.root / '.buildgraph' / 'out'}" in out and "remote_cache: none" in out
+    rc, out, _ = ws.run("info", "cache_dir", capsys=capsys)
+    assert out == f"{ws.cache}\n"
+    rc, _, err = ws.run("info", "cachedir", capsys=capsys)
+    assert rc == 2 and "did you mean 'cache_dir'?" in err
+    assert not ws.cache.exists()   # info creates nothing
 
 
 def test_missing_workspace_is_a_usage_error(tmp_path, capsys):
@@ -94,3 +165,21 @@ def test_plan_names_the_critical_path(ws, capsys):
     assert "4 nodes, 4 to run; critical path: base → left → top@static" in out or \
         "critical path: base → right@static → top@static" in out
     assert "never built in this workspace" in out
+
+
+def test_failures_name_their_cause_once_and_only_logs_that_exist(ws, capsys):
+    ws.write("BUILD.yaml", """\
+        targets:
+          quiet: {kind: script, outs: [o], cmds: ["true"]}
+          loud: {kind: script, outs: [o], cmds: ["echo compiling; exit 3"]}
+          after: {kind: script, deps: [quiet], outs: [o], cmds: ["touch $OUT/o"]}
+        """)
+    rc, out, err = ws.run("build", "-k", capsys=capsys)
+    assert rc == 1
+    quiet = next(line for line in err.splitlines() if line.startswith("buildgraph: quiet failed: "))
+    assert "declared output not produced: o" in quiet and "log:" not in quiet   # its log would be empty
+    assert not (ws.root / ".buildgraph/logs/quiet.log").exists()
+    loud = next(line for line in err.splitlines() if line.startswith("buildgraph: loud failed: "))
+    assert "command failed (exit code 3)" in loud and loud.endswith("(log: .buildgraph/logs/loud.log)")
+    assert "compiling" in (ws.root / ".buildgraph/logs/loud.log").read_text()
+    assert "skipped after (quiet failed)" in out
