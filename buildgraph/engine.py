@@ -103,9 +103,14 @@ class Engine:
         """(relpath, digest, exec) triples and host paths of a target's srcs."""
         if target_name not in self._srcs:
             t = self.ws.targets[target_name]
-            def error(message: str) -> ConfigError:
-                return ConfigError(message, file=t.loc.file, line=t.line_of("srcs"), field=field_path(t, "srcs"))
-            files = self._stat_files(t.srcs, lambda pattern: error(f"pattern {pattern!r} matches no file"), error)
+            def error(message: str, hint: str | None = None) -> ConfigError:
+                return ConfigError(message, file=t.loc.file, line=t.line_of("srcs"), field=field_path(t, "srcs"),
+                                   hint=hint)
+
+            def no_match(pattern: str) -> ConfigError:
+                near = globs.nearest(str(self.ws.root), pattern)
+                return error(f"pattern {pattern!r} matches no file", near and f"did you mean '{near}'?")
+            files = self._stat_files(t.srcs, no_match, error)
             self._srcs[target_name] = (
                 tuple((rel, self._digest(host, st, error), bool(st.st_mode & 0o111)) for rel, host, st in files),
                 tuple(host for _, host, _ in files))

@@ -137,3 +137,32 @@ def still_valid(visited: dict, stat_memo: dict) -> bool:
         if cur != sig:
             return False
     return True
+
+
+def nearest(root: str, pattern: str, limit: int = 5000) -> str | None:
+    """The workspace file most like `pattern` (which matched nothing), for a hint: searched
+    below the deepest directory the pattern names literally, at most `limit` files."""
+    import difflib
+
+    parts = [s for s in pattern.split("/") if s and s != "."]
+    base = []
+    for p in parts[:-1]:
+        if _MAGIC.search(p) or not os.path.isdir(os.path.join(root, *base, p)):
+            break
+        base.append(p)
+    candidates = []
+    for dirpath, dirnames, filenames in os.walk(os.path.join(root, *base)):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel = os.path.relpath(dirpath, root)
+        candidates.extend(n if rel == "." else f"{rel}/{n}" for n in filenames
+                          if not n.startswith(".") and n not in LOCAL_FILES)
+        if len(candidates) >= limit:
+            break
+    wanted = pattern.replace("**/", "")
+    found = difflib.get_close_matches(wanted, candidates, n=1, cutoff=0.6)
+    if not found and _MAGIC.search(wanted):   # a glob: the file whose name fits its last part best
+        tail = parts[-1] if parts else wanted
+        by_name = {c.rsplit("/", 1)[-1]: c for c in candidates}
+        names = difflib.get_close_matches(tail, list(by_name), n=1, cutoff=0.5)
+        found = [by_name[names[0]]] if names else []
+    return found[0] if found else None

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buildgraph.digest import file_digest, stat_signature, value_digest
-from buildgraph.errors import BuildgraphError
+from buildgraph.errors import BuildgraphError, ConfigError
 from buildgraph.fsutil import force_remove, write_atomic
 from buildgraph.workspace import Toolchain
 
@@ -439,7 +439,7 @@ def _fetch_host(tc: Toolchain, tmp: Path) -> list[str]:
     for role, command in tc.tools:
         path = _which(command)
         if path is None:
-            missing.append(f"{role}={command}")
+            missing.append((role, command))
             continue
         path = os.path.realpath(path)
         files.append(path)
@@ -448,13 +448,14 @@ def _fetch_host(tc: Toolchain, tmp: Path) -> list[str]:
             found = out.stdout.strip()
             if out.returncode == 0 and os.path.isabs(found) and os.path.exists(found):
                 files.append(os.path.realpath(found))
-    if missing:
-        where = "" if all("/" in m for m in missing) else " on PATH"
-        raise FetchError(f"toolchain {tc.name} {tc.version} (host) is not on this machine: looked for "
-                         f"{', '.join(missing)}{where}. "
-                         f"Install it there, or edit 'tools' in {tc.loc.file} to point at an existing "
-                         f"installation" + (f" that reports version {tc.expect_version!r}"
-                                            if tc.expect_version else ""))
+    if missing:   # the workspace names a program this machine lacks: bad input, before anything runs
+        where = "" if all("/" in c for _, c in missing) else " on PATH"
+        raise ConfigError(f"toolchain {tc.name} {tc.version} (host) is not on this machine: looked for "
+                          f"{', '.join(f'{r}={c}' for r, c in missing)}{where}",
+                          file=tc.loc.file, line=tc.line_of(f"tools.{missing[0][0]}"),
+                          field=f"tools.{missing[0][0]}",
+                          hint="install it, or point 'tools' at an existing installation"
+                               + (f" that reports version {tc.expect_version!r}" if tc.expect_version else ""))
     _check_expected_version(tc, tmp)
     return sorted(set(files))
 

@@ -202,9 +202,14 @@ class Toolchain:
     # content); `patch_dir` is where the paths are relative to (the toolchain file's directory).
     patches: tuple[tuple[str, str], ...] = ()
     patch_dir: str = ""
+    field_lines: tuple[tuple[str, int], ...] = ()   # field (tools.cc) -> its line, for errors
     # Commands run once at fetch, in the finished entry ({tool} and {entry} as in wrappers):
     # what the toolchain makes from its own files (zig: musl's libc link stub).
     setup: tuple[str, ...] = ()
+
+    def line_of(self, field: str) -> int:
+        """The line declaring `field` (e.g. tools.cc), else the toolchain's first line."""
+        return dict(self.field_lines).get(field, self.loc.line)
 
     def spec(self) -> dict:
         """Everything that defines the store entry's contents (not where it was declared)."""
@@ -628,7 +633,8 @@ def _parse_toolchain(data, file: str, stem: str, directory: Path | None = None) 
                      libc_link_args=f.str_list("libc_link_args"), setup=setup,
                      runtime_licenses=f.str_map("runtime_licenses"),
                      short_so_names=bool(data.get("short_so_names", False)), patches=patches,
-                     patch_dir=str(directory) if patches else "")
+                     patch_dir=str(directory) if patches else "",
+                     field_lines=tuple((f"tools.{role}", data["tools"].line_of(role)) for role, _ in tools))
 
 
 def _toolchain_patches(f: _Fields, data, directory: Path | None) -> tuple[tuple[str, str], ...]:

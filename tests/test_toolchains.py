@@ -251,9 +251,12 @@ def test_missing_gcc5_and_old_cuda_say_what_they_looked_for(ws, capsys):
     ws.use_toolchains("gcc-5", "cuda-10.1", "portable")
     ws.write("BUILD.yaml", "targets: {}\n")
     rc, out, err = ws.run("toolchain", "fetch", "gcc-5", capsys=capsys)
-    assert rc == 1
-    assert "toolchain gcc-5 5.5.0 (host) is not on this machine: looked for cc=gcc-5, cxx=g++-5 on PATH" in err
-    assert "edit 'tools' in toolchains/gcc-5.yaml" in err
+    assert rc == 2   # the workspace names what this machine lacks: bad input, with its line
+    line = next(n for n, text in enumerate((ws.root / "toolchains/gcc-5.yaml").read_text().splitlines(), 1)
+                if text.strip().startswith("cc:"))
+    assert f"toolchains/gcc-5.yaml:{line}: tools.cc: toolchain gcc-5 5.5.0 (host) is not on this machine: " \
+           "looked for cc=gcc-5, cxx=g++-5 on PATH" in err
+    assert "point 'tools' at an existing installation" in err
     rc, out, err = ws.run("toolchain", "list", capsys=capsys)
     assert rc == 0
     line = next(l for l in out.splitlines() if l.startswith("gcc-5 "))

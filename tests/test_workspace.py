@@ -96,6 +96,16 @@ def test_glob_matching_nothing_is_an_error_before_anything_runs(ws, capsys):
     assert "BUILD.yaml:2: targets.a.srcs: pattern 'src/*.c' matches no file" in err
 
 
+def test_a_pattern_matching_nothing_suggests_the_nearest_file(ws, capsys):
+    ws.write("src/main.cc", "int main() {}\n")
+    ws.write("src/util/strings.cc", "\n")
+    for pattern, near in (("src/mian.cc", "src/main.cc"), ("src/*.c", "src/main.cc"),
+                          ("src/utils/strings.cc", "src/util/strings.cc")):
+        ws.write("BUILD.yaml", f"targets:\n  a: {{kind: script, srcs: [{pattern!r}], cmds: ['true'], outs: []}}\n")
+        rc, _, err = ws.run("build", capsys=capsys)
+        assert rc == 2 and f"pattern {pattern!r} matches no file" in err and f"did you mean '{near}'?" in err, err
+
+
 def test_variants_share_nodes_that_read_no_feature(ws):
     ws.write("BUILD.yaml", """\
         variants:
