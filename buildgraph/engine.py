@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buildgraph import globs, signatures
-from buildgraph.action import Action, ActionResult, OutputSymlink
+from buildgraph.action import Action, ActionResult
 from buildgraph.digest import StatCache, stat_signature, tree_digest, value_digest
 from buildgraph.errors import ConfigError, StoreError
 from buildgraph.graph import BuildGraph, Node, configure
@@ -483,18 +483,8 @@ class Engine:
             os.mkdir(tmp)
         except FileNotFoundError:   # the first node, or one named a/b
             os.makedirs(tmp)
-        made = {tmp}
         try:
-            for entry in (*result.files, *result.symlinks):
-                dest = f"{tmp}/{entry.path}"
-                parent = os.path.dirname(dest)
-                if parent not in made:
-                    os.makedirs(parent, exist_ok=True)
-                    made.add(parent)
-                if isinstance(entry, OutputSymlink):
-                    os.symlink(entry.target, dest)
-                else:
-                    self.store.copy_out(entry.digest, entry.executable, dest, read_only=True)
+            self.store.lay_out(result, tmp, read_only=True)
             listing = tuple((e.path, stat_signature(os.lstat(f"{tmp}/{e.path}")))
                             for e in (*result.files, *result.symlinks))
         except OSError:

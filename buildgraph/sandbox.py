@@ -309,24 +309,11 @@ class Sandbox:
             os.symlink(self.tools_dir(tools), f"{root}/.tools")
         _copy_in(f"{root}/src", ((rel, host, digest, exe) for (rel, digest, exe), host
                                  in zip(action.srcs, action.src_paths)))
-        made = set()
         for dep_target, _ in action.deps:
-            result = dep_results[dep_target]
             base = f"{root}/deps/{dep_target}"
             os.mkdir(base)
-            made.add(base)
-            for entry in (*result.files, *result.symlinks):
-                dest = f"{base}/{entry.path}"
-                parent = os.path.dirname(dest)
-                if parent not in made:
-                    os.makedirs(parent, exist_ok=True)
-                    made.add(parent)
-                if isinstance(entry, OutputSymlink):
-                    os.symlink(entry.target, dest)
-                elif linking:   # bound read-only: nothing can write through the link
-                    self.store.link_out(entry.digest, entry.executable, dest)
-                else:
-                    self.store.copy_out(entry.digest, entry.executable, dest)
+            # Under bwrap deps/ is bound read-only, so nothing can write through a hardlink.
+            self.store.lay_out(dep_results[dep_target], base, link=linking)
 
     def _run_artifact(self, root: str, action: Action, tools, start: float) -> RunOutcome:
         """The built-in artifact action: in-process, on the staged dependency outputs, with its

@@ -266,6 +266,24 @@ class LocalStore:
         """Hardlink a blob at `dest`: only for places nothing can write (a read-only mount)."""
         link_or_copy(self.blob_path(digest, executable), dest)
 
+    def lay_out(self, result: ActionResult, base: str, link: bool = False, read_only: bool = False) -> None:
+        """Put `result`'s outputs under the existing directory `base`: symlinks as recorded,
+        files hardlinked when `link` (only where nothing can write: a read-only mount), else
+        copies of their own (read-only if asked)."""
+        made = {base}
+        for entry in (*result.files, *result.symlinks):
+            dest = f"{base}/{entry.path}"
+            parent = os.path.dirname(dest)
+            if parent not in made:
+                os.makedirs(parent, exist_ok=True)
+                made.add(parent)
+            if isinstance(entry, OutputSymlink):
+                os.symlink(entry.target, dest)
+            elif link:
+                self.link_out(entry.digest, entry.executable, dest)
+            else:
+                self.copy_out(entry.digest, entry.executable, dest, read_only=read_only)
+
     # ------------------------------------------------------------ AC
 
     def get_result(self, key: str, count: bool = True) -> ActionResult | None:
