@@ -54,5 +54,6 @@ def clean(cache_dir: Path, everything: bool) -> list[tuple[str, int, int]]:
             path = cache_dir / name
             files, size = tree_size(path) if path.is_dir() and not path.is_symlink() else (1, path.lstat().st_size)
             force_remove(path)
-            removed.append((name, files, size))
+            if files:   # not the empty tmp/ and sandbox/ every store keeps
+                removed.append((name, files, size))
     return removed

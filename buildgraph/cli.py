@@ -88,7 +88,8 @@ def _options(args):
                    mirrors=tuple(getattr(args, "mirror", None) or ()), git_sha=getattr(args, "git_sha", None),
                    executor=_executor_options(args) if hasattr(args, "remote_executor") else None,
                    restore_only=getattr(args, "restore_only", False),
-                   compile_cache=not getattr(args, "no_compile_cache", False))
+                   compile_cache=not getattr(args, "no_compile_cache", False),
+                   fetch_toolchains=getattr(args, "fetch", True))   # plan and why: only with --fetch
 
 
 def _cache_dir(args) -> Path:
@@ -427,7 +428,6 @@ def cmd_plan(args) -> int:
     from buildgraph import operations
 
     with _session(args, write=False) as s:
-        s.engine.resolver.fetch = args.fetch
         rows, path, impure = operations.plan(s, args.targets)
     if args.format == "json":
         print(json.dumps({"nodes": [{"node": r.name, "key": r.key, "action_digest": r.action_digest,
@@ -455,7 +455,6 @@ def cmd_why(args) -> int:
     from buildgraph import operations
 
     with _session(args, write=False) as s:
-        s.engine.resolver.fetch = args.fetch
         name, lines = operations.why(s, args.node)
     if not lines:
         print(f"{name}: no input changed since its last build")
@@ -655,8 +654,7 @@ def _cache_clean(args) -> int:
 
 # Bazel's names for our flags (did-you-mean); the rest match with '_' read as '-'.
 _BAZEL_FLAGS = {"--disk_cache": "--cache-dir", "--spawn_strategy": "--sandbox", "--output_base": "--cache-dir",
-                "--execution_log_json_file": "--log-json", "--remote_upload_local_results": "--remote-read-only",
-                "--subcommands": "-s", "--verbose_failures": "-s", "--k": "--keep-going"}
+                "--execution_log_json_file": "--log-json", "--remote_upload_local_results": "--remote-read-only"}
 
 EXAMPLES = {
     "build": ["buildgraph build                       # every node",
@@ -664,7 +662,7 @@ EXAMPLES = {
               "buildgraph build --config=ci           # the options of build:ci in .buildgraphrc"],
     "publish": ["buildgraph publish release --to pypi:http://127.0.0.1:8080/ --git-sha $GIT_COMMIT"],
     "fetch": ["buildgraph fetch                       # every upstream source the targets need",
-              "buildgraph fetch --mirror /srv/mirror  # and keep them there by digest"],
+              "buildgraph fetch --mirror ../mirror  # and keep them there by digest"],
     "plan": ["buildgraph plan                        # what a build would do; downloads nothing",
              "buildgraph plan backend --format json"],
     "why": ["buildgraph why backend@cpu-dynamic"],
@@ -684,8 +682,8 @@ EXAMPLES = {
     "worker": ["buildgraph worker --server grpc://127.0.0.1:50051 --slots 4"],
     "audit": ["buildgraph audit dist/lib/libmxnet.so --policy manylinux_2_17",
               "buildgraph audit --explain release@cpu-dynamic"],
-    "artifact": ["buildgraph artifact push release@cpu-dynamic --to /srv/artifacts",
-                 "buildgraph artifact pull --from /srv/artifacts --prefix COMMIT/debian-12/cpu/dynamic "
+    "artifact": ["buildgraph artifact push release@cpu-dynamic --to ../artifacts",
+                 "buildgraph artifact pull --from ../artifacts --prefix COMMIT/debian-12/cpu/dynamic "
                  "--library libmxnet.so -o out/"],
     "env": ['eval "$(buildgraph env backend@cpu-dynamic)"',
             "buildgraph env backend@cpu-dynamic --format cmake-presets > CMakeUserPresets.json"],
@@ -752,11 +750,8 @@ def _with_rc(p: argparse.ArgumentParser, argv: list[str]) -> list[str]:
     directory = next((rest[i + 1] for i, a in enumerate(rest[:-1]) if a in ("-C", "--directory")), None) or \
         next((a.split("=", 1)[1] for a in rest if a.startswith("--directory=")), ".")
     lines = rcfile.read(rcfile.rc_files(signatures.find_root(Path(directory))))
-    if not lines and not any(a == "--config" or a.startswith("--config=") for a in rest):
-        return argv
     options = {o: a for a in command._actions for o in a.option_strings}
     return words + rcfile.expand(words[0], rest, lines, options.get)
-
 
 
 def parser() -> argparse.ArgumentParser:

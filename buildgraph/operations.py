@@ -39,6 +39,7 @@ class Options:
     executor: object = None         # store.remote.RemoteOptions for --remote-executor
     restore_only: bool = False      # publish: results come from the caches; nothing runs
     compile_cache: bool = True      # ccache in cmake/make/autotools actions (--no-compile-cache: off)
+    fetch_toolchains: bool = True   # off for dry runs (plan, why) unless --fetch: a missing one is NotFetched
 
 
 class Session:
@@ -68,6 +69,7 @@ class Session:
                                  self.toolstore)
             self.engine.git_sha = opts.git_sha
             self.engine.requested_sandbox = opts.sandbox
+            self.engine.resolver.fetch = opts.fetch_toolchains
         except BaseException:
             self.state_dir.unlock()
             raise

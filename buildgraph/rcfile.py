@@ -3,16 +3,16 @@ user's ~/.buildgraphrc (or $BUILDGRAPH_RC), then the command line; a later value
 
 Each line is `COMMAND[:CONFIG] OPTIONS...` (shell quoting; `#` starts a comment):
     build --jobs 4 --keep-going
-    common --cache-dir /srv/buildgraph-cache
+    common --cache-dir ../buildgraph-cache
     build:ci --remote-cache http://cache.internal:8080 --remote-read-only
 `common` lines apply to every command that has the option; `COMMAND:CONFIG` lines only
-with `--config=CONFIG` (repeatable), in the place of that flag.
+with `--config=CONFIG` (repeatable), after the plain lines and before the command line's
+own options, so what is typed always wins.
 """
 
 from __future__ import annotations
 
 import os
-import shlex
 from pathlib import Path
 
 from buildgraph.errors import ConfigError, UsageError
@@ -34,6 +34,8 @@ def rc_files(workspace: Path | None) -> list[Path]:
 
 def read(paths: list[Path]) -> list[tuple[str, str | None, list[str], str]]:
     """(command, config, options, "file:line") of every line."""
+    import shlex   # only when there is an rc file: not on every start
+
     lines = []
     for path in paths:
         for n, text in enumerate(path.read_text().splitlines(), 1):
@@ -71,10 +73,11 @@ def split_configs(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def expand(command: str, argv: list[str], lines, accepts) -> list[str]:
-    """`argv` (the words after the command) with the rc files' options before it and each
-    --config's options in its place. `accepts(option)`: the command's argparse action for
-    it, or None (for `common` lines: an option the command does not have is left out)."""
-    def applicable(cmd: str, config: str | None) -> list[str]:
+    """`argv` (the words after the command, its --config flags taken out) after the rc files'
+    options: the plain lines', then each --config's in order. `accepts(option)`: the command's
+    argparse action for it, or None (for `common` lines: an option the command does not have
+    is left out)."""
+    def applicable(config: str | None) -> list[str]:
         out = []
         for c, conf, words, _ in lines:
             if conf != config:
@@ -85,14 +88,14 @@ def expand(command: str, argv: list[str], lines, accepts) -> list[str]:
                 out += _accepted(words, accepts)
         return out
     rest, configs = split_configs(argv)
-    expanded = applicable(command, None)
+    expanded = applicable(None)
     for config in configs:
         if not any(conf == config for _, conf, _, _ in lines):
             known = sorted({conf for _, conf, _, _ in lines if conf})
             where = ", ".join(dict.fromkeys(w.rsplit(":", 1)[0] for *_, w in lines)) or "no rc file"
             raise UsageError(f"--config={config}: no such config in {where}"
                              + (f" (configs: {', '.join(known)})" if known else ""))
-        expanded += applicable(command, config)
+        expanded += applicable(config)
     return expanded + rest
 
 

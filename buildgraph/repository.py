@@ -171,10 +171,10 @@ def push(dist: Path, url: str, git_sha: str | None = None, ca_file: str | None =
     commit = meta.get("commit", "unknown")
     if commit == "unknown":
         raise UsageError(f"{metas[0].name} records no commit (it was built outside a git checkout "
-                              "without --git-sha); build it again with --git-sha COMMIT")
+                         "without --git-sha); build it again with --git-sha COMMIT")
     if git_sha and not (len(git_sha) >= 4 and commit.startswith(git_sha)):
         raise UsageError(f"--git-sha {git_sha} is not the commit {metas[0].name} records ({commit}); "
-                              f"build it again with --git-sha {git_sha} to push it as that commit")
+                         f"build it again with --git-sha {git_sha} to push it as that commit")
     if meta.get("working_tree") == "dirty" and not allow_dirty:
         raise RepositoryError(f"{metas[0].name}: built from a working tree with uncommitted changes, so not "
                               f"what commit {commit[:12]} makes; commit and rebuild, or pass "

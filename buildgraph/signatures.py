@@ -99,7 +99,7 @@ def visible_host_signature():
 
 def host_programs(names) -> tuple[tuple[str, str | None], ...]:
     """(name, real path or None) of each host tool, as PATH finds it. A name may be an absolute
-    path, which picks one program where PATH would find another (a pyenv shim under /root,
+    path, which picks one program where PATH would find another (a pyenv shim in a home directory,
     which the sandbox does not show)."""
     found = []
     for name in names:

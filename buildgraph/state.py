@@ -131,7 +131,7 @@ class StateDir:
         import shutil
 
         kept = self._unpickle("state.pickle")
-        for d in (self.out, self.logs, self.dir / "inputs"):
+        for d in (self.out, self.logs, self.dir / "inputs"):   # inputs/: earlier versions' diskcache
             shutil.rmtree(d, ignore_errors=True)
         for name in ("state.pickle", "last-build.json", NOOP_RECORD, INPUTS, INPUTS + "-wal", INPUTS + "-shm"):
             (self.dir / name).unlink(missing_ok=True)

@@ -73,7 +73,6 @@ class NotFetched(Exception):
     """A dry run needs a toolchain the store does not have (and may not fetch it)."""
 
     def __init__(self, tc: Toolchain):
-        self.toolchain = tc
         what = {"pypi": "from PyPI: " + " ".join(tc.requirements), "apt": "Debian packages: "
                 + " ".join(p for p, _ in tc.packages)}.get(tc.provider, tc.provider)
         super().__init__(f"toolchain {tc.name} {tc.version} is not fetched ({what})")
