@@ -471,6 +471,7 @@ def _parse_target(name: str, data, file: str, line: int, prefix: str,
             raise f.error("backend", "the backend must also be listed in 'deps'")
         _policy(f, "manylinux_2_17")
         _check_project(f, features)
+        _check_wheel_version(f)
     when = _parse_when(data.get("when"), f, axes, features)
     if data.get("reproducible") is False and not data.get("reproducible_reason"):
         raise ConfigError("a target declared reproducible: false needs a reproducible_reason",
@@ -517,6 +518,69 @@ def _check_project(f: _Fields, features: tuple[str, ...]) -> None:
         field = "project" if "project" in f.data else "wheel"
         raise f.error(field, f"{name!r} is not a project name an index takes (PEP 508: letters, digits, "
                              "and . _ - between them)")
+
+
+def _check_wheel_version(f: _Fields) -> None:
+    """An artifact's wheel is a package Python can import, and its version one pip reads the
+    same way (PEP 440, written in its normal form: the wheel's file name carries it as is)."""
+    package = f.str("wheel", "")
+    if package and not (package.replace("-", "_").isidentifier() and package.isascii()):
+        normal = re.sub(r"\W+", "_", package).strip("_").lower() or "package"
+        raise f.error("wheel", f"{package!r} is not a Python package name (`import {package}` would fail)",
+                      hint=f"write {normal!r}; 'project' names the distribution on an index")
+    version = f.str("version", "")
+    if not version:
+        return
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        normal = str(Version(version))
+    except InvalidVersion:
+        raise f.error("version", f"{version!r} is not a version pip accepts (PEP 440)",
+                      hint="e.g. 1.9.0, 1.9.0rc1, 1.9.0.post1, 1.9.0.dev3") from None
+    if normal != version:
+        raise f.error("version", f"{version!r} is not written as pip writes it (PEP 440): the wheel's "
+                                 f"file name would not match its metadata", hint=f"write {normal!r}")
+
+
+_SHARED_LIBRARY = re.compile(r"^[^/]+\.so(\.\d+)*$")
+
+
+def _covered(path: str, outs: tuple[str, ...]) -> bool:
+    """Whether `path` lies in the declared outputs (a file named, or under a directory/)."""
+    return any(path == o or (o.endswith("/") and path.startswith(o)) for o in outs)
+
+
+def _check_artifacts(ws: Workspace) -> None:
+    """What an artifact ships is checked before anything builds: its library is a shared
+    library the backend declares, and every dependency it ships or links declares licence files
+    its outputs hold. Every offending dependency is named, each with its file:line."""
+    for t in ws.targets.values():
+        if t.kind != "artifact":
+            continue
+        backend = ws.targets[t.backend]
+        where = dict(file=t.loc.file, line=t.line_of("library"), field=field_path(t, "library"))
+        if not _SHARED_LIBRARY.match(os.path.basename(t.library)):
+            raise ConfigError(f"{t.library!r} is not a shared library (NAME.so or NAME.so.N)", **where,
+                              hint="an artifact ships the backend's shared library; link the static "
+                                   "libraries into it (the static variant)")
+        if backend.outs and not _covered(t.library, backend.outs):
+            raise ConfigError(f"{t.library!r} is not among {t.backend}'s outputs ({', '.join(backend.outs)})",
+                              **where, hint=f"{backend.loc.file}:{backend.line_of('outs')} declares them")
+        problems = []
+        for dep in t.all_deps():
+            d = ws.targets[dep]
+            if not d.licenses:
+                if dep != t.backend:
+                    problems.append(f"{d.loc.file}:{d.loc.line}: {dep} declares no licence files ('licenses:')")
+                continue
+            problems += [f"{d.loc.file}:{d.line_of('licenses')}: {dep}'s licence file {lic} is not among its "
+                         f"outputs ({', '.join(d.outs)})" for lic in d.licenses if d.outs and not _covered(lic, d.outs)]
+        if problems:
+            raise ConfigError(f"artifact {t.name} ships or links dependencies whose licences it cannot ship:\n  "
+                              + "\n  ".join(problems), file=t.loc.file, line=t.line_of("deps"),
+                              field=field_path(t, "deps"),
+                              hint="declare each one's licence files, as installed in its outputs, in 'licenses:'")
 
 
 def _bool(f: _Fields, key: str, default: bool) -> bool:
@@ -745,6 +809,7 @@ def load_workspace(root: Path) -> Workspace:
                    source_date_epoch=top.int("source_date_epoch", DEFAULT_SOURCE_DATE_EPOCH),
                    default_toolchain=default_toolchain, files=tuple(files))
     _check_references(ws, top)
+    _check_artifacts(ws)
     return ws
 
 

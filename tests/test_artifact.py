@@ -173,11 +173,37 @@ def test_gcc12_build_is_refused_and_labelled_with_its_true_tag(shared_ws, capsys
     assert rc == 0 and not any(l.startswith("  not ") for l in out.splitlines()), out
 
 
-def test_dependency_without_licence_files_is_an_error(ws, capsys):
+def test_what_an_artifact_ships_is_checked_when_the_workspace_loads(ws, capsys):
+    # Each is refused before anything builds (exit 2), naming the offending file:line.
     make(ws, toolchain="host-gcc", licenses="")
-    st = ws.build("release@static", capsys=capsys)
-    assert st.get("release@static") == "failed", st["_out"] + st["_err"]
-    assert "dependency zdep declares no licence files" in st["_out"]
+    text = (ws.root / "BUILD.yaml").read_text()
+    rc, _, err = ws.run("build", capsys=capsys)
+    assert rc == 2 and "BUILD.yaml:37: targets.release.deps: artifact release ships or links" in err, err
+    assert "BUILD.yaml:6: zdep declares no licence files ('licenses:')" in err, err
+    assert not (ws.root / ".buildgraph/out").exists()
+    ws.write("BUILD.yaml", text.replace("    outs: [include/, lib/, share/]\n",
+                                        "    outs: [include/, lib/]\n    licenses: [share/licenses/zdep/LICENSE]\n"))
+    rc, _, err = ws.run("build", capsys=capsys)
+    assert rc == 2 and "BUILD.yaml:11: zdep's licence file share/licenses/zdep/LICENSE is not among its outputs " \
+                       "(include/, lib/)" in err, err
+    make(ws, toolchain="host-gcc")
+    text = (ws.root / "BUILD.yaml").read_text()
+    for old, new, message in [
+            ("library: lib/libbk.so", "library: lib/libbk.a",
+             "BUILD.yaml:33: targets.release.library: 'lib/libbk.a' is not a shared library"),
+            ("library: lib/libbk.so", "library: lib/libbk.so.1",
+             "BUILD.yaml:33: targets.release.library: 'lib/libbk.so.1' is not among backend's outputs (lib/libbk.so)"),
+            ("wheel: bkpkg", "wheel: Mx.Backend",
+             "BUILD.yaml:35: targets.release.wheel: 'Mx.Backend' is not a Python package name (`import Mx.Backend` "
+             "would fail)\n  hint: write 'mx_backend'"),
+            ('version: "0.1"\n    deps: [backend', 'version: "1.9.0-rc1"\n    deps: [backend',
+             "BUILD.yaml:36: targets.release.version: '1.9.0-rc1' is not written as pip writes it (PEP 440): the "
+             "wheel's file name would not match its metadata\n  hint: write '1.9.0rc1'"),
+            ('version: "0.1"\n    deps: [backend', 'version: "nightly"\n    deps: [backend',
+             "BUILD.yaml:36: targets.release.version: 'nightly' is not a version pip accepts (PEP 440)")]:
+        ws.write("BUILD.yaml", text.replace(old, new))
+        rc, _, err = ws.run("plan", capsys=capsys)
+        assert rc == 2 and message in err, err
 
 
 def test_licence_directory_ships_every_file_in_it(ws, capsys):
