@@ -504,6 +504,26 @@ class Engine:
         """Whether this build changed the state (a no-op build does not)."""
         return self._changed or self.stat_cache.dirty
 
+    def describe_failure(self, node: Node, action: Action, outcome) -> tuple[str, str, str | None]:
+        """(error, log, failed command) of a failed action as its user reads them: the error
+        names the BUILD.yaml line of the failing command or of the declared outputs, the log
+        names workspace files and materialized outputs instead of the sandbox's copies."""
+        from buildgraph import failures
+
+        t = self.ws.targets[node.target]
+        outs = {d: self.out_dir(dn) for d, dn in node.deps}
+        log = failures.readable_log(outcome.log, str(self.store.sandboxes), self.ws.root,
+                                    {d: p for d, p in outs.items() if p.is_dir()})
+        step = failures.failed_step(outcome.log, action.commands)
+        field = None
+        if step is not None:
+            fields = failures.command_fields(t, t.matching(dict(node.assignment)))
+            field = fields[step] if step < len(fields) else None
+        elif outcome.field == "outs":
+            field = failures.output_field(t, outcome.error)
+        error = f"{failures.declared_at(self.ws.root, t, field)}: {outcome.error}" if field else outcome.error
+        return error, log, action.commands[step] if step is not None else None
+
     def write_log(self, name: str, log: str) -> None:
         """Keep a failed node's log; an empty one is not kept (no path to an empty file is shown),
         and a log from an earlier failure goes, so no stale one is read as this one."""

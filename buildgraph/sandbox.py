@@ -116,6 +116,7 @@ class RunOutcome:
     log: str                      # stdout+stderr tail, for failures
     duration: float
     note: str = ""                # said to the user about a success (how it was obtained)
+    field: str | None = None      # "outs": the outputs differ from what the target declares
 
 
 def unmapped(value: str, root: str | None, mounts) -> str:
@@ -192,7 +193,7 @@ class Sandbox:
                 result = self._collect(root, action, time.monotonic() - start)
             except OutputError as exc:
                 kept = self._keep_failed(root, action, collectable=True, duration=time.monotonic() - start)
-                return RunOutcome(None, f"{exc}{kept}", log, time.monotonic() - start)
+                return RunOutcome(None, f"{exc}{kept}", log, time.monotonic() - start, field="outs")
             return RunOutcome(result, None, log, time.monotonic() - start)
         finally:
             if not keep and os.path.exists(root):

@@ -50,16 +50,6 @@ class NodeOutcome:
     remote: bool = False        # restored from the remote cache
 
 
-def failed_command(action: Action, log: str) -> str | None:
-    """The command the sandbox's exit trap reported as failing, if any."""
-    import re
-
-    found = re.findall(r"buildgraph: command (\d+) of \d+ failed", log)
-    if found and 0 < int(found[-1]) <= len(action.commands):
-        return action.commands[int(found[-1]) - 1]
-    return None
-
-
 class Interrupted(Exception):
     def __init__(self, outcomes):
         self.outcomes = outcomes
@@ -227,11 +217,11 @@ class Scheduler:
                     done(name, NodeOutcome(name, Status.RAN, action.key, outcome.duration, start,
                                            log=outcome.log, lane=lane), result.output_digest)
                 else:
-                    engine.write_log(name, outcome.log)
+                    error, log, command = engine.describe_failure(graph.nodes[name], action, outcome)
+                    engine.write_log(name, log)
                     status = Status.CANCELLED if engine.sandbox.cancelled else Status.FAILED
                     done(name, NodeOutcome(name, status, action.key, outcome.duration, start,
-                                           error=outcome.error, log=outcome.log, lane=lane,
-                                           command=failed_command(action, outcome.log)), None)
+                                           error=error, log=log, lane=lane, command=command), None)
                     if not self.keep_going:
                         stopping = True
         except KeyboardInterrupt:

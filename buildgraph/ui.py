@@ -9,6 +9,7 @@ object per node; `--profile` writes a Chrome trace (chrome://tracing, Perfetto).
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 
@@ -89,9 +90,13 @@ class RichReporter(PlainReporter):
         self.progress.stop()
 
 
+_LOCATED = re.compile(r"[^\s:]+:\d+: ")
+
+
 def failure_lines(o) -> list[str]:
     """What a failure shows: the error, the command that failed, and the log's tail."""
-    lines = [f"  error: {o.error}"]
+    # An error that names its FILE:LINE starts the line with it, where editors look.
+    lines = [f"  {o.error}" if _LOCATED.match(o.error or "") else f"  error: {o.error}"]
     if o.command:
         lines.append(f"  command: {o.command}")
     lines.extend(f"  | {line}" for line in o.log.rstrip().splitlines()[-40:])

@@ -183,3 +183,35 @@ def test_failures_name_their_cause_once_and_only_logs_that_exist(ws, capsys):
     assert "command failed (exit code 3)" in loud and loud.endswith("(log: .buildgraph/logs/loud.log)")
     assert "compiling" in (ws.root / ".buildgraph/logs/loud.log").read_text()
     assert "skipped after (quiet failed)" in out
+
+
+def test_a_failure_names_its_yaml_line_and_the_compiler_names_workspace_files(ws, capsys, monkeypatch):
+    # A real compiler error: the message an editor jumps to names src/bad.c, not the sandbox's
+    # copy (/sandbox/src/src/bad.c), and the failing command's own line in BUILD.yaml.
+    ws.write("src/bad.c", "int main(void) {\n  return missing;\n}\n")
+    ws.write("BUILD.yaml", """\
+        toolchain: host-gcc
+        targets:
+          prog:
+            kind: script
+            srcs: [src/bad.c]
+            outs: [prog]
+            cmds:
+              - echo configuring
+              - $CC -c $SRC/src/bad.c -o $OUT/prog
+          lonely:
+            kind: script
+            outs: [a, b]
+            cmds: [touch $OUT/a]
+        """)
+    monkeypatch.chdir(ws.root)
+    rc, out, err = ws.run("build", "-k", capsys=capsys)
+    assert rc == 1
+    assert "\n  BUILD.yaml:9: targets.prog.cmds[1]: command failed (exit code 1)" in out, out
+    assert "  | src/bad.c:2:10: error: 'missing' undeclared" in out, out
+    assert "/sandbox" not in out and "/sandbox" not in (ws.root / ".buildgraph/logs/prog.log").read_text()
+    assert "\n  BUILD.yaml:12: targets.lonely.outs: declared output not produced: b" in out, out
+    # From another directory the workspace's files are named by a path that reaches them.
+    monkeypatch.chdir(ws.root / "src")
+    rc, out, err = ws.run("build", "prog", capsys=capsys)
+    assert "  | ../src/bad.c:2:10: error:" in out, out
