@@ -89,7 +89,9 @@ def _options(args):
                    executor=_executor_options(args) if hasattr(args, "remote_executor") else None,
                    restore_only=getattr(args, "restore_only", False),
                    compile_cache=not getattr(args, "no_compile_cache", False),
-                   fetch_toolchains=getattr(args, "fetch", True))   # plan and why: only with --fetch
+                   fetch_toolchains=getattr(args, "fetch", True),   # plan and why: only with --fetch
+                   subcommands=getattr(args, "subcommands", False),
+                   sandbox_debug=getattr(args, "sandbox_debug", False))
 
 
 def _cache_dir(args) -> Path:
@@ -787,6 +789,11 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("-j", "--jobs", type=_count(1, "one per CPU core"), default=0,
                    help="parallel slots, shared with nested make (default: one per CPU core)")
     b.add_argument("-k", "--keep-going", action="store_true", help="go on building what does not depend on a failure")
+    b.add_argument("-s", "--subcommands", action="store_true",
+                   help="print each action's commands and environment as it starts")
+    b.add_argument("--sandbox-debug", action="store_true",
+                   help="write an enter.sh into each failed action's kept sandbox: a shell inside it, as the "
+                        "commands saw it")
     b.add_argument("--log-json", metavar="FILE", help="write one JSON event per node")
     b.add_argument("--profile", metavar="FILE", help="write a Chrome trace of the actions that ran")
     b.add_argument("--no-compile-cache", action="store_true",

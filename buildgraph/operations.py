@@ -40,6 +40,8 @@ class Options:
     restore_only: bool = False      # publish: results come from the caches; nothing runs
     compile_cache: bool = True      # ccache in cmake/make/autotools actions (--no-compile-cache: off)
     fetch_toolchains: bool = True   # off for dry runs (plan, why) unless --fetch: a missing one is NotFetched
+    subcommands: bool = False       # -s: print each action's commands as it starts
+    sandbox_debug: bool = False     # --sandbox-debug: a failed sandbox can be entered (enter.sh)
 
 
 class Session:
@@ -134,7 +136,8 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
     jobserver = Jobserver(jobs)
     engine = session.engine
     compiles = open_compile_cache(store, session.opts)
-    engine.sandbox = Sandbox(store, engine.sandbox_mode, jobserver, session.sources, compile_cache=compiles)
+    engine.sandbox = Sandbox(store, engine.sandbox_mode, jobserver, session.sources, compile_cache=compiles,
+                             debug=session.opts.sandbox_debug)
     engine.remote = open_remote_layer(store, session.opts.remote, session.ws.name)
     if session.opts.executor is not None:
         from buildgraph.remote_exec import RemoteExecutor
@@ -144,7 +147,8 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
         engine.executor.fallback = engine.sandbox
     if session.opts.restore_only:
         engine.executor = _RestoreOnly()
-    scheduler = Scheduler(session.graph, engine, jobs, jobserver, reporter, session.opts.keep_going)
+    scheduler = Scheduler(session.graph, engine, jobs, jobserver, reporter, session.opts.keep_going,
+                          subcommands=session.opts.subcommands)
     interrupted = False
     try:
         outcomes = scheduler.run(selected)

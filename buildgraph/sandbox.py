@@ -146,10 +146,12 @@ def sandbox_env(action: Action, mapped_root: str, mounts=()) -> dict[str, str]:
 class Sandbox:
     def __init__(self, store: LocalStore, mode: str, jobserver=None, sources=None,
                  inner_root: str = SANDBOX_ROOT, umask: int | None = None, reverse_env: bool = False,
-                 compile_cache=None):
+                 compile_cache=None, debug: bool = False):
         """`inner_root`, `umask` and `reverse_env` exist to perturb a second run (repro.verify):
         the path the action sees, the file mode mask, and the order of its environment.
-        `compile_cache`: a compile_cache.CompileCache for the actions that compile (bwrap only)."""
+        `compile_cache`: a compile_cache.CompileCache for the actions that compile (bwrap only).
+        `debug` (--sandbox-debug): a failed action's kept sandbox gets an enter.sh."""
+        self.debug = debug
         self.store = store
         self.compile_cache = compile_cache if mode == "bwrap" else None
         self.inner_root, self.umask, self.reverse_env = inner_root, umask, reverse_env
@@ -185,21 +187,24 @@ class Sandbox:
             log = _tail(f"{root}/.stdout") + _tail(f"{root}/.stderr")
             if self.cancelled:
                 return RunOutcome(None, "interrupted", log, time.monotonic() - start)
+            enter = (tools, source_tree, binding)
             if code != 0:
                 what = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-                kept = self._keep_failed(root, action)
+                kept = self._keep_failed(root, action, enter=enter)
                 return RunOutcome(None, f"command failed ({what}){kept}", log, time.monotonic() - start)
             try:
                 result = self._collect(root, action, time.monotonic() - start)
             except OutputError as exc:
-                kept = self._keep_failed(root, action, collectable=True, duration=time.monotonic() - start)
+                kept = self._keep_failed(root, action, collectable=True, duration=time.monotonic() - start,
+                                         enter=enter)
                 return RunOutcome(None, f"{exc}{kept}", log, time.monotonic() - start, field="outs")
             return RunOutcome(result, None, log, time.monotonic() - start)
         finally:
             if not keep and os.path.exists(root):
                 force_remove(root)
 
-    def _keep_failed(self, root: str, action: Action, collectable: bool = False, duration: float = 0.0) -> str:
+    def _keep_failed(self, root: str, action: Action, collectable: bool = False, duration: float = 0.0,
+                     enter=None) -> str:
         """Keep a failed action's sandbox (its work/ and out/: what an hour of compiling produced)
         as CACHE_DIR/failed/<node>, replacing the node's previous one; the words that say where.
         `cache gc` removes them. `collectable`: every command succeeded and only the output
@@ -214,9 +219,46 @@ class Sandbox:
             os.makedirs(os.path.dirname(kept), exist_ok=True)
             force_remove(kept)
             os.rename(root, kept)
+            if self.debug and enter is not None:
+                return f"; its sandbox is kept; enter it with: sh {self._write_enter(kept, action, *enter)}"
         except OSError:
             return ""
         return f"; its sandbox is kept in {kept}"
+
+    def _write_enter(self, kept: str, action: Action, tools, source_tree, binding) -> str:
+        """KEPT/enter.sh: a shell in a kept sandbox as its commands saw it (the same mounts under
+        bwrap, environment, tools and working directory); arguments go to that shell
+        (`sh enter.sh -c 'make -C src'`). The build's own tools and /etc directories go when it
+        ends, so copies of them stay in KEPT/.enter/."""
+        argv, mapped = self._argv(kept, action, tools, source_tree, binding)
+        env = sandbox_env(action, mapped, tools[1] if self.mode != "bwrap" else ())
+        env["BUILDGRAPH_SANDBOX"] = mapped
+        if binding is not None:
+            env.update(binding.env)
+        argv = argv[:argv.index("/bin/sh")]   # the action's script: replaced by the user's shell
+        per_build = [(self.tools_dir(tools, action.compilers if binding else ()), "tools")] + ([(self._etc_dir(), "etc")] if self.mode == "bwrap" else [])
+        for path, name in per_build:
+            shutil.copytree(path, f"{kept}/.enter/{name}", symlinks=True)
+            argv = [f"{kept}/.enter/{name}" if a == path else a for a in argv]
+        if self.mode == "bwrap":
+            argv = [a for a in argv if a != "--new-session"]   # an interactive shell needs the terminal
+            if f"{self.inner_root}/.jobserver" in argv:        # this build's jobserver is gone
+                i = argv.index(f"{self.inner_root}/.jobserver")
+                del argv[i - 2:i + 1]
+        else:
+            os.remove(f"{kept}/.tools")
+            os.symlink(".enter/tools", f"{kept}/.tools")
+        import shlex
+
+        script = (f"#!/bin/sh\n# A shell in {action.node}'s failed sandbox (buildgraph --sandbox-debug).\n"
+                  f"cd {shlex.quote(kept)}/work || exit 1\n"
+                  f"exec env -i {' '.join(shlex.quote(f'{k}={v}') for k, v in sorted(env.items()))} \\\n"
+                  f"  {' '.join(map(shlex.quote, argv))} /bin/sh \"$@\"\n")
+        path = f"{kept}/enter.sh"
+        with open(path, "w") as f:
+            f.write(script)
+        os.chmod(path, 0o755)
+        return path
 
     def _recollect(self, action: Action) -> RunOutcome | None:
         """The outputs of this node's kept failed sandbox, when its commands succeeded there,

@@ -34,6 +34,7 @@ from buildgraph.action import Action, ActionResult
 from buildgraph.engine import Engine, Status
 from buildgraph.graph import BuildGraph
 from buildgraph.sandbox import RunOutcome
+from buildgraph.ui import subcommand_lines
 
 
 @dataclass
@@ -57,9 +58,10 @@ class Interrupted(Exception):
 
 class Scheduler:
     def __init__(self, graph: BuildGraph, engine: Engine, jobs: int, jobserver, reporter,
-                 keep_going: bool = False):
+                 keep_going: bool = False, subcommands: bool = False):
         self.graph, self.engine, self.jobs = graph, engine, jobs
         self.jobserver, self.reporter, self.keep_going = jobserver, reporter, keep_going
+        self.subcommands = subcommands
 
     def run(self, selected: list[str]) -> dict[str, NodeOutcome]:
         graph, engine = self.graph, self.engine
@@ -175,6 +177,8 @@ class Scheduler:
                     deps = {d: engine.result_of(dn, engine.state.nodes[dn].key, wanted[d]) for d, dn in node.deps}
                     lane = free_lanes.pop(0) if free_lanes else 0
                     self.reporter.started(name)
+                    if self.subcommands:
+                        self.reporter.say(subcommand_lines(name, action, engine.sandbox_mode))
                     thread = threading.Thread(target=work, args=(name, action, deps, engine.tools_for(node),
                                                                  tokens, lane), daemon=True)
                     running[name] = thread

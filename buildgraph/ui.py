@@ -42,6 +42,9 @@ class PlainReporter:
                 print(line, file=self.stream)
             self.stream.flush()
 
+    def say(self, lines: list[str]) -> None:
+        print("\n".join(lines), file=self.stream, flush=True)
+
     def end(self) -> None:
         pass
 
@@ -86,6 +89,10 @@ class RichReporter(PlainReporter):
             for line in failure_lines(o):
                 self.console.print(line, markup=False, highlight=False)
 
+    def say(self, lines: list[str]) -> None:
+        for line in lines:
+            self.console.print(line, markup=False, highlight=False)
+
     def end(self) -> None:
         self.progress.stop()
 
@@ -100,6 +107,19 @@ def failure_lines(o) -> list[str]:
     if o.command:
         lines.append(f"  command: {o.command}")
     lines.extend(f"  | {line}" for line in o.log.rstrip().splitlines()[-40:])
+    return lines
+
+
+def subcommand_lines(name: str, action, mode: str) -> list[str]:
+    """What -s prints as an action starts (Bazel's SUBCOMMAND): where it runs, its environment
+    and its commands, as `sh -e` in $WORK runs them."""
+    import shlex
+
+    lines = [f"SUBCOMMAND: {name} [key {action.key[:12]}, sandbox {mode}]"]
+    if action.commands[:1] and action.commands[0].startswith("builtin:"):
+        return lines + [f"  ({action.commands[0]}: runs inside buildgraph; its spec is in the key)"]
+    lines.append("  env -i " + " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(action.env)) + " sh -e")
+    lines.extend(f"  $ {cmd}" for cmd in action.commands)
     return lines
 
 

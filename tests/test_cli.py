@@ -185,6 +185,21 @@ def test_failures_name_their_cause_once_and_only_logs_that_exist(ws, capsys):
     assert "skipped after (quiet failed)" in out
 
 
+def test_subcommands_prints_each_actions_commands_as_it_starts(ws, capsys):
+    ws.write("BUILD.yaml", """\
+        targets:
+          a: {kind: script, outs: [o], env: {GREETING: "hello world"}, cmds: ["echo $GREETING > $OUT/o"]}
+        """)
+    rc, out, _ = ws.run("build", "-s", capsys=capsys)
+    assert rc == 0
+    lines = out.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("SUBCOMMAND: a [key "))
+    assert lines[head + 1].startswith("  env -i ") and "GREETING='hello world'" in lines[head + 1]
+    assert lines[head + 2] == "  $ echo $GREETING > $OUT/o"
+    rc, out, _ = ws.run("build", "--subcommands", capsys=capsys)   # nothing runs: nothing printed
+    assert rc == 0 and "SUBCOMMAND" not in out
+
+
 def test_a_failure_names_its_yaml_line_and_the_compiler_names_workspace_files(ws, capsys, monkeypatch):
     # A real compiler error: the message an editor jumps to names src/bad.c, not the sandbox's
     # copy (/sandbox/src/src/bad.c), and the failing command's own line in BUILD.yaml.

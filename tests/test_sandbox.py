@@ -2,6 +2,7 @@
 
 import os
 import socket
+import subprocess
 import threading
 
 import pytest
@@ -214,6 +215,31 @@ def test_a_failed_actions_sandbox_is_kept_for_inspection(ws, capsys):
     ws.write("BUILD.yaml", 'targets:\n  t: {kind: script, outs: [wanted], cmds: ["echo > $OUT/wanted"]}\n')
     assert ws.build(capsys=capsys)["t"] == "ran"
     assert ws.run("cache", "gc", capsys=capsys)[0] == 0 and not kept.exists()
+
+
+@pytest.mark.parametrize("mode", ["auto", "none"])
+def test_sandbox_debug_enters_a_failed_sandbox_as_its_commands_saw_it(ws, capsys, mode):
+    ws.write("in.txt", "input\n")
+    ws.write("BUILD.yaml", """\
+        targets:
+          dep: {kind: script, outs: [d], cmds: ["echo dep > $OUT/d"]}
+          t: {kind: script, srcs: [in.txt], deps: [dep], outs: [o], env: {MINE: mine},
+              cmds: ["cp $SRC/in.txt $WORK/copy", "exit 3"]}
+        """)
+    st = ws.build("--sandbox", mode, "--sandbox-debug", capsys=capsys)
+    assert st["t"] == "failed"
+    enter = ws.cache / "failed" / "t" / "enter.sh"
+    assert f"its sandbox is kept; enter it with: sh {enter}" in st["_out"], st["_out"]
+    # After the build has ended (its tool and /etc directories are gone), the shell sees the
+    # sources, the dependency, the work left behind, the environment and the tools.
+    probe = subprocess.run(["sh", str(enter), "-c", 'cat copy $SRC/in.txt $DEP_DEP/d; echo "$MINE"; '
+                            'command -v cp; touch $OUT/o && echo wrote; echo x > $SRC/in.txt || echo ro'],
+                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert probe.stdout.splitlines()[:4] == ["input", "input", "dep", "mine"], probe
+    assert "wrote" in probe.stdout, probe
+    if mode == "auto":   # bwrap: the sources are mounted read-only (elsewhere they are copies)
+        assert probe.stdout.rstrip().endswith("ro"), probe
+    assert (ws.root / "in.txt").read_text() == "input\n"
 
 
 def test_only_the_declared_outputs_fixed_collects_from_the_kept_sandbox(ws, capsys):
