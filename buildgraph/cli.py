@@ -468,10 +468,21 @@ def cmd_why(args) -> int:
 def cmd_graph(args) -> int:
     with _session(args, write=False) as s:
         selected = s.graph.select(args.targets)
-        if args.format == "dot":
-            sys.stdout.write(s.graph.to_dot(selected))
-        else:
+        if args.format == "json":
             print(json.dumps(s.graph.to_json(selected), indent=2))
+            return EXIT_OK
+        from buildgraph import dot
+
+        text = dot.render(s.graph, s.ws, selected, s.state_dir.read_outcomes(), set(s.state.nodes),
+                          all_edges=args.all_edges)
+    if args.format == "dot":
+        sys.stdout.write(text)
+    elif args.output:
+        Path(args.output).write_bytes(dot.image(text, args.format))
+    elif sys.stdout.isatty():
+        raise UsageError(f"--format {args.format} writes an image: give -o FILE or redirect the output")
+    else:
+        sys.stdout.buffer.write(dot.image(text, args.format))
     return EXIT_OK
 
 
@@ -656,7 +667,8 @@ def _cache_clean(args) -> int:
 
 # Bazel's names for our flags (did-you-mean); the rest match with '_' read as '-'.
 _BAZEL_FLAGS = {"--disk_cache": "--cache-dir", "--spawn_strategy": "--sandbox", "--output_base": "--cache-dir",
-                "--execution_log_json_file": "--log-json", "--remote_upload_local_results": "--remote-read-only"}
+                "--execution_log_json_file": "--log-json", "--remote_upload_local_results": "--remote-read-only",
+                "--sandbox_debug": "--sandbox-debug"}
 
 EXAMPLES = {
     "build": ["buildgraph build                       # every node",
@@ -668,8 +680,9 @@ EXAMPLES = {
     "plan": ["buildgraph plan                        # what a build would do; downloads nothing",
              "buildgraph plan backend --format json"],
     "why": ["buildgraph why backend@cpu-dynamic"],
-    "graph": ["buildgraph graph | dot -Tsvg > graph.svg",
-              "buildgraph graph release --format json"],
+    "graph": ["buildgraph graph --format svg -o graph.svg   # laid out by Graphviz, coloured by last outcome",
+              "buildgraph graph release@cpu-static | dot -Tpng > release.png",
+              "buildgraph graph --format json backend"],
     "query": ["buildgraph query deps backend@cpu-dynamic",
               "buildgraph query rdeps openblas --direct"],
     "cache": ["buildgraph cache stats",
@@ -845,7 +858,11 @@ def parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("graph", parents=[common], help="print the configured graph")
     g.add_argument("targets", nargs="*")
-    g.add_argument("--format", choices=("dot", "json"), default="dot")
+    g.add_argument("--format", choices=("dot", "svg", "png", "json"), default="dot",
+                   help="dot text (default); svg or png laid out by Graphviz; json for scripts")
+    g.add_argument("-o", "--output", metavar="FILE", help="write the picture here (svg, png) instead of stdout")
+    g.add_argument("--all-edges", action="store_true",
+                   help="draw every dependency edge (default: those no longer path implies)")
     g.set_defaults(func=cmd_graph)
 
     q = sub.add_parser("query", parents=[common], help="dependencies or dependents of a node")

@@ -55,6 +55,7 @@ class Session:
         self.write = write
         self.dirty = False  # set when the state must be saved
         self.noop_record: bytes | None = None   # written after the state: see noop.py
+        self.outcomes: dict[str, str] = {}      # node -> this build's outcome, when not up to date
         if write:
             self.state_dir.lock(notify)
         try:
@@ -82,8 +83,8 @@ class Session:
                 self.state_dir.save(self.state, config=self.dirty)
             if self.write and self.noop_record is not None:
                 self.state_dir.save_noop(self.noop_record)
-            if self.write and self.engine.new_inputs:
-                self.state_dir.write_inputs(self.engine.new_inputs)
+            if self.write and (self.engine.new_inputs or self.outcomes):
+                self.state_dir.write_inputs(self.engine.new_inputs, self.outcomes)
         finally:
             self.store.close()
             self.state_dir.close()
@@ -169,6 +170,8 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
     summary = BuildSummary(ordered, time.monotonic() - t0, selected=len(selected), interrupted=interrupted)
     for o in ordered:
         summary.counts[o.status.value] = summary.counts.get(o.status.value, 0) + 1
+        if o.status != Status.UP_TO_DATE:
+            session.outcomes[o.name] = o.status.value
     no_op = all(o.status == Status.UP_TO_DATE for o in ordered) and len(ordered) == len(selected) \
         and not interrupted
     if not no_op:   # last-build.json keeps the last build in which a node ran or was restored

@@ -36,7 +36,7 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from buildgraph.action import (Action, ActionResult, BadResult, OutputFile, OutputSymlink, check_declared,
                                check_symlink, check_tree)
@@ -117,6 +117,7 @@ class RunOutcome:
     duration: float
     note: str = ""                # said to the user about a success (how it was obtained)
     field: str | None = None      # "outs": the outputs differ from what the target declares
+    phases: tuple = ()            # (name, monotonic start, seconds): stage, run, collect (--profile)
 
 
 def unmapped(value: str, root: str | None, mounts) -> str:
@@ -168,6 +169,15 @@ class Sandbox:
     def run(self, action: Action, dep_results: dict[str, ActionResult], tools, keep: bool = False) -> RunOutcome:
         """Stage, run and collect one action. Never raises for a failing action."""
         start = time.monotonic()
+        phases: list[tuple[str, float, float]] = []
+
+        def phase(name: str, began: float) -> float:
+            now = time.monotonic()
+            phases.append((name, began, now - began))
+            return now
+
+        def outcome(result, error, log, **extra) -> RunOutcome:
+            return RunOutcome(result, error, log, time.monotonic() - start, phases=tuple(phases), **extra)
         root = f"{self.store.sandboxes}/{os.getpid()}-{time.monotonic_ns()}-{os.urandom(3).hex()}"
         recollected = self._recollect(action)
         if recollected is not None:
@@ -177,28 +187,34 @@ class Sandbox:
                 self._stage(root, action, dep_results, tools)
                 source_tree = self._stage_source(root, action)
             except (OutputError, SourceError) as exc:
-                return RunOutcome(None, str(exc), "", time.monotonic() - start)
+                return outcome(None, str(exc), "")
+            began = phase("stage", start)
             if action.commands[:1] and action.commands[0].startswith("builtin:artifact"):
-                return self._run_artifact(root, action, tools, start)
+                ran = self._run_artifact(root, action, tools, start)
+                phase("run", began)
+                return replace(ran, phases=tuple(phases))
             binding = None
             if self.compile_cache is not None and action.compilers:   # compilers come with a toolchain
                 binding = self.compile_cache.bind(action.toolchain[1], f"{self.inner_root}/.tools/bin")
             code = self._execute(root, action, tools, source_tree, binding)
+            began = phase("run", began)
             log = _tail(f"{root}/.stdout") + _tail(f"{root}/.stderr")
             if self.cancelled:
-                return RunOutcome(None, "interrupted", log, time.monotonic() - start)
+                return outcome(None, "interrupted", log)
             enter = (tools, source_tree, binding)
             if code != 0:
                 what = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
                 kept = self._keep_failed(root, action, enter=enter)
-                return RunOutcome(None, f"command failed ({what}){kept}", log, time.monotonic() - start)
+                return outcome(None, f"command failed ({what}){kept}", log)
             try:
                 result = self._collect(root, action, time.monotonic() - start)
             except OutputError as exc:
+                phase("collect", began)
                 kept = self._keep_failed(root, action, collectable=True, duration=time.monotonic() - start,
                                          enter=enter)
-                return RunOutcome(None, f"{exc}{kept}", log, time.monotonic() - start, field="outs")
-            return RunOutcome(result, None, log, time.monotonic() - start)
+                return outcome(None, f"{exc}{kept}", log, field="outs")
+            phase("collect", began)
+            return outcome(result, None, log)
         finally:
             if not keep and os.path.exists(root):
                 force_remove(root)

@@ -49,6 +49,7 @@ class NodeOutcome:
     lane: int = 0               # which of the -j lanes it ran on (for traces)
     command: str | None = None  # the command that failed, when known
     remote: bool = False        # restored from the remote cache
+    phases: tuple = ()          # (name, start, seconds) inside a ran action: stage, run, collect, store
 
 
 class Interrupted(Exception):
@@ -94,6 +95,8 @@ class Scheduler:
         self.reporter.begin(len(selected), self.jobs)
 
         def done(name: str, outcome: NodeOutcome, output_digest: str | None) -> None:
+            if not outcome.start:   # decided now (up to date, restored): when, for the trace
+                outcome.start = time.monotonic() - t0
             outcomes[name] = outcome
             self.reporter.finished(outcome)
             if output_digest is not None:
@@ -206,10 +209,12 @@ class Scheduler:
                 free_lanes.append(lane)
                 for waiter in same_key.pop(action.key, []):   # check again: a hit now, or run
                     heapq.heappush(ready, (-priority[waiter], waiter))
-                start = time.monotonic() - t0 - outcome.duration
+                phases = [(p, began - t0, seconds) for p, began, seconds in outcome.phases]
+                start = phases[0][1] if phases else time.monotonic() - t0 - outcome.duration
                 if outcome.result is not None:
                     if outcome.note:
                         engine.warn(f"{name}: {outcome.note}")
+                    storing = time.monotonic()
                     result = engine.keep_first(graph.nodes[name], action, outcome.result)
                     if not engine.adopt(graph.nodes[name], action, result):
                         done(name, NodeOutcome(name, Status.FAILED, action.key, outcome.duration, start,
@@ -218,14 +223,16 @@ class Scheduler:
                         continue
                     if engine.remote is not None and result is outcome.result:
                         engine.remote.upload(action, result)
+                    phases.append(("store", storing - t0, time.monotonic() - storing))
                     done(name, NodeOutcome(name, Status.RAN, action.key, outcome.duration, start,
-                                           log=outcome.log, lane=lane), result.output_digest)
+                                           log=outcome.log, lane=lane, phases=tuple(phases)), result.output_digest)
                 else:
                     error, log, command = engine.describe_failure(graph.nodes[name], action, outcome)
                     engine.write_log(name, log)
                     status = Status.CANCELLED if engine.sandbox.cancelled else Status.FAILED
                     done(name, NodeOutcome(name, status, action.key, outcome.duration, start,
-                                           error=error, log=log, lane=lane, command=command), None)
+                                           error=error, log=log, lane=lane, command=command,
+                                           phases=tuple(phases)), None)
                     if not self.keep_going:
                         stopping = True
         except KeyboardInterrupt:

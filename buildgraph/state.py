@@ -153,6 +153,7 @@ class StateDir:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")   # a crash may lose the last write, never the file
             db.execute("CREATE TABLE IF NOT EXISTS inputs (node TEXT PRIMARY KEY, value BLOB NOT NULL)")
+            db.execute("CREATE TABLE IF NOT EXISTS outcomes (node TEXT PRIMARY KEY, status TEXT NOT NULL)")
             self._inputs_db = db
         return self._inputs_db
 
@@ -167,12 +168,25 @@ class StateDir:
         except (sqlite3.Error, ValueError, EOFError, TypeError):   # only an explanation is lost
             return None
 
-    def write_inputs(self, inputs: dict[str, dict]) -> None:
+    def write_inputs(self, inputs: dict[str, dict], outcomes: dict[str, str]) -> None:
+        """Record the input digests of the nodes recorded this build, and each node's outcome
+        when it was not up to date (ran, cached, failed, skipped, cancelled): its last one."""
         db = self._inputs(create=True)
         with db:   # one transaction
             db.execute("BEGIN")
             db.executemany("INSERT OR REPLACE INTO inputs VALUES (?, ?)",
                            ((name, marshal.dumps(value)) for name, value in inputs.items()))
+            db.executemany("INSERT OR REPLACE INTO outcomes VALUES (?, ?)", outcomes.items())
+
+    def read_outcomes(self) -> dict[str, str]:
+        """Node -> its last outcome other than up to date (what `graph` colours by)."""
+        import sqlite3
+
+        try:
+            db = self._inputs(create=False)
+            return dict(db.execute("SELECT node, status FROM outcomes").fetchall()) if db else {}
+        except sqlite3.Error:
+            return {}
 
     def close(self) -> None:
         if self._inputs_db is not None:

@@ -17,5 +17,5 @@ class Status(enum.Enum):
 
 # A node the no-op check (noop.py) found up to date, with the fields the event log and the
 # trace read of a scheduler.NodeOutcome.
-UpToDate = namedtuple("UpToDate", "name key status remote duration error",
-                      defaults=(Status.UP_TO_DATE, False, 0.0, None))
+UpToDate = namedtuple("UpToDate", "name key status remote duration error start lane phases",
+                      defaults=(Status.UP_TO_DATE, False, 0.0, None, 0.0, 0, ()))

@@ -140,9 +140,32 @@ def write_event_log(path: str, outcomes) -> None:
 
 
 def write_chrome_trace(path: str, outcomes) -> None:
-    """A Chrome trace: one complete event ("ph": "X") per action that ran, one row per lane."""
-    events = [{"name": o.name, "cat": o.status.value, "ph": "X", "pid": 1, "tid": o.lane,
-               "ts": int(o.start * 1e6), "dur": max(1, int(o.duration * 1e6)),
-               "args": {"key": o.key}} for o in outcomes if o.status in (Status.RAN, Status.FAILED)]
+    """A Chrome trace (chrome://tracing, Perfetto): a span for the whole build on the "build"
+    track, which also marks each node restored or found up to date (an instant event); each
+    action that ran or failed on the track of its -j slot, with its phases inside it (stage,
+    run, collect, store). Times are seconds since the build's scheduling began."""
+    outcomes = list(outcomes)
+    ran = [o for o in outcomes if o.status in (Status.RAN, Status.FAILED)]
+    end = max([0.0] + [o.start + o.duration for o in outcomes])
+    us = 1e6
+    events = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "buildgraph build"}},
+              {"ph": "M", "name": "thread_name", "pid": 1, "tid": 0, "args": {"name": "build"}},
+              {"ph": "M", "name": "thread_sort_index", "pid": 1, "tid": 0, "args": {"sort_index": -1}}]
+    events += [{"ph": "M", "name": "thread_name", "pid": 1, "tid": lane + 1, "args": {"name": f"slot {lane + 1}"}}
+               for lane in sorted({o.lane for o in ran})]
+    events.append({"name": f"build ({len(outcomes)} nodes)", "cat": "build", "ph": "X", "pid": 1, "tid": 0,
+                   "ts": 0, "dur": max(1, int(end * us)),
+                   "args": {s.value: sum(1 for o in outcomes if o.status is s) for s in Status}})
+    for o in outcomes:
+        if o.status in (Status.RAN, Status.FAILED):
+            events.append({"name": o.name, "cat": o.status.value, "ph": "X", "pid": 1, "tid": o.lane + 1,
+                           "ts": int(o.start * us), "dur": max(1, int(o.duration * us)),
+                           "args": {"key": o.key, **({"error": o.error} if o.error else {})}})
+            events += [{"name": phase, "cat": "phase", "ph": "X", "pid": 1, "tid": o.lane + 1,
+                        "ts": int(began * us), "dur": max(1, int(seconds * us))} for phase, began, seconds in o.phases]
+        else:
+            events.append({"name": o.name, "cat": o.status.value, "ph": "i", "s": "t", "pid": 1, "tid": 0,
+                           "ts": int(o.start * us), "args": {"key": o.key, "status": o.status.value,
+                                                             **({"remote": True} if o.remote else {})}})
     with open(path, "w") as f:
         json.dump({"traceEvents": events, "displayTimeUnit": "ms"}, f)

@@ -115,6 +115,13 @@ def shared_ws(tmp_path) -> Workspace:
     return w
 
 
+def trace_actions(path: Path) -> list[dict]:
+    """The actions that ran or failed in a --profile trace, by start time (not the build
+    span, the phases inside actions, the instants of restored nodes or the metadata)."""
+    events = json.loads(Path(path).read_text())["traceEvents"]
+    return sorted((e for e in events if e["ph"] == "X" and e.get("cat") in ("ran", "failed")), key=lambda e: e["ts"])
+
+
 def ran(statuses: dict) -> set[str]:
     return {n for n, s in statuses.items() if s == "ran"}
 

@@ -28,6 +28,28 @@ def test_graph_dot_and_json(ws, capsys):
     assert top["features"] == {"linking": "dynamic"} and sorted(top["deps"]) == ["left", "right@dynamic"]
 
 
+def test_graph_pictures_reduce_edges_cluster_variants_and_colour_outcomes(ws, capsys, tmp_path):
+    ws.write("BUILD.yaml", DIAMOND.replace("deps: [left, right]", "deps: [left, right, base]").replace(
+        'cmds: ["echo base > $OUT/o"]', 'cmds: ["echo base > $OUT/o"]}\n  bad: {kind: cmake, outs: [o]'))
+    rc, out, _ = ws.run("graph", capsys=capsys)
+    # top -> base is implied by top -> left -> base: left out, unless every edge is asked for
+    assert rc == 0 and '"top@static" -> "base";' not in out and '"left" -> "base";' in out
+    rc, every, _ = ws.run("graph", "--all-edges", capsys=capsys)
+    assert '"top@static" -> "base";' in every and every.count("->") == out.count("->") + 2
+    static = out[out.index('label="static"'):]
+    assert static.index('"right@static"') < static.index("}")        # the variant's own box
+    assert 'shape="component"' in out and 'shape="ellipse"' in out and 'style="dashed"' in out
+    ws.run("build", "-k", capsys=capsys)
+    rc, out, _ = ws.run("graph", capsys=capsys)
+    line = {n: next(l for l in out.splitlines() if l.strip().startswith(f'"{n}" [')) for n in ("base", "bad")}
+    assert 'fillcolor="palegreen"' in line["base"] and 'fillcolor="salmon"' in line["bad"], out
+    ws.run("build", "base", capsys=capsys)   # up to date: its last outcome stays "ran"
+    assert 'fillcolor="palegreen"' in next(l for l in ws.run("graph", capsys=capsys)[1].splitlines()
+                                           if l.strip().startswith('"base" ['))
+    rc, _, _ = ws.run("graph", "--format", "svg", "-o", str(tmp_path / "g.svg"), capsys=capsys)
+    assert rc == 0 and "<svg" in (tmp_path / "g.svg").read_text() and "top@dynamic" in (tmp_path / "g.svg").read_text()
+
+
 def test_query_deps_and_rdeps(ws, capsys):
     ws.write("BUILD.yaml", DIAMOND)
     rc, out, _ = ws.run("query", "deps", "top@static", capsys=capsys)

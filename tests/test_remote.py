@@ -6,7 +6,7 @@ import shutil
 import time
 
 import pytest
-from conftest import ran
+from conftest import ran, trace_actions
 from servers import BGD, NGINX, BuildGridServer, NginxServer, make_tls
 
 GRAPH = """\
@@ -298,7 +298,7 @@ def test_durations_travel_through_the_remote_and_order_a_fresh_machine(ws, serve
     trace = tmp_path / "trace.json"
     st = remote_build(ws, server, capsys, "-j1", "--profile", str(trace))
     assert ran(st) == {"a_fast", "b_slow"}, st["_out"] + st["_err"]
-    start = {e["name"]: e["ts"] for e in json.loads(trace.read_text())["traceEvents"]}
+    start = {e["name"]: e["ts"] for e in trace_actions(trace)}
     assert start["b_slow"] < start["a_fast"], start
     # A restored result brings its duration along: recorded as if it had run here.
     wipe_local(ws)

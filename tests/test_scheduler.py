@@ -7,7 +7,7 @@ import pytest
 import subprocess
 import time
 
-from conftest import ran
+from conftest import ran, trace_actions
 
 MAKEFILE = """\
 JOBS := j1 j2 j3 j4 j5 j6
@@ -118,7 +118,7 @@ def test_ctrl_c_stops_children_and_keeps_finished_results(ws, sig):
     # The interrupted build still wrote its event log and trace: what finished, what did not.
     cut = {e["node"]: e["status"] for e in map(json.loads, (ws.root / "cut.json").read_text().splitlines())}
     assert cut["quick"] == "ran" and cut.get("slow", "cancelled") != "ran", cut
-    assert "quick" in {e["name"] for e in json.loads((ws.root / "cut-trace.json").read_text())["traceEvents"]}
+    assert "quick" in {e["name"] for e in trace_actions(ws.root / "cut-trace.json")}
     proc = ws.spawn("build", "quick", "--log-json", str(ws.root / "ev.json"))
     proc.communicate(timeout=30)
     events = [json.loads(line) for line in (ws.root / "ev.json").read_text().splitlines()]
@@ -144,11 +144,36 @@ def test_critical_path_runs_first(ws, capsys):
     trace = ws.root / "trace.json"
     ws.write("v", "3")
     ws.run("build", "-j1", "--profile", str(trace), capsys=capsys)
-    events = sorted(json.loads(trace.read_text())["traceEvents"], key=lambda e: e["ts"])
+    events = trace_actions(trace)
     assert [e["name"] for e in events][0] == "z_long"
     assert {e["name"] for e in events} == {"a_short1", "b_short2", "z_long", "z_tail"}
     assert all(e["ph"] == "X" and e["dur"] > 0 for e in events)
     assert set(order) == {"a_short1", "b_short2", "z_long", "z_tail"}
+
+
+def test_the_trace_shows_the_build_its_slots_restored_nodes_and_phases_inside_actions(ws, capsys):
+    ws.write("v", "1")
+    ws.write("BUILD.yaml", """\
+        targets:
+          a: {kind: script, outs: [o], cmds: ["echo a > $OUT/o"]}
+          b: {kind: script, srcs: [v], deps: [a], outs: [o], cmds: ["sleep 0.2; cat $SRC/v $DEP_A/o > $OUT/o"]}
+        """)
+    ws.build(capsys=capsys)
+    ws.write("v", "2")
+    trace = ws.root / "trace.json"
+    assert ws.run("build", "-j1", "--profile", str(trace), capsys=capsys)[0] == 0
+    events = json.loads(trace.read_text())["traceEvents"]
+    names = {(e["name"], e["args"]["name"]) for e in events if e["ph"] == "M" and e["name"].endswith("_name")}
+    assert {("process_name", "buildgraph build"), ("thread_name", "build"), ("thread_name", "slot 1")} <= names
+    build = next(e for e in events if e.get("cat") == "build")
+    [b] = trace_actions(trace)
+    assert b["name"] == "b" and b["tid"] == 1 and build["ts"] <= b["ts"] and b["ts"] + b["dur"] <= build["dur"]
+    up = next(e for e in events if e["name"] == "a")
+    assert up["ph"] == "i" and up["cat"] == "up-to-date" and up["tid"] == 0
+    phases = [e for e in events if e.get("cat") == "phase"]
+    assert [p["name"] for p in phases] == ["stage", "run", "collect", "store"]
+    assert all(p["tid"] == 1 and b["ts"] <= p["ts"] for p in phases[:3])
+    assert max(phases, key=lambda p: p["dur"])["name"] == "run" and phases[1]["dur"] >= 200_000
 
 
 def test_declared_estimate_orders_a_fresh_build(ws, capsys):
@@ -163,7 +188,7 @@ def test_declared_estimate_orders_a_fresh_build(ws, capsys):
     trace = ws.root / "trace.json"
     rc, out, err = ws.run("build", "-j1", "--profile", str(trace), capsys=capsys)
     assert rc == 0, out + err
-    events = sorted(json.loads(trace.read_text())["traceEvents"], key=lambda e: e["ts"])
+    events = trace_actions(trace)
     assert [e["name"] for e in events][0] == "z_long"
     ws.write("BUILD.yaml", "targets:\n  z: {kind: script, estimate: soon, outs: [o], cmds: [\"true\"]}\n")
     rc, out, err = ws.run("plan", capsys=capsys)
