@@ -23,7 +23,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -142,7 +141,7 @@ def make_pom(coords: Coordinates, classifiers: list[str], description: str) -> b
 
 
 class Repository:
-    """A Maven repository over HTTP(S) (or file://), read with urllib, written by mvn."""
+    """A Maven repository over HTTP(S) (or file://), read with httpclient, written by mvn."""
 
     def __init__(self, url: str, creds: Credentials):
         self.url = url.rstrip("/")
@@ -151,14 +150,11 @@ class Repository:
     def sha1(self, coords: Coordinates, name: str) -> str | None:
         """The SHA-1 the repository records for one file of a release (None: it has none)."""
         try:
-            with self.creds.open(f"{self.url}/{coords.path()}/{name}.sha1") as resp:
-                return resp.read().decode().split()[0].strip().lower()
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return None
-            raise PublishError(f"{self.url}: HTTP {exc.code} {exc.reason} reading {name}.sha1") from None
+            return self.creds.request(f"{self.url}/{coords.path()}/{name}.sha1").data.decode().split()[0].strip().lower()
         except OSError as exc:
-            raise PublishError(f"cannot read the repository at {self.url}: {exc}") from None
+            if getattr(exc, "status", None) == 404:
+                return None
+            raise PublishError(f"cannot read the repository at {self.url}: {exc} (reading {name}.sha1)") from None
 
     def deploy(self, coords: Coordinates, pom: Path, attached: list[tuple[Path, str, str]], work: Path) -> None:
         """mvn deploy:deploy-file: the POM as the main file, `attached` as (file, classifier, type)."""

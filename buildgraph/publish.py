@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import sys
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -40,13 +39,25 @@ class Credentials:
         """`text` with the password replaced."""
         return text.replace(self.password, "****") if self.password else text
 
-    def open(self, url: str, method: str = "GET", data: bytes | None = None, headers=None):
-        """urlopen with these credentials (HTTP basic auth) where there are any."""
+    def request(self, url: str, method: str = "GET", data: bytes | None = None, headers=None):
+        """An httpclient.Response, with these credentials (HTTP basic auth) where there are any;
+        HttpError (an OSError, `status` set for an HTTP answer) when it fails. A file:// URL
+        (a repository on disk) is read directly."""
+        from buildgraph.httpclient import HttpClient, HttpError, Response
         from buildgraph.store.remote import basic_auth
 
+        if url.startswith("file://"):
+            path = Path(url[len("file://"):])
+            if not path.is_file():
+                raise HttpError(f"{url}: not found", 404)
+            return Response(200, {"content-length": str(path.stat().st_size)},
+                            b"" if method == "HEAD" else path.read_bytes(), url)
         auth = {"Authorization": basic_auth(self.username or "", self.password)} if self.password else {}
-        return urllib.request.urlopen(urllib.request.Request(url, data=data, method=method,
-                                                             headers={**auth, **(headers or {})}), timeout=60)
+        client = _CLIENTS.get(self.password) or _CLIENTS.setdefault(self.password, HttpClient(headers=auth))
+        return client.request(method, url, body=data, headers=headers)
+
+
+_CLIENTS: dict = {}   # one client (keep-alive pools) per set of credentials
 
 
 def credentials(url: str, kind: str) -> Credentials:

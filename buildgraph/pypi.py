@@ -17,7 +17,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import urllib.error
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,15 +64,12 @@ class Index:
         """The files the index has for `project` (none if it does not know the project)."""
         url = f"{self.simple_url}{wheel_stem(project).replace('_', '-')}/"   # PEP 503
         try:
-            with self.creds.open(url) as resp:
-                page = resp.read().decode("utf-8", "replace")
-                base = resp.geturl()
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return {}
-            raise PublishError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+            resp = self.creds.request(url)
         except OSError as exc:
+            if getattr(exc, "status", None) == 404:
+                return {}
             raise PublishError(f"cannot read the index at {url}: {exc}") from None
+        page, base = resp.data.decode("utf-8", "replace"), resp.url
         parser = _Links()
         parser.feed(page)
         out = {}
@@ -86,19 +82,16 @@ class Index:
     def sha256(self, f: IndexFile) -> str:
         if f.sha256:
             return f.sha256
-        with self.creds.open(f.url) as resp:
-            return hashlib.sha256(resp.read()).hexdigest()
+        return hashlib.sha256(self.creds.request(f.url).data).hexdigest()
 
     def size(self, f: IndexFile) -> int:
         try:
-            with self.creds.open(f.url, method="HEAD") as resp:
-                length = resp.headers.get("Content-Length")
+            length = self.creds.request(f.url, method="HEAD").headers.get("content-length")
             if length is not None:
                 return int(length)
         except (OSError, ValueError):
             pass
-        with self.creds.open(f.url) as resp:
-            return len(resp.read())
+        return len(self.creds.request(f.url).data)
 
     def upload(self, paths: list[Path]) -> None:
         """Upload with twine; the credentials go through its environment."""
@@ -122,15 +115,16 @@ class Index:
         it does not (PyPI offers no deletion through its API)."""
         body = f":action=remove_pkg&name={project}&version={version}".encode()
         try:
-            with self.creds.open(self.upload_url, method="POST", data=body,
-                            headers={"Content-Type": "application/x-www-form-urlencoded"}):
-                return True
-        except urllib.error.HTTPError as exc:
-            if exc.code in (401, 403):
-                raise PublishError(f"{self.upload_url}: deleting {project} {version} was refused "
-                                   f"(HTTP {exc.code}): check the credentials") from None
-            return False
+            self.creds.request(self.upload_url, method="POST", data=body,
+                               headers={"Content-Type": "application/x-www-form-urlencoded"})
+            return True
         except OSError as exc:
+            status = getattr(exc, "status", None)
+            if status in (401, 403):
+                raise PublishError(f"{self.upload_url}: deleting {project} {version} was refused "
+                                   f"(HTTP {status}): check the credentials") from None
+            if status is not None:
+                return False
             raise PublishError(f"cannot reach {self.upload_url}: {exc}") from None
 
 

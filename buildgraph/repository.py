@@ -89,29 +89,21 @@ class DirectoryBackend:
 
 class WebDavBackend:
     def __init__(self, url: str, ca_file: str | None = None):
-        self.base = url.rstrip("/")
-        import ssl
-        self.context = ssl.create_default_context(cafile=ca_file) if url.startswith("https") else None
+        from buildgraph.httpclient import HttpClient
         from buildgraph.store.remote import credentials
-        self.headers = dict(credentials(url))
+
+        self.base = url.rstrip("/")
+        self.http = HttpClient(ca_file=ca_file, headers=dict(credentials(url)))
 
     def put(self, key: str, source: Path) -> None:
-        import urllib.request
-
-        req = urllib.request.Request(f"{self.base}/{key}", data=source.read_bytes(), method="PUT", headers=self.headers)
         try:
-            with urllib.request.urlopen(req, timeout=60, context=self.context):
-                pass
+            self.http.upload(f"{self.base}/{key}", source)
         except OSError as exc:
             raise RepositoryError(f"PUT {key}: {exc}") from None
 
     def get(self, key: str, dest: Path) -> None:
-        import urllib.request
-
-        req = urllib.request.Request(f"{self.base}/{key}", headers=self.headers)
         try:
-            with urllib.request.urlopen(req, timeout=60, context=self.context) as resp, open(dest, "wb") as out:
-                shutil.copyfileobj(resp, out, 1 << 20)
+            self.http.download(f"{self.base}/{key}", dest)
         except OSError as exc:
             raise RepositoryError(f"GET {key}: {exc}") from None
 

@@ -49,7 +49,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-# hashlib, subprocess, tarfile, zipfile and urllib are imported where used: the workspace
+# hashlib, subprocess, tarfile, zipfile and the HTTP client are imported where used: the workspace
 # loader imports this module for `Source`, and a no-op build must not pay for them.
 
 from buildgraph.digest import sha256_file, value_digest
@@ -372,10 +372,9 @@ class WheelName:
 
 
 def _download(url: str, dest: Path) -> None:
-    import urllib.request
+    from buildgraph.httpclient import client
 
-    with urllib.request.urlopen(url, timeout=60) as resp, open(dest, "wb") as out:
-        shutil.copyfileobj(resp, out, 1 << 20)
+    client().download(url, dest)
 
 
 def _git(*args) -> None:

@@ -1,0 +1,152 @@
+"""The HTTP client of downloads, artifact repositories and indexes, against a loopback server
+that misbehaves on purpose: Retry-After, bodies cut short, a proxy, streamed uploads."""
+
+import http.server
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from buildgraph.httpclient import HttpClient, HttpError, retry_after
+
+BODY = bytes(range(256)) * 4096   # 1 MiB
+
+
+class Server:
+    """ThreadingHTTPServer on 127.0.0.1; `seen` lists (method, path, Range, proxied) of every request."""
+
+    def __init__(self, flaky_answers=1, honour_range=True):
+        self.seen, self.uploads = [], {}
+        self.flaky_left, self.cut_left, self.honour_range = flaky_answers, 1, honour_range
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                proxied = self.path.startswith("http://")
+                path = "/" + self.path.split("/", 3)[3] if proxied else self.path
+                outer.seen.append(("GET", path, self.headers.get("Range"), proxied))
+                if path == "/flaky" and outer.flaky_left:
+                    outer.flaky_left -= 1
+                    return self.answer(503, b"busy", {"Retry-After": "1"})
+                if path == "/cut":
+                    wanted = self.headers.get("Range")
+                    if wanted and outer.honour_range:
+                        start = int(wanted.split("=")[1].rstrip("-"))
+                        return self.answer(206, BODY[start:], {"Content-Range": f"bytes {start}-{len(BODY) - 1}/{len(BODY)}"})
+                    if outer.cut_left:   # half the body, then the connection drops
+                        outer.cut_left -= 1
+                        self.send_response(200)
+                        self.send_header("Content-Length", str(len(BODY)))
+                        self.end_headers()
+                        self.wfile.write(BODY[:len(BODY) // 2])
+                        self.wfile.flush()
+                        self.close_connection = True
+                        return
+                    return self.answer(200, BODY)
+                if path in outer.uploads:
+                    return self.answer(200, outer.uploads[path])
+                found = path in ("/ok", "/flaky")
+                return self.answer(200 if found else 404, b"ok" if found else b"no")
+
+            def do_PUT(self):
+                length = int(self.headers["Content-Length"])
+                outer.seen.append(("PUT", self.path, self.headers.get("Transfer-Encoding"), False))
+                data = bytearray()
+                while len(data) < length:
+                    data += self.rfile.read(min(65536, length - len(data)))
+                outer.uploads[self.path] = bytes(data)
+                self.answer(201, b"")
+
+            def answer(self, status, body, headers=None):
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.stop()
+
+
+def quick_client(**kw) -> tuple[HttpClient, list]:
+    client = HttpClient(timeout=5, **kw)
+    waits = []
+    client.sleep = waits.append
+    return client, waits
+
+
+def test_retry_after_is_honoured_and_a_4xx_is_not_retried(server):
+    client, waits = quick_client()
+    assert client.request("GET", f"{server.url}/flaky").data == b"ok"
+    assert waits == [1.0]   # what the server asked, not the backoff's 0.5 s
+    with pytest.raises(HttpError) as info:
+        client.request("GET", f"{server.url}/missing")
+    assert info.value.status == 404 and waits == [1.0]
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+    assert retry_after("soon") is None
+
+
+def test_a_download_cut_short_resumes_where_it_stopped(server, tmp_path):
+    client, _ = quick_client()
+    assert client.download(f"{server.url}/cut", tmp_path / "f") == len(BODY)
+    assert (tmp_path / "f").read_bytes() == BODY
+    ranges = [r for m, p, r, _ in server.seen if p == "/cut"]
+    assert ranges[0] is None and ranges[1].startswith("bytes=") and int(ranges[1][6:-1]) > 0, ranges
+
+
+def test_a_server_ignoring_range_sends_it_all_again(tmp_path):
+    server = Server(honour_range=False)
+    try:
+        client, _ = quick_client()
+        client.download(f"{server.url}/cut", tmp_path / "f")
+        assert (tmp_path / "f").read_bytes() == BODY
+    finally:
+        server.stop()
+
+
+def test_uploads_stream_a_file_with_its_length(server, tmp_path):
+    big = tmp_path / "big"
+    big.write_bytes(BODY * 8)
+    client, _ = quick_client()
+    client.upload(f"{server.url}/up/big", big)
+    assert server.uploads["/up/big"] == BODY * 8
+    assert ("PUT", "/up/big", None, False) in server.seen    # Content-Length, not chunked
+
+
+def test_requests_go_through_the_proxy_the_environment_names(server, monkeypatch):
+    monkeypatch.setenv("http_proxy", server.url)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    client, _ = quick_client(retries=0)
+    assert client.request("GET", "http://artifacts.invalid/ok").data == b"ok"
+    assert server.seen[-1] == ("GET", "/ok", None, True)
+    monkeypatch.setenv("no_proxy", "artifacts.invalid")
+    with pytest.raises(HttpError):   # not proxied: the name does not resolve
+        quick_client(retries=0)[0].request("GET", "http://artifacts.invalid/ok")
+
+
+def test_a_noop_import_of_the_client_loads_no_http_or_tls():
+    # The module is imported where a download starts; importing it loads neither.
+    code = ("import sys, buildgraph.httpclient, buildgraph.sources, buildgraph.repository, buildgraph.publish; "
+            "print(sorted(m for m in ('urllib3', 'http.client', 'ssl') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
