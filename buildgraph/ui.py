@@ -50,22 +50,30 @@ class PlainReporter:
 
 
 class RichReporter(PlainReporter):
-    """A live progress bar listing the running nodes; finished ones print above it."""
+    """A live progress bar listing the running nodes; finished ones print above it. rich is
+    imported when the first node starts or is restored: a build that finds everything up to
+    date never loads it."""
 
     def begin(self, total: int, jobs: int) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
         super().begin(total, jobs)
-        self.console = Console(file=self.stream)
+        self.progress = None
         self.running: dict[str, float] = {}
-        self.progress = Progress(TextColumn("[bold]building"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("{task.description}"),
-                                 console=self.console, transient=True)
-        self.task = self.progress.add_task("", total=total)
-        self.progress.start()
+
+    def _live(self):
+        if self.progress is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.console = Console(file=self.stream)
+            self.progress = Progress(TextColumn("[bold]building"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), TextColumn("{task.description}"),
+                                     console=self.console, transient=True)
+            self.task = self.progress.add_task("", total=self.total, completed=self.count)
+            self.progress.start()
+        return self.progress
 
     def started(self, name: str) -> None:
+        self._live()
         self.running[name] = time.monotonic()
         self._describe()
 
@@ -75,6 +83,9 @@ class RichReporter(PlainReporter):
 
     def finished(self, o) -> None:
         self.count += 1
+        if o.status is Status.UP_TO_DATE and self.progress is None:
+            return
+        self._live()
         self.running.pop(o.name, None)
         self.progress.update(self.task, completed=self.count)
         self._describe()
@@ -90,24 +101,13 @@ class RichReporter(PlainReporter):
                 self.console.print(line, markup=False, highlight=False)
 
     def say(self, lines: list[str]) -> None:
+        self._live()
         for line in lines:
             self.console.print(line, markup=False, highlight=False)
 
     def end(self) -> None:
-        self.progress.stop()
-
-
-_LOCATED = re.compile(r"[^\s:]+:\d+: ")
-
-
-def failure_lines(o) -> list[str]:
-    """What a failure shows: the error, the command that failed, and the log's tail."""
-    # An error that names its FILE:LINE starts the line with it, where editors look.
-    lines = [f"  {o.error}" if _LOCATED.match(o.error or "") else f"  error: {o.error}"]
-    if o.command:
-        lines.append(f"  command: {o.command}")
-    lines.extend(f"  | {line}" for line in o.log.rstrip().splitlines()[-40:])
-    return lines
+        if self.progress is not None:
+            self.progress.stop()
 
 
 def subcommand_lines(name: str, action, mode: str) -> list[str]:

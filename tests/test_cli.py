@@ -252,3 +252,27 @@ def test_a_failure_names_its_yaml_line_and_the_compiler_names_workspace_files(ws
     monkeypatch.chdir(ws.root / "src")
     rc, out, err = ws.run("build", "prog", capsys=capsys)
     assert "  | ../src/bad.c:2:10: error:" in out, out
+
+
+def test_the_terminal_display_loads_rich_only_when_something_runs():
+    code = """
+import io, sys
+from buildgraph import ui
+from buildgraph.status import Status, UpToDate
+class Terminal(io.StringIO):
+    def isatty(self): return True
+r = ui.make_reporter(Terminal())
+r.begin(2, 2)
+r.finished(UpToDate("a", "k"))
+r.end()
+print("rich" in sys.modules)
+r.begin(2, 2)
+r.started("b")
+r.finished(UpToDate("b", "k", Status.RAN))
+r.end()
+print("rich" in sys.modules)
+"""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]
