@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 BLOCK = 1 << 20
 MAX_WAIT = 60.0           # the longest Retry-After honoured; longer asks are waited this long
@@ -144,7 +144,9 @@ class HttpClient:
             resp.release_conn()
         if resp.status >= 400:
             raise HttpError(f"{method} {url}: HTTP {resp.status} {resp.reason or ''}".strip(), resp.status)
-        return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, data, resp.geturl() or url)
+        # where it was answered from, after redirects (urllib3 may give only the path)
+        return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, data,
+                        urljoin(url, resp.geturl() or url))
 
     def upload(self, url: str, path: Path, method: str = "PUT", headers: dict | None = None) -> Response:
         """Send a file as the body, streamed, opened again for each attempt."""

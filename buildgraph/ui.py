@@ -110,6 +110,19 @@ class RichReporter(PlainReporter):
             self.progress.stop()
 
 
+_LOCATED = re.compile(r"[^\s:]+:\d+: ")
+
+
+def failure_lines(o) -> list[str]:
+    """What a failure shows: the error, the command that failed, and the log's tail."""
+    # An error that names its FILE:LINE starts the line with it, where editors look.
+    lines = [f"  {o.error}" if _LOCATED.match(o.error or "") else f"  error: {o.error}"]
+    if o.command:
+        lines.append(f"  command: {o.command}")
+    lines.extend(f"  | {line}" for line in o.log.rstrip().splitlines()[-40:])
+    return lines
+
+
 def subcommand_lines(name: str, action, mode: str) -> list[str]:
     """What -s prints as an action starts (Bazel's SUBCOMMAND): where it runs, its environment
     and its commands, as `sh -e` in $WORK runs them."""
