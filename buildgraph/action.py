@@ -192,6 +192,14 @@ class BadResult(ValueError):
     """An action cache entry that must not be used (corrupt or poisoned)."""
 
 
+class MissingOutputs(BadResult):
+    """Declared outputs the action did not produce (`paths`)."""
+
+    def __init__(self, message: str, paths: list[str]):
+        super().__init__(message)
+        self.paths = tuple(paths)
+
+
 def check_relpath(path) -> str:
     """Return `path` if it is a clean relative path inside its root, else raise BadResult."""
     if not isinstance(path, str) or not path or "\0" in path:
@@ -286,7 +294,8 @@ def check_declared(outs, files, links) -> None:
     missing = [o for o in outs if o not in produced and not (o.endswith("/") and (
         o[:-1] in links or any(p.startswith(o) for p in produced)))]
     if missing:
-        raise BadResult(f"declared output{'s' if len(missing) > 1 else ''} not produced: {', '.join(missing)}")
+        raise MissingOutputs(f"declared output{'s' if len(missing) > 1 else ''} not produced: {', '.join(missing)}",
+                             missing)
     extra = sorted(p for p in produced if p not in singles and not p.startswith(dirs) and p + "/" not in dirs)
     if extra:
         more = f" (and {len(extra) - 5} more)" if len(extra) > 5 else ""

@@ -233,8 +233,6 @@ def cmd_publish(args) -> int:
         raise UsageError("--to maven:URL needs --group (the Maven groupId, e.g. org.example)")
     if args.prune_nightlies and any(kind == "maven" for kind, _ in destinations):
         raise UsageError("--prune-nightlies is for indexes (pypi:URL); a Maven repository keeps its snapshots")
-    if args.keep < 0:
-        raise UsageError("--keep must be 0 or more")
     date = args.nightly_date or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d")
     if not (len(date) == 8 and date.isdigit()):
         raise UsageError(f"--nightly-date {date!r}: expected YYYYMMDD")
@@ -808,7 +806,8 @@ def parser() -> argparse.ArgumentParser:
                    help="write an enter.sh into each failed action's kept sandbox: a shell inside it, as the "
                         "commands saw it")
     b.add_argument("--log-json", metavar="FILE", help="write one JSON event per node")
-    b.add_argument("--profile", metavar="FILE", help="write a Chrome trace of the actions that ran")
+    b.add_argument("--profile", metavar="FILE",
+                   help="write a Chrome trace (Perfetto): the build, each action and its phases, restored nodes")
     b.add_argument("--no-compile-cache", action="store_true",
                    help="compile every file again in cmake, make and autotools actions (no ccache)")
     b.add_argument("--max-size", type=_size, help="local cache size limit (default 10G); gc runs when exceeded")

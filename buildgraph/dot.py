@@ -44,44 +44,34 @@ def render(graph, ws, selected: list[str], outcomes: dict[str, str], built: set[
     """The dot text of the `selected` nodes; `outcomes`: node -> its last outcome (ran, cached,
     failed, skipped, cancelled); `built`: the nodes with a result recorded."""
     axes = [a for a, _ in ws.axes]
-    tree: dict = {}   # nested clusters: value -> (subtree, nodes)
-
-    def cluster_of(name: str) -> list:
-        assignment = dict(graph.nodes[name].assignment)
-        path = [assignment[a] for a in axes if a in assignment]
-        level, nodes = tree, None
-        for value in path:
-            level, nodes = level.setdefault(value, ({}, []))
-        return nodes if path else tree.setdefault(None, ({}, []))[1]
-
+    groups: dict[tuple, list[str]] = {}   # a node's variant values, in axis order -> its nodes
     for name in selected:
-        cluster_of(name).append(name)
+        assignment = dict(graph.nodes[name].assignment)
+        groups.setdefault(tuple(assignment[a] for a in axes if a in assignment), []).append(name)
+    boxes = sorted({path[:k] for path in groups for k in range(1, len(path) + 1)})   # cpu, cpu-static, ...
 
     def node_line(name: str, indent: str) -> str:
         t = ws.targets[graph.nodes[name].target]
         outcome = outcomes.get(name)
-        style = ["filled"] if outcome or name in built else ["dashed"]
-        attrs = {"shape": SHAPES.get(t.kind, "box"), "style": ",".join(style),
+        attrs = {"shape": SHAPES.get(t.kind, "box"), "style": "filled" if outcome or name in built else "dashed",
                  "fillcolor": COLOURS.get(outcome, "white"), "label": name,
                  "tooltip": f"{t.kind}: {t.description or name}" + (f" ({outcome})" if outcome else "")}
         return indent + _quote(name) + " [" + ", ".join(f"{k}={_quote(v)}" for k, v in attrs.items()) + "];"
 
     lines = ["digraph buildgraph {", "  rankdir=LR;", '  node [fontname="Helvetica", fontsize=10];',
              f"  labelloc=b; fontsize=9; label={_quote(LEGEND)};"]
-    counter = iter(range(1, 1 << 30))
 
-    def emit(level: dict, path: list[str], indent: str) -> None:
-        for value in sorted((v for v in level if v is not None)):
-            sub, nodes = level[value]
-            here = [*path, value]
-            lines.append(f"{indent}subgraph cluster_{next(counter)} {{")
-            lines.append(f'{indent}  label={_quote("-".join(here))}; style="rounded"; color="grey60";')
-            lines.extend(node_line(n, indent + "  ") for n in sorted(nodes))
-            emit(sub, here, indent + "  ")
+    def emit(outer: tuple, indent: str) -> None:
+        """The boxes directly inside `outer`, each with its nodes and its own boxes."""
+        for box in (b for b in boxes if b[:-1] == outer):
+            lines.append(f"{indent}subgraph {_quote('cluster_' + '-'.join(box))} {{")
+            lines.append(f'{indent}  label={_quote("-".join(box))}; style="rounded"; color="grey60";')
+            lines.extend(node_line(n, indent + "  ") for n in sorted(groups.get(box, ())))
+            emit(box, indent + "  ")
             lines.append(f"{indent}}}")
 
-    lines.extend(node_line(n, "  ") for n in sorted(tree.get(None, ({}, []))[1]))
-    emit(tree, [], "  ")
+    lines.extend(node_line(n, "  ") for n in sorted(groups.get((), ())))
+    emit((), "  ")
     lines.extend(f"  {_quote(a)} -> {_quote(b)};" for a, b in edges(graph, selected, all_edges))
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from buildgraph import globs, signatures
+from buildgraph import globs, recipes, signatures
 from buildgraph.action import Action, ActionResult
 from buildgraph.digest import StatCache, stat_signature, tree_digest, value_digest
 from buildgraph.errors import ConfigError, StoreError
@@ -517,10 +517,9 @@ class Engine:
         step = failures.failed_step(outcome.log, action.commands)
         field = None
         if step is not None:
-            fields = failures.command_fields(t, t.matching(dict(node.assignment)))
-            field = fields[step] if step < len(fields) else None
-        elif outcome.field == "outs":
-            field = failures.output_field(t, outcome.error)
+            field = recipes.steps(t, t.matching(dict(node.assignment)))[step][0]
+        elif outcome.missing is not None:
+            field = failures.output_field(t, outcome.missing)
         error = f"{failures.declared_at(self.ws.root, t, field)}: {outcome.error}" if field else outcome.error
         return error, log, action.commands[step] if step is not None else None
 

@@ -24,18 +24,6 @@ def failed_step(log: str, commands: tuple[str, ...]) -> int | None:
     return None
 
 
-def command_fields(target: Target, matched: list) -> tuple[str, ...]:
-    """The field declaring each command recipes.commands makes for `target` (cmds[1],
-    when[0].cmds[0], post_install[0]); the generated steps of a build kind are its `kind`."""
-    if target.kind == "script":
-        return tuple(f"cmds[{i}]" for i in range(len(target.cmds))) + tuple(
-            f"when[{target.when.index(w)}].cmds[{i}]" for w in matched for i in range(len(w.cmds)))
-    from buildgraph.recipes import commands
-
-    generated = len(commands(target, matched)) - len(target.post_install)
-    return ("kind",) * generated + tuple(f"post_install[{i}]" for i in range(len(target.post_install)))
-
-
 def declared_at(root: Path, target: Target, field: str) -> str:
     """`FILE:LINE: FIELD` for a field path of `target` such as cmds[2] or when[1].cmds[0]. The
     parsed workspace keeps only the lines of a target's own keys, so the file is read again
@@ -57,9 +45,9 @@ def declared_at(root: Path, target: Target, field: str) -> str:
     return f"{target.loc.file}:{line}: {field_path(target, field)}"
 
 
-def output_field(target: Target, error: str) -> str:
-    """Which field an output error is about: a missing licence file is `licenses`, else `outs`."""
-    return "licenses" if "not produced" in error and any(lic in error for lic in target.licenses) else "outs"
+def output_field(target: Target, missing: tuple[str, ...]) -> str:
+    """Which field an output error is about: licence files alone missing is `licenses`, else `outs`."""
+    return "licenses" if missing and set(missing) <= set(target.licenses) else "outs"
 
 
 def readable_log(log: str, sandboxes: str, root: Path, deps: dict[str, Path]) -> str:

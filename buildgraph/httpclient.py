@@ -97,114 +97,83 @@ class HttpClient:
                 self._managers[proxy or ""] = manager
             return manager
 
-    def _attempts(self, method: str, url: str, send):
-        """The urllib3 response of the first send(manager) that neither failed to connect nor
-        was answered 429 or 5xx; retried with backoff, or as long as Retry-After asks."""
+    def _exchange(self, method: str, url: str, headers, consume, body=None):
+        """Send the request (`body()` makes its body for each attempt) and return `consume`'s
+        reading of a successful answer. One loop retries all that is worth retrying:
+        connection errors, a body cut short (a download resumes: `headers()` is asked again),
+        429 and 5xx after what Retry-After asks, else with exponential backoff."""
         import urllib3
 
         delay = self.backoff
         for attempt in range(self.retries + 1):
-            wait = delay
+            wait, resp = delay, None
             try:
-                resp = send(self._manager(url))
+                resp = self._manager(url).urlopen(
+                    method, url, body=body() if body else None, headers={**self.headers, **headers()},
+                    preload_content=False, retries=_redirects_only(0 if body else 5), chunked=False)
                 if resp.status not in _TRANSIENT:
-                    return resp
+                    if not 200 <= resp.status < 300:   # a redirect left unfollowed is no success either
+                        raise HttpError(f"{method} {url}: HTTP {resp.status} {resp.reason or ''}".strip(),
+                                        resp.status)
+                    return consume(resp)
                 asked = retry_after(resp.headers.get("Retry-After"))
                 wait = min(asked, MAX_WAIT) if asked is not None else delay
-                problem = f"HTTP {resp.status} {resp.reason or ''}".strip()
-                resp.drain_conn()
-                resp.release_conn()
-                if attempt == self.retries:
-                    raise HttpError(f"{method} {url}: {problem}", resp.status)
+                problem = HttpError(f"{method} {url}: HTTP {resp.status} {resp.reason or ''}".strip(), resp.status)
+            except HttpError:
+                raise
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                if isinstance(exc, HttpError):
-                    raise
-                if attempt == self.retries:
-                    raise HttpError(f"{method} {url}: {exc}") from None
+                problem = HttpError(f"{method} {url}: {exc}")
+            finally:
+                if resp is not None:
+                    resp.release_conn()
+            if attempt == self.retries:
+                raise problem
             self.sleep(wait)
             delay *= 2
         raise AssertionError("unreachable")
 
     def request(self, method: str, url: str, body: bytes | None = None, headers: dict | None = None) -> Response:
         """One request with a small body both ways (a page, a checksum, an API call)."""
-        import urllib3
-
-        headers = {**self.headers, **(headers or {})}
-
-        def send(manager):
-            return manager.request(method, url, body=body, headers=headers, preload_content=False,
-                                   retries=_redirects_only())
-
-        resp = self._attempts(method, url, send)
-        try:
-            data = resp.read()
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise HttpError(f"{method} {url}: {exc}") from None
-        finally:
-            resp.release_conn()
-        if resp.status >= 400:
-            raise HttpError(f"{method} {url}: HTTP {resp.status} {resp.reason or ''}".strip(), resp.status)
-        # where it was answered from, after redirects (urllib3 may give only the path)
-        return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, data,
-                        urljoin(url, resp.geturl() or url))
+        def consume(resp) -> Response:
+            # where it was answered from, after redirects (urllib3 may give only the path)
+            return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read(),
+                            urljoin(url, resp.geturl() or url))
+        return self._exchange(method, url, lambda: headers or {}, consume, body and (lambda: body))
 
     def upload(self, url: str, path: Path, method: str = "PUT", headers: dict | None = None) -> Response:
-        """Send a file as the body, streamed, opened again for each attempt."""
-        size = os.path.getsize(path)
-        headers = {**self.headers, "Content-Length": str(size), **(headers or {})}
+        """Send a file as the body, streamed in blocks, opened again for each attempt."""
         files = []
 
-        def send(manager):
-            f = open(path, "rb")
-            files.append(f)
-            return manager.urlopen(method, url, body=f, headers=headers, preload_content=False,
-                                   retries=_redirects_only(0), chunked=False)
+        def body():
+            files.append(open(path, "rb"))
+            return files[-1]
 
-        try:
-            resp = self._attempts(method, url, send)
+        def consume(resp) -> Response:
             resp.drain_conn()
-            resp.release_conn()
+            return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, b"", url)
+        try:
+            return self._exchange(method, url, lambda: {"Content-Length": str(os.path.getsize(path)),
+                                                        **(headers or {})}, consume, body)
         finally:
             for f in files:
                 f.close()
-        if resp.status >= 400:
-            raise HttpError(f"{method} {url}: HTTP {resp.status} {resp.reason or ''}".strip(), resp.status)
-        return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, b"", url)
 
     def download(self, url: str, dest: Path, headers: dict | None = None) -> int:
         """Stream `url` into `dest`; a transfer cut short resumes with Range. Returns the size."""
-        import urllib3
-
-        headers = {**self.headers, **(headers or {})}
-        delay = self.backoff
         with open(dest, "wb") as out:
-            for attempt in range(self.retries + 1):
+            def asked() -> dict:
                 have = out.tell()
-                asked = {**headers, "Range": f"bytes={have}-"} if have else headers
+                return {**(headers or {}), **({"Range": f"bytes={have}-"} if have else {})}
 
-                def send(manager):
-                    return manager.request("GET", url, headers=asked, preload_content=False,
-                                           retries=_redirects_only())
-                resp = self._attempts("GET", url, send)
-                try:
-                    if resp.status >= 400 and resp.status != 416:
-                        raise HttpError(f"GET {url}: HTTP {resp.status} {resp.reason or ''}".strip(), resp.status)
-                    if resp.status != 206 or not resp.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
-                        out.seek(0)   # the whole file again (a server that ignores Range, or 416)
-                        out.truncate()
-                        if resp.status == 416:
-                            continue
-                    while chunk := resp.read1(BLOCK):   # what arrived: kept if the rest does not
-                        out.write(chunk)
-                    return out.tell()
-                except (urllib3.exceptions.HTTPError, OSError) as exc:
-                    if isinstance(exc, HttpError) or attempt == self.retries:
-                        raise HttpError(f"GET {url}: {exc}", getattr(exc, "status", None)) from None
-                finally:
-                    resp.release_conn()
-                self.sleep(delay)
-                delay *= 2
-        raise HttpError(f"GET {url}: cut off {self.retries + 1} times")
+            def consume(resp) -> int:
+                have = out.tell()
+                if resp.status != 206 or not resp.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
+                    out.seek(0)   # the whole file (a server that ignores Range sends it all again)
+                    out.truncate()
+                while chunk := resp.read1(BLOCK):   # what arrived is kept if the rest does not
+                    out.write(chunk)
+                return out.tell()
+            return self._exchange("GET", url, asked, consume)
 
 
 _shared: HttpClient | None = None

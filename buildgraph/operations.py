@@ -84,7 +84,7 @@ class Session:
             if self.write and self.noop_record is not None:
                 self.state_dir.save_noop(self.noop_record)
             if self.write and (self.engine.new_inputs or self.outcomes):
-                self.state_dir.write_inputs(self.engine.new_inputs, self.outcomes)
+                self.state_dir.write_records(self.engine.new_inputs, self.outcomes)
         finally:
             self.store.close()
             self.state_dir.close()

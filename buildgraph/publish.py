@@ -43,7 +43,7 @@ class Credentials:
         """An httpclient.Response, with these credentials (HTTP basic auth) where there are any;
         HttpError (an OSError, `status` set for an HTTP answer) when it fails. A file:// URL
         (a repository on disk) is read directly."""
-        from buildgraph.httpclient import HttpClient, HttpError, Response
+        from buildgraph.httpclient import HttpError, Response, client
         from buildgraph.store.remote import basic_auth
 
         if url.startswith("file://"):
@@ -53,11 +53,7 @@ class Credentials:
             return Response(200, {"content-length": str(path.stat().st_size)},
                             b"" if method == "HEAD" else path.read_bytes(), url)
         auth = {"Authorization": basic_auth(self.username or "", self.password)} if self.password else {}
-        client = _CLIENTS.get(self.password) or _CLIENTS.setdefault(self.password, HttpClient(headers=auth))
-        return client.request(method, url, body=data, headers=headers)
-
-
-_CLIENTS: dict = {}   # one client (keep-alive pools) per set of credentials
+        return client().request(method, url, body=data, headers={**auth, **(headers or {})})
 
 
 def credentials(url: str, kind: str) -> Credentials:

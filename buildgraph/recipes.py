@@ -27,8 +27,20 @@ def _src_dir(target: Target) -> str:
 
 def commands(target: Target, matched: list[When]) -> tuple[str, ...]:
     """The commands an action runs for `target` in a variant whose `when` entries are `matched`."""
-    steps = _kind_commands(target, matched)
-    return steps + target.post_install if target.kind not in ("script", "artifact") else steps
+    return tuple(command for _, command in steps(target, matched))
+
+
+def steps(target: Target, matched: list[When]) -> tuple[tuple[str, str], ...]:
+    """(the field declaring it, command) of each command, in order: cmds[1],
+    when[0].cmds[0], post_install[0]; a build kind's own steps are its `kind` (what a
+    failure names, failures.py)."""
+    if target.kind == "script":
+        return tuple((f"cmds[{i}]", c) for i, c in enumerate(target.cmds)) + tuple(
+            (f"when[{target.when.index(w)}].cmds[{i}]", c) for w in matched for i, c in enumerate(w.cmds))
+    if target.kind == "artifact":
+        return ()   # a built-in action: the engine writes its spec (artifact.py)
+    return tuple(("kind", c) for c in _kind_commands(target, matched)) + tuple(
+        (f"post_install[{i}]", c) for i, c in enumerate(target.post_install))
 
 
 def cmake_args(target: Target, matched: list[When]) -> tuple[str, ...]:
@@ -37,10 +49,7 @@ def cmake_args(target: Target, matched: list[When]) -> tuple[str, ...]:
 
 
 def _kind_commands(target: Target, matched: list[When]) -> tuple[str, ...]:
-    if target.kind == "artifact":
-        return ()   # a built-in action: the engine writes its spec (artifact.py)
-    if target.kind == "script":
-        return target.cmds + tuple(c for w in matched for c in w.cmds)
+    """The steps of a build kind (cmake, make, autotools), before its post_install."""
     if target.kind == "cmake":
         args = cmake_args(target, matched)
         # Configured from $OUT: CMake makes a relative PATH-typed cache value given on the command

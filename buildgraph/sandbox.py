@@ -116,7 +116,7 @@ class RunOutcome:
     log: str                      # stdout+stderr tail, for failures
     duration: float
     note: str = ""                # said to the user about a success (how it was obtained)
-    field: str | None = None      # "outs": the outputs differ from what the target declares
+    missing: tuple | None = None  # the outputs differ from what is declared: those not produced
     phases: tuple = ()            # (name, monotonic start, seconds): stage, run, collect (--profile)
 
 
@@ -212,7 +212,7 @@ class Sandbox:
                 phase("collect", began)
                 kept = self._keep_failed(root, action, collectable=True, duration=time.monotonic() - start,
                                          enter=enter)
-                return outcome(None, f"{exc}{kept}", log, field="outs")
+                return outcome(None, f"{exc}{kept}", log, missing=exc.missing)
             phase("collect", began)
             return outcome(result, None, log)
         finally:
@@ -246,30 +246,23 @@ class Sandbox:
         bwrap, environment, tools and working directory); arguments go to that shell
         (`sh enter.sh -c 'make -C src'`). The build's own tools and /etc directories go when it
         ends, so copies of them stay in KEPT/.enter/."""
-        argv, mapped = self._argv(kept, action, tools, source_tree, binding)
-        env = sandbox_env(action, mapped, tools[1] if self.mode != "bwrap" else ())
-        env["BUILDGRAPH_SANDBOX"] = mapped
-        if binding is not None:
-            env.update(binding.env)
-        argv = argv[:argv.index("/bin/sh")]   # the action's script: replaced by the user's shell
-        per_build = [(self.tools_dir(tools, action.compilers if binding else ()), "tools")] + ([(self._etc_dir(), "etc")] if self.mode == "bwrap" else [])
+        import shlex
+
+        argv, mapped = self._argv(kept, action, tools, source_tree, binding, shell=True)
+        per_build = [(self.tools_dir(tools, action.compilers if binding else ()), "tools")]
+        if self.mode == "bwrap":
+            per_build.append((self._etc_dir(), "etc"))
+        else:   # outside bwrap the sandbox's .tools is a link to the build's directory
+            os.remove(f"{kept}/.tools")
+            os.symlink(".enter/tools", f"{kept}/.tools")
         for path, name in per_build:
             shutil.copytree(path, f"{kept}/.enter/{name}", symlinks=True)
             argv = [f"{kept}/.enter/{name}" if a == path else a for a in argv]
-        if self.mode == "bwrap":
-            argv = [a for a in argv if a != "--new-session"]   # an interactive shell needs the terminal
-            if f"{self.inner_root}/.jobserver" in argv:        # this build's jobserver is gone
-                i = argv.index(f"{self.inner_root}/.jobserver")
-                del argv[i - 2:i + 1]
-        else:
-            os.remove(f"{kept}/.tools")
-            os.symlink(".enter/tools", f"{kept}/.tools")
-        import shlex
-
+        env = self._env(action, mapped, tools, binding)
         script = (f"#!/bin/sh\n# A shell in {action.node}'s failed sandbox (buildgraph --sandbox-debug).\n"
                   f"cd {shlex.quote(kept)}/work || exit 1\n"
                   f"exec env -i {' '.join(shlex.quote(f'{k}={v}') for k, v in sorted(env.items()))} \\\n"
-                  f"  {' '.join(map(shlex.quote, argv))} /bin/sh \"$@\"\n")
+                  f"  {' '.join(map(shlex.quote, argv))} \"$@\"\n")
         path = f"{kept}/enter.sh"
         with open(path, "w") as f:
             f.write(script)
@@ -413,10 +406,14 @@ class Sandbox:
         return None
 
     def _argv(self, root: str, action: Action, tools, source_tree: str | None = None,
-              binding=None) -> tuple[list[str], str]:
-        script = ["/bin/sh", "-e", "-c", _script(action.commands)]
+              binding=None, shell: bool = False) -> tuple[list[str], str]:
+        """The command line of the action in the sandbox at `root`, and the path the sandbox is
+        seen at. `shell`: an interactive /bin/sh there instead (--sandbox-debug's enter.sh):
+        with the terminal (no new session) and without this build's jobserver."""
+        script = ["/bin/sh"] if shell else ["/bin/sh", "-e", "-c", _script(action.commands)]
         if self.mode == "bwrap":
-            argv = [shutil.which("bwrap") or "bwrap", "--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid",
+            argv = [shutil.which("bwrap") or "bwrap", "--die-with-parent", *(() if shell else ("--new-session",)),
+                    "--unshare-net", "--unshare-pid",
                     "--unshare-ipc", "--unshare-uts", "--hostname", "sandbox",
                     "--ro-bind", "/usr", "/usr", "--tmpfs", "/usr/local",
                     "--ro-bind", self._etc_dir(), "/etc",
@@ -447,7 +444,7 @@ class Sandbox:
                 argv += ["--ro-bind", source_tree, f"{self.inner_root}/source"]
             elif os.path.isdir(f"{root}/source"):
                 argv += ["--ro-bind", f"{root}/source", f"{self.inner_root}/source"]
-            if self.jobserver is not None and action.jobserver == "fifo":
+            if self.jobserver is not None and action.jobserver == "fifo" and not shell:
                 argv += ["--bind", self.jobserver.fifo, f"{self.inner_root}/.jobserver"]
             for p in VISIBLE_ETC:
                 if os.path.exists(p):
@@ -458,13 +455,18 @@ class Sandbox:
             return [shutil.which("unshare") or "unshare", "-n", "--"] + script, root
         return script, root
 
-    def _execute(self, root: str, action: Action, tools, source_tree: str | None = None, binding=None) -> int:
-        argv, mapped = self._argv(root, action, tools, source_tree, binding)
+    def _env(self, action: Action, mapped: str, tools, binding) -> dict[str, str]:
+        """The action's environment as it runs with its sandbox seen at `mapped`."""
         # Under bwrap the toolchain entries are mounted at /toolchains, whatever the inner root.
         env = sandbox_env(action, mapped, tools[1] if self.mode != "bwrap" else ())
         if binding is not None:
             env.update(binding.env)   # the compile cache: an accelerator, not in the key
         env["BUILDGRAPH_SANDBOX"] = mapped  # for -ffile-prefix-map in toolchain wrappers; not in the key
+        return env
+
+    def _execute(self, root: str, action: Action, tools, source_tree: str | None = None, binding=None) -> int:
+        argv, mapped = self._argv(root, action, tools, source_tree, binding)
+        env = self._env(action, mapped, tools, binding)
         fds: tuple[int, ...] = ()
         if self.jobserver is not None:
             fifo = f"{self.inner_root}/.jobserver" if self.mode == "bwrap" else None
@@ -506,7 +508,7 @@ class Sandbox:
             check_tree([rel for rel, _, _ in files], dict(links))
             check_declared(action.outs, [rel for rel, _, _ in files], [s.path for s in symlinks])
         except BadResult as exc:
-            raise OutputError(str(exc)) from None
+            raise OutputError(str(exc), getattr(exc, "paths", ())) from None
         outputs = []
         for rel, path, exe in files:
             if self.mode == "bwrap":
@@ -524,7 +526,12 @@ class Sandbox:
 
 
 class OutputError(Exception):
-    """The action ran but its outputs do not match what it declared."""
+    """The action ran but its outputs do not match what it declared (`missing`: those not
+    produced), or its inputs could not be staged."""
+
+    def __init__(self, message: str, missing: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.missing = missing
 
 
 RECOLLECT = ".buildgraph-recollect.json"   # in a kept sandbox whose commands all succeeded

@@ -111,7 +111,8 @@ class Scheduler:
                 while skip:
                     r = skip.pop()
                     if r in chosen and r not in outcomes:
-                        outcomes[r] = NodeOutcome(r, Status.SKIPPED, error=f"{name} failed")
+                        outcomes[r] = NodeOutcome(r, Status.SKIPPED, error=f"{name} failed",
+                                                  start=time.monotonic() - t0)
                         self.reporter.finished(outcomes[r])
                         skip.extend(graph.rdeps[r])
 

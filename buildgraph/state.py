@@ -168,7 +168,7 @@ class StateDir:
         except (sqlite3.Error, ValueError, EOFError, TypeError):   # only an explanation is lost
             return None
 
-    def write_inputs(self, inputs: dict[str, dict], outcomes: dict[str, str]) -> None:
+    def write_records(self, inputs: dict[str, dict], outcomes: dict[str, str]) -> None:
         """Record the input digests of the nodes recorded this build, and each node's outcome
         when it was not up to date (ran, cached, failed, skipped, cancelled): its last one."""
         db = self._inputs(create=True)

@@ -19,6 +19,16 @@ _LABEL = {Status.RAN: "ran", Status.CACHED: "cached", Status.UP_TO_DATE: "up-to-
           Status.FAILED: "FAILED", Status.SKIPPED: "skipped", Status.CANCELLED: "cancelled"}
 
 
+def _detail(o) -> str:
+    """What follows a finished node's name: how long it ran, that it came from the remote,
+    or which failure it was skipped after."""
+    if o.status is Status.RAN:
+        return f" ({o.duration:.2f}s)"
+    if o.remote:
+        return " (remote)"
+    return f" ({o.error})" if o.status is Status.SKIPPED and o.error else ""
+
+
 class PlainReporter:
     def __init__(self, stream=None):
         self.stream = stream or sys.stdout
@@ -34,9 +44,7 @@ class PlainReporter:
         self.count += 1
         if o.status is Status.UP_TO_DATE:
             return
-        extra = f" ({o.duration:.2f}s)" if o.status is Status.RAN else " (remote)" if o.remote else \
-            f" ({o.error})" if o.status is Status.SKIPPED and o.error else ""
-        print(f"[{self.count}/{self.total}] {_LABEL[o.status]} {o.name}{extra}", file=self.stream, flush=True)
+        print(f"[{self.count}/{self.total}] {_LABEL[o.status]} {o.name}{_detail(o)}", file=self.stream, flush=True)
         if o.status is Status.FAILED:
             for line in failure_lines(o):
                 print(line, file=self.stream)
@@ -93,9 +101,7 @@ class RichReporter(PlainReporter):
             return
         style = {Status.RAN: "green", Status.CACHED: "cyan", Status.FAILED: "bold red",
                  Status.SKIPPED: "yellow", Status.CANCELLED: "yellow"}[o.status]
-        extra = f" ({o.duration:.2f}s)" if o.status is Status.RAN else " (remote)" if o.remote else \
-            f" ({o.error})" if o.status is Status.SKIPPED and o.error else ""
-        self.console.print(f"[{style}]{_LABEL[o.status]:>9}[/] {o.name}{extra}", highlight=False)
+        self.console.print(f"[{style}]{_LABEL[o.status]:>9}[/] {o.name}{_detail(o)}", highlight=False)
         if o.status is Status.FAILED:
             for line in failure_lines(o):
                 self.console.print(line, markup=False, highlight=False)

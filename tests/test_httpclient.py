@@ -16,9 +16,9 @@ BODY = bytes(range(256)) * 4096   # 1 MiB
 class Server:
     """ThreadingHTTPServer on 127.0.0.1; `seen` lists (method, path, Range, proxied) of every request."""
 
-    def __init__(self, flaky_answers=1, honour_range=True):
+    def __init__(self, flaky_answers=1, honour_range=True, cuts=1):
         self.seen, self.uploads = [], {}
-        self.flaky_left, self.cut_left, self.honour_range = flaky_answers, 1, honour_range
+        self.flaky_left, self.cut_left, self.honour_range = flaky_answers, cuts, honour_range
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -119,6 +119,17 @@ def test_a_server_ignoring_range_sends_it_all_again(tmp_path):
         client, _ = quick_client()
         client.download(f"{server.url}/cut", tmp_path / "f")
         assert (tmp_path / "f").read_bytes() == BODY
+    finally:
+        server.stop()
+
+
+def test_one_budget_of_attempts_covers_refusals_and_cut_bodies(tmp_path):
+    server = Server(honour_range=False, cuts=100)
+    try:
+        client, waits = quick_client(retries=2)
+        with pytest.raises(HttpError):
+            client.download(f"{server.url}/cut", tmp_path / "f")
+        assert len([p for _, p, _, _ in server.seen if p == "/cut"]) == 3 and waits == [0.5, 1.0]
     finally:
         server.stop()
 

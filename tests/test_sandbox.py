@@ -200,7 +200,9 @@ def test_declared_licence_files_must_be_produced(ws, capsys):
           t: {kind: script, outs: [share/], licenses: [share/LICENSE], cmds: ["mkdir -p $OUT/share && touch $OUT/share/README"]}
         """)
     st = ws.build(capsys=capsys)
-    assert st["t"] == "failed" and "declared output not produced: share/LICENSE" in st["_out"]
+    # the line that declared the missing file: its licences, not its outs
+    assert st["t"] == "failed" and "BUILD.yaml:2: targets.t.licenses: declared output not produced: share/LICENSE" \
+        in st["_out"], st["_out"]
 
 
 def test_a_failed_actions_sandbox_is_kept_for_inspection(ws, capsys):
