@@ -268,6 +268,7 @@ def _plan(session: Session, selected: list[str]) -> tuple[list[PlanRow], dict[st
 
     engine, graph = session.engine, session.graph
     rows, known, must_run = [], {}, set()
+    sizes: dict[str, int | None] = {}   # toolchain -> bytes fetching it downloads (asked once)
     for name in selected:
         node = graph.nodes[name]
         source = session.ws.targets[node.target].source
@@ -282,7 +283,8 @@ def _plan(session: Session, selected: list[str]) -> tuple[list[PlanRow], dict[st
             action = engine.action_for(node, {d: known[d] for _, d in node.deps})
         except NotFetched as exc:   # a dry run fetches nothing: its key is known once it is
             must_run.add(name)
-            rows.append(PlanRow(name, None, "run", [f"{exc}; `--fetch` fetches it"], prebuilt=prebuilt))
+            rows.append(PlanRow(name, None, "run", [f"{exc.described(sizes)}; `--fetch` fetches it"],
+                                prebuilt=prebuilt))
             continue
         ad = action_digest(action.key_bytes)
         remote_key = {"hash": ad.hash, "size_bytes": ad.size}
@@ -328,7 +330,7 @@ def why(session: Session, name: str) -> tuple[str, list[str]]:
     try:
         lines.extend(explain.changes(old, session.engine.action_for(node, outputs).inputs()))
     except NotFetched as exc:
-        lines.append(f"{exc}; `--fetch` fetches it and compares")
+        lines.append(f"{exc.described({})}; `--fetch` fetches it and compares")
     return name, lines
 
 

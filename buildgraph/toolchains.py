@@ -76,6 +76,17 @@ class NotFetched(Exception):
         what = {"pypi": "from PyPI: " + " ".join(tc.requirements), "apt": "Debian packages: "
                 + " ".join(p for p, _ in tc.packages)}.get(tc.provider, tc.provider)
         super().__init__(f"toolchain {tc.name} {tc.version} is not fetched ({what})")
+        self.toolchain = tc
+
+    def described(self, sizes: dict) -> str:
+        """The message with what fetching it would download (asked once per toolchain: `sizes`)."""
+        from buildgraph.toolstore import download_size
+
+        tc = self.toolchain
+        if tc.name not in sizes:
+            sizes[tc.name] = download_size(tc)
+        size = sizes[tc.name]
+        return f"{self}, {size / 1e6:.1f} MB to download" if size is not None else f"{self}, size unknown"
 
 
 class ToolchainResolver:

@@ -498,6 +498,51 @@ def _check_expected_version(tc: Toolchain, tmp: Path) -> None:
                          f"{tc.expect_version!r} (declared in {tc.loc.file})")
 
 
+def download_size(tc: Toolchain) -> int | None:
+    """How many bytes fetching `tc` would download, asked without downloading it (for a dry
+    run to say): pip's resolution of its requirements (`--dry-run --report`) and a HEAD of
+    each file; apt's Size of each package not installed at its pin; a HEAD of an archive's
+    URL (a mirror's copy first). None where it cannot be known here (offline, no sizes)."""
+    import json
+
+    from buildgraph.httpclient import HttpClient
+
+    http = HttpClient(timeout=10, retries=0)
+
+    def size_of(url: str) -> int:
+        if url.startswith("file://"):
+            return os.path.getsize(url[len("file://"):])
+        return int(http.request("HEAD", url).headers["content-length"])
+    try:
+        if tc.provider == "pypi":
+            proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                                   "--only-binary=:all:", "--dry-run", "--ignore-installed", "--report", "-",
+                                   *tc.requirements], capture_output=True, text=True, timeout=120)
+            return sum(size_of(item["download_info"]["url"]) for item in json.loads(proc.stdout)["install"])
+        if tc.provider == "apt":
+            total = 0
+            for package, version in tc.packages:
+                installed = subprocess.run(["dpkg-query", "-W", "-f=${Status} ${Version}", package],
+                                           capture_output=True, text=True).stdout
+                if installed == f"install ok installed {version}":
+                    continue   # nothing to download
+                shown = subprocess.run(["apt-cache", "show", "--no-all-versions", f"{package}={version}"],
+                                       capture_output=True, text=True, timeout=60).stdout
+                total += int(next(line.split()[1] for line in shown.splitlines() if line.startswith("Size:")))
+            return total
+        if tc.provider == "archive" and tc.url:   # where _fetch_archive looks: the mirrors, then the URL
+            from buildgraph.sources import mirror_list
+
+            for place in [f"{m.rstrip('/')}/sha256/{tc.sha256}" for m in mirror_list()] + [tc.url]:
+                try:
+                    return size_of(place if "://" in place else f"file://{os.path.abspath(place)}")
+                except (OSError, ValueError, KeyError):
+                    continue
+    except (OSError, ValueError, KeyError, StopIteration, IndexError, subprocess.SubprocessError):
+        return None
+    return None
+
+
 PROVIDERS = {"pypi": _fetch_pypi, "apt": _fetch_apt, "host": _fetch_host, "archive": _fetch_archive}
 
 

@@ -323,12 +323,13 @@ def test_archive_toolchain_from_a_mirror_builds_and_lists(ws, capsys, tmp_path, 
 def test_plan_and_why_fetch_nothing_unless_asked(ws, capsys, tmp_path, monkeypatch):
     """Dry runs download and install nothing: a missing toolchain is named (and what it
     would take), its nodes must run with their keys unknown; `--fetch` fetches."""
-    archive_workspace(ws, tmp_path, monkeypatch)
+    mirror, sha = archive_workspace(ws, tmp_path, monkeypatch, big=3_000_000)
     store = ws.cache / "toolchains"
     entries = lambda: [p.name for p in store.iterdir() if not p.name.endswith(".lock")] if store.is_dir() else []
     rc, out, err = ws.run("plan", capsys=capsys)
     assert rc == 0, err
-    assert "toolchain mytc 1.0 is not fetched (archive); `--fetch` fetches it" in out
+    size = (mirror / "sha256" / sha).stat().st_size / 1e6   # where a fetch would take it from
+    assert f"toolchain mytc 1.0 is not fetched (archive), {size:.1f} MB to download; `--fetch` fetches it" in out
     assert out.splitlines()[0].split()[1] == "?" and entries() == []
     rc, out, _ = ws.run("why", "t", capsys=capsys)
     assert rc == 0 and "is not fetched" in out and entries() == []
