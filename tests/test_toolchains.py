@@ -337,6 +337,17 @@ def test_plan_and_why_fetch_nothing_unless_asked(ws, capsys, tmp_path, monkeypat
     assert rc == 0 and "never built in this workspace" in out and entries(), out + err
 
 
+def test_rc_lines_of_a_two_word_command_apply_to_its_subcommands(ws, capsys, tmp_path, monkeypatch):
+    # `toolchain --toolchain-dir D` in .buildgraphrc: `toolchain fetch` and `toolchain list` use D.
+    archive_workspace(ws, tmp_path, monkeypatch)
+    ws.write(".buildgraphrc", f"toolchain --toolchain-dir '{tmp_path / 'rc-store'}'\n")
+    rc, _, err = ws.run("toolchain", "fetch", "mytc", capsys=capsys)
+    assert rc == 0 and any((tmp_path / "rc-store").iterdir()), err
+    assert not (ws.cache / "toolchains").exists()
+    rc, out, _ = ws.run("toolchain", "list", capsys=capsys)
+    assert rc == 0 and any(l.startswith("mytc ") and l.split()[-1] == "yes" for l in out.splitlines()), out
+
+
 def test_archive_with_wrong_checksum_or_unreachable_url_is_refused(ws, capsys, tmp_path, monkeypatch):
     mirror, sha = archive_workspace(ws, tmp_path, monkeypatch)
     (mirror / "sha256" / sha).write_bytes(b"not the archive")
