@@ -688,7 +688,11 @@ EXAMPLES = {
               "buildgraph cache verify --repair",
               "buildgraph cache clean                 # build results of every workspace",
               "buildgraph cache clean --all           # and fetched toolchains and sources"],
-    "toolchain": ["buildgraph toolchain list", "buildgraph toolchain fetch zig", "buildgraph toolchain verify"],
+    "toolchain": ["buildgraph toolchain list", "buildgraph toolchain fetch portable", "buildgraph toolchain verify"],
+    "toolchain list": ["buildgraph toolchain list              # name, version, provider, digest, installed"],
+    "toolchain fetch": ["buildgraph toolchain fetch               # every toolchain the targets use",
+                        "buildgraph toolchain fetch portable cuda-13.0"],
+    "toolchain verify": ["buildgraph toolchain verify             # re-hash every fetched toolchain"],
     "verify": ["buildgraph verify backend@cpu-dynamic --report-dir reports/"],
     "manifest": ["buildgraph manifest -o here.json && buildgraph diff here.json ci.json"],
     "diff": ["buildgraph diff here.json ci.json"],
@@ -696,8 +700,13 @@ EXAMPLES = {
     "audit": ["buildgraph audit dist/lib/libmxnet.so --policy manylinux_2_17",
               "buildgraph audit --explain release@cpu-dynamic"],
     "artifact": ["buildgraph artifact push release@cpu-dynamic --to ../artifacts",
-                 "buildgraph artifact pull --from ../artifacts --prefix COMMIT/debian-12/cpu/dynamic "
-                 "--library libmxnet.so -o out/"],
+                 "buildgraph artifact pull --from ../artifacts --prefix COMMIT/debian12/cpu/dynamic "
+                 "--library libbackend.so -o out/"],
+    "artifact push": ["buildgraph artifact push release@cpu-dynamic --to ../artifacts",
+                      "buildgraph artifact push release@cpu-dynamic --to https://artifacts.example/backend "
+                      "--git-sha 3f2c1a"],
+    "artifact pull": ["buildgraph artifact pull --from ../artifacts --prefix COMMIT/debian12/cpu/dynamic "
+                      "--library libbackend.so -o out/"],
     "env": ['eval "$(buildgraph env backend@cpu-dynamic)"',
             "buildgraph env backend@cpu-dynamic --format cmake-presets > CMakeUserPresets.json"],
     "shell": ["buildgraph shell backend@cpu-dynamic", "buildgraph shell backend@cpu-dynamic -- cmake --build build"],
@@ -972,17 +981,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _describe(sub) -> None:
-    """Each command's --help: its one-line help as the description, and examples."""
+def _describe(sub, prefix: str = "") -> None:
+    """Each command's --help: its one-line help as the description, and its examples
+    (EXAMPLES by the command's words: `toolchain fetch` is not `fetch`)."""
     helps = {a.dest: a.help for a in sub._choices_actions}
     for name, command in sub.choices.items():
+        words = f"{prefix}{name}"
         command.description = command.description or helps.get(name)
-        if name in EXAMPLES:
-            command.epilog = "examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[name])
+        if words in EXAMPLES:
+            command.epilog = "examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[words])
             command.formatter_class = argparse.RawDescriptionHelpFormatter
         nested = next((a for a in command._actions if isinstance(a, argparse._SubParsersAction)), None)
         if nested is not None:
-            _describe(nested)
+            _describe(nested, f"{words} ")
 
 
 def _version() -> str:

@@ -112,6 +112,23 @@ def test_bad_options_are_refused_with_the_likely_meaning(ws, capsys):
     assert "examples:" in text and "buildgraph cache clean --all" in text
 
 
+def test_every_command_has_a_description_and_its_own_examples():
+    import argparse
+
+    from buildgraph.cli import parser
+
+    def leaves(sub, words=""):
+        for name, command in sub.choices.items():
+            nested = next((a for a in command._actions if isinstance(a, argparse._SubParsersAction)), None)
+            yield from leaves(nested, f"{words}{name} ") if nested else [(f"{words}{name}", command)]
+    top = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for words, command in leaves(top):
+        assert command.description, words
+        examples = command.epilog.splitlines()[1:] if command.epilog else []
+        assert examples and all(e.strip().startswith(f"buildgraph {words}") or words in ("env",)
+                                for e in examples), (words, examples)
+
+
 def test_rc_files_and_named_configs(ws, capsys, tmp_path, monkeypatch):
     """The workspace's .buildgraphrc, then the user's, then the command line; `common` lines
     apply where the command has the option; `--config=NAME` adds `COMMAND:NAME` lines."""
