@@ -202,3 +202,16 @@ def test_clean_keeps_what_it_knows_of_the_sources(ws, capsys, monkeypatch):
     ws.write("lib/a.c", "int a3;\n")
     rc, out, _ = ws.run("why", "lib", capsys=capsys)
     assert rc == 0 and "lib: source changed: lib/a.c" in out
+
+
+def test_a_noop_build_loads_no_http_tls_sqlite_yaml_or_rich(ws, capsys):
+    make_chain(ws)
+    assert ran(ws.build(capsys=capsys)) == {"gen", "lib", "other", "app"}
+    code = ("import sys; from buildgraph.cli import main; rc = main(sys.argv[1:]); "
+            "print(rc, sorted(m for m in ('urllib3', 'http.client', 'ssl', 'sqlite3', 'yaml', 'rich') "
+            "if m in sys.modules), file=sys.stderr)")
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", code, "build", "-C", str(ws.root), "--cache-dir", str(ws.cache)],
+                          capture_output=True, text=True)
+    assert "4 up to date" in proc.stdout and proc.stderr.strip().endswith("0 []"), proc.stdout + proc.stderr
