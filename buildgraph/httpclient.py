@@ -124,7 +124,8 @@ class HttpClient:
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 problem = HttpError(f"{method} {url}: {exc}")
             finally:
-                if resp is not None:
+                if resp is not None:   # unread bytes left on a kept-alive connection would be
+                    resp.drain_conn()  # read as the next answer's: drained first, then pooled
                     resp.release_conn()
             if attempt == self.retries:
                 raise problem
@@ -149,7 +150,6 @@ class HttpClient:
             return files[-1]
 
         def consume(resp) -> Response:
-            resp.drain_conn()
             return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, b"", url)
         try:
             return self._exchange(method, url, lambda: {"Content-Length": str(os.path.getsize(path)),

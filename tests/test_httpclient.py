@@ -105,6 +105,16 @@ def test_retry_after_is_honoured_and_a_4xx_is_not_retried(server):
     assert retry_after("soon") is None
 
 
+def test_an_error_answers_body_is_not_read_as_the_next_answer(server):
+    # A kept-alive connection: what a refusal sent must be read off before the next request.
+    client, waits = quick_client()
+    for _ in range(20):
+        with pytest.raises(HttpError):
+            client.request("GET", f"{server.url}/missing")
+        assert client.request("GET", f"{server.url}/ok").data == b"ok"
+    assert waits == [] and len(server.seen) == 40
+
+
 def test_a_download_cut_short_resumes_where_it_stopped(server, tmp_path):
     client, _ = quick_client()
     assert client.download(f"{server.url}/cut", tmp_path / "f") == len(BODY)
