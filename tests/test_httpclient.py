@@ -1,12 +1,15 @@
-"""The HTTP client of downloads, artifact repositories and indexes, against a loopback server
-that misbehaves on purpose: Retry-After, bodies cut short, a proxy, streamed uploads."""
+"""The HTTP client of downloads, artifact repositories, indexes and the remote cache, against a
+loopback server that misbehaves on purpose: Retry-After, bodies cut short, a proxy, streamed
+uploads, a server that drips or never answers."""
 
 import http.server
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
+from servers import HostileServer, drip, silent
 
 from buildgraph.httpclient import HttpClient, HttpError, retry_after
 
@@ -34,7 +37,7 @@ class Server:
                 if path == "/flaky" and outer.flaky_left:
                     outer.flaky_left -= 1
                     return self.answer(503, b"busy", {"Retry-After": "1"})
-                if path == "/cut":
+                if path.endswith("/cut"):
                     wanted = self.headers.get("Range")
                     if wanted and outer.honour_range:
                         start = int(wanted.split("=")[1].rstrip("-"))
@@ -142,6 +145,69 @@ def test_one_budget_of_attempts_covers_refusals_and_cut_bodies(tmp_path):
         assert len([p for _, p, _, _ in server.seen if p == "/cut"]) == 3 and waits == [0.5, 1.0]
     finally:
         server.stop()
+
+
+def test_a_stream_that_cannot_start_over_is_never_delivered_twice():
+    # The remote cache streams a blob into a hash and a file: a server that answers a resume
+    # with the whole body again must fail the request, not append a second copy.
+    server = Server(honour_range=False)
+    try:
+        client, _ = quick_client()
+        got = bytearray()
+        with pytest.raises(HttpError, match="does not resume"):
+            client.stream(f"{server.url}/cut", got.extend)
+        assert bytes(got) == BODY[:len(got)] and 0 < len(got) < len(BODY)
+    finally:
+        server.stop()
+
+
+def test_the_remote_cache_resumes_a_blob_cut_short(server):
+    from buildgraph.store.http import HttpCache
+    from buildgraph.store.remote import RDigest, RemoteOptions
+    got = bytearray()
+    assert HttpCache(RemoteOptions(url=server.url)).download_blob(RDigest("cut", len(BODY)), got.extend)
+    assert bytes(got) == BODY
+    assert [r is not None for _, p, r, _ in server.seen] == [False, True]
+
+
+def test_a_deadline_ends_a_dripping_answer_and_is_not_retried():
+    # Each byte arrives well within the read timeout: only the whole-request deadline ends it.
+    dripping = HostileServer(drip)
+    try:
+        client, waits = quick_client()
+        t = time.monotonic()
+        with pytest.raises(HttpError, match=r"timed out \(not done within 1.5s\)"):
+            client.stream(f"http://127.0.0.1:{dripping.port}/blob", lambda chunk: None, deadline=1.5)
+        assert time.monotonic() - t < 30 and waits == []   # a hang guard, not a timing
+    finally:
+        dripping.close()
+
+
+def test_abort_ends_requests_in_flight_and_refuses_new_ones():
+    hanging = HostileServer(silent)
+    try:
+        client, _ = quick_client(retry_timeouts=False)
+        client.timeout = 600
+        errors = []
+
+        def ask():
+            try:
+                client.request("GET", f"http://127.0.0.1:{hanging.port}/ac/x")
+            except HttpError as exc:
+                errors.append(str(exc))
+        threads = [threading.Thread(target=ask) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        client.abort()
+        for t in threads:
+            t.join(timeout=30)     # a liveness bound: they ended
+        assert not any(t.is_alive() for t in threads) and len(errors) == 3
+        assert all(e.endswith("aborted") for e in errors), errors
+        with pytest.raises(HttpError, match="aborted"):
+            client.request("GET", f"http://127.0.0.1:{hanging.port}/ac/y")
+    finally:
+        hanging.close()
 
 
 def test_uploads_stream_a_file_with_its_length(server, tmp_path):
