@@ -52,11 +52,14 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _remote_url(args) -> str | None:
+    """--remote-cache, else $BUILDGRAPH_REMOTE_CACHE (credentials and all: print it redacted)."""
+    return getattr(args, "remote_cache", None) or os.environ.get("BUILDGRAPH_REMOTE_CACHE")
+
+
 def _remote_options(args):
     """RemoteOptions from --remote-* flags (and $BUILDGRAPH_REMOTE_CACHE), or None."""
-    import os
-
-    url = getattr(args, "remote_cache", None) or os.environ.get("BUILDGRAPH_REMOTE_CACHE")
+    url = _remote_url(args)
     if not url:
         return None
     from buildgraph.store.remote import RemoteOptions, credentials
@@ -598,10 +601,11 @@ def cmd_info(args) -> int:
     from buildgraph.errors import did_you_mean
     from buildgraph.locations import toolchain_dir
     from buildgraph.sandbox import detect_mode
+    from buildgraph.store.remote import redact
 
     root = signatures.find_root(Path(args.directory))
     cache = _cache_dir(args)
-    remote = getattr(args, "remote_cache", None) or os.environ.get("BUILDGRAPH_REMOTE_CACHE")
+    remote = _remote_url(args)
     items = {
         "version": _version(),
         "workspace": str(root) if root else f"none (no BUILD.yaml at or above {Path(args.directory).resolve()})",
@@ -611,7 +615,7 @@ def cmd_info(args) -> int:
         "toolchain_dir": str(toolchain_dir(cache, _toolchain_dir_arg(args))),
         "sources_dir": str(cache / "sources"),
         "sandbox": detect_mode(args.sandbox, cache if cache.is_dir() else None),
-        "remote_cache": remote or "none",
+        "remote_cache": redact(remote) if remote else "none",
         "remote_read_only": str(bool(args.remote_read_only)).lower(),
         "mirrors": " ".join(args.mirror or ()) or os.environ.get("BUILDGRAPH_MIRROR") or "none",
         "rc_files": " ".join(str(f) for f in rcfile.rc_files(root)) or "none",

@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 
+from buildgraph.sandbox import SANDBOX_ROOT
 from buildgraph.workspace import BUILD_FILE, Target, field_path
 
 _STEP = re.compile(r"buildgraph: command (\d+) of \d+ failed")
@@ -58,7 +59,7 @@ def readable_log(log: str, sandboxes: str, root: Path, deps: dict[str, Path]) ->
     cwd = os.getcwd()
     inside = cwd == str(root) or cwd.startswith(f"{root}/")
     base = os.path.relpath(root, cwd) + "/" if inside else f"{root}/"
-    sandbox = rf"(?:/sandbox|{re.escape(sandboxes)}/[^/\s]+)"
+    sandbox = rf"(?:{re.escape(SANDBOX_ROOT)}|{re.escape(sandboxes)}/[^/\s]+)"
     log = re.sub(rf"{sandbox}/src/", "" if base == "./" else base.replace("\\", r"\\"), log)
 
     def dep(m: re.Match) -> str:

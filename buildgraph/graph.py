@@ -176,18 +176,6 @@ class BuildGraph:
         import networkx as nx
         return sorted(nx.ancestors(self.to_networkx(), name))
 
-    def to_dot(self, selected: list[str]) -> str:
-        import networkx as nx
-
-        g = self.to_networkx().subgraph(selected)
-        lines = ["digraph buildgraph {", "  rankdir=LR;"]
-        for n in nx.lexicographical_topological_sort(g):
-            lines.append(f'  "{n}";')
-        for a, b in sorted(g.edges):
-            lines.append(f'  "{a}" -> "{b}";')
-        lines.append("}")
-        return "\n".join(lines) + "\n"
-
     def to_json(self, selected: list[str]) -> dict:
         return {"nodes": [{"name": n, "target": self.nodes[n].target,
                            "features": dict(self.nodes[n].assignment),

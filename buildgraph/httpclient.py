@@ -49,6 +49,10 @@ class Response:
     url: str = ""
 
 
+def _answer(resp, data: bytes, url: str) -> Response:
+    return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, data, url)
+
+
 def retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds a Retry-After header asks to wait (RFC 9110: delay-seconds or an HTTP date)."""
     if not value:
@@ -64,7 +68,7 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
 
 
 def _redirects_only(redirects: int = 5):
-    """urllib3's retries limited to following redirects: the retrying is ours (`_attempts`)."""
+    """urllib3's retries limited to following redirects: the retrying is ours (`_exchange`)."""
     import urllib3
 
     return urllib3.Retry(total=redirects, connect=0, read=0, status=0, other=0, redirect=redirects,
@@ -192,8 +196,8 @@ class HttpClient:
         self._proxies: dict[tuple[str, str], str | None] = {}   # the environment, read once per host
         self._lock = threading.Lock()
         self._flights: set[_InFlight] = set()
-        self._aborted = False
-        self.sleep = time.sleep   # tests observe the waits
+        self._aborted = threading.Event()
+        self.sleep = self._aborted.wait   # a wait before a retry ends at an abort; tests observe the waits
 
     def _manager(self, url: str):
         import urllib3
@@ -216,7 +220,7 @@ class HttpClient:
     def _begin(self, deadline: float | None) -> _InFlight:
         flight = _InFlight()
         with self._lock:
-            if self._aborted:
+            if self._aborted.is_set():
                 flight.ended = "aborted"
             self._flights.add(flight)
         _this_thread.flight = flight
@@ -233,7 +237,7 @@ class HttpClient:
     def abort(self) -> None:
         """End every request in flight now (each raises HttpError) and refuse new ones."""
         with self._lock:
-            self._aborted = True
+            self._aborted.set()
             flights = list(self._flights)
         for flight in flights:
             flight.end("aborted")
@@ -303,8 +307,7 @@ class HttpClient:
         """One request with a small body both ways (a page, a checksum, an API call)."""
         def consume(resp) -> Response:
             # where it was answered from, after redirects (urllib3 may give only the path)
-            return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read(),
-                            urljoin(url, resp.geturl() or url))
+            return _answer(resp, resp.read(), urljoin(url, resp.geturl() or url))
         return self._exchange(method, url, lambda: headers or {}, consume, body and (lambda: body), deadline)
 
     def upload(self, url: str, path: Path, method: str = "PUT", headers: dict | None = None,
@@ -316,11 +319,10 @@ class HttpClient:
             files.append(open(path, "rb"))
             return files[-1]
 
-        def consume(resp) -> Response:
-            return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, b"", url)
         try:
             return self._exchange(method, url, lambda: {"Content-Length": str(os.path.getsize(path)),
-                                                        **(headers or {})}, consume, body, deadline)
+                                                        **(headers or {})},
+                                  lambda resp: _answer(resp, b"", url), body, deadline)
         finally:
             for f in files:
                 f.close()

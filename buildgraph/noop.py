@@ -63,16 +63,11 @@ def check(root: Path, request: tuple) -> tuple | None:
         return None
     if signatures.files_signature(root, files) != config:
         return None
-    stat, lstat = os.stat, os.lstat
     try:
-        for path, sig in stats:
-            st = stat(path)
-            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != sig:
-                return None
-        for path, sig in outputs:
-            st = lstat(path)
-            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != sig:
-                return None
+        for check, entries in ((os.stat, stats), (os.lstat, outputs)):
+            for path, sig in entries:
+                if stat_signature(check(path)) != sig:
+                    return None
     except OSError:
         return None
     return nodes

@@ -113,6 +113,11 @@ def mirror_list(extra=()) -> list[str]:
     return list(dict.fromkeys([str(m) for m in extra] + joined))   # each place looked in once
 
 
+def mirror_copies(src: Source, mirrors: list[str]) -> list[str]:
+    """Where the mirrors would hold `src`, in the order they are tried (directories or URLs)."""
+    return [f"{mirror.rstrip('/')}/{src.mirror_name()}" for mirror in mirrors]
+
+
 class SourceStore:
     def __init__(self, root: Path, mirrors: list[str]):
         self.root = Path(root)
@@ -165,12 +170,11 @@ class SourceStore:
     def obtain(self, src: Source, tmp: Path, log=None) -> Path:
         """The archive (or git bundle) for `src` in `tmp`, verified, from a mirror or upstream."""
         tried = []
-        for mirror in self.mirrors:
-            where = f"{mirror.rstrip('/')}/{src.mirror_name()}"
+        for where in mirror_copies(src, self.mirrors):
             tried.append(where)
             got = tmp / "archive"
             try:
-                if mirror.startswith(("http://", "https://")):
+                if where.startswith(("http://", "https://")):
                     _download(where, got)
                 elif os.path.isfile(where):
                     shutil.copyfile(where, got)

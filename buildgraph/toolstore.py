@@ -463,11 +463,9 @@ def _fetch_host(tc: Toolchain, tmp: Path) -> list[str]:
 def _fetch_archive(tc: Toolchain, tmp: Path) -> list[str]:
     """Through the source machinery: mirrors first (as sha256/<sha256>), then the URL;
     sha256 checked; unpacked without letting any member leave the directory."""
-    from buildgraph.sources import Source, SourceError, SourceStore, mirror_list
+    from buildgraph.sources import SourceError, SourceStore, mirror_list
 
-    src = Source("url", tc.url, sha256=tc.sha256, strip_components=tc.strip_components,
-                 declared_in=f"toolchain {tc.name}, {tc.loc.file}")
-    store = SourceStore(tmp, mirror_list())
+    src, store = _archive_source(tc), SourceStore(tmp, mirror_list())
     try:
         archive = store.obtain(src, tmp)
         store.unpack(src, archive, tmp / "install")
@@ -476,6 +474,14 @@ def _fetch_archive(tc: Toolchain, tmp: Path) -> list[str]:
     archive.unlink()
     _check_expected_version(tc, tmp)
     return []
+
+
+def _archive_source(tc: Toolchain):
+    """An archive toolchain as the source machinery sees it."""
+    from buildgraph.sources import Source
+
+    return Source("url", tc.url, sha256=tc.sha256, strip_components=tc.strip_components,
+                  declared_in=f"toolchain {tc.name}, {tc.loc.file}")
 
 
 def _check_expected_version(tc: Toolchain, tmp: Path) -> None:
@@ -531,9 +537,9 @@ def download_size(tc: Toolchain) -> int | None:
                 total += int(next(line.split()[1] for line in shown.splitlines() if line.startswith("Size:")))
             return total
         if tc.provider == "archive" and tc.url:   # where _fetch_archive looks: the mirrors, then the URL
-            from buildgraph.sources import mirror_list
+            from buildgraph.sources import mirror_copies, mirror_list
 
-            for place in [f"{m.rstrip('/')}/sha256/{tc.sha256}" for m in mirror_list()] + [tc.url]:
+            for place in mirror_copies(_archive_source(tc), mirror_list()) + [tc.url]:
                 try:
                     return size_of(place if "://" in place else f"file://{os.path.abspath(place)}")
                 except (OSError, ValueError, KeyError):

@@ -170,6 +170,9 @@ def test_info_names_where_things_are(ws, capsys):
     rc, _, err = ws.run("info", "cachedir", capsys=capsys)
     assert rc == 2 and "did you mean 'cache_dir'?" in err
     assert not ws.cache.exists()   # info creates nothing
+    # a password in the remote's URL is never printed, as everywhere else
+    rc, out, _ = ws.run("info", "remote_cache", "--remote-cache", "http://ci:s3cret@127.0.0.1:9/cache", capsys=capsys)
+    assert rc == 0 and out == "http://***@127.0.0.1:9/cache\n"
 
 
 def test_missing_workspace_is_a_usage_error(tmp_path, capsys):

@@ -210,6 +210,32 @@ def test_abort_ends_requests_in_flight_and_refuses_new_ones():
         hanging.close()
 
 
+def test_abort_ends_the_wait_before_a_retry():
+    # A server asking to be retried in 30 s: Ctrl-C must not wait for that.
+    def busy(conn, stop):
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 503 Busy\r\nRetry-After: 30\r\nContent-Length: 0\r\n\r\n")
+        stop.wait()
+    refusing = HostileServer(busy)
+    try:
+        client = HttpClient(timeout=5, retries=2)
+        errors = []
+
+        def ask():
+            try:
+                client.request("GET", f"http://127.0.0.1:{refusing.port}/ac/x")
+            except HttpError as exc:
+                errors.append(str(exc))
+        thread = threading.Thread(target=ask)
+        thread.start()
+        time.sleep(0.5)
+        client.abort()
+        thread.join(timeout=10)    # a liveness bound: far below the 30 s asked
+        assert not thread.is_alive() and len(errors) == 1 and errors[0].endswith("aborted"), errors
+    finally:
+        refusing.close()
+
+
 def test_uploads_stream_a_file_with_its_length(server, tmp_path):
     big = tmp_path / "big"
     big.write_bytes(BODY * 8)
