@@ -183,27 +183,34 @@ def test_a_deadline_ends_a_dripping_answer_and_is_not_retried():
         dripping.close()
 
 
+def aborted_while_asking(client, url: str, threads: int = 1) -> list[str]:
+    """The errors of `threads` requests to `url` when `client` is aborted half a second in;
+    every thread must have ended (a liveness bound, far below any wait the server asks)."""
+    errors = []
+
+    def ask():
+        try:
+            client.request("GET", url)
+        except HttpError as exc:
+            errors.append(str(exc))
+    running = [threading.Thread(target=ask) for _ in range(threads)]
+    for t in running:
+        t.start()
+    time.sleep(0.5)
+    client.abort()
+    for t in running:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in running)
+    return errors
+
+
 def test_abort_ends_requests_in_flight_and_refuses_new_ones():
     hanging = HostileServer(silent)
     try:
         client, _ = quick_client(retry_timeouts=False)
         client.timeout = 600
-        errors = []
-
-        def ask():
-            try:
-                client.request("GET", f"http://127.0.0.1:{hanging.port}/ac/x")
-            except HttpError as exc:
-                errors.append(str(exc))
-        threads = [threading.Thread(target=ask) for _ in range(3)]
-        for t in threads:
-            t.start()
-        time.sleep(0.5)
-        client.abort()
-        for t in threads:
-            t.join(timeout=30)     # a liveness bound: they ended
-        assert not any(t.is_alive() for t in threads) and len(errors) == 3
-        assert all(e.endswith("aborted") for e in errors), errors
+        errors = aborted_while_asking(client, f"http://127.0.0.1:{hanging.port}/ac/x", threads=3)
+        assert len(errors) == 3 and all(e.endswith("aborted") for e in errors), errors
         with pytest.raises(HttpError, match="aborted"):
             client.request("GET", f"http://127.0.0.1:{hanging.port}/ac/y")
     finally:
@@ -218,20 +225,8 @@ def test_abort_ends_the_wait_before_a_retry():
         stop.wait()
     refusing = HostileServer(busy)
     try:
-        client = HttpClient(timeout=5, retries=2)
-        errors = []
-
-        def ask():
-            try:
-                client.request("GET", f"http://127.0.0.1:{refusing.port}/ac/x")
-            except HttpError as exc:
-                errors.append(str(exc))
-        thread = threading.Thread(target=ask)
-        thread.start()
-        time.sleep(0.5)
-        client.abort()
-        thread.join(timeout=10)    # a liveness bound: far below the 30 s asked
-        assert not thread.is_alive() and len(errors) == 1 and errors[0].endswith("aborted"), errors
+        errors = aborted_while_asking(HttpClient(timeout=5, retries=2), f"http://127.0.0.1:{refusing.port}/ac/x")
+        assert len(errors) == 1 and errors[0].endswith("aborted"), errors
     finally:
         refusing.close()
 
