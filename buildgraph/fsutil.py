@@ -29,6 +29,37 @@ def force_remove(path: str | os.PathLike) -> None:
             pass
 
 
+def empty_for_reuse(root: str, subdirs: tuple[str, ...], mode: int | None) -> bool:
+    """Empty each of `subdirs` of `root` and remove everything else in it. True if `root` is
+    now exactly those directories, empty, each still of `mode`; False if it cannot be made
+    so (one was replaced, removed or chmodded, or something would not go): then it is unfit
+    for reuse, to be removed whole."""
+    seen = 0
+    try:
+        for entry in os.scandir(root):
+            if entry.name in subdirs:
+                st = entry.stat(follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) != mode:
+                    return False
+                seen += 1
+                for inner in os.scandir(entry.path):
+                    if not _remove_entry(inner):
+                        return False
+            elif not _remove_entry(entry):
+                return False
+    except OSError:
+        return False
+    return seen == len(subdirs)
+
+
+def _remove_entry(entry: os.DirEntry) -> bool:
+    if entry.is_dir(follow_symlinks=False):
+        force_remove(entry.path)
+        return not os.path.lexists(entry.path)
+    os.unlink(entry.path)
+    return True
+
+
 def copy_new(src: str, dest: str, mode: int) -> None:
     """Create `dest` (which must not exist) with `src`'s content and `mode`: a reflink where the
     filesystem can, else a copy made by the kernel. Never shares an inode with `src`."""

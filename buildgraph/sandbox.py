@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -41,7 +42,7 @@ from dataclasses import dataclass, replace
 from buildgraph.action import (Action, ActionResult, BadResult, OutputFile, OutputSymlink, check_declared,
                                check_symlink, check_tree)
 from buildgraph.digest import copy_hashed, file_digest, stat_signature
-from buildgraph.fsutil import force_remove, walk_tree, write_atomic
+from buildgraph.fsutil import empty_for_reuse, force_remove, walk_tree, write_atomic
 from buildgraph.store.local import LocalStore
 from buildgraph.sources import SourceError
 from buildgraph.signatures import KEYED_ETC, sandbox_facts
@@ -162,11 +163,16 @@ class Sandbox:
         self._running: dict[int, subprocess.Popen] = {}
         self._lock = threading.Lock()
         self._tool_dirs: dict[tuple, str] = {}
+        # Under bwrap, /sandbox/tmp and /sandbox/home are on the sandbox's own tmpfs.
+        self._subdirs = ("src", "deps", "out", "work") if mode == "bwrap" else \
+            ("src", "deps", "out", "work", "tmp", "home")
+        self._subdir_mode: int | None = None   # as mkdir made them (the umask's)
+        self._free_roots: list[str] = []        # emptied trees of finished actions (_give_back)
         self.cancelled = False
 
     # ------------------------------------------------------------ public
 
-    def run(self, action: Action, dep_results: dict[str, ActionResult], tools, keep: bool = False) -> RunOutcome:
+    def run(self, action: Action, dep_results: dict[str, ActionResult], tools) -> RunOutcome:
         """Stage, run and collect one action. Never raises for a failing action."""
         start = time.monotonic()
         phases: list[tuple[str, float, float]] = []
@@ -178,10 +184,10 @@ class Sandbox:
 
         def outcome(result, error, log, **extra) -> RunOutcome:
             return RunOutcome(result, error, log, time.monotonic() - start, phases=tuple(phases), **extra)
-        root = f"{self.store.sandboxes}/{os.getpid()}-{time.monotonic_ns()}-{os.urandom(3).hex()}"
         recollected = self._recollect(action)
         if recollected is not None:
             return recollected
+        root = self._take_root()
         try:
             try:
                 self._stage(root, action, dep_results, tools)
@@ -216,8 +222,8 @@ class Sandbox:
             phase("collect", began)
             return outcome(result, None, log)
         finally:
-            if not keep and os.path.exists(root):
-                force_remove(root)
+            if os.path.exists(root):   # not kept as a failed action's
+                self._give_back(root)
 
     def _keep_failed(self, root: str, action: Action, collectable: bool = False, duration: float = 0.0,
                      enter=None) -> str:
@@ -347,16 +353,39 @@ class Sandbox:
             return self._tool_dirs["etc"]
 
     def close(self) -> None:
-        for path in self._tool_dirs.values():
+        for path in [*self._tool_dirs.values(), *self._free_roots]:
             force_remove(path)
         self._tool_dirs.clear()
+        self._free_roots.clear()
+
+    def _take_root(self) -> str:
+        """An action's sandbox tree, its subdirectories empty: one a finished action left, or new."""
+        with self._lock:
+            if self._free_roots:
+                return self._free_roots.pop()
+        root = f"{self.store.sandboxes}/{os.getpid()}-{time.monotonic_ns()}-{os.urandom(3).hex()}"
+        os.mkdir(root)
+        for sub in self._subdirs:
+            os.mkdir(f"{root}/{sub}")
+        if self._subdir_mode is None:
+            self._subdir_mode = stat.S_IMODE(os.stat(f"{root}/{self._subdirs[0]}").st_mode)
+        return root
+
+    def _give_back(self, root: str) -> None:
+        """A finished action's tree: emptied for the next action under bwrap, else removed.
+
+        Emptying it in place takes a fifth of the time of removing it and making another
+        (1.1 ms here, as long as a short action runs). Only under bwrap: there the action's
+        pid namespace ended every process it started, so nothing can still write into the
+        tree; without one, a process that left its session could, into the next action's."""
+        if self.mode == "bwrap" and empty_for_reuse(root, self._subdirs, self._subdir_mode):
+            with self._lock:
+                self._free_roots.append(root)
+        else:
+            force_remove(root)
 
     def _stage(self, root: str, action: Action, dep_results, tools) -> None:
         linking = self.mode == "bwrap"
-        subdirs = ("src", "deps", "out", "work") if linking else ("src", "deps", "out", "work", "tmp", "home")
-        os.mkdir(root)
-        for sub in subdirs:
-            os.mkdir(f"{root}/{sub}")
         if not linking:
             os.symlink(self.tools_dir(tools), f"{root}/.tools")
         _copy_in(f"{root}/src", ((rel, host, digest, exe) for (rel, digest, exe), host

@@ -1,6 +1,6 @@
 """The scheduler: walk the DAG in parallel, in critical-path order.
 
-`Scheduler.run` is the one long loop of buildgraph; each pass does three things:
+`Scheduler.run` is the one long loop of buildgraph; each pass does four things:
   1. check ready nodes (all dependencies done) inline: compute the action key and
      ask the engine whether a stored result can be reused — cheap local work, so
      a no-op build of 10,000 nodes never touches a thread; a local miss goes to a
@@ -15,8 +15,10 @@
      on as fast as it can use them; a node whose
      key is already queued or running waits for that one and is then restored
      from its result instead of running the same action twice;
-  3. wait for a running action to finish, record its result, release its tokens
-     and make its dependents ready.
+  3. store the results of the actions that finished since the last pass and make their
+     dependents ready — after step 2 has started the next actions on the tokens they
+     released, so the cores run actions while this thread stores;
+  4. wait for a running action to finish and release its tokens.
 A failure stops new starts (unless --keep-going) but lets running actions finish
 and keeps every result already recorded. Ctrl-C stops the children and returns;
 finished results are in the cache already.
@@ -123,6 +125,42 @@ class Scheduler:
                 outcome = RunOutcome(None, f"internal error: {exc!r}", "", 0.0)
             events.put(("ran", name, action, tokens, lane, outcome))
 
+        def finish(name: str, action: Action, lane: int, outcome: RunOutcome) -> None:
+            """Store a finished action's result, restore it to out/ and make its dependents
+            ready; or report its failure."""
+            nonlocal stopping
+            for waiter in same_key.pop(action.key, []):   # check again: a hit now, or run
+                heapq.heappush(ready, (-priority[waiter], waiter))
+            phases = [(p, began - t0, seconds) for p, began, seconds in outcome.phases]
+            start = phases[0][1] if phases else time.monotonic() - t0 - outcome.duration
+            if outcome.result is not None:
+                if outcome.note:
+                    engine.warn(f"{name}: {outcome.note}")
+                storing = time.monotonic()
+                result = engine.keep_first(graph.nodes[name], action, outcome.result)
+                if not engine.adopt(graph.nodes[name], action, result):
+                    done(name, NodeOutcome(name, Status.FAILED, action.key, outcome.duration, start,
+                                           error="its outputs could not be restored", lane=lane), None)
+                    stopping = stopping or not self.keep_going
+                    return
+                if engine.remote is not None and result is outcome.result:
+                    engine.remote.upload(action, result)
+                phases.append(("store", storing - t0, time.monotonic() - storing))
+                done(name, NodeOutcome(name, Status.RAN, action.key, outcome.duration, start,
+                                       log=outcome.log, lane=lane, phases=tuple(phases)), result.output_digest)
+            else:
+                error, log, command = engine.describe_failure(graph.nodes[name], action, outcome)
+                engine.write_log(name, log)
+                status = Status.CANCELLED if engine.sandbox.cancelled else Status.FAILED
+                done(name, NodeOutcome(name, status, action.key, outcome.duration, start,
+                                       error=error, log=log, lane=lane, command=command,
+                                       phases=tuple(phases)), None)
+                if not self.keep_going:
+                    stopping = True
+
+        # Actions that succeeded, their tokens released: their results are stored after the
+        # next actions have started, so that a core does not idle while this thread stores.
+        finishing: list[tuple[str, Action, int, RunOutcome]] = []
         looking: set[str] = set()         # nodes whose remote lookup is out
         looking_first: list = []          # (-priority, node) of those; stale entries dropped on peek
 
@@ -187,9 +225,13 @@ class Scheduler:
                                                                  tokens, lane), daemon=True)
                     running[name] = thread
                     thread.start()
+                if finishing:                                                  # 3. finish
+                    while finishing:
+                        finish(*finishing.pop(0))
+                    continue
                 if not running and not lookups and (stopping or (not ready and not to_run)):
                     break
-                try:                                                           # 3. wait
+                try:                                                           # 4. wait
                     event = events.get(timeout=0.05 if to_run else None)
                 except queue.Empty:
                     continue
@@ -208,34 +250,10 @@ class Scheduler:
                 running.pop(name).join()
                 self.jobserver.release(tokens)
                 free_lanes.append(lane)
-                for waiter in same_key.pop(action.key, []):   # check again: a hit now, or run
-                    heapq.heappush(ready, (-priority[waiter], waiter))
-                phases = [(p, began - t0, seconds) for p, began, seconds in outcome.phases]
-                start = phases[0][1] if phases else time.monotonic() - t0 - outcome.duration
-                if outcome.result is not None:
-                    if outcome.note:
-                        engine.warn(f"{name}: {outcome.note}")
-                    storing = time.monotonic()
-                    result = engine.keep_first(graph.nodes[name], action, outcome.result)
-                    if not engine.adopt(graph.nodes[name], action, result):
-                        done(name, NodeOutcome(name, Status.FAILED, action.key, outcome.duration, start,
-                                               error="its outputs could not be restored", lane=lane), None)
-                        stopping = stopping or not self.keep_going
-                        continue
-                    if engine.remote is not None and result is outcome.result:
-                        engine.remote.upload(action, result)
-                    phases.append(("store", storing - t0, time.monotonic() - storing))
-                    done(name, NodeOutcome(name, Status.RAN, action.key, outcome.duration, start,
-                                           log=outcome.log, lane=lane, phases=tuple(phases)), result.output_digest)
+                if outcome.result is None:   # a failure stops new starts at once
+                    finish(name, action, lane, outcome)
                 else:
-                    error, log, command = engine.describe_failure(graph.nodes[name], action, outcome)
-                    engine.write_log(name, log)
-                    status = Status.CANCELLED if engine.sandbox.cancelled else Status.FAILED
-                    done(name, NodeOutcome(name, status, action.key, outcome.duration, start,
-                                           error=error, log=log, lane=lane, command=command,
-                                           phases=tuple(phases)), None)
-                    if not self.keep_going:
-                        stopping = True
+                    finishing.append((name, action, lane, outcome))
         except KeyboardInterrupt:
             if engine.remote is not None:
                 engine.remote.abort()   # lookups stuck on a slow remote end now
@@ -248,6 +266,8 @@ class Scheduler:
                     continue
                 _, name, action, tokens, lane, outcome = event
                 self.jobserver.release(tokens)
+                finishing.append((name, action, lane, outcome))
+            for name, action, lane, outcome in finishing:
                 if outcome.result is not None:
                     engine.record(name, action, engine.keep_first(graph.nodes[name], action, outcome.result))
                     outcomes[name] = NodeOutcome(name, Status.RAN, action.key, outcome.duration)

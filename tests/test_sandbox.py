@@ -297,3 +297,33 @@ def test_host_tool_by_absolute_path_is_that_program(ws, capsys, tmp_path, monkey
     st = ws.build(capsys=capsys)
     assert st["t"] == "ran", st["_out"]
     assert (ws.out("t") / "o").read_text() == "42\n"
+
+
+@pytest.mark.skipif(detect_mode() != "bwrap", reason="sandbox trees are reused only under bubblewrap")
+def test_a_reused_sandbox_tree_holds_nothing_of_the_action_before(ws, capsys):
+    # Under bwrap a finished action's tree is emptied and handed to the next one. Which host
+    # directory is mounted at /sandbox/work shows whether it was; what the next action finds
+    # there first, and the mode of its directories, shows that it came back empty and unchanged.
+    look = ("ls -A . > $TMPDIR/w; ls -A $OUT > $TMPDIR/o; stat -c %a . $OUT > $TMPDIR/m; "
+            "grep ' /sandbox/work ' /proc/self/mountinfo | cut -d' ' -f4 > $OUT/where; "
+            "cp $TMPDIR/w $OUT/work; cp $TMPDIR/o $OUT/out; cp $TMPDIR/m $OUT/modes")
+    outs = "[where, work, out, modes]"
+    ws.write("BUILD.yaml", f"""\
+        host_tools: [sh, ls, stat, cp, grep, cut, mkdir, touch, chmod]
+        targets:
+          litter: {{kind: script, outs: {outs}, cmds: ["{look}",
+            "echo junk > junk; mkdir -p ro/deeper; touch ro/deeper/f; chmod 555 ro/deeper ro"]}}
+          after_litter: {{kind: script, deps: [litter], outs: {outs}, cmds: ["{look}"]}}
+          chmod: {{kind: script, deps: [after_litter], outs: {outs}, cmds: ["{look}", "chmod 700 . $OUT"]}}
+          after_chmod: {{kind: script, deps: [chmod], outs: {outs}, cmds: ["{look}"]}}
+        """)
+    st = ws.build("-j1", capsys=capsys)
+    names = ("litter", "after_litter", "chmod", "after_chmod")
+    assert all(st[t] == "ran" for t in names), st["_out"] + st["_err"]
+    seen = {t: {f: (ws.out(t) / f).read_text() for f in ("where", "work", "out", "modes")} for t in names}
+    assert seen["litter"]["where"] == seen["after_litter"]["where"] == seen["chmod"]["where"]   # one tree, reused
+    assert seen["after_chmod"]["where"] != seen["chmod"]["where"]   # a chmodded one is not
+    for t in names:
+        assert seen[t]["work"] == seen[t]["out"] == "", (t, seen[t])
+        assert seen[t]["modes"] == seen["litter"]["modes"], (t, seen[t])
+    assert not any(ws.cache.joinpath("sandbox").iterdir())   # every tree removed at the end
