@@ -128,27 +128,28 @@ def process_seconds() -> float:
         return time.monotonic() - _STARTED
 
 
-def _noop_build(args) -> bool:
+def _noop_build(args):
     """The no-op check (noop.py), under the workspace lock: True if it proved this build
-    would do nothing and said so."""
+    would do nothing and said so; else what the record proves for the build (noop.Changes),
+    or None."""
     from buildgraph import noop, signatures
     from buildgraph.fsutil import lock_exclusive
     from buildgraph.locations import toolchain_dir
 
     root = signatures.find_root(Path(args.directory))
     if root is None:
-        return False
+        return None
     asked = noop.request(args.targets, args.sandbox, toolchain_dir(_cache_dir(args), _toolchain_dir_arg(args)))
     try:
         lock = lock_exclusive(root / ".buildgraph" / "lock", lambda m: print(f"buildgraph: {m}", file=sys.stderr))
     except OSError:   # no .buildgraph yet (or not ours to write): the build proper says why
-        return False
+        return None
     try:
         nodes = noop.check(root, asked)
     finally:
         os.close(lock)
-    if nodes is None:
-        return False
+    if nodes is None or isinstance(nodes, noop.Changes):
+        return nodes
     if args.log_json or args.profile:
         from buildgraph import ui
         from buildgraph.status import UpToDate
@@ -163,11 +164,14 @@ def _noop_build(args) -> bool:
 
 
 def cmd_build(args) -> int:
-    if _noop_build(args):
+    proven = _noop_build(args)
+    if proven is True:
         return EXIT_OK
-    from buildgraph import operations, ui
+    from buildgraph import noop, operations, ui
 
     with _session(args) as s:
+        if proven is not None and not s.dirty and noop.still_current(s.root, proven):
+            s.engine.trust(proven)
         summary = operations.build(s, args.targets, ui.make_reporter())
     summary.elapsed = process_seconds()   # the whole process: start-up, loading and saving too
     if args.log_json:

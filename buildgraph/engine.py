@@ -76,6 +76,8 @@ class Engine:
         self._host_tools = None
         self._host = None
         self._tokens: dict[str | None, str | None] = {}   # toolchain -> global token (see unchanged)
+        self.proven = None         # noop.Changes: what the no-op record proves of this build (trust)
+        self._stale_targets: set[str] | None = None
         self.requested_sandbox = "auto"   # --sandbox
         self._sandbox_mode: str | None = None
         self.remote = None  # a RemoteLayer when --remote-cache is given
@@ -92,8 +94,9 @@ class Engine:
 
     def prepare(self, nodes) -> None:
         """Before anything runs: expand and digest the srcs of every target in `nodes`
-        (ConfigError on a bad pattern) and fetch the toolchains they use (FetchError)."""
-        targets = list(dict.fromkeys(self.graph.nodes[n].target for n in nodes))
+        (ConfigError on a bad pattern) but those the no-op record vouches for (`trusted`),
+        and fetch the toolchains they use (FetchError)."""
+        targets = list(dict.fromkeys(self.graph.nodes[n].target for n in nodes if not self.trusted(n)))
         for target in targets:
             self._sources(target)
         self.resolver.ensure(dict.fromkeys(self.graph.nodes[n].toolchain for n in nodes
@@ -328,14 +331,62 @@ class Engine:
 
     # ------------------------------------------------------------ reuse
 
+    def trust(self, proven) -> None:
+        """Take what the no-op record proves of this build (noop.Changes, or None): unless a
+        changed source cannot be traced to the targets that read it, `trusted` vouches for
+        every node that reads no changed source and whose out/ is untouched."""
+        self.proven, self._stale_targets = proven, None
+        if proven is None:
+            return
+        root = f"{self.ws.root}/"
+        changed = {p[len(root):] for p in proven.sources if p.startswith(root)}
+        stale, found = set(), set()
+        for key, value in self.state.resolutions.items():
+            if key[0] == "glob" and not changed.isdisjoint(value[0]):
+                stale.add(key[1])
+                found.update(changed.intersection(value[0]))
+        if found != changed or len(changed) != len(proven.sources):
+            self.proven = None   # read by something the record does not say: check every node
+            return
+        self._stale_targets = {name for name, t in self.ws.targets.items() if t.srcs in stale or (
+            t.source is not None and t.source.kind == "path" and (f"{t.source.location.rstrip('/')}/**",) in stale)}
+
+    def trusted(self, name: str) -> bool:
+        """Whether the no-op record proves that `name`'s sources, out/ and every input of its
+        key other than its dependencies' outputs are as its last build left them."""
+        return self.proven is not None and name not in self.proven.outputs and \
+            self.graph.nodes[name].target not in self._stale_targets
+
+    def settled(self, selected: list[str]) -> dict[str, tuple[str, str]]:
+        """Node -> (key, output digest) of the nodes in `selected` that the no-op record proves
+        up to date: all but those not `trusted` and everything downstream of them (whose
+        dependencies' outputs may come out otherwise), which the build checks node by node."""
+        if self.proven is None:
+            return {}
+        nodes = self.state.nodes
+        stack = [n for n in selected if not self.trusted(n) or nodes.get(n) is None or nodes[n].inputs is None]
+        downstream: set[str] = set()
+        while stack:
+            name = stack.pop()
+            if name not in downstream:
+                downstream.add(name)
+                stack.extend(self.graph.rdeps[name])
+        return {n: (nodes[n].key, nodes[n].output_digest) for n in selected if n not in downstream}
+
     def unchanged(self, node: Node) -> Reuse | None:
         """UP_TO_DATE without computing the key, when everything the last key was computed
         from is equal now (as ninja compares inputs, not keys): the workspace's configuration
         (by the stat signature of its files and buildgraph's code), the host tools, toolchain,
         sandbox mode and host properties (one token per build and toolchain), the sources,
-        and the dependencies' outputs; and out/<node> is intact. Else None: compute the key."""
+        and the dependencies' outputs; and out/<node> is intact. Else None: compute the key.
+        For a `trusted` node only its dependencies' outputs are compared: the rest the no-op
+        record proved without statting or digesting anything again."""
         rec = self.state.nodes.get(node.name)
-        if rec is None or rec.inputs is None or rec.inputs != self._inputs_of(node):
+        if rec is None or rec.inputs is None:
+            return None
+        if self.trusted(node.name) and rec.inputs[3] == tuple(self.outputs.get(dn) for _, dn in node.deps):
+            return Reuse(Status.UP_TO_DATE, rec.output_digest)
+        if rec.inputs != self._inputs_of(node):
             return None
         if not self._materialized_ok(node.name, rec.output_digest):
             return None
@@ -475,30 +526,43 @@ class Engine:
         if self._materialized_ok(name, result.output_digest):
             return
         out = str(self.state_dir.out)
-        final, tmp = f"{out}/{name}", f"{out}/.{name}.{os.getpid()}.tmp"
+        final = f"{out}/{name}"
         try:
-            os.mkdir(tmp)
-        except FileExistsError:   # left by a killed build
-            force_remove(tmp)
-            os.mkdir(tmp)
+            os.mkdir(final)
+            fresh = True
+        except FileExistsError:
+            fresh = False
         except FileNotFoundError:   # the first node, or one named a/b
-            os.makedirs(tmp)
-        try:
-            self.store.lay_out(result, tmp, read_only=True)
-            listing = tuple((e.path, stat_signature(os.lstat(f"{tmp}/{e.path}")))
-                            for e in (*result.files, *result.symlinks))
-        except OSError:
-            force_remove(tmp)
-            raise
-        if os.path.lexists(final):
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.mkdir(final)
+            fresh = True
+        if fresh:   # nothing was there (a restore after `clean`): laid out in place, a rename saved
+            listing = self._lay_out(result, final)
+        else:   # replaced whole: readers see the old outputs or the new
+            tmp = f"{out}/.{name}.{os.getpid()}.tmp"
+            try:
+                os.mkdir(tmp)
+            except FileExistsError:   # left by a killed build
+                force_remove(tmp)
+                os.mkdir(tmp)
+            listing = self._lay_out(result, tmp)
             trash = f"{out}/.{name}.{os.getpid()}.old"
             os.replace(final, trash)
             os.replace(tmp, final)
             force_remove(trash)
-        else:
-            os.replace(tmp, final)
         self.state.materialized[name] = (result.output_digest, listing)
         self._changed = True
+
+    def _lay_out(self, result: ActionResult, base: str) -> tuple:
+        """`result`'s outputs, read-only, in the new directory `base` (removed if they cannot
+        be); the listing that _materialized_ok checks."""
+        try:
+            self.store.lay_out(result, base, read_only=True)
+            return tuple((e.path, stat_signature(os.lstat(f"{base}/{e.path}")))
+                         for e in (*result.files, *result.symlinks))
+        except OSError:
+            force_remove(base)
+            raise
 
     def changed(self) -> bool:
         """Whether this build changed the state (a no-op build does not)."""

@@ -8,16 +8,21 @@ state it describes):
   facts     host_facts(): where PATH finds the host tools, what picks the sandbox mode,
             the host properties in keys, dpkg's database, the keyed /etc files
   config    signatures.files_signature of the workspace's files (buildgraph's code too)
-  stats     (path, stat signature) of every other file and directory the keys were
-            computed from, as the build used them: the host tools, the toolchains'
-            executables and records, every source file, every directory a glob read
-  outputs   (path, lstat signature) of every file materialized under out/
+  fixed     (path, stat signature) of the host tools and the toolchains' executables
+            and records
+  dirs      the same of every directory a glob read
+  sources   the same of every source file
+  outputs   per node, (path, lstat signature) of every file materialized under out/<node>
 The next build with the same request, if all of these are unchanged, is a no-op: every
 key would come out the same (each is a function of exactly these; file digests come
 from the stat cache, which trusts one exactly as long as its stat signature holds),
 and every output is in place. It prints the summary and exits, having read one file
 and statted each input once, instead of loading the graph and computing every key.
-Anything else (a change, another request, no record) is the normal build.
+If only source files and outputs changed, the check returns what changed (Changes): the
+build then trusts every node that reads no changed source and whose out/ is untouched,
+and checks only the changed nodes and what lies downstream of them (Engine.trust,
+Engine.settled), as ninja does from its log. Anything else (another request, a tool, a
+toolchain, a directory, the workspace's files, no record) is the normal build.
 Builds selecting artifact nodes write no record: their keys read git's state.
 """
 
@@ -32,7 +37,7 @@ from buildgraph import signatures
 from buildgraph.digest import is_racy, stat_signature
 
 RECORD = "noop.marshal"   # in .buildgraph/
-VERSION = 2
+VERSION = 3
 
 
 def request(patterns, sandbox: str, toolchain_dir) -> tuple:
@@ -50,13 +55,39 @@ def host_facts(tools: tuple[str, ...], sandbox: str, host_key: tuple[str, ...]) 
             hostpkgs.status_signature(), signatures.visible_host_signature())
 
 
-def check(root: Path, request: tuple) -> tuple | None:
+class Changes:
+    """What the record proves of a build that is not a no-op, when all that changed since it
+    are source files and materialized outputs: every key and output of a node that reads
+    none of `sources` (host paths), is not in `outputs`, and whose dependencies' outputs
+    come out as before, is as recorded (Engine.trust). A plain class: the no-op check's
+    import stays as light as it can (a dataclass takes ~1 ms to make)."""
+
+    __slots__ = ("sources", "outputs", "source_sigs", "dirs", "record")
+
+    def __init__(self, sources: frozenset, outputs: frozenset, source_sigs: tuple, dirs: tuple, record: tuple):
+        self.sources, self.outputs = sources, outputs
+        self.source_sigs = source_sigs   # the record's (path, stat signature) of every source file
+        self.dirs = dirs                 # and of every directory its globs read
+        self.record = record             # the record's own stat signature (still_current)
+
+
+def still_current(root: Path, changes: Changes) -> bool:
+    """Whether the record `changes` came from is still the workspace's: a build that got the
+    workspace lock in between removed or replaced it (StateDir.save drops it first)."""
+    try:
+        return stat_signature(os.stat(f"{root}/.buildgraph/{RECORD}")) == changes.record
+    except OSError:
+        return False
+
+
+def check(root: Path, request: tuple) -> tuple | Changes | None:
     """The (name, key) of each node the last build of `request` selected, if this build of
-    it would do nothing; else None."""
+    it would do nothing; Changes if only source files and outputs changed; else None."""
     try:
         with open(f"{root}/.buildgraph/{RECORD}", "rb") as f:
             record = marshal.loads(f.read())   # ten times faster than marshal.load(f)
-        version, asked, tools, host_key, facts, files, config, stats, outputs, nodes = record
+            own = stat_signature(os.fstat(f.fileno()))
+        version, asked, tools, host_key, facts, files, config, fixed, dirs, sources, outputs, nodes = record
     except (OSError, EOFError, ValueError, TypeError):
         return None
     if version != VERSION or asked != request or host_facts(tools, request[1], host_key) != facts:
@@ -64,31 +95,52 @@ def check(root: Path, request: tuple) -> tuple | None:
     if signatures.files_signature(root, files) != config:
         return None
     try:
-        for check, entries in ((os.stat, stats), (os.lstat, outputs)):
+        for entries in (fixed, dirs):
             for path, sig in entries:
-                if stat_signature(check(path)) != sig:
+                if stat_signature(os.stat(path)) != sig:
                     return None
     except OSError:
         return None
-    return nodes
+    changed = []
+    for path, sig in sources:
+        try:
+            if stat_signature(os.stat(path)) != sig:
+                changed.append(path)
+        except OSError:   # deleted: a glob's directory changed too, unless it was named alone
+            changed.append(path)
+    moved = []
+    for name, entries in outputs:
+        try:
+            for path, sig in entries:
+                if stat_signature(os.lstat(path)) != sig:
+                    moved.append(name)
+                    break
+        except OSError:
+            moved.append(name)
+    if not changed and not moved:
+        return nodes
+    return Changes(frozenset(changed), frozenset(moved), sources, dirs, own)
 
 
 def record(engine, request: tuple, selected: list[str]) -> bytes | None:
     """The record of a build that just finished every node in `selected`, or None when one
-    cannot be trusted (artifacts, a file too young to vouch for, a toolchain not resolved)."""
+    cannot be trusted (artifacts, a file too young to vouch for, a toolchain not resolved).
+    After a build that trusted Changes (engine.proven), the sources and directories it did
+    not read again are as the record they came from says."""
     ws, graph, state = engine.ws, engine.graph, engine.state
     config = state.config[0] if state.config is not None else None
     if config is None:
         return None
     now = time.time_ns()
-    stats: dict[str, tuple] = {}
+    fixed: dict[str, tuple] = {}
+    sources: dict[str, tuple] = {}
 
-    def known(path: str) -> bool:
+    def known(path: str, into: dict) -> bool:
         """Add the signature the stat cache trusts for `path` (absent: it was too young)."""
         hit = engine.stat_cache.entries.get(path)
         if hit is None:
             return False
-        stats[path] = hit[0]
+        into[path] = hit[0]
         return True
 
     def fresh(path: str) -> bool:
@@ -98,33 +150,37 @@ def record(engine, request: tuple, selected: list[str]) -> bytes | None:
             return False
         if is_racy(st, now):
             return False
-        stats[path] = stat_signature(st)
+        fixed[path] = stat_signature(st)
         return True
     nodes = [graph.nodes[name] for name in selected]
     if any(ws.targets[node.target].kind == "artifact" for node in nodes):
         return None
     links = engine.host_tools()[0]
-    if not all(known(path) for _, path in links):
+    if not all(known(path, fixed) for _, path in links):
         return None
     for tc in dict.fromkeys(n.toolchain for n in nodes if n.toolchain):
         for member in engine.resolver.members(tc):
             entry = engine.resolver.entry_if_resolved(member)
             # Not while a program changed since it was fetched: every build warns of that.
             if entry is None or not fresh(f"{entry.path}/digest.json") or \
-                    not all(fresh(path) and stats[path] == sig for path, sig in entry.watch):
+                    not all(fresh(path) and fixed[path] == sig for path, sig in entry.watch):
                 return None
     files, dirs = engine.sources_read()
-    if not all(known(path) for path in files) or None in dirs.values():
+    proven = engine.proven
+    if proven is not None:   # what this build did not read is as before, but for what changed
+        sources.update(proven.source_sigs)
+        dirs = {**dict(proven.dirs), **dirs}
+        files = [*files, *proven.sources]
+    if not all(known(path, sources) for path in files) or None in dirs.values():
         return None
-    stats.update(dirs)
     outputs = []
     base = engine.state_dir.out
     for name in selected:
         done = state.materialized.get(name)
         if done is None:
             return None
-        outputs.extend((f"{base}/{name}/{rel}", sig) for rel, sig in done[1])
+        outputs.append((name, tuple((f"{base}/{name}/{rel}", sig) for rel, sig in done[1])))
     facts = host_facts(ws.host_tools, request[1], ws.host_key)
     return marshal.dumps((VERSION, request, tuple(ws.host_tools), tuple(ws.host_key), facts, tuple(ws.files),
-                          config, tuple(stats.items()), tuple(outputs),
-                          tuple((name, state.nodes[name].key) for name in selected)))
+                          config, tuple(fixed.items()), tuple(dirs.items()), tuple(sources.items()),
+                          tuple(outputs), tuple((name, state.nodes[name].key) for name in selected)))

@@ -68,6 +68,16 @@ class Scheduler:
 
     def run(self, selected: list[str]) -> dict[str, NodeOutcome]:
         graph, engine = self.graph, self.engine
+        self.reporter.begin(len(selected), self.jobs)
+        outcomes: dict[str, NodeOutcome] = {}
+        # What the no-op record proves up to date is done before the walk: only the nodes
+        # downstream of a change are walked (and their critical paths computed).
+        for name, (key, output_digest) in engine.settled(selected).items():
+            engine.outputs[name] = output_digest
+            outcomes[name] = NodeOutcome(name, Status.UP_TO_DATE, key)
+            self.reporter.finished(outcomes[name])
+        if outcomes:
+            selected = [n for n in selected if n not in outcomes]
         chosen = set(selected)
         durations = {n: r.duration for n, r in engine.state.nodes.items() if r.duration > 0}
         priority: dict[str, float] = {}
@@ -75,7 +85,6 @@ class Scheduler:
         ready: list = []
         to_run: list[tuple[float, str, Action]] = []
         same_key: dict[str, list[str]] = {}   # key queued or running -> nodes waiting for it
-        outcomes: dict[str, NodeOutcome] = {}
         events: queue.Queue = queue.Queue()
         running: dict[str, threading.Thread] = {}
         lookups = 0
@@ -94,7 +103,6 @@ class Scheduler:
         free_lanes = list(range(self.jobs))
         stopping = False
         t0 = time.monotonic()
-        self.reporter.begin(len(selected), self.jobs)
 
         def done(name: str, outcome: NodeOutcome, output_digest: str | None) -> None:
             if not outcome.start:   # decided now (up to date, restored): when, for the trace

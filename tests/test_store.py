@@ -165,3 +165,23 @@ def test_up_to_date_dependency_survives_a_wiped_cache(ws, capsys):
     statuses = ws.build(capsys=capsys)
     assert statuses["a"] == "up-to-date" and statuses["b"] == "ran", statuses["_out"]
     assert (ws.out("b") / "b").read_text() == "hello\n"
+
+
+def test_a_restore_refreshes_last_used_times_in_one_transaction(ws, capsys):
+    """Restoring day-old results marks each as used, for gc's order: in the build's batch
+    (one transaction at its commit), not a sqlite write per result."""
+    setup_two(ws)
+    ws.build(capsys=capsys)
+    keys = _keys(ws)
+    store = LocalStore(ws.cache)
+    for key in keys.values():
+        data, _ = store.ac.get(key)
+        store.ac.set(key, (data, time.time() - 86400))
+    store.begin_batch()
+    assert all(store.get_result(key) is not None for key in keys.values())
+    reader = LocalStore(ws.cache)   # another process's view of the action cache
+    assert all(reader.ac.get(key)[1] < time.time() - 3600 for key in keys.values())   # not yet written
+    store.commit()
+    assert all(reader.ac.get(key)[1] > time.time() - 60 for key in keys.values())
+    reader.close()
+    store.close()

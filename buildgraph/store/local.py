@@ -90,6 +90,7 @@ class LocalStore:
         self.counters = StoreCounters()
         self._batch: dict | None = None   # key -> AC value not yet committed (see begin_batch)
         self._batch_since = 0.0
+        self._touched: dict = {}   # key -> AC value with a new last-used time, written at `commit`
 
     # ------------------------------------------------------------ locking
 
@@ -312,7 +313,11 @@ class LocalStore:
             counters.misses += 1
             return None
         if time.time() - used > _USED_RESOLUTION:
-            self.ac.set(key, (data, time.time()))
+            if self._batch is None:
+                self.ac.set(key, (data, time.time()))
+            else:   # with the batch: a restore of 10,000 day-old entries is one transaction
+                with self._lock:
+                    self._touched[key] = (data, time.time())
         counters.hits += 1
         return result
 
@@ -358,13 +363,22 @@ class LocalStore:
     def commit(self, due: float | None = None) -> None:
         """Commit the entries waiting; with `due`, only once the oldest has waited that long."""
         with self._lock:
-            if not self._batch or (due is not None and time.monotonic() - self._batch_since < due):
+            if due is not None and (not self._batch or time.monotonic() - self._batch_since < due):
                 return
-            pending, self._batch, self._batch_since = self._batch, {}, 0.0
-        _syncfs(str(self.root))
+            if not self._batch and not self._touched:
+                return
+            pending, self._batch_since = self._batch or {}, 0.0
+            if self._batch is not None:
+                self._batch = {}
+            touched, self._touched = self._touched, {}
+        if pending:
+            _syncfs(str(self.root))
         with self.ac.transact():
             for key, value in pending.items():
                 self.ac.add(key, value)   # another build's result first: theirs stays (write-once)
+            for key, value in touched.items():
+                if key in self.ac:   # not dropped meanwhile
+                    self.ac.set(key, value)
 
     # ------------------------------------------------------------ stats and gc
 
