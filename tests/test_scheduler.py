@@ -1,6 +1,7 @@
 """Scheduling: -j and the shared jobserver, --keep-going, Ctrl-C, critical-path order."""
 
 import json
+import os
 import signal
 
 import pytest
@@ -97,10 +98,12 @@ def test_without_keep_going_nothing_new_starts_after_a_failure(ws, capsys):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_stops_children_and_keeps_finished_results(ws, sig):
-    ws.write("BUILD.yaml", """\
+    # A sleep of its own length: pgrep below must not find another test's (or anyone's) sleep.
+    sleep = f"sleep 60.{os.getpid()}{sig.value}"
+    ws.write("BUILD.yaml", f"""\
         targets:
-          quick: {kind: script, outs: [q], cmds: ["echo q > $OUT/q"]}
-          slow: {kind: script, outs: [s], cmds: ["sleep 60 && echo s > $OUT/s"]}
+          quick: {{kind: script, outs: [q], cmds: ["echo q > $OUT/q"]}}
+          slow: {{kind: script, outs: [s], cmds: ["{sleep} && echo s > $OUT/s"]}}
         """)
     proc = ws.spawn("build", "-j2", "--log-json", str(ws.root / "cut.json"), "--profile", str(ws.root / "cut-trace.json"))
     deadline = time.time() + 30
@@ -113,7 +116,7 @@ def test_ctrl_c_stops_children_and_keeps_finished_results(ws, sig):
     assert proc.returncode == 130, out + err
     assert time.time() - t0 < 10
     assert "interrupted" in err
-    left = subprocess.run(["pgrep", "-f", "sleep 60"], capture_output=True, text=True).stdout.split()
+    left = subprocess.run(["pgrep", "-f", sleep], capture_output=True, text=True).stdout.split()
     assert not left
     # The interrupted build still wrote its event log and trace: what finished, what did not.
     cut = {e["node"]: e["status"] for e in map(json.loads, (ws.root / "cut.json").read_text().splitlines())}
