@@ -128,10 +128,10 @@ def process_seconds() -> float:
         return time.monotonic() - _STARTED
 
 
-def _noop_build(args):
-    """The no-op check (noop.py), under the workspace lock: True if it proved this build
-    would do nothing and said so; else what the record proves for the build (noop.Changes),
-    or None."""
+def _noop_check(args):
+    """The no-op check (noop.py), under the workspace lock: the (name, key) of every node if
+    this build would do nothing, what changed if only sources and outputs did
+    (noop.Changes), or None."""
     from buildgraph import noop, signatures
     from buildgraph.fsutil import lock_exclusive
     from buildgraph.locations import toolchain_dir
@@ -145,11 +145,14 @@ def _noop_build(args):
     except OSError:   # no .buildgraph yet (or not ours to write): the build proper says why
         return None
     try:
-        nodes = noop.check(root, asked)
+        return noop.check(root, asked)
     finally:
         os.close(lock)
-    if nodes is None or isinstance(nodes, noop.Changes):
-        return nodes
+
+
+def _report_noop(args, nodes) -> None:
+    """What a build the no-op check answered says: the summary, and the event log and trace
+    when asked for."""
     if args.log_json or args.profile:
         from buildgraph import ui
         from buildgraph.status import UpToDate
@@ -160,18 +163,17 @@ def _noop_build(args):
         if args.profile:
             ui.write_chrome_trace(args.profile, outcomes)
     print(f"{len(nodes)} nodes: 0 ran, 0 cached, {len(nodes)} up to date in {process_seconds():.2f}s")
-    return True
 
 
 def cmd_build(args) -> int:
-    proven = _noop_build(args)
-    if proven is True:
+    found = _noop_check(args)
+    if isinstance(found, tuple):
+        _report_noop(args, found)
         return EXIT_OK
-    from buildgraph import noop, operations, ui
+    from buildgraph import operations, ui
 
     with _session(args) as s:
-        if proven is not None and not s.dirty and noop.still_current(s.root, proven):
-            s.engine.trust(proven)
+        s.trust(found)
         summary = operations.build(s, args.targets, ui.make_reporter())
     summary.elapsed = process_seconds()   # the whole process: start-up, loading and saving too
     if args.log_json:

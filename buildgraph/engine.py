@@ -58,6 +58,13 @@ def load_configured(root: Path, state: State) -> tuple[Workspace, BuildGraph]:
     return ws, graph
 
 
+def _path_source_patterns(t) -> tuple[str, ...] | None:
+    """The glob that expands a target's `path` source (None: it has none)."""
+    if t.source is None or t.source.kind != "path":
+        return None
+    return (f"{t.source.location.rstrip('/')}/**",)
+
+
 def env_name(target: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in target).upper()
 
@@ -321,7 +328,8 @@ class Engine:
             base = t.source.location.rstrip("/")
             def error(message: str) -> ConfigError:
                 return ConfigError(message, file=t.loc.file, line=t.line_of("source"), field=field_path(t, "source"))
-            found = self._stat_files((f"{base}/**",), lambda _: error(f"source path {base!r} holds no files"), error)
+            found = self._stat_files(_path_source_patterns(t), lambda _: error(f"source path {base!r} holds no files"),
+                                     error)
             entries = [(rel[len(base) + 1:], self._digest(host, st, error), bool(st.st_mode & 0o111))
                        for rel, host, st in found]
             files = tuple((rel, host, digest, exe) for (rel, digest, exe), (_, host, _) in zip(entries, found))
@@ -348,8 +356,8 @@ class Engine:
         if found != changed or len(changed) != len(proven.sources):
             self.proven = None   # read by something the record does not say: check every node
             return
-        self._stale_targets = {name for name, t in self.ws.targets.items() if t.srcs in stale or (
-            t.source is not None and t.source.kind == "path" and (f"{t.source.location.rstrip('/')}/**",) in stale)}
+        self._stale_targets = {name for name, t in self.ws.targets.items()
+                               if t.srcs in stale or _path_source_patterns(t) in stale}
 
     def trusted(self, name: str) -> bool:
         """Whether the no-op record proves that `name`'s sources, out/ and every input of its
@@ -384,7 +392,7 @@ class Engine:
         rec = self.state.nodes.get(node.name)
         if rec is None or rec.inputs is None:
             return None
-        if self.trusted(node.name) and rec.inputs[3] == tuple(self.outputs.get(dn) for _, dn in node.deps):
+        if self.trusted(node.name) and rec.inputs[3] == self._dep_outputs(node):   # (…, deps) as _inputs_of
             return Reuse(Status.UP_TO_DATE, rec.output_digest)
         if rec.inputs != self._inputs_of(node):
             return None
@@ -397,11 +405,14 @@ class Engine:
         if t.kind == "artifact":   # its key reads git's state too: always computed
             return None
         token = self._token(node.toolchain)
-        deps = tuple(self.outputs.get(dn) for _, dn in node.deps)
+        deps = self._dep_outputs(node)
         if token is None or None in deps:
             return None
         path_source = self._source_of(t)[0] if t.source is not None and t.source.kind == "path" else None
         return (token, self._sources(node.target)[0], path_source, deps)
+
+    def _dep_outputs(self, node: Node) -> tuple:
+        return tuple(self.outputs.get(dn) for _, dn in node.deps)
 
     def _token(self, toolchain: str | None) -> str | None:
         """Everything in this build's keys that is not per node; None while the workspace's

@@ -77,6 +77,16 @@ class Session:
             self.state_dir.unlock()
             raise
 
+    def trust(self, changes) -> None:
+        """Let the build trust what the no-op check found changed (noop.Changes, or None) if it
+        still describes this session's state: the workspace was not parsed again, and the
+        record it came from is still on disk (a build that took the lock in between replaced
+        or removed it)."""
+        from buildgraph import noop
+
+        if changes is not None and not self.dirty and noop.still_current(self.root, changes):
+            self.engine.trust(changes)
+
     def close(self) -> None:
         try:
             if self.write and (self.dirty or self.engine.changed()):

@@ -1,6 +1,8 @@
 """The scheduler: walk the DAG in parallel, in critical-path order.
 
-`Scheduler.run` is the one long loop of buildgraph; each pass does four things:
+`Scheduler.run` is the one long loop of buildgraph. Before it, the nodes the no-op record
+proves up to date (Engine.settled) are done; the loop walks the rest, and each pass does
+four things:
   1. check ready nodes (all dependencies done) inline: compute the action key and
      ask the engine whether a stored result can be reused — cheap local work, so
      a no-op build of 10,000 nodes never touches a thread; a local miss goes to a

@@ -361,16 +361,14 @@ class LocalStore:
         self._batch = {}
 
     def commit(self, due: float | None = None) -> None:
-        """Commit the entries waiting; with `due`, only once the oldest has waited that long."""
-        with self._lock:
-            if due is not None and (not self._batch or time.monotonic() - self._batch_since < due):
-                return
+        """Commit the entries waiting, and the last-used times refreshed; with `due`, only once
+        the oldest new entry has waited that long."""
+        with self._lock:   # outside a batch both are empty: nothing to do
             if not self._batch and not self._touched:
                 return
-            pending, self._batch_since = self._batch or {}, 0.0
-            if self._batch is not None:
-                self._batch = {}
-            touched, self._touched = self._touched, {}
+            if due is not None and time.monotonic() - self._batch_since < due:
+                return
+            pending, touched, self._batch, self._touched, self._batch_since = self._batch, self._touched, {}, {}, 0.0
         if pending:
             _syncfs(str(self.root))
         with self.ac.transact():
