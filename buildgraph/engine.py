@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from buildgraph import globs, recipes, signatures
@@ -20,6 +20,7 @@ from buildgraph.action import Action, ActionResult
 from buildgraph.digest import StatCache, stat_signature, tree_digest, value_digest
 from buildgraph.errors import ConfigError, StoreError
 from buildgraph.graph import BuildGraph, Node, configure
+from buildgraph.packedmap import PackedMap
 from buildgraph.sandbox import SANDBOX_ROOT, Sandbox
 from buildgraph.state import NodeRecord, State, StateDir
 from buildgraph.status import Status
@@ -53,9 +54,26 @@ def load_configured(root: Path, state: State) -> tuple[Workspace, BuildGraph]:
         if sig is not None and state.config[0] == sig:
             return state.config[1], state.config[2]
     ws = load_workspace(root)
+    ws = replace(ws, targets=PackedMap(ws.targets))   # kept between builds, read target by target
     graph = configure(ws)
-    state.config = (signatures.files_signature(root, ws.files), ws, graph)
+    state.config = (signatures.files_signature(root, ws.files), ws, graph, TargetIndex(ws))
     return ws, graph
+
+
+class TargetIndex:
+    """What a build past a change asks of every target at once, kept with the parsed
+    workspace so that such a build reads only the targets it walks: which targets read
+    each glob (Engine.trust), and which are artifacts (whose keys read git's state)."""
+
+    __slots__ = ("readers", "artifacts")
+
+    def __init__(self, ws: Workspace):
+        self.readers: dict[tuple, list[str]] = {}
+        for name, t in ws.targets.items():
+            for patterns in dict.fromkeys((t.srcs, _path_source_patterns(t))):
+                if patterns is not None:
+                    self.readers.setdefault(patterns, []).append(name)
+        self.artifacts = frozenset(name for name, t in ws.targets.items() if t.kind == "artifact")
 
 
 def _path_source_patterns(t) -> tuple[str, ...] | None:
@@ -85,6 +103,7 @@ class Engine:
         self._tokens: dict[str | None, str | None] = {}   # toolchain -> global token (see unchanged)
         self.proven = None         # noop.Changes: what the no-op record proves of this build (trust)
         self._stale_targets: set[str] | None = None
+        self._index: TargetIndex | None = None
         self.requested_sandbox = "auto"   # --sandbox
         self._sandbox_mode: str | None = None
         self.remote = None  # a RemoteLayer when --remote-cache is given
@@ -356,8 +375,17 @@ class Engine:
         if found != changed or len(changed) != len(proven.sources):
             self.proven = None   # read by something the record does not say: check every node
             return
-        self._stale_targets = {name for name, t in self.ws.targets.items()
-                               if t.srcs in stale or _path_source_patterns(t) in stale}
+        readers = self.index().readers
+        self._stale_targets = {name for patterns in stale for name in readers.get(patterns, ())}
+
+    def index(self) -> TargetIndex:
+        """The TargetIndex kept with this workspace (made now if it was not loaded with it)."""
+        config = self.state.config
+        if config is not None and config[1] is self.ws:
+            return config[3]
+        if self._index is None:
+            self._index = TargetIndex(self.ws)
+        return self._index
 
     def trusted(self, name: str) -> bool:
         """Whether the no-op record proves that `name`'s sources, out/ and every input of its

@@ -153,7 +153,8 @@ def record(engine, request: tuple, selected: list[str]) -> bytes | None:
         fixed[path] = stat_signature(st)
         return True
     nodes = [graph.nodes[name] for name in selected]
-    if any(ws.targets[node.target].kind == "artifact" for node in nodes):
+    artifacts = engine.index().artifacts
+    if any(node.target in artifacts for node in nodes):
         return None
     links = engine.host_tools()[0]
     if not all(known(path, fixed) for _, path in links):

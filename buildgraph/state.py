@@ -5,9 +5,11 @@ compares against:
   stat cache      path -> ((dev, ino, size, mtime_ns, ctime_ns), digest)
   resolutions     toolchain and glob results, each with the stat signature it
                   was computed under
-  config          (config.pickle) the parsed workspace and configured graph, keyed
-                  by the stat signatures of every workspace file (no YAML parsing
-                  on a no-op); written only when it changed, kept by `clean`
+  config          (config.pickle) the parsed workspace (its targets unpickled one by
+                  one, as read: packedmap.py), the configured graph and the
+                  engine's TargetIndex, keyed by the stat signatures of every
+                  workspace file (no YAML parsing on a no-op); written only when
+                  it changed, kept by `clean`
   nodes           node -> NodeRecord of its last successful build (key, output
                   digest, duration, what the key was computed from)
   materialized    node -> (output digest, ((relpath, stat signature), ...))
@@ -37,7 +39,7 @@ from buildgraph import __version__
 from buildgraph.fsutil import lock_exclusive, write_atomic
 from buildgraph.noop import RECORD as NOOP_RECORD
 
-STATE_VERSION = (6, __version__)
+STATE_VERSION = (7, __version__)
 CONFIG = "config.pickle"   # the parsed workspace and its graph (State.config)
 INPUTS = "inputs.sqlite"   # node -> its last input digests (marshal)
 
@@ -88,7 +90,7 @@ class StateDir:
         # The parsed workspace is a file of its own: rewritten only when the workspace changed,
         # and kept by `clean` (it is checked against the files it was parsed from before use).
         config = self._unpickle(CONFIG)
-        if isinstance(config, tuple) and len(config) == 4 and config[0] == STATE_VERSION:
+        if isinstance(config, tuple) and len(config) == 5 and config[0] == STATE_VERSION:
             state.config = config[1:]
         return state
 

@@ -235,6 +235,45 @@ def test_past_a_change_the_record_vouches_for_the_nodes_it_did_not_touch(ws, cap
     assert (ws.out("app") / "app.txt").read_text() == "int a2;\nint b;\none\ntwo\n-O2\nint other;\n"
 
 
+def test_a_packed_map_pickles_what_was_read_and_what_was_not_alike():
+    import pickle
+
+    import pytest
+
+    from buildgraph.packedmap import PackedMap
+
+    m = PackedMap({"b": (1, "x"), "a": [2]})
+    once = pickle.loads(pickle.dumps(m))
+    assert list(once) == ["b", "a"] and len(once) == 2 and "a" in once and "c" not in once
+    assert once["a"] == [2]                  # read: unpickled now
+    twice = pickle.loads(pickle.dumps(once))  # one value read, one still packed
+    assert twice == {"b": (1, "x"), "a": [2]} == m and dict(twice.items()) == {"b": (1, "x"), "a": [2]}
+    with pytest.raises(KeyError):
+        twice["c"]
+    assert twice.get("c") is None
+
+
+def test_past_a_change_only_the_targets_walked_are_unpickled(ws, capsys, monkeypatch):
+    """The workspace kept between builds loads target by target (packedmap.py): a build
+    past a change reads the targets of the nodes it walks, and no other."""
+    from buildgraph.packedmap import PackedMap
+
+    make_chain(ws)
+    ws.build(capsys=capsys)
+    read = []
+    real = PackedMap.__getitem__
+
+    def spy(self, key):
+        if key not in self._values:
+            read.append(key)
+        return real(self, key)
+    monkeypatch.setattr(PackedMap, "__getitem__", spy)
+    _edit_source(ws)
+    after = ws.build(capsys=capsys)
+    assert ran(after) == {"lib", "app"} and after["gen"] == after["other"] == "up-to-date"
+    assert sorted(read) == ["app", "lib"]
+
+
 DIAMOND = """\
 host_tools: [sh, cat, head]
 targets:
