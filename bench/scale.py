@@ -11,7 +11,9 @@ idle machine, whole-process wall time (start-up, loading and saving included):
   restore   buildgraph only: `clean`, then everything from the local cache (median of 3)
 and buildgraph's peak memory (RSS) on the cold and no-op builds. Then the per-action
 overhead: 500 independent one-command actions at -j1 against the same commands run
-bare (`sh -c`), one process each. Bazel is measured when `bazel` is installed
+bare (`sh -c`), one process each. Then this machine's floors under those figures: a bare
+spawn against one in bwrap's namespaces and mounts (CPU counted machine-wide), and laying
+out a directory with one file per node. Bazel is measured when `bazel` is installed
 (Debian's bazel-bootstrap, run offline with ../shared/notes/bazel-offline/) and
 shut down afterwards. Prints figures and ratios; asserts nothing: the targets are
 in the README.
@@ -111,6 +113,66 @@ def per_action_overhead(n: int, base: Path, sandbox: str) -> tuple[float, float]
     return bg / n, bare / n
 
 
+def _busy_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine so far (/proc/stat)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)   # idle and iowait are not busy
+
+
+def spawn_floor(argv: list[str], n: int) -> tuple[float, float]:
+    """(wall, CPU of the whole machine) per run of `argv`, n runs one after another: CPU
+    counted machine-wide, since a pid namespace's processes escape the parent's accounting."""
+    busy0, total0 = _busy_ticks()
+    t = time.perf_counter()
+    for _ in range(n):
+        subprocess.run(argv, check=True)
+    wall = time.perf_counter() - t
+    busy1, total1 = _busy_ticks()
+    return wall / n, (busy1 - busy0) / max(1, total1 - total0) * (os.cpu_count() or 1) * wall / n
+
+
+def fs_floor(base: Path, n: int) -> float:
+    """Seconds per node to lay out what a restore lays out for this graph (a directory holding
+    one small file), right after removing the same tree (as `clean` does before a restore)."""
+    root = base / "fs-floor"
+    for _ in range(2):
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir()
+        t = time.perf_counter()
+        for i in range(n):
+            os.mkdir(root / f"n{i}")
+            fd = os.open(root / f"n{i}" / "o", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+            os.write(fd, b"node output\n")
+            os.close(fd)
+        seconds = time.perf_counter() - t
+    shutil.rmtree(root, ignore_errors=True)
+    return seconds / n
+
+
+def print_floors(base: Path, sizes: list[int]) -> None:
+    """What this machine charges for the work no build tool can skip: spawning the sandbox
+    of one action, and the directory and file a restored node needs. They bound the targets
+    from below: per-action overhead >= the sandbox's spawn over a bare one; cold N >= N x its
+    CPU / CPUs; restore N >= N x the layout of one node."""
+    bare = ["/bin/sh", "-c", ":"]
+    sandboxed = ["bwrap", "--die-with-parent", "--new-session", "--unshare-net", "--unshare-pid", "--unshare-ipc",
+                 "--unshare-uts", "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin",
+                 "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--proc", "/proc",
+                 "--dev", "/dev", "--tmpfs", "/tmp", "--"] + bare
+    cpus = os.cpu_count() or 1
+    sh_wall, sh_cpu = spawn_floor(bare, 200)
+    print(f"floor: bare `sh -c :` {sh_wall * 1e3:.2f} ms wall, {sh_cpu * 1e3:.2f} ms CPU per run")
+    if shutil.which("bwrap"):
+        bw_wall, bw_cpu = spawn_floor(sandboxed, 200)
+        print(f"floor: the same in bwrap's namespaces and mounts {bw_wall * 1e3:.2f} ms wall, "
+              f"{bw_cpu * 1e3:.2f} ms CPU per run: per-action overhead >= {(bw_wall - sh_wall) * 1e3:.2f} ms, "
+              + ", ".join(f"cold {n:,} >= {n * bw_cpu / cpus:.1f} s" for n in sizes))
+    per_node = fs_floor(base, max(sizes))
+    print(f"floor: a directory and one small file per node, after removing them {per_node * 1e3:.3f} ms: "
+          + ", ".join(f"restore {n:,} >= {n * per_node:.2f} s" for n in sizes))
+
+
 def fmt(value) -> str:
     return "–" if value is None else f"{value:.3f}"
 
@@ -143,6 +205,7 @@ def main() -> None:
             bg, bare = per_action_overhead(500, base, mode)
             print(f"per-action ({mode:>7}): buildgraph {bg * 1e3:.2f} ms, bare command {bare * 1e3:.2f} ms, "
                   f"overhead {(bg - bare) * 1e3:.2f} ms")
+        print_floors(base, sizes)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
