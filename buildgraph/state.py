@@ -1,6 +1,6 @@
 """Per-workspace state under <workspace>/.buildgraph/: an accelerator, never the truth.
 
-state.pickle and config.pickle hold what makes a no-op build cheap and what `why`
+state.marshal and config.pickle hold what makes a no-op build cheap and what `why`
 compares against:
   stat cache      path -> ((dev, ino, size, mtime_ns, ctime_ns), digest)
   resolutions     toolchain and glob results, each with the stat signature it
@@ -32,7 +32,7 @@ import marshal
 import os
 import pickle
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from buildgraph import __version__
@@ -40,6 +40,7 @@ from buildgraph.fsutil import lock_exclusive, write_atomic
 from buildgraph.noop import RECORD as NOOP_RECORD
 
 STATE_VERSION = (7, __version__)
+STATE = "state.marshal"   # everything in State but its config
 CONFIG = "config.pickle"   # the parsed workspace and its graph (State.config)
 INPUTS = "inputs.sqlite"   # node -> its last input digests (marshal)
 
@@ -84,25 +85,35 @@ class StateDir:
             self._lock_fd = None
 
     def load(self) -> State:
-        state = self._unpickle("state.pickle")
-        if not isinstance(state, State) or state.version != STATE_VERSION:
-            state = State()
+        state = self._read_state()
         # The parsed workspace is a file of its own: rewritten only when the workspace changed,
         # and kept by `clean` (it is checked against the files it was parsed from before use).
-        config = self._unpickle(CONFIG)
+        config = self._load(CONFIG, pickle.loads)
         if isinstance(config, tuple) and len(config) == 5 and config[0] == STATE_VERSION:
             state.config = config[1:]
         return state
 
-    def _unpickle(self, name: str):
+    def _read_state(self) -> State:
+        """The state as saved (without its config), or an empty one."""
+        saved = self._load(STATE, marshal.loads)
+        try:
+            version, stat_cache, resolutions, nodes, materialized = saved
+            if version == STATE_VERSION:
+                return State(stat_cache=stat_cache, resolutions=resolutions, materialized=materialized,
+                             nodes={name: NodeRecord(*record) for name, record in nodes.items()})
+        except (TypeError, ValueError, AttributeError):   # not what save wrote (or nothing)
+            pass
+        return State()
+
+    def _load(self, name: str, decode):
         try:
             with open(self.dir / name, "rb") as f:
                 data = f.read()
-            # Unpickling creates ~10 objects per node; without the cyclic GC running
+            # Decoding creates ~10 objects per node; without the cyclic GC running
             # over them half way through, a 10,000-node state loads twice as fast.
             gc.disable()
             try:
-                value = pickle.loads(data)
+                value = decode(data)
             finally:
                 gc.enable()
             gc.freeze()  # and later collections need not traverse it again
@@ -118,7 +129,11 @@ class StateDir:
         self.drop_noop()   # it described the state being replaced
         if config and state.config is not None:
             self._write(CONFIG, pickle.dumps((STATE_VERSION, *state.config), protocol=pickle.HIGHEST_PROTOCOL))
-        self._write("state.pickle", pickle.dumps(replace(state, config=None), protocol=pickle.HIGHEST_PROTOCOL))
+        # marshal, not pickle: every value is a plain tuple, dict or string, and at 10,000 nodes
+        # marshal writes the state in a third of pickle's time and reads it in half.
+        self._write(STATE, marshal.dumps((STATE_VERSION, state.stat_cache, state.resolutions,
+                                          {name: (r.key, r.output_digest, r.duration, r.inputs)
+                                           for name, r in state.nodes.items()}, state.materialized)))
 
     def save_noop(self, record: bytes) -> None:
         """The no-op record (noop.py) of the state as saved now."""
@@ -132,12 +147,13 @@ class StateDir:
         cache without hashing every source again."""
         import shutil
 
-        kept = self._unpickle("state.pickle")
+        kept = self._read_state()
         for d in (self.out, self.logs, self.dir / "inputs"):   # inputs/: earlier versions' diskcache
             shutil.rmtree(d, ignore_errors=True)
-        for name in ("state.pickle", "last-build.json", NOOP_RECORD, INPUTS, INPUTS + "-wal", INPUTS + "-shm"):
+        for name in (STATE, "last-build.json", NOOP_RECORD, INPUTS, INPUTS + "-wal", INPUTS + "-shm",
+                     "state.pickle"):   # state.pickle: earlier versions' state
             (self.dir / name).unlink(missing_ok=True)
-        if isinstance(kept, State) and kept.version == STATE_VERSION:
+        if kept.stat_cache or kept.resolutions:
             self.save(State(stat_cache=kept.stat_cache, resolutions=kept.resolutions), config=False)
 
     def drop_noop(self) -> None:

@@ -153,6 +153,30 @@ def test_deleted_output_is_restored(ws, capsys):
     assert (ws.out("app") / "app.txt").exists()
 
 
+def test_a_state_that_cannot_be_read_is_a_cache_miss_never_a_wrong_answer(ws, capsys):
+    """The state is only an accelerator: cut short, garbled, or from another layout, it is
+    set aside and the build after it is what a clean build would be (restored, not rerun)."""
+    import marshal
+
+    from buildgraph.state import STATE, STATE_VERSION, StateDir
+
+    make_chain(ws)
+    ws.build(capsys=capsys)
+    path = ws.root / ".buildgraph" / STATE
+    whole = path.read_bytes()
+    assert StateDir(ws.root).load().nodes["app"].key   # what save wrote, load reads
+    for bad in (whole[: len(whole) // 2], b"\x00garbage", marshal.dumps((STATE_VERSION, {}, {}, {"app": ("k",)}, {})),
+                marshal.dumps((STATE_VERSION, {}, {}, ["app"], {})), marshal.dumps("a string")):
+        ws.write("other.c", f"int other{len(bad)};\n")
+        time.sleep(0.25)   # past the window in which a new file is too young to vouch for
+        path.write_bytes(bad)
+        (ws.root / ".buildgraph" / "noop.marshal").unlink(missing_ok=True)
+        after = ws.build(capsys=capsys)
+        assert after["_rc"] == 0 and ran(after) == {"other", "app"}, after["_err"]
+        assert {after[n] for n in ("gen", "lib")} == {"cached"}
+        assert (ws.out("app") / "app.txt").read_text().endswith(f"int other{len(bad)};\n")
+
+
 def _key(ws, node):
     from buildgraph.state import StateDir
 

@@ -214,7 +214,7 @@ def test_credentials_come_from_a_netrc_file_and_are_never_printed(ws, capsys, tm
         st = ws.build("--remote-cache", srv.url, capsys=capsys)
         assert ran(st) == set() and {st[n] for n in NODES} == {"cached"}
         everything = st["_out"] + st["_err"] + (ws.root / ".events.json").read_text()
-        everything += json.dumps(last_build(ws)) + (ws.root / ".buildgraph/state.pickle").read_bytes().decode("latin-1")
+        everything += json.dumps(last_build(ws)) + (ws.root / ".buildgraph/state.marshal").read_bytes().decode("latin-1")
         assert secret not in everything
     finally:
         srv.stop()
