@@ -41,7 +41,7 @@ from buildgraph.noop import RECORD as NOOP_RECORD
 
 STATE_VERSION = (7, __version__)
 STATE = "state.marshal"   # everything in State but its config
-CONFIG = "config.pickle"   # the parsed workspace and its graph (State.config)
+CONFIG = "config.pickle"   # the parsed workspace, its graph and TargetIndex (State.config)
 INPUTS = "inputs.sqlite"   # node -> its last input digests (marshal)
 
 
@@ -57,7 +57,6 @@ class NodeRecord:
 
 @dataclass
 class State:
-    version: tuple = STATE_VERSION
     stat_cache: dict = field(default_factory=dict)
     resolutions: dict = field(default_factory=dict)
     config: tuple | None = None
