@@ -150,18 +150,25 @@ def _noop_check(args):
         os.close(lock)
 
 
-def _report_noop(args, nodes) -> None:
-    """What a build the no-op check answered says: the summary, and the event log and trace
-    when asked for."""
+def _write_reports(args, outcomes) -> None:
+    """The event log (--log-json) and trace (--profile) of a build's outcomes, when asked for
+    (ui is imported only then: the no-op build stays light)."""
     if args.log_json or args.profile:
         from buildgraph import ui
-        from buildgraph.status import UpToDate
 
-        outcomes = [UpToDate(name, key) for name, key in nodes]
         if args.log_json:
             ui.write_event_log(args.log_json, outcomes)
         if args.profile:
             ui.write_chrome_trace(args.profile, outcomes)
+
+
+def _report_noop(args, nodes) -> None:
+    """What a build the no-op check answered says: the summary, and the event log and trace
+    when asked for."""
+    if args.log_json or args.profile:
+        from buildgraph.status import UpToDate
+
+        _write_reports(args, [UpToDate(name, key) for name, key in nodes])
     print(f"{len(nodes)} nodes: 0 ran, 0 cached, {len(nodes)} up to date in {process_seconds():.2f}s")
 
 
@@ -176,10 +183,7 @@ def cmd_build(args) -> int:
         s.trust(found)
         summary = operations.build(s, args.targets, ui.make_reporter())
     summary.elapsed = process_seconds()   # the whole process: start-up, loading and saving too
-    if args.log_json:
-        ui.write_event_log(args.log_json, summary.outcomes)
-    if args.profile:
-        ui.write_chrome_trace(args.profile, summary.outcomes)
+    _write_reports(args, summary.outcomes)
     if summary.interrupted:   # the logs above record what finished before the interruption
         raise KeyboardInterrupt
     print(summary.line())

@@ -103,7 +103,6 @@ class Engine:
         self._tokens: dict[str | None, str | None] = {}   # toolchain -> global token (see unchanged)
         self.proven = None         # noop.Changes: what the no-op record proves of this build (trust)
         self._stale_targets: set[str] | None = None
-        self._index: TargetIndex | None = None
         self.requested_sandbox = "auto"   # --sandbox
         self._sandbox_mode: str | None = None
         self.remote = None  # a RemoteLayer when --remote-cache is given
@@ -379,13 +378,9 @@ class Engine:
         self._stale_targets = {name for patterns in stale for name in readers.get(patterns, ())}
 
     def index(self) -> TargetIndex:
-        """The TargetIndex kept with this workspace (made now if it was not loaded with it)."""
-        config = self.state.config
-        if config is not None and config[1] is self.ws:
-            return config[3]
-        if self._index is None:
-            self._index = TargetIndex(self.ws)
-        return self._index
+        """The TargetIndex of this engine's workspace: load_configured made or loaded the two
+        together, into the state this engine was given."""
+        return self.state.config[3]
 
     def trusted(self, name: str) -> bool:
         """Whether the no-op record proves that `name`'s sources, out/ and every input of its

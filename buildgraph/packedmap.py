@@ -28,7 +28,7 @@ class PackedMap(Mapping):
 
     def __reduce__(self):
         packed = self._packed or {}
-        return (PackedMap._unpack, ({k: packed[k] if k in packed else pickle.dumps(self._values[k], pickle.HIGHEST_PROTOCOL)
+        return (PackedMap._unpack, ({k: packed.get(k) or pickle.dumps(self._values[k], pickle.HIGHEST_PROTOCOL)
                                      for k in self},))
 
     def __getitem__(self, key):

@@ -20,8 +20,9 @@ counters of the last build, for `cache stats`; inputs.sqlite holds each node's
 input digests by kind (marshal), read only by `plan`, `why` and manifests, and
 written in one statement per build for the nodes recorded (a 10,000-node restore
 writes them in ~0.1 s, where a diskcache entry each took 0.85 s). If the state is lost
-or unreadable the next build starts from an empty state and the cache answers instead. A build holds .buildgraph/lock exclusively, so two builds of
-one workspace take turns instead of racing on out/.
+or unreadable the next build starts from an empty state and the cache answers instead.
+A build holds .buildgraph/lock exclusively, so two builds of one workspace take turns
+instead of racing on out/.
 """
 
 from __future__ import annotations
