@@ -12,6 +12,9 @@ Two client forms, both backed by the same fifo:
   fifo  MAKEFLAGS=" -jN --jobserver-auth=fifo:PATH" (GNU make >= 4.4, ninja >= 1.13).
 Children get their own blocking descriptors; ours is non-blocking so the
 scheduler can poll for a token while it waits for actions to finish.
+
+The fifo lives in the store's tmp/ directory, not in /tmp: a build killed before
+`close` leaves it where the store's leftover sweep removes it.
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ import tempfile
 
 
 class Jobserver:
-    def __init__(self, slots: int, directory: str | None = None):
+    def __init__(self, slots: int, directory: str):
         self.slots = slots
-        self._dir = tempfile.mkdtemp(prefix="bg-jobserver-", dir=directory)
+        self._dir = tempfile.mkdtemp(prefix="jobserver-", dir=directory)
         self.fifo = os.path.join(self._dir, "fifo")
         os.mkfifo(self.fifo, 0o600)
         self._r = os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK)

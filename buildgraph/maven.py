@@ -187,7 +187,8 @@ class Repository:
 
 
 class Signer:
-    """Detached ASCII signatures with the key in $BUILDGRAPH_GPG_KEY, in a keyring of its own."""
+    """Detached ASCII signatures with the key in $BUILDGRAPH_GPG_KEY, in a keyring of its own.
+    A context manager: gpg starts an agent for the keyring, which would outlive it."""
 
     def __init__(self, work: Path):
         key = os.environ.get("BUILDGRAPH_GPG_KEY")
@@ -197,7 +198,20 @@ class Signer:
         self.passphrase = os.environ.get("BUILDGRAPH_GPG_PASSPHRASE", "")
         self.home = work / "gnupg"
         self.home.mkdir(mode=0o700)
-        self._gpg(["--import"], key.encode(), "could not import the key in $BUILDGRAPH_GPG_KEY")
+        self._key = key
+
+    def __enter__(self) -> Signer:
+        try:
+            self._gpg(["--import"], self._key.encode(), "could not import the key in $BUILDGRAPH_GPG_KEY")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        gpgconf = shutil.which("gpgconf")
+        if gpgconf is not None:
+            subprocess.run([gpgconf, "--homedir", str(self.home), "--kill", "all"], capture_output=True)
 
     def _gpg(self, args: list[str], data: bytes | None, what: str) -> None:
         gpg = shutil.which("gpg")
@@ -261,7 +275,8 @@ def deploy(variants: list[tuple[str, Path]], library: str, coords: Coordinates, 
         new = [f for f in files if f[0].name not in there]
         if not new and pom.name in there:
             return [], there
-        signer = Signer(work)
-        attached = [*new, *((signer.sign(f), c, f"{t}.asc") for f, c, t in new), (signer.sign(pom), "", "pom.asc")]
+        with Signer(work) as signer:
+            attached = [*new, *((signer.sign(f), c, f"{t}.asc") for f, c, t in new),
+                        (signer.sign(pom), "", "pom.asc")]
         repo.deploy(coords, pom, attached, work)
         return [pom.name, *(f.name for f, _, _ in new)], there

@@ -144,7 +144,7 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
     session.engine.prepare(selected)
     store.open_for_build()
     store.begin_batch()
-    jobserver = Jobserver(jobs)
+    jobserver = Jobserver(jobs, store.tmp)
     engine = session.engine
     compiles = open_compile_cache(store, session.opts)
     engine.sandbox = Sandbox(store, engine.sandbox_mode, jobserver, session.sources, compile_cache=compiles,

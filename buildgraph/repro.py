@@ -87,7 +87,7 @@ def verify(session, patterns, jobs: int, report_dir: Path | None = None, log=Non
     graph, store = session.graph, session.store
     store.open_for_build()
     slots = 1 if jobs > 1 else 2                 # another -j than the build's
-    jobserver = Jobserver(slots)
+    jobserver = Jobserver(slots, store.tmp)
     sandbox = Sandbox(store, session.engine.sandbox_mode, jobserver, session.sources,
                       inner_root=VERIFY_ROOT, umask=0o077, reverse_env=True)
     try:

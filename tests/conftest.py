@@ -77,13 +77,14 @@ class Workspace:
         statuses["_rc"], statuses["_out"], statuses["_err"] = rc, out, err
         return statuses
 
-    def spawn(self, *args, **kw) -> subprocess.Popen:
-        """Run the CLI as a separate process (for kills, signals and concurrency)."""
+    def spawn(self, *args, env=None, **kw) -> subprocess.Popen:
+        """Run the CLI as a separate process (for kills, signals and concurrency);
+        `env` adds to the environment."""
         n = _command_words(args)
         cmd = [sys.executable, "-m", "buildgraph", *args[:n], "-C", str(self.root),
                "--cache-dir", str(self.cache), *self._tc_args(), *args[n:]]
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=dict(os.environ, PYTHONPATH=str(REPO)), **kw)
+                                env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})), **kw)
 
     def _tc_args(self) -> list[str]:
         return ["--toolchain-dir", str(self.toolchain_dir)] if self.toolchain_dir else []

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -180,7 +181,21 @@ def throwaway_key(tmp_path) -> tuple[str, Path]:
     public = subprocess.run([*gpg, "--armor", "--export"], check=True, capture_output=True).stdout
     subprocess.run(["gpg", "--batch", "--homedir", str(verify), "--import"], input=public, check=True,
                    capture_output=True)
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], check=True)
     return secret.decode(), verify
+
+
+def gpg_agents(named: str) -> list[str]:
+    """The command lines of running gpg-agents with `named` in them (in their --homedir)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"gpg-agent") and named.encode() in b" ".join(argv):
+            found.append(b" ".join(argv).decode(errors="replace"))
+    return found
 
 
 @pytest.mark.skipif(not all(map(shutil.which, ("mvn", "javac", "gpg"))), reason="needs maven, a JDK and gpg")
@@ -192,6 +207,8 @@ def test_maven_jars_signed_deployed_once_resolved_and_loaded_from_java(ws, capsy
         make(ws)
         assert ws.build(capsys=capsys)["_rc"] == 0
         secret, verify_home = throwaway_key(tmp_path)
+        # The publish's keyring goes in here. Not under tmp_path: gpg-agent's socket path must be short.
+        monkeypatch.setattr(tempfile, "tempdir", tempfile.mkdtemp(prefix="bg-test-"))
         monkeypatch.setenv("BUILDGRAPH_GPG_KEY", secret)
         monkeypatch.setenv("MAVEN_USERNAME", USER)
         monkeypatch.setenv("MAVEN_PASSWORD", PASSWORD)
@@ -254,5 +271,9 @@ def test_maven_jars_signed_deployed_once_resolved_and_loaded_from_java(ws, capsy
         assert (snapshot / "maven-metadata.xml").exists()
         for root in (ws.root, ws.cache):
             assert files_containing(root, PASSWORD.encode()) == []
+        # No publish left a gpg-agent running for its keyring (made in its temporary directory).
+        assert not gpg_agents(tempfile.tempdir)
     finally:
         repo.stop()
+        subprocess.run(["gpgconf", "--homedir", str(tmp_path / "gnupg-verify"), "--kill", "all"])
+        shutil.rmtree(tempfile.tempdir, ignore_errors=True)

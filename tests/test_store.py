@@ -104,13 +104,16 @@ def test_kill_9_mid_build_leaves_a_trustworthy_cache(ws):
               - "cp $DEP_QUICK/q $OUT/s"
         """)
     ws.write("in.txt", "data\n")
-    proc = ws.spawn("build", "-j2")
+    tmpdir = ws.root.parent / "tmpdir"
+    tmpdir.mkdir()
+    proc = ws.spawn("build", "-j2", env={"TMPDIR": str(tmpdir)})
     deadline = time.time() + 30
     while not (ws.out("quick") / "q").exists() and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)  # slow is now running, with its big output half written
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert not any(tmpdir.iterdir())   # what the killed build left is all in the store
     ws.write("BUILD.yaml", (ws.root / "BUILD.yaml").read_text().replace("sleep 30", "sleep 0"))
     proc = ws.spawn("build")
     out, err = proc.communicate(timeout=60)
