@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 build failed, 2 usage or configuration error, 130 interrupte
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -1030,6 +1031,10 @@ def _stop_on_sigterm() -> None:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # A build allocates a few objects per node and keeps them all: at Python's default
+    # (a young collection every 700 allocations) a restore of 10,000 nodes ran 670
+    # collections, 0.3 s. Every 50,000: 8 collections, 0.1 s. Few of our objects form cycles.
+    gc.set_threshold(50_000, 20, 100)
     p = parser()
     try:
         argv = _with_rc(p, argv)

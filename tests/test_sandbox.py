@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -53,6 +54,20 @@ def test_environment_is_scrubbed_and_pinned(ws, capsys, monkeypatch):
     assert env["HOME"].endswith("/home") and env["TMPDIR"].endswith("/tmp")
     assert env["PATH"].endswith("/.tools/bin") and ":" not in env["PATH"]
     assert env["HOME"].startswith(env["SRC"].removesuffix("/src"))  # HOME lives in the sandbox
+
+
+@pytest.mark.skipif(detect_mode() != "bwrap", reason="an /etc of its own is bwrap's")
+def test_etc_holds_our_users_and_the_hosts_loader_configuration_only(ws, capsys):
+    from buildgraph.sandbox import VISIBLE_ETC
+
+    first = sorted(os.listdir("/etc/alternatives"))[0]
+    one(ws, ["ls -A /etc > $OUT/ls", "cat /etc/ld.so.cache > $OUT/cache",
+             f"readlink /etc/alternatives/{first} > $OUT/link"], outs="[ls, cache, link]")
+    assert ws.build(capsys=capsys)["t"] == "ran"
+    shown = {"passwd", "group"} | {os.path.basename(p) for p in VISIBLE_ETC if os.path.exists(p)}
+    assert set((ws.out("t") / "ls").read_text().split()) == shown
+    assert (ws.out("t") / "cache").read_bytes() == Path("/etc/ld.so.cache").read_bytes()
+    assert (ws.out("t") / "link").read_text().strip() == os.readlink(f"/etc/alternatives/{first}")
 
 
 @pytest.mark.skipif(detect_mode() == "none", reason="no network namespace available")
