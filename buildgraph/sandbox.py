@@ -332,8 +332,8 @@ class Sandbox:
             return path
 
     def _etc_dir(self) -> str:
-        """The sandbox's /etc: a passwd and group of our own (the host's users are not an input)
-        and a copy of VISIBLE_ETC. One per build: what the keys of its actions were computed from."""
+        """The sandbox's /etc: a passwd and group of our own (the host's users are not an input);
+        VISIBLE_ETC is bound over it. One per build."""
         with self._lock:
             if "etc" not in self._tool_dirs:
                 path = f"{self.store.sandboxes}/etc-{os.getpid()}-{len(self._tool_dirs)}"
@@ -344,11 +344,11 @@ class Sandbox:
                     f.write(_PASSWD + extra)
                 with open(f"{path}/group", "w") as f:
                     f.write(_GROUP + (f"build:x:{gid}:\n" if gid else ""))
-                for p in VISIBLE_ETC:   # copied, not bound: every mount costs each action's bwrap
+                for p in VISIBLE_ETC:   # mount points for the host files bound over this directory
                     if os.path.isdir(p):
-                        shutil.copytree(p, f"{path}/{os.path.basename(p)}", symlinks=True)
+                        os.mkdir(f"{path}/{os.path.basename(p)}")
                     elif os.path.exists(p):
-                        shutil.copyfile(p, f"{path}/{os.path.basename(p)}")
+                        open(f"{path}/{os.path.basename(p)}", "w").close()
                 self._tool_dirs["etc"] = path
             return self._tool_dirs["etc"]
 
@@ -475,6 +475,9 @@ class Sandbox:
                 argv += ["--ro-bind", f"{root}/source", f"{self.inner_root}/source"]
             if self.jobserver is not None and action.jobserver == "fifo" and not shell:
                 argv += ["--bind", self.jobserver.fifo, f"{self.inner_root}/.jobserver"]
+            for p in VISIBLE_ETC:
+                if os.path.exists(p):
+                    argv += ["--ro-bind", p, p]
             argv += ["--chdir", f"{self.inner_root}/work", "--"]
             return argv + script, self.inner_root
         if self.mode == "unshare":
