@@ -35,7 +35,7 @@ from genworkspace import generate  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BG = [sys.executable, "-m", "buildgraph"]
-ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}   # as users run it
+ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED")}  # as users run it
 
 
 def timed(cmd, cwd, rss_file: Path | None = None) -> float:

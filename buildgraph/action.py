@@ -52,6 +52,7 @@ entries, so a poisoned entry can never write outside an output directory.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import PurePosixPath
@@ -200,12 +201,17 @@ class MissingOutputs(BadResult):
         self.paths = tuple(paths)
 
 
+_NOT_CLEAN = frozenset(("", ".", ".."))
+
+
 def check_relpath(path) -> str:
-    """Return `path` if it is a clean relative path inside its root, else raise BadResult."""
+    """Return `path` if it is a clean relative path inside its root, else raise BadResult.
+    Clean: every /-separated part is a name, so none is empty (no leading, doubled or
+    trailing /), "." or "..". Split as strings: read for every output of every result
+    restored, and PurePosixPath took 20 µs a path."""
     if not isinstance(path, str) or not path or "\0" in path:
         raise BadResult(f"bad path {path!r}")
-    p = PurePosixPath(path)
-    if p.is_absolute() or ".." in p.parts or str(p) != path or path in (".",):
+    if not _NOT_CLEAN.isdisjoint(path.split("/")):
         raise BadResult(f"path {path!r} is absolute or leaves the output root")
     return path
 
@@ -303,8 +309,11 @@ def check_declared(outs, files, links) -> None:
                         " — add to 'outs' (a path ending in / declares a directory)")
 
 
+_DIGEST = re.compile(r"[0-9a-f]{32}")
+
+
 def _digest(value) -> str:
-    if not isinstance(value, str) or len(value) != 32 or any(c not in "0123456789abcdef" for c in value):
+    if not isinstance(value, str) or _DIGEST.fullmatch(value) is None:
         raise BadResult(f"bad digest {value!r}")
     return value
 

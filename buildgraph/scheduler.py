@@ -242,9 +242,13 @@ class Scheduler:
                 if not running and not lookups and (stopping or (not ready and not to_run)):
                     break
                 try:                                                           # 4. wait
-                    event = events.get(timeout=0.05 if to_run else None)
+                    event = events.get_nowait()
                 except queue.Empty:
-                    continue
+                    self.reporter.idle()
+                    try:
+                        event = events.get(timeout=0.05 if to_run else None)
+                    except queue.Empty:
+                        continue
                 if event[0] == "lookup":
                     _, name, action, result = event
                     lookups -= 1

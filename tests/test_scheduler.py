@@ -228,3 +228,29 @@ def test_weight_is_admission_and_the_heavy_nodes_make_gets_the_slots(ws, capsys)
     assert st["heavy"] == "ran", st["_out"]
     spans = [tuple(map(int, p.read_text().split())) for p in (ws.out("heavy") / "spans").iterdir()]
     assert max_overlap(spans) == 2
+
+
+def test_a_restored_nodes_line_is_in_the_log_while_an_action_still_runs(ws, capsys):
+    """Restored nodes' lines are buffered (a few writes a second, not one per node), but a
+    log followed live (CI, `| tee`) shows them before the build waits on a running action."""
+    ws.write("BUILD.yaml", """\
+        targets:
+          quick: {kind: script, outs: [q], cmds: ["echo q > $OUT/q"]}
+          slow: {kind: script, outs: [s], cmds: ["sleep 60", "echo s > $OUT/s"]}
+        """)
+    assert ws.build("quick", capsys=capsys)["quick"] == "ran"
+    assert ws.run("clean", capsys=capsys)[0] == 0
+    proc = ws.spawn("build", "-j2", env={"PYTHONUNBUFFERED": ""})   # a pipe, buffered: the plain reporter
+    try:
+        fd = proc.stdout.fileno()
+        os.set_blocking(fd, False)
+        seen, deadline = "", time.time() + 20
+        while "cached quick" not in seen and time.time() < deadline and proc.poll() is None:
+            try:
+                seen += os.read(fd, 65536).decode()
+            except BlockingIOError:
+                time.sleep(0.05)
+        assert "cached quick" in seen and proc.poll() is None, seen
+    finally:
+        proc.kill()
+        proc.communicate()

@@ -643,3 +643,28 @@ def test_an_unwritable_cache_or_workspace_is_an_error_naming_it(ws, capsys):
             assert "Permission denied" in proc.stderr and base in proc.stderr
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_result_path_is_accepted_exactly_when_it_is_a_clean_relative_path():
+    """check_relpath splits strings; the definition it keeps is PurePosixPath's: not absolute,
+    no "..", and written as PurePosixPath would write it (so no "//", "./", trailing "/")."""
+    from pathlib import PurePosixPath
+
+    from buildgraph.action import BadResult, check_relpath
+
+    def clean(path) -> bool:
+        if not isinstance(path, str) or not path or "\0" in path:
+            return False
+        p = PurePosixPath(path)
+        return not p.is_absolute() and ".." not in p.parts and str(p) == path and path != "."
+
+    def accepted(path) -> bool:
+        try:
+            return check_relpath(path) == path
+        except BadResult:
+            return False
+    paths = ["a", "a/b", "a/b/c.txt", ".hidden", "a/.b", "...", "..a", "a..", "a b/c", "a//b", "/a", "//a",
+             "///a", "a/", "a/b/", "./a", "a/.", "a/./b", ".", "..", "../a", "a/..", "a/../b", "", "a\0b",
+             None, 3, b"a", ["a"]]
+    assert [p for p in paths if accepted(p) != clean(p)] == []
+    assert sum(map(accepted, paths)) == 9
