@@ -181,7 +181,7 @@ class Worker:
                             deps=tuple((d, "") for d in sorted(dep_results)), features=(),
                             outs=tuple(spec["outs"]), jobserver=spec["jobserver"],
                             source=("remote",) if spec["has_source"] else None, source_fetch=source_fetch)
-            jobserver = Jobserver(self.slots)
+            jobserver = Jobserver(self.slots, self.store.tmp)
             # The client's key names its sandbox mode: run in that one. Where it is not possible here,
             # the action fails rather than sharing a result made another way.
             sandbox = Sandbox(self.store, spec.get("sandbox") or detect_mode(), jobserver)
