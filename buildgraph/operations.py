@@ -8,6 +8,7 @@ Ctrl-C, so every finished node stays recorded.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -59,9 +60,17 @@ class Session:
         if write:
             self.state_dir.lock(notify)
         try:
-            self.state = self.state_dir.load()
-            config_before = self.state.config
-            self.ws, self.graph = load_configured(self.root, self.state)
+            # What is loaded or parsed here lives to the end of the build: the collector is off
+            # while it is made and then leaves it out of every collection (gc.freeze). At 10,000
+            # targets, collecting it as it was parsed took 2 s of a 6 s build.
+            gc.disable()
+            try:
+                self.state = self.state_dir.load()
+                config_before = self.state.config
+                self.ws, self.graph = load_configured(self.root, self.state)
+            finally:
+                gc.enable()
+                gc.freeze()
             self.dirty = self.state.config is not config_before
             cache_dir = opts.cache_dir or default_cache_dir()
             self.store = LocalStore(cache_dir, DEFAULT_MAX_BYTES if opts.cache_max_bytes is None
@@ -74,6 +83,7 @@ class Session:
             self.engine.requested_sandbox = opts.sandbox
             self.engine.resolver.fetch = opts.fetch_toolchains
         except BaseException:
+            gc.unfreeze()
             self.state_dir.unlock()
             raise
 
@@ -98,6 +108,7 @@ class Session:
         finally:
             self.store.close()
             self.state_dir.close()
+            gc.unfreeze()   # a process that goes on (tests, tools) collects them again
 
     def __enter__(self):
         return self
