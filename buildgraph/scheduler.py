@@ -241,14 +241,11 @@ class Scheduler:
                     continue
                 if not running and not lookups and (stopping or (not ready and not to_run)):
                     break
+                self.reporter.idle()   # nothing printed waits while the build does
                 try:                                                           # 4. wait
-                    event = events.get_nowait()
+                    event = events.get(timeout=0.05 if to_run else None)
                 except queue.Empty:
-                    self.reporter.idle()
-                    try:
-                        event = events.get(timeout=0.05 if to_run else None)
-                    except queue.Empty:
-                        continue
+                    continue
                 if event[0] == "lookup":
                     _, name, action, result = event
                     lookups -= 1

@@ -203,12 +203,13 @@ def test_maven_jars_signed_deployed_once_resolved_and_loaded_from_java(ws, capsy
     from servers import NginxServer
 
     repo = NginxServer(tmp_path / "maven", basic_auth=(USER, PASSWORD))
+    # The publish's keyring goes in here. Not under tmp_path: gpg-agent's socket path must be short.
+    short_tmp = tempfile.mkdtemp(prefix="bg-test-")
     try:
         make(ws)
         assert ws.build(capsys=capsys)["_rc"] == 0
         secret, verify_home = throwaway_key(tmp_path)
-        # The publish's keyring goes in here. Not under tmp_path: gpg-agent's socket path must be short.
-        monkeypatch.setattr(tempfile, "tempdir", tempfile.mkdtemp(prefix="bg-test-"))
+        monkeypatch.setattr(tempfile, "tempdir", short_tmp)
         monkeypatch.setenv("BUILDGRAPH_GPG_KEY", secret)
         monkeypatch.setenv("MAVEN_USERNAME", USER)
         monkeypatch.setenv("MAVEN_PASSWORD", PASSWORD)
@@ -272,8 +273,8 @@ def test_maven_jars_signed_deployed_once_resolved_and_loaded_from_java(ws, capsy
         for root in (ws.root, ws.cache):
             assert files_containing(root, PASSWORD.encode()) == []
         # No publish left a gpg-agent running for its keyring (made in its temporary directory).
-        assert not gpg_agents(tempfile.tempdir)
+        assert not gpg_agents(short_tmp)
     finally:
         repo.stop()
         subprocess.run(["gpgconf", "--homedir", str(tmp_path / "gnupg-verify"), "--kill", "all"])
-        shutil.rmtree(tempfile.tempdir, ignore_errors=True)
+        shutil.rmtree(short_tmp, ignore_errors=True)
