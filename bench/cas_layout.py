@@ -1,6 +1,6 @@
 """Should CAS blobs live inside diskcache or in a sharded directory of files?
 
-    python bench/cas_layout.py
+    python bench/cas_layout.py        (needs the `bench` extra: diskcache)
 
 Measures, for several blob sizes, the two operations a build does with blobs:
 ingest (an action's output file enters the store) and restore (the blob appears
@@ -21,7 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import diskcache  # noqa: E402
+try:
+    import diskcache
+except ImportError:
+    sys.exit("bench/cas_layout.py needs diskcache: pip install 'buildgraph[bench]'")
 
 from buildgraph.digest import file_digest  # noqa: E402
 from buildgraph.store.local import LocalStore  # noqa: E402

@@ -2,8 +2,9 @@
 
 Nothing here is removed by `clean`, which is one workspace's business. Parts, as they
 lie in CACHE_DIR (store/local.py has the store's own layout):
-  results     ac/, cas/, sha256/, compile-cache/, failed/, quarantine/, tmp/, sandbox/:
-              what builds produced; any of it is rebuilt on demand
+  results     index.sqlite, cas/, compile-cache/, failed/, quarantine/, tmp/, sandbox/
+              (and earlier versions' ac/ and sha256/): what builds produced; any of it
+              is rebuilt on demand
   downloads   toolchains/ (the default toolchain store) and sources/ (upstream trees):
               fetched once, large, slow to fetch again; removed only with --all
 The cache lock is held exclusively throughout (never under a running build), and the
@@ -16,9 +17,10 @@ import os
 from pathlib import Path
 
 from buildgraph.fsutil import force_remove
-from buildgraph.store.local import LocalStore
+from buildgraph.store.local import INDEX, LEGACY, LocalStore
 
-RESULTS = ("ac", "cas", "sha256", "compile-cache", "failed", "quarantine", "tmp", "sandbox")
+RESULTS = (INDEX, f"{INDEX}-wal", f"{INDEX}-shm", "cas", "compile-cache", "failed", "quarantine", "tmp", "sandbox",
+           *LEGACY)
 DOWNLOADS = ("toolchains", "sources")
 _KEEP = ("lock",)
 
@@ -42,7 +44,8 @@ def tree_size(path: Path) -> tuple[int, int]:
 
 def clean(cache_dir: Path, everything: bool) -> list[tuple[str, int, int]]:
     """Remove the results (and with `everything`, all else but the lock) of `cache_dir`;
-    returns (name, files, bytes) of each part removed. StoreError while a build runs."""
+    returns (name, files, bytes) of each part removed, a directory's name ending in "/".
+    StoreError while a build runs."""
     store = LocalStore(cache_dir)
     removed = []
     with store.exclusive("cache clean"):
@@ -52,8 +55,9 @@ def clean(cache_dir: Path, everything: bool) -> list[tuple[str, int, int]]:
             if name in _KEEP:
                 continue
             path = cache_dir / name
-            files, size = tree_size(path) if path.is_dir() and not path.is_symlink() else (1, path.lstat().st_size)
+            tree = path.is_dir() and not path.is_symlink()
+            files, size = tree_size(path) if tree else (1, path.lstat().st_size)
             force_remove(path)
             if files:   # not the empty tmp/ and sandbox/ every store keeps
-                removed.append((name, files, size))
+                removed.append((f"{name}/" if tree else name, files, size))
     return removed

@@ -669,7 +669,7 @@ def _cache_clean(args) -> int:
         return EXIT_OK
     removed = clean(cache, args.all)
     for name, files, size in removed:
-        print(f"  removed {name}/: {files} files, {size / 1e6:.1f} MB")
+        print(f"  removed {name}: {files} files, {size / 1e6:.1f} MB")
     total = sum(size for _, _, size in removed)
     print(f"cache {cache}: removed {total / 1e6:.1f} MB"
           + ("" if args.all else f" of build results; kept {', '.join(d + '/' for d in DOWNLOADS)} (--all removes them)"))

@@ -31,7 +31,6 @@ the mirrors as sha256/<sha256>, like every source; see sources.py).
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shlex
@@ -257,6 +256,8 @@ def _tool_paths(tc: Toolchain, tmp: Path, host_files: list[str]) -> dict[str, st
 def _apply_patches(tc: Toolchain, tmp: Path) -> None:
     """Apply `patches` to the installed files, in order; the spec holds each one's sha256,
     so the entry is named by what was applied (a changed patch is a new entry)."""
+    import hashlib
+
     for rel, sha256 in tc.patches:
         path = Path(tc.patch_dir) / rel
         try:

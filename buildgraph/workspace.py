@@ -17,7 +17,6 @@ toolchains/NAME.yaml: one TOOLCHAIN.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -703,6 +702,8 @@ def _parse_toolchain(data, file: str, stem: str, directory: Path | None = None) 
 
 def _toolchain_patches(f: _Fields, data, directory: Path | None) -> tuple[tuple[str, str], ...]:
     """(path, sha256) of each patch file, relative to the toolchain file's directory."""
+    import hashlib   # here: loading OpenSSL costs every build ~3 ms, and few toolchains have patches
+
     out = []
     for i, rel in enumerate(f.str_list("patches")):
         _check_relpath(rel, f, "patches")

@@ -83,6 +83,7 @@ def test_cache_stats_and_clean(ws, capsys):
     (ws.cache / "sources" / "tree").write_bytes(b"x" * 1000)
     rc, out, _ = ws.run("cache", "clean", capsys=capsys)
     assert rc == 0 and "removed cas/: " in out and "kept toolchains/, sources/" in out
+    assert "removed index.sqlite: 1 files" in out   # a file: no slash
     assert not (ws.cache / "cas").exists() and (ws.cache / "sources" / "tree").exists()
     rc, out, _ = ws.run("cache", "clean", "--all", capsys=capsys)
     assert rc == 0 and "removed sources/: 1 files, 0.0 MB" in out

@@ -41,8 +41,8 @@ def test_poisoned_result_is_rejected_and_rebuilt(ws, capsys):
     key = _keys(ws)["a"]
     ws.run("clean", capsys=capsys)
     store = LocalStore(ws.cache)
-    data, used = store.ac.get(key)
-    store.ac.set(key, (data.replace(b'"a"', b'"../../evil"'), used))
+    data, used = store.index.get(key)
+    store.index.set(key, data.replace(b'"a"', b'"../../evil"'), used)
     store.close()
     statuses = ws.build(capsys=capsys)
     assert statuses["a"] == "ran"
@@ -56,7 +56,7 @@ def test_garbage_entry_and_missing_blob_are_misses(ws, capsys):
     keys = _keys(ws)
     ws.run("clean", capsys=capsys)
     store = LocalStore(ws.cache)
-    store.ac.set(keys["a"], (b"{not json", time.time()))
+    store.index.set(keys["a"], b"{not json", time.time())
     for shard in (ws.cache / "cas").iterdir():   # remove b's output blob ("hello\nhello\n")
         for blob in shard.iterdir():
             if blob.read_bytes() == b"hello\nhello\n":
@@ -76,14 +76,14 @@ def test_gc_evicts_least_recently_used(ws, capsys):
     ws.build("old", capsys=capsys)
     store = LocalStore(ws.cache)
     key_old = _keys(ws)["old"]
-    data, _ = store.ac.get(key_old)
-    store.ac.set(key_old, (data, time.time() - 86400))  # used a day ago
+    data, _ = store.index.get(key_old)
+    store.index.set(key_old, data, time.time() - 86400)  # used a day ago
     store.close()
     ws.build("new", capsys=capsys)
     rc, out, _ = ws.run("cache", "gc", "--max-size", "400K", capsys=capsys)
     assert rc == 0 and "evicted 1 action results" in out
     store = LocalStore(ws.cache)
-    assert store.ac.get(key_old) is None
+    assert store.index.get(key_old) is None
     assert store.get_result(_keys(ws)["new"]) is not None
     store.close()
     rc, out, _ = ws.run("cache", "stats", capsys=capsys)
@@ -178,13 +178,29 @@ def test_a_restore_refreshes_last_used_times_in_one_transaction(ws, capsys):
     keys = _keys(ws)
     store = LocalStore(ws.cache)
     for key in keys.values():
-        data, _ = store.ac.get(key)
-        store.ac.set(key, (data, time.time() - 86400))
+        data, _ = store.index.get(key)
+        store.index.set(key, data, time.time() - 86400)
     store.begin_batch()
     assert all(store.get_result(key) is not None for key in keys.values())
     reader = LocalStore(ws.cache)   # another process's view of the action cache
-    assert all(reader.ac.get(key)[1] < time.time() - 3600 for key in keys.values())   # not yet written
+    assert all(reader.index.get(key)[1] < time.time() - 3600 for key in keys.values())   # not yet written
     store.commit()
-    assert all(reader.ac.get(key)[1] > time.time() - 60 for key in keys.values())
+    assert all(reader.index.get(key)[1] > time.time() - 60 for key in keys.values())
     reader.close()
     store.close()
+
+
+def test_earlier_versions_diskcache_directories_go_with_the_first_exclusive_lock(ws, capsys):
+    """Results moved from diskcache (ac/, sha256/) to index.sqlite: the old directories are
+    never read, and the first build alone on the cache removes them, as it does tmp/."""
+    setup_two(ws)
+    for name in ("ac", "sha256"):
+        (ws.cache / name).mkdir(parents=True)
+        (ws.cache / name / "cache.db").write_bytes(b"SQLite format 3\0 left by an earlier version")
+    statuses = ws.build(capsys=capsys)
+    assert (statuses["a"], statuses["b"]) == ("ran", "ran")
+    assert not (ws.cache / "ac").exists() and not (ws.cache / "sha256").exists()
+    assert (ws.cache / "index.sqlite").is_file()
+    ws.run("clean", capsys=capsys)
+    statuses = ws.build(capsys=capsys)
+    assert (statuses["a"], statuses["b"]) == ("cached", "cached")

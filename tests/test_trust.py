@@ -133,7 +133,7 @@ def test_dependents_are_staged_only_with_the_outputs_their_key_names(ws, capsys)
     ws.build(capsys=capsys)
     mine = (ws.out("t") / "t").read_text()
     store = LocalStore(ws.cache)
-    store.ac.delete(keys(ws)["t"])                 # as gc would
+    store.index.delete(keys(ws)["t"])                 # as gc would
     store.close()
     other = sibling(ws)
     shutil.copy(ws.root / "u.txt", other.root)
@@ -370,10 +370,10 @@ def _poison(ws, files, links):
     ws.run("build")
     key = keys(ws)["a"]
     store = LocalStore(ws.cache)
-    blob = json.loads(store.ac.get(key)[0])["files"][0][1]
+    blob = json.loads(store.index.get(key)[0])["files"][0][1]
     data = {"v": 1, "files": [[f, blob, 6, False] for f in files], "symlinks": links, "stdout": None,
             "stderr": None, "exit_code": 0, "duration": 0}
-    store.ac.set(key, (json.dumps(data).encode(), time.time()))
+    store.index.set(key, json.dumps(data).encode(), time.time())
     store.close()
     ws.run("clean")
 

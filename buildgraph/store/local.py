@@ -5,10 +5,9 @@ Layout of the cache directory (design note)
   cas/<d[:2]>/<d>     a blob, named by its xxh3-128 digest, mode 0444
   cas/<d[:2]>/<d>.x   the same content as an executable, mode 0555 (hardlinks share
                       modes, so a blob wanted both ways is stored twice)
-  ac/                 diskcache: action key -> (ActionResult JSON, last-used time);
-                      also the counter "cas-bytes" (approximate CAS size)
-  sha256/             diskcache: SHA-256 <-> xxh3 of blobs that crossed the remote
-                      boundary, so a blob is hashed with SHA-256 at most once
+  index.sqlite        action key -> (ActionResult JSON, last-used time); the counter
+                      "cas-bytes" (approximate CAS size); SHA-256 <-> xxh3 of blobs that
+                      crossed the remote boundary (store/index.py)
   tmp/                blobs being written; they appear in cas/ by link(2), atomically
   sandbox/            action sandboxes: on the same filesystem, so outputs enter the
                       CAS by rename, without copying
@@ -17,7 +16,7 @@ Layout of the cache directory (design note)
                       inspection until the node fails again or `cache gc`
   lock                flock: builds hold it shared, gc, repair and clean exclusive
 
-Why blobs are files in a sharded directory and not diskcache values: outputs move
+Why blobs are files in a sharded directory and not values in a database: outputs move
 in by rename (no copy); diskcache would copy every blob once on the way in and hand
 back paths it may delete under us. Measured in bench/cas_layout.py (README).
 
@@ -55,10 +54,13 @@ from buildgraph.action import ActionResult, BadResult, OutputFile, OutputSymlink
 from buildgraph.digest import bytes_digest, copy_hashed, file_digest, file_digests
 from buildgraph.errors import StoreError
 from buildgraph.fsutil import copy_new, force_remove, link_or_copy, walk_tree
+from buildgraph.store.index import StoreIndex
 
 DEFAULT_MAX_BYTES = 10 * 1024 ** 3
 _USED_RESOLUTION = 3600.0  # refresh an entry's last-used time at most hourly
 _BATCH_SECONDS = 1.0       # how long a new action cache entry may wait for its commit
+INDEX = "index.sqlite"
+LEGACY = ("ac", "sha256")  # the diskcache directories of earlier versions: removed by the next exclusive lock
 
 
 @dataclass
@@ -82,25 +84,22 @@ class LocalStore:
                 d.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot use cache directory {self.root}: {exc}") from None
-        self._ac = None
-        self._sha = None
+        self._index = None
         self._lock_fd: int | None = None
         self._lock = threading.Lock()
         self._bytes_counted = 0
         self.counters = StoreCounters()
         self._batch: dict | None = None   # key -> AC value not yet committed (see begin_batch)
         self._batch_since = 0.0
-        self._touched: dict = {}   # key -> AC value with a new last-used time, written at `commit`
+        self._touched: dict = {}   # key -> its new last-used time, written at `commit`
 
     # ------------------------------------------------------------ locking
 
     @property
-    def ac(self):
-        if self._ac is None:
-            import diskcache
-            self._ac = diskcache.Cache(str(self.root / "ac"), eviction_policy="none",
-                                       size_limit=2 ** 62, timeout=60)
-        return self._ac
+    def index(self) -> StoreIndex:
+        if self._index is None:
+            self._index = StoreIndex(str(self.root / INDEX))
+        return self._index
 
     def open_for_build(self) -> None:
         """Take the shared build lock; clean leftovers if no one else is using the store."""
@@ -119,15 +118,16 @@ class LocalStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-        for cache in (self._ac, self._sha):
-            if cache is not None:
-                cache.close()
-        self._ac = self._sha = None
+        if self._index is not None:
+            self._index.close()
+            self._index = None
 
     def _clean_leftovers(self) -> None:
         for d in (self.tmp, self.sandboxes):
             for entry in os.scandir(d):
                 force_remove(entry.path)
+        for name in LEGACY:
+            force_remove(str(self.root / name))
 
     def remove_failed(self) -> int:
         """Remove the sandboxes kept from failed actions; returns how many there were."""
@@ -186,22 +186,14 @@ class LocalStore:
         """A fresh path in tmp/, on the CAS's filesystem (ingest moves it in without copying)."""
         return self._tmp_name()
 
-    @property
-    def sha_index(self):
-        if self._sha is None:
-            import diskcache
-            self._sha = diskcache.Cache(str(self.root / "sha256"), timeout=60)
-        return self._sha
-
     def remember_sha256(self, digest: str, sha256: str) -> None:
-        self.sha_index.set(f"x{digest}", sha256)
-        self.sha_index.set(f"s{sha256}", digest)
+        self.index.remember_sha256(digest, sha256)
 
     def sha256_for(self, digest: str) -> str | None:
-        return self.sha_index.get(f"x{digest}")
+        return self.index.sha256_for(digest)
 
     def xxh3_for_sha256(self, sha256: str) -> str | None:
-        return self.sha_index.get(f"s{sha256}")
+        return self.index.xxh3_for(sha256)
 
     def verified_sha256(self, digest: str, executable: bool) -> str:
         """The SHA-256 of a blob, read now and checked against its name: what leaves the
@@ -296,7 +288,7 @@ class LocalStore:
         counters = self.counters if count else StoreCounters()
         pending = self._batch
         raw = pending.get(key) if pending else None
-        raw = raw or self.ac.get(key)
+        raw = raw or self.index.get(key)
         if raw is None:
             counters.misses += 1
             return None
@@ -304,20 +296,20 @@ class LocalStore:
             data, used = raw
             result = parse_result(data)
         except (BadResult, TypeError, ValueError):
-            self.ac.delete(key)
+            self.index.delete(key)
             self.counters.rejected += 1
             counters.misses += 1
             return None
         if not all(self.has_blob(f.digest, f.executable) for f in result.files):
-            self.ac.delete(key)  # a blob vanished (gc, manual deletion): not a hit
+            self.index.delete(key)  # a blob vanished (gc, manual deletion): not a hit
             counters.misses += 1
             return None
         if time.time() - used > _USED_RESOLUTION:
             if self._batch is None:
-                self.ac.set(key, (data, time.time()))
+                self.index.touch(key, time.time())
             else:   # with the batch: a restore of 10,000 day-old entries is one transaction
                 with self._lock:
-                    self._touched[key] = (data, time.time())
+                    self._touched[key] = time.time()
         counters.hits += 1
         return result
 
@@ -337,19 +329,19 @@ class LocalStore:
                 self._batch[key] = value
             self.commit(due=_BATCH_SECONDS)
             return result
-        if self.ac.add(key, value):
+        if self.index.add(key, *value):
             return result
         existing = self.get_result(key, count=False)   # drops an entry that is no longer valid
         if existing is not None:
             return existing
-        self.ac.set(key, value)
+        self.index.set(key, *value)
         return result
 
     def drop_result(self, key: str) -> None:
         """Forget the entry for `key` (it could not be materialized)."""
         if self._batch:
             self._batch.pop(key, None)
-        self.ac.delete(key)
+        self.index.delete(key)
 
     def begin_batch(self) -> None:
         """Until `commit`: blobs enter the CAS without an fsync each, and new action cache
@@ -371,12 +363,11 @@ class LocalStore:
             pending, touched, self._batch, self._touched, self._batch_since = self._batch, self._touched, {}, {}, 0.0
         if pending:
             _syncfs(str(self.root))
-        with self.ac.transact():
+        with self.index.transaction():
             for key, value in pending.items():
-                self.ac.add(key, value)   # another build's result first: theirs stays (write-once)
-            for key, value in touched.items():
-                if key in self.ac:   # not dropped meanwhile
-                    self.ac.set(key, value)
+                self.index.add(key, *value)   # another build's result first: theirs stays (write-once)
+            for key, used in touched.items():
+                self.index.touch(key, used)   # if not dropped meanwhile
 
     # ------------------------------------------------------------ stats and gc
 
@@ -391,7 +382,7 @@ class LocalStore:
 
     def stats(self) -> dict:
         blobs, size = self.blob_usage()
-        entries = sum(1 for k in self.ac.iterkeys() if k != "cas-bytes")
+        entries = len(self.index)
         return {"directory": str(self.root), "action_entries": entries, "blobs": blobs,
                 "bytes": size, "max_bytes": self.max_bytes}
 
@@ -399,12 +390,12 @@ class LocalStore:
         """Add the bytes this process stored to the shared counter (one sqlite write per build)."""
         new = self.counters.bytes_in - self._bytes_counted
         if new:
-            self.ac.incr("cas-bytes", new)
+            self.index.add_to_counter("cas-bytes", new)
             self._bytes_counted += new
 
     def over_limit(self) -> bool:
         self._count_bytes()
-        return (self.ac.get("cas-bytes") or 0) > self.max_bytes
+        return self.index.counter("cas-bytes") > self.max_bytes
 
     def gc(self, max_bytes: int | None = None) -> dict:
         """Evict least-recently-used results until the CAS fits `max_bytes`.
@@ -443,14 +434,14 @@ class LocalStore:
             for used, key, names in sorted(entries):
                 if total <= limit:
                     break
-                self.ac.delete(key)
+                self.index.delete(key)
                 evicted += 1
                 for n in names:
                     refs[n] -= 1
                     if refs[n] == 0 and n in sizes:
                         total -= sizes[n][1]
                         drop(n)
-            self.ac.set("cas-bytes", total)
+            self.index.set_counter("cas-bytes", total)
             return {"evicted_entries": evicted, "removed_blobs": removed_blobs,
                     "removed_bytes": removed_bytes, "bytes": total, "max_bytes": limit}
 
@@ -488,29 +479,26 @@ class LocalStore:
                 if reason:
                     bad_entries.append((key, reason))
                     if repair:
-                        self.ac.delete(key)
+                        self.index.delete(key)
             if repair:
                 for name in damaged:
-                    sha = self.sha256_for(name.removesuffix(".x"))
-                    if sha is not None:
-                        self.sha_index.delete(f"x{name.removesuffix('.x')}")
-                        self.sha_index.delete(f"s{sha}")
+                    self.index.forget_sha256(name.removesuffix(".x"))
             return {"blobs": checked, "damaged": sorted(damaged), "entries": bad_entries}
 
     def _entries(self, drop_invalid: bool, report: list | None = None):
         """(key, last used, result) of every valid AC entry; invalid ones are dropped
         (`drop_invalid`) and/or listed in `report` as (key, reason)."""
-        for key in list(self.ac.iterkeys()):
-            if key == "cas-bytes":
+        for key in self.index.keys():
+            raw = self.index.get(key)
+            if raw is None:   # dropped meanwhile
                 continue
-            raw = self.ac.get(key)
             try:
                 result = parse_result(raw[0])
             except (BadResult, TypeError, ValueError) as exc:
                 if report is not None:
                     report.append((key, f"invalid ({exc})"))
                 if drop_invalid:
-                    self.ac.delete(key)
+                    self.index.delete(key)
                 continue
             yield key, raw[1], result
 
