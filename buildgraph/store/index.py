@@ -16,7 +16,7 @@ Our own schema rather than diskcache's (which held these in ac/ and sha256/ befo
 lookup is one indexed SELECT of two columns, 5.0 µs against diskcache's 9.1-9.8 µs (its
 values are pickled, its rows carry expiry and tag columns); opening takes 0.3 ms against
 1.4-2.3 ms, and importing diskcache cost every build ~5 ms more than sqlite3 alone
-(10,000 entries of a real cache; README, "Performance").
+(10,000 entries of a real cache; README, "Benchmarks").
 """
 
 from __future__ import annotations
