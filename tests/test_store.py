@@ -204,3 +204,25 @@ def test_earlier_versions_diskcache_directories_go_with_the_first_exclusive_lock
     ws.run("clean", capsys=capsys)
     statuses = ws.build(capsys=capsys)
     assert (statuses["a"], statuses["b"]) == ("cached", "cached")
+
+
+def test_the_index_is_write_once_by_add_and_survives_reopening(tmp_path):
+    from buildgraph.store.index import StoreIndex
+
+    path = str(tmp_path / "index.sqlite")
+    index = StoreIndex(path)
+    assert index.add("k", b"first", 1.0) and not index.add("k", b"second", 2.0)
+    index.touch("k", 5.0)
+    index.touch("gone", 5.0)   # an entry dropped meanwhile stays dropped
+    index.add_to_counter("cas-bytes", 10)
+    index.add_to_counter("cas-bytes", 5)
+    index.remember_sha256("x" * 32, "s" * 64)
+    index.close()
+    index = StoreIndex(path)   # another process's open of the same file
+    assert index.get("k") == (b"first", 5.0) and index.get("gone") is None
+    assert index.rows() == [("k", b"first", 5.0)] and len(index) == 1
+    assert index.counter("cas-bytes") == 15 and index.counter("other") == 0
+    assert index.sha256_for("x" * 32) == "s" * 64 and index.xxh3_for("s" * 64) == "x" * 32
+    index.forget_sha256("x" * 32)
+    assert index.xxh3_for("s" * 64) is None
+    index.close()

@@ -25,6 +25,7 @@ import sqlite3
 import threading
 from contextlib import contextmanager
 
+SCHEMA_VERSION = 1   # PRAGMA user_version: 0 is a new file
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, result BLOB NOT NULL, used REAL NOT NULL)",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
@@ -37,13 +38,13 @@ class StoreIndex:
     def __init__(self, path: str):
         db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
         try:
-            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA journal_mode=WAL")   # kept in the file: a no-op after the first
             db.execute("PRAGMA synchronous=NORMAL")
-            if db.execute("SELECT count(*) FROM sqlite_master WHERE name = 'sha256_by_sha256'").fetchone()[0] == 0:
-                with _transaction(db):
+            if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                with _transaction(db):   # IF NOT EXISTS: another process may have made it first
                     for statement in SCHEMA:
                         db.execute(statement)
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:
             db.close()
             raise
@@ -88,12 +89,10 @@ class StoreIndex:
     def delete(self, key: str) -> None:
         self._do("DELETE FROM results WHERE key = ?", (key,))
 
-    def __contains__(self, key: str) -> bool:
-        return self._one("SELECT 1 FROM results WHERE key = ?", (key,)) is not None
-
-    def keys(self) -> list[str]:
+    def rows(self) -> list[tuple[str, bytes, float]]:
+        """(key, result JSON, last-used time) of every entry, as they are now (gc, verify)."""
         with self._lock:
-            return [k for (k,) in self._db.execute("SELECT key FROM results")]
+            return self._db.execute("SELECT key, result, used FROM results").fetchall()
 
     def __len__(self) -> int:
         return self._one("SELECT count(*) FROM results", ())[0]

@@ -488,19 +488,16 @@ class LocalStore:
     def _entries(self, drop_invalid: bool, report: list | None = None):
         """(key, last used, result) of every valid AC entry; invalid ones are dropped
         (`drop_invalid`) and/or listed in `report` as (key, reason)."""
-        for key in self.index.keys():
-            raw = self.index.get(key)
-            if raw is None:   # dropped meanwhile
-                continue
+        for key, data, used in self.index.rows():
             try:
-                result = parse_result(raw[0])
+                result = parse_result(data)
             except (BadResult, TypeError, ValueError) as exc:
                 if report is not None:
                     report.append((key, f"invalid ({exc})"))
                 if drop_invalid:
                     self.index.delete(key)
                 continue
-            yield key, raw[1], result
+            yield key, used, result
 
     @contextmanager
     def exclusive(self, what: str):
