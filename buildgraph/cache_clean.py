@@ -2,7 +2,7 @@
 
 Nothing here is removed by `clean`, which is one workspace's business. Parts, as they
 lie in CACHE_DIR (store/local.py has the store's own layout):
-  results     index.sqlite, cas/, compile-cache/, failed/, quarantine/, tmp/, sandbox/
+  results     index.sqlite, cas/, compile-cache/, failed/, quarantine/, tmp/, sandbox/, etc/
               (and earlier versions' ac/ and sha256/): what builds produced; any of it
               is rebuilt on demand
   downloads   toolchains/ (the default toolchain store) and sources/ (upstream trees):
@@ -20,7 +20,7 @@ from buildgraph.fsutil import force_remove
 from buildgraph.store.local import INDEX, LEGACY, LocalStore
 
 RESULTS = (INDEX, f"{INDEX}-wal", f"{INDEX}-shm", "cas", "compile-cache", "failed", "quarantine", "tmp", "sandbox",
-           *LEGACY)
+           "etc", *LEGACY)
 DOWNLOADS = ("toolchains", "sources")
 _KEEP = ("lock",)
 

@@ -45,6 +45,7 @@ from buildgraph.digest import copy_hashed, file_digest, stat_signature
 from buildgraph.fsutil import empty_for_reuse, force_remove, walk_tree, write_atomic
 from buildgraph.store.local import LocalStore
 from buildgraph.sources import SourceError
+from buildgraph import sandbox_etc
 from buildgraph.signatures import KEYED_ETC, sandbox_facts
 from buildgraph.toolstore import SANDBOX_TOOLCHAINS
 
@@ -53,12 +54,6 @@ SANDBOX_ROOT = "/sandbox"
 # archives, installed files) must not depend on who started the build.
 PINNED_UMASK = 0o022
 _BOUND_PREFIXES = ("/usr/", "/bin/", "/lib/", "/lib64/", "/sbin/")
-# What the sandbox shows of the host's /etc; every other file there is hidden. Those in
-# KEYED_ETC are in the host tools' digest; ld.so.cache is derived from the installed
-# libraries, which the package digests cover.
-VISIBLE_ETC = ("/etc/ld.so.cache",) + KEYED_ETC
-_PASSWD = "root:x:0:0:root:/sandbox/home:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
-_GROUP = "root:x:0:\nnogroup:x:65534:\n"
 
 
 def visible_host_files() -> list:
@@ -168,6 +163,7 @@ class Sandbox:
             ("src", "deps", "out", "work", "tmp", "home")
         self._subdir_mode: int | None = None   # as mkdir made them (the umask's)
         self._free_roots: list[str] = []        # emptied trees of finished actions (_give_back)
+        self._own_etc = False                   # _etc_dir made a copy for this build alone
         self.cancelled = False
 
     # ------------------------------------------------------------ public
@@ -332,27 +328,18 @@ class Sandbox:
             return path
 
     def _etc_dir(self) -> str:
-        """The sandbox's /etc: a passwd and group of our own (the host's users are not an input);
-        VISIBLE_ETC is bound over it. One per build."""
+        """The sandbox's /etc (sandbox_etc.py): one look at the host's files per build."""
         with self._lock:
             if "etc" not in self._tool_dirs:
-                path = f"{self.store.sandboxes}/etc-{os.getpid()}-{len(self._tool_dirs)}"
-                os.makedirs(path)
-                uid, gid = os.getuid(), os.getgid()
-                extra = f"build:x:{uid}:{gid}:build:/sandbox/home:/bin/sh\n" if uid else ""
-                with open(f"{path}/passwd", "w") as f:
-                    f.write(_PASSWD + extra)
-                with open(f"{path}/group", "w") as f:
-                    f.write(_GROUP + (f"build:x:{gid}:\n" if gid else ""))
-                for p in VISIBLE_ETC:   # mount points for the host files bound over this directory
-                    if os.path.isdir(p):
-                        os.mkdir(f"{path}/{os.path.basename(p)}")
-                    elif os.path.exists(p):
-                        open(f"{path}/{os.path.basename(p)}", "w").close()
+                path, own = sandbox_etc.etc_dir(str(self.store.etc), str(self.store.tmp))
                 self._tool_dirs["etc"] = path
+                self._own_etc = own
             return self._tool_dirs["etc"]
 
     def close(self) -> None:
+        etc = self._tool_dirs.pop("etc", None)
+        if etc is not None and self._own_etc:
+            force_remove(etc)
         for path in [*self._tool_dirs.values(), *self._free_roots]:
             force_remove(path)
         self._tool_dirs.clear()
@@ -475,9 +462,6 @@ class Sandbox:
                 argv += ["--ro-bind", f"{root}/source", f"{self.inner_root}/source"]
             if self.jobserver is not None and action.jobserver == "fifo" and not shell:
                 argv += ["--bind", self.jobserver.fifo, f"{self.inner_root}/.jobserver"]
-            for p in VISIBLE_ETC:
-                if os.path.exists(p):
-                    argv += ["--ro-bind", p, p]
             argv += ["--chdir", f"{self.inner_root}/work", "--"]
             return argv + script, self.inner_root
         if self.mode == "unshare":

@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,7 @@ def test_environment_is_scrubbed_and_pinned(ws, capsys, monkeypatch):
 
 @pytest.mark.skipif(detect_mode() != "bwrap", reason="an /etc of its own is bwrap's")
 def test_etc_holds_our_users_and_the_hosts_loader_configuration_only(ws, capsys):
-    from buildgraph.sandbox import VISIBLE_ETC
+    from buildgraph.sandbox_etc import VISIBLE_ETC
 
     first = sorted(os.listdir("/etc/alternatives"))[0]
     one(ws, ["ls -A /etc > $OUT/ls", "cat /etc/ld.so.cache > $OUT/cache",
@@ -342,3 +343,61 @@ def test_a_reused_sandbox_tree_holds_nothing_of_the_action_before(ws, capsys):
         assert seen[t]["work"] == seen[t]["out"] == "", (t, seen[t])
         assert seen[t]["modes"] == seen["litter"]["modes"], (t, seen[t])
     assert not any(ws.cache.joinpath("sandbox").iterdir())   # every tree removed at the end
+
+
+def _fake_host_etc(tmp_path, monkeypatch):
+    """A host /etc of our own for sandbox_etc to copy: a file, a directory of files and one of links."""
+    from buildgraph import sandbox_etc
+
+    host = tmp_path / "host"
+    (host / "ld.so.conf.d").mkdir(parents=True)
+    (host / "ld.so.conf.d" / "libc.conf").write_text("/usr/local/lib\n")
+    (host / "alternatives").mkdir()
+    os.symlink("/usr/bin/gcc-12", host / "alternatives" / "cc")
+    (host / "ld.so.cache").write_bytes(b"cache v1")
+    past = 1_600_000_000
+    for p in (host / "ld.so.conf.d" / "libc.conf", host / "ld.so.cache", host / "ld.so.conf.d", host / "alternatives"):
+        os.utime(p, (past, past))
+    time.sleep(0.15)   # older than the racy window (digest.is_racy), by ctime too
+    monkeypatch.setattr(sandbox_etc, "VISIBLE_ETC", tuple(str(host / n) for n in ("ld.so.cache", "ld.so.conf.d",
+                                                                                  "alternatives")))
+    return host
+
+
+def test_the_sandbox_etc_is_kept_until_a_host_file_changes_even_in_place(tmp_path, monkeypatch):
+    from buildgraph.sandbox_etc import etc_dir
+
+    host = _fake_host_etc(tmp_path, monkeypatch)
+    kept, tmp = tmp_path / "etc", tmp_path / "tmp"
+    tmp.mkdir()
+    first, own = etc_dir(str(kept), str(tmp))
+    assert not own and os.path.dirname(first) == str(kept)
+    assert sorted(os.listdir(first)) == ["alternatives", "group", "ld.so.cache", "ld.so.conf.d", "passwd"]
+    assert os.readlink(f"{first}/alternatives/cc") == "/usr/bin/gcc-12"
+    assert Path(f"{first}/ld.so.conf.d/libc.conf").read_text() == "/usr/local/lib\n"
+    assert etc_dir(str(kept), str(tmp)) == (first, False) and os.listdir(tmp) == []
+    # Appended to in place (its directory's mtime does not move): a new copy, with the new content.
+    with open(host / "ld.so.conf.d" / "libc.conf", "a") as f:
+        f.write("/opt/lib\n")
+    os.utime(host / "ld.so.conf.d" / "libc.conf", (1_600_000_100, 1_600_000_100))
+    time.sleep(0.15)
+    second, own = etc_dir(str(kept), str(tmp))
+    assert second != first and not own
+    assert Path(f"{second}/ld.so.conf.d/libc.conf").read_text() == "/usr/local/lib\n/opt/lib\n"
+    # A link changed just now may change again unseen: this build's own copy, not kept.
+    os.remove(host / "alternatives" / "cc")
+    os.symlink("/usr/bin/clang", host / "alternatives" / "cc")
+    third, own = etc_dir(str(kept), str(tmp))
+    assert own and os.path.dirname(third) == str(tmp) and os.readlink(f"{third}/alternatives/cc") == "/usr/bin/clang"
+    assert sorted(os.listdir(kept)) == sorted(os.path.basename(p) for p in (first, second))
+
+
+@pytest.mark.skipif(detect_mode() != "bwrap", reason="an /etc of its own is bwrap's")
+def test_builds_share_one_sandbox_etc_and_cache_gc_removes_it(ws, capsys):
+    one(ws, ["cat /etc/passwd > $OUT/o"], outs="[o]")
+    assert ws.build(capsys=capsys)["t"] == "ran"
+    kept = os.listdir(ws.cache / "etc")
+    one(ws, ["cat /etc/group > $OUT/o"], outs="[o]")
+    assert ws.build(capsys=capsys)["t"] == "ran"
+    assert os.listdir(ws.cache / "etc") == kept and len(kept) == 1
+    assert ws.run("cache", "gc", capsys=capsys)[0] == 0 and not (ws.cache / "etc").exists()

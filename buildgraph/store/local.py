@@ -11,6 +11,8 @@ Layout of the cache directory (design note)
   tmp/                blobs being written; they appear in cas/ by link(2), atomically
   sandbox/            action sandboxes: on the same filesystem, so outputs enter the
                       CAS by rename, without copying
+  etc/<name>/         the /etc bwrap sandboxes see, one per state of the host's files
+                      (sandbox_etc.py); `cache gc` removes them
   quarantine/         blobs found not to match their name (kept for inspection)
   failed/<node>/      the sandbox of a node's last failed action (work/, out/), kept for
                       inspection until the node fails again or `cache gc`
@@ -79,6 +81,7 @@ class LocalStore:
         self.cas = self.root / "cas"
         self.tmp = self.root / "tmp"
         self.sandboxes = self.root / "sandbox"
+        self.etc = self.root / "etc"   # made when a bwrap sandbox first needs one
         try:
             for d in (self.cas, self.tmp, self.sandboxes):
                 d.mkdir(parents=True, exist_ok=True)
@@ -407,6 +410,7 @@ class LocalStore:
         with self.exclusive("gc"):
             self._clean_leftovers()
             self.remove_failed()
+            force_remove(self.etc)   # copies of host files, made again when used
             entries = []
             refs: dict[str, int] = {}
             for key, used, result in self._entries(drop_invalid=True):

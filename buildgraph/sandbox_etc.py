@@ -1,0 +1,91 @@
+"""The /etc a bwrap sandbox sees: a passwd and group of our own (the host's users are not an
+input) and copies of the host files VISIBLE_ETC names (the loader's configuration and the
+alternatives links), in one directory bound at /etc.
+
+One directory instead of a bind per host file: each bind costs bwrap a mount and a
+re-read of mountinfo, ~0.25 ms of CPU per action each (bench/scale.py's floors). The
+directory is kept in the cache, as CACHE_DIR/etc/<name> (LocalStore.etc), and shared by builds: <name>
+is a digest of what it was copied from, by stat signature (device, inode, size, mtime,
+ctime of every file, link and directory copied), so a host change (ldconfig, an
+update-alternatives, an edited ld.so.conf.d file) makes a new one. A copy made while one
+of them is too young to trust (digest.is_racy) is this build's only, as the host may still
+be changing it. Built in tmp/, renamed into place whole: a killed build leaves no half
+copy under a name. `cache gc` removes them all; the next build copies again (~20 ms).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import time
+
+from buildgraph.digest import bytes_digest, is_racy, stat_signature
+from buildgraph.fsutil import force_remove
+from buildgraph.signatures import KEYED_ETC
+
+# What the sandbox shows of the host's /etc; every other file there is hidden. Those in
+# KEYED_ETC are in the host tools' digest; ld.so.cache is derived from the installed
+# libraries, which the package digests cover.
+VISIBLE_ETC = ("/etc/ld.so.cache",) + KEYED_ETC
+_PASSWD = "root:x:0:0:root:/sandbox/home:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+_GROUP = "root:x:0:\nnogroup:x:65534:\n"
+
+
+def users() -> tuple[str, str]:
+    """(passwd, group) of the sandbox: root, nobody, and the build's own user when not root."""
+    uid, gid = os.getuid(), os.getgid()
+    passwd = _PASSWD + (f"build:x:{uid}:{gid}:build:/sandbox/home:/bin/sh\n" if uid else "")
+    group = _GROUP + (f"build:x:{gid}:\n" if gid else "")
+    return passwd, group
+
+
+def etc_dir(kept_in: str, tmp_dir: str) -> tuple[str, bool]:
+    """A directory to bind at the sandbox's /etc, as the host's files are now: the kept one
+    when they have not changed since it was copied, else a new copy; and whether it is this
+    build's own, for it to remove when it ends."""
+    passwd, group = users()
+    seen, racy = _host_signature()
+    final = f"{kept_in}/{bytes_digest(repr((passwd, group, seen)).encode())}"
+    if not racy and os.path.isdir(final):
+        return final, False
+    tmp = f"{tmp_dir}/etc-{os.getpid()}-{time.monotonic_ns()}"
+    os.makedirs(tmp)
+    with open(f"{tmp}/passwd", "w") as f:
+        f.write(passwd)
+    with open(f"{tmp}/group", "w") as f:
+        f.write(group)
+    for path in VISIBLE_ETC:
+        dest = f"{tmp}/{os.path.basename(path)}"
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.copytree(path, dest, symlinks=True)
+        elif os.path.lexists(path):
+            shutil.copy2(path, dest, follow_symlinks=False)
+    if racy or _host_signature()[0] != seen:   # changing under us: good for this build only
+        return tmp, True
+    os.makedirs(kept_in, exist_ok=True)
+    try:
+        os.rename(tmp, final)
+    except OSError:   # another build put the same copy there first
+        force_remove(tmp)
+    return final, False
+
+
+def _host_signature() -> tuple[tuple, bool]:
+    """The stat signature of everything under VISIBLE_ETC, and whether any of it is racy."""
+    seen: list = []
+    now = time.time_ns()
+    racy = False
+    pending = list(VISIBLE_ETC)
+    while pending:
+        path = pending.pop()
+        try:
+            st = os.lstat(path)
+        except OSError:
+            seen.append((path, None))
+            continue
+        racy = racy or is_racy(st, now)
+        seen.append((path, st.st_mode, *stat_signature(st)))
+        if stat.S_ISDIR(st.st_mode):
+            pending.extend(sorted(os.path.join(path, n) for n in os.listdir(path)))
+    return tuple(seen), racy
