@@ -88,7 +88,9 @@ class Scheduler:
         to_run: list[tuple[float, str, Action]] = []
         same_key: dict[str, list[str]] = {}   # key queued or running -> nodes waiting for it
         events: queue.Queue = queue.Queue()
-        running: dict[str, threading.Thread] = {}
+        running: set[str] = set()   # nodes whose action a worker thread has
+        work_queue: queue.SimpleQueue = queue.SimpleQueue()
+        workers: list[threading.Thread] = []
         lookups = 0
         pool = None
         if engine.remote is not None:
@@ -134,6 +136,10 @@ class Scheduler:
             except Exception as exc:  # the tool broke, not the action: report it as a failure
                 outcome = RunOutcome(None, f"internal error: {exc!r}", "", 0.0)
             events.put(("ran", name, action, tokens, lane, outcome))
+
+        def serve() -> None:
+            while (job := work_queue.get()) is not None:
+                work(*job)
 
         def finish(name: str, action: Action, lane: int, outcome: RunOutcome) -> None:
             """Store a finished action's result, restore it to out/ and make its dependents
@@ -231,10 +237,11 @@ class Scheduler:
                     self.reporter.started(name)
                     if self.subcommands:
                         self.reporter.say(subcommand_lines(name, action, engine.sandbox_mode))
-                    thread = threading.Thread(target=work, args=(name, action, deps, engine.tools_for(node),
-                                                                 tokens, lane), daemon=True)
-                    running[name] = thread
-                    thread.start()
+                    running.add(name)
+                    if len(running) > len(workers):   # as many threads as actions running at once
+                        workers.append(threading.Thread(target=serve, name="bg-action", daemon=True))
+                        workers[-1].start()
+                    work_queue.put((name, action, deps, engine.tools_for(node), tokens, lane))
                 if finishing:                                                  # 3. finish
                     while finishing:
                         finish(*finishing.pop(0))
@@ -258,7 +265,7 @@ class Scheduler:
                         heapq.heappush(to_run, (-priority[name], name, action))
                     continue
                 _, name, action, tokens, lane, outcome = event
-                running.pop(name).join()
+                running.discard(name)
                 self.jobserver.release(tokens)
                 free_lanes.append(lane)
                 if outcome.result is None:   # a failure stops new starts at once
@@ -269,7 +276,9 @@ class Scheduler:
             if engine.remote is not None:
                 engine.remote.abort()   # lookups stuck on a slow remote end now
             engine.sandbox.cancel_all()
-            for thread in running.values():
+            for _ in workers:
+                work_queue.put(None)
+            for thread in workers:
                 thread.join(timeout=5)
             while not events.empty():  # keep what finished before the interrupt
                 event = events.get()
@@ -284,6 +293,8 @@ class Scheduler:
                     outcomes[name] = NodeOutcome(name, Status.RAN, action.key, outcome.duration)
             raise Interrupted(outcomes) from None
         finally:
+            for _ in workers:   # no-ops after an interrupt's
+                work_queue.put(None)
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)   # each lookup is bounded by its deadline
         return outcomes
