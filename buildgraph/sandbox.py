@@ -40,13 +40,13 @@ import threading
 import time
 from dataclasses import dataclass, replace
 
+from buildgraph import sandbox_etc
 from buildgraph.action import (Action, ActionResult, BadResult, OutputFile, OutputSymlink, check_declared,
                                check_symlink, check_tree)
 from buildgraph.digest import copy_hashed, file_digest, stat_signature
 from buildgraph.fsutil import empty_for_reuse, force_remove, walk_tree, write_atomic
 from buildgraph.store.local import LocalStore
 from buildgraph.sources import SourceError
-from buildgraph import sandbox_etc
 from buildgraph.signatures import KEYED_ETC, sandbox_facts
 from buildgraph.toolstore import SANDBOX_TOOLCHAINS
 
