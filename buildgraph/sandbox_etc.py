@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 import time
 
-from buildgraph.digest import bytes_digest, is_racy, stat_signature
+from buildgraph.digest import bytes_digest
 from buildgraph.fsutil import force_remove
-from buildgraph.signatures import KEYED_ETC
+from buildgraph.signatures import KEYED_ETC, tree_signature
 
 # What the sandbox shows of the host's /etc; every other file there is hidden. Those in
 # KEYED_ETC are in the host tools' digest; ld.so.cache is derived from the installed
@@ -45,7 +44,7 @@ def etc_dir(kept_in: str, tmp_dir: str) -> tuple[str, bool]:
     when they have not changed since it was copied, else a new copy; and whether it is this
     build's own, for it to remove when it ends."""
     passwd, group = users()
-    seen, racy = _host_signature()
+    seen, racy = tree_signature(VISIBLE_ETC)
     final = f"{kept_in}/{bytes_digest(repr((passwd, group, seen)).encode())}"
     if not racy and os.path.isdir(final):
         return final, False
@@ -61,7 +60,7 @@ def etc_dir(kept_in: str, tmp_dir: str) -> tuple[str, bool]:
             shutil.copytree(path, dest, symlinks=True)
         elif os.path.lexists(path):
             shutil.copy2(path, dest, follow_symlinks=False)
-    if racy or _host_signature()[0] != seen:   # changing under us: good for this build only
+    if racy or tree_signature(VISIBLE_ETC)[0] != seen:   # changing under us: good for this build only
         return tmp, True
     os.makedirs(kept_in, exist_ok=True)
     try:
@@ -69,23 +68,3 @@ def etc_dir(kept_in: str, tmp_dir: str) -> tuple[str, bool]:
     except OSError:   # another build put the same copy there first
         force_remove(tmp)
     return final, False
-
-
-def _host_signature() -> tuple[tuple, bool]:
-    """The stat signature of everything under VISIBLE_ETC, and whether any of it is racy."""
-    seen: list = []
-    now = time.time_ns()
-    racy = False
-    pending = list(VISIBLE_ETC)
-    while pending:
-        path = pending.pop()
-        try:
-            st = os.lstat(path)
-        except OSError:
-            seen.append((path, None))
-            continue
-        racy = racy or is_racy(st, now)
-        seen.append((path, st.st_mode, *stat_signature(st)))
-        if stat.S_ISDIR(st.st_mode):
-            pending.extend(sorted(os.path.join(path, n) for n in os.listdir(path)))
-    return tuple(seen), racy

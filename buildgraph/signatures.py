@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -82,19 +83,39 @@ def files_signature(root: Path, read: tuple[str, ...] = ()) -> tuple | None:
 
 def visible_host_signature():
     """What must not change for sandbox.visible_host_files() to be reused: the stat signature
-    of each KEYED_ETC path (a link or file replaced in a directory changes the directory's),
-    or None while one is too young to trust."""
-    sig = []
-    for path in KEYED_ETC:
+    of every KEYED_ETC path and of everything under it (a file edited in place moves its own
+    signature but not its directory's), or None while one is too young to trust."""
+    sig, racy = tree_signature(KEYED_ETC)
+    return None if racy else sig
+
+
+def tree_signature(paths) -> tuple[tuple, bool]:
+    """(path, mode, stat signature) of each of `paths` and of every file and directory under
+    those that are directories, by lstat (absent: (path, None)); and whether any of it is
+    racy. Links inside are not statted: a link cannot change in place, and replacing,
+    adding or removing one moves its directory's signature (387 of /etc/alternatives' 390
+    entries are links: 0.3 ms instead of 2 ms)."""
+    seen: list = []
+    now = time.time_ns()
+    racy = False
+    pending = list(reversed(paths))
+    while pending:
+        path = pending.pop()
         try:
             st = os.lstat(path)
         except OSError:
-            sig.append(None)
+            seen.append((path, None))
             continue
-        if is_racy(st):
-            return None
-        sig.append(stat_signature(st))
-    return tuple(sig)
+        racy = racy or is_racy(st, now)
+        seen.append((path, st.st_mode, *stat_signature(st)))
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                with os.scandir(path) as entries:
+                    inner = sorted(e.path for e in entries if not e.is_symlink())
+            except OSError:
+                inner = [f"{path}/ (unreadable)"]
+            pending.extend(reversed(inner))
+    return tuple(seen), racy
 
 
 def host_programs(names) -> tuple[tuple[str, str | None], ...]:

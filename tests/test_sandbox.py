@@ -407,3 +407,26 @@ def test_builds_share_one_sandbox_etc_and_cache_gc_removes_it(ws, capsys):
     assert ws.build(capsys=capsys)["t"] == "ran"
     assert os.listdir(ws.cache / "etc") == kept and len(kept) == 1
     assert ws.run("cache", "gc", capsys=capsys)[0] == 0 and not (ws.cache / "etc").exists()
+
+
+def test_a_keyed_etc_file_edited_in_place_changes_the_key(ws, capsys, monkeypatch):
+    # The loader's configuration is in every key (the host tools' digest). An edit in place
+    # leaves its directory's stat as it was: the signature that lets the digest be reused,
+    # and the no-op check's facts, must look at the file itself.
+    from buildgraph import sandbox, signatures
+
+    conf = ws.root.parent / "host-etc" / "ld.so.conf.d"
+    conf.mkdir(parents=True)
+    (conf / "libc.conf").write_text("/usr/local/lib\n")
+    time.sleep(0.15)   # older than the racy window, or nothing is remembered
+    monkeypatch.setattr(signatures, "KEYED_ETC", (str(conf),))
+    monkeypatch.setattr(sandbox, "KEYED_ETC", (str(conf),))
+    one(ws, ["echo built > $OUT/o"], outs="[o]")
+    assert ws.build(capsys=capsys)["t"] == "ran"
+    assert ws.build(capsys=capsys)["t"] == "up-to-date"
+    before = os.stat(conf)
+    with open(conf / "libc.conf", "a") as f:
+        f.write("/opt/lib\n")
+    assert os.stat(conf).st_mtime_ns == before.st_mtime_ns
+    time.sleep(0.15)
+    assert ws.build(capsys=capsys)["t"] == "ran"
