@@ -164,7 +164,7 @@ class Sandbox:
             ("src", "deps", "out", "work", "tmp", "home")
         self._subdir_mode: int | None = None   # as mkdir made them (the umask's)
         self._free_roots: list[str] = []        # emptied trees of finished actions (_give_back)
-        self._own_etc = False                   # _etc_dir made a copy for this build alone
+        self._etc: tuple[str, bool] | None = None   # (its /etc, whether this build's own): _etc_dir
         self._to_clear: queue.Queue = queue.Queue()   # trees for the janitor (_give_back)
         self._janitor: threading.Thread | None = None
         self._kept_failed: bool | None = None   # whether failed/ held anything when first looked at
@@ -340,20 +340,18 @@ class Sandbox:
     def _etc_dir(self) -> str:
         """The sandbox's /etc (sandbox_etc.py): one look at the host's files per build."""
         with self._lock:
-            if "etc" not in self._tool_dirs:
-                path, own = sandbox_etc.etc_dir(str(self.store.etc), str(self.store.tmp))
-                self._tool_dirs["etc"] = path
-                self._own_etc = own
-            return self._tool_dirs["etc"]
+            if self._etc is None:
+                self._etc = sandbox_etc.etc_dir(str(self.store.etc), self.store.temp_path())
+            return self._etc[0]
 
     def close(self) -> None:
         if self._janitor is not None:   # the trees it still holds are emptied or gone first
             self._to_clear.put(None)
             self._janitor.join()
             self._janitor = None
-        etc = self._tool_dirs.pop("etc", None)
-        if etc is not None and self._own_etc:
-            force_remove(etc)
+        if self._etc is not None and self._etc[1]:   # this build's own copy
+            force_remove(self._etc[0])
+        self._etc = None
         for path in [*self._tool_dirs.values(), *self._free_roots]:
             force_remove(path)
         self._tool_dirs.clear()

@@ -3,21 +3,21 @@ input) and copies of the host files VISIBLE_ETC names (the loader's configuratio
 alternatives links), in one directory bound at /etc.
 
 One directory instead of a bind per host file: each bind costs bwrap a mount and a
-re-read of mountinfo, ~0.25 ms of CPU per action each (bench/scale.py's floors). The
-directory is kept in the cache, as CACHE_DIR/etc/<name> (LocalStore.etc), and shared by builds: <name>
-is a digest of what it was copied from, by stat signature (device, inode, size, mtime,
-ctime of every file, link and directory copied), so a host change (ldconfig, an
-update-alternatives, an edited ld.so.conf.d file) makes a new one. A copy made while one
-of them is too young to trust (digest.is_racy) is this build's only, as the host may still
-be changing it. Built in tmp/, renamed into place whole: a killed build leaves no half
-copy under a name. `cache gc` removes them all; the next build copies again (~20 ms).
+re-read of mountinfo (the four it replaces, ~1.0 ms of CPU per action: README,
+"Benchmarks"). The directory is kept in the cache, as CACHE_DIR/etc/<name>
+(LocalStore.etc), shared by builds: <name> is a digest of what it was copied from, by
+stat signature (signatures.tree_signature: every file and directory copied; a link is
+replaced, never edited, which moves its directory's), so a host change (ldconfig, an
+update-alternatives, an ld.so.conf.d file edited in place) makes a new one. A copy made
+while one of them is too young to trust (digest.is_racy), or while they change under it,
+is this build's only. Built in tmp/, renamed into place whole: a killed build leaves no
+half copy under a name. `cache gc` removes them all; the next build copies again (~20 ms).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import time
 
 from buildgraph.digest import bytes_digest
 from buildgraph.fsutil import force_remove
@@ -31,7 +31,7 @@ _PASSWD = "root:x:0:0:root:/sandbox/home:/bin/sh\nnobody:x:65534:65534:nobody:/n
 _GROUP = "root:x:0:\nnogroup:x:65534:\n"
 
 
-def users() -> tuple[str, str]:
+def _users() -> tuple[str, str]:
     """(passwd, group) of the sandbox: root, nobody, and the build's own user when not root."""
     uid, gid = os.getuid(), os.getgid()
     passwd = _PASSWD + (f"build:x:{uid}:{gid}:build:/sandbox/home:/bin/sh\n" if uid else "")
@@ -39,16 +39,16 @@ def users() -> tuple[str, str]:
     return passwd, group
 
 
-def etc_dir(kept_in: str, tmp_dir: str) -> tuple[str, bool]:
+def etc_dir(kept_in: str, tmp: str) -> tuple[str, bool]:
     """A directory to bind at the sandbox's /etc, as the host's files are now: the kept one
     when they have not changed since it was copied, else a new copy; and whether it is this
-    build's own, for it to remove when it ends."""
-    passwd, group = users()
+    build's own, for it to remove when it ends. `tmp`: a new path to build the copy at, on
+    the filesystem of `kept_in`."""
+    passwd, group = _users()
     seen, racy = tree_signature(VISIBLE_ETC)
     final = f"{kept_in}/{bytes_digest(repr((passwd, group, seen)).encode())}"
     if not racy and os.path.isdir(final):
         return final, False
-    tmp = f"{tmp_dir}/etc-{os.getpid()}-{time.monotonic_ns()}"
     os.makedirs(tmp)
     with open(f"{tmp}/passwd", "w") as f:
         f.write(passwd)

@@ -111,10 +111,9 @@ def tree_signature(paths) -> tuple[tuple, bool]:
         if stat.S_ISDIR(st.st_mode):
             try:
                 with os.scandir(path) as entries:
-                    inner = sorted(e.path for e in entries if not e.is_symlink())
+                    pending.extend(sorted((e.path for e in entries if not e.is_symlink()), reverse=True))
             except OSError:
-                inner = [f"{path}/ (unreadable)"]
-            pending.extend(reversed(inner))
+                seen.append((path, "unreadable"))
     return tuple(seen), racy
 
 

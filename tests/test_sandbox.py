@@ -376,25 +376,25 @@ def test_the_sandbox_etc_is_kept_until_a_host_file_changes_even_in_place(tmp_pat
     host = _fake_host_etc(tmp_path, monkeypatch)
     kept, tmp = tmp_path / "etc", tmp_path / "tmp"
     tmp.mkdir()
-    first, own = etc_dir(str(kept), str(tmp))
+    first, own = etc_dir(str(kept), str(tmp / "1"))
     assert not own and os.path.dirname(first) == str(kept)
     assert sorted(os.listdir(first)) == ["alternatives", "group", "ld.so.cache", "ld.so.conf.d", "passwd"]
     assert os.readlink(f"{first}/alternatives/cc") == "/usr/bin/gcc-12"
     assert Path(f"{first}/ld.so.conf.d/libc.conf").read_text() == "/usr/local/lib\n"
-    assert etc_dir(str(kept), str(tmp)) == (first, False) and os.listdir(tmp) == []
+    assert etc_dir(str(kept), str(tmp / "2")) == (first, False) and os.listdir(tmp) == []   # no copy made
     # Appended to in place (its directory's mtime does not move): a new copy, with the new content.
     with open(host / "ld.so.conf.d" / "libc.conf", "a") as f:
         f.write("/opt/lib\n")
     os.utime(host / "ld.so.conf.d" / "libc.conf", (1_600_000_100, 1_600_000_100))
     time.sleep(0.15)
-    second, own = etc_dir(str(kept), str(tmp))
+    second, own = etc_dir(str(kept), str(tmp / "3"))
     assert second != first and not own
     assert Path(f"{second}/ld.so.conf.d/libc.conf").read_text() == "/usr/local/lib\n/opt/lib\n"
     # A link changed just now may change again unseen: this build's own copy, not kept.
     os.remove(host / "alternatives" / "cc")
     os.symlink("/usr/bin/clang", host / "alternatives" / "cc")
-    third, own = etc_dir(str(kept), str(tmp))
-    assert own and os.path.dirname(third) == str(tmp) and os.readlink(f"{third}/alternatives/cc") == "/usr/bin/clang"
+    third, own = etc_dir(str(kept), str(tmp / "4"))
+    assert own and third == str(tmp / "4") and os.readlink(f"{third}/alternatives/cc") == "/usr/bin/clang"
     assert sorted(os.listdir(kept)) == sorted(os.path.basename(p) for p in (first, second))
 
 
