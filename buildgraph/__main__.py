@@ -1,5 +1,5 @@
 import sys
 
-from buildgraph.cli import main
+from buildgraph.client import main
 
 sys.exit(main())

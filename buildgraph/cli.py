@@ -17,6 +17,7 @@ from pathlib import Path
 from buildgraph.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, BuildgraphError, UsageError
 
 _STARTED = time.monotonic()
+PROCESS_START: float | None = None   # on CLOCK_BOOTTIME: the client's start, in a server's child (server.py)
 
 
 def _size(text: str) -> int:
@@ -120,13 +121,14 @@ def _session(args, write=True):
 
 def process_seconds() -> float:
     """How long this process has run, interpreter start-up included (the kernel's start
-    time, to its 10 ms tick): what a build's summary reports."""
-    try:
-        with open("/proc/self/stat") as f:
-            started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
-        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
-    except (OSError, ValueError, IndexError):   # no /proc: since buildgraph's code began
+    time, to its 10 ms tick; a server's child counts from its client's): what a build's
+    summary reports."""
+    from buildgraph.client import process_start
+
+    started = PROCESS_START if PROCESS_START is not None else process_start()
+    if started is None:   # no /proc: since buildgraph's code began
         return time.monotonic() - _STARTED
+    return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
 
 
 def _noop_check(args):
@@ -642,6 +644,15 @@ def cmd_info(args) -> int:
     return EXIT_OK
 
 
+def cmd_shutdown(args) -> int:
+    from buildgraph import client, server
+
+    where = client.server_dir()
+    stopped = server.stop_all(where) if where else []
+    print(f"stopped {len(stopped)} server{'s' if len(stopped) != 1 else ''}" + (f" in {where}" if where else ""))
+    return EXIT_OK
+
+
 def cmd_clean(args) -> int:
     from buildgraph.state import StateDir
     from buildgraph.workspace import find_root
@@ -727,6 +738,7 @@ EXAMPLES = {
     "shell": ["buildgraph shell backend@cpu-dynamic", "buildgraph shell backend@cpu-dynamic -- cmake --build build"],
     "clean": ["buildgraph clean                       # this workspace's outputs and state; not the cache"],
     "info": ["buildgraph info", "buildgraph info cache_dir"],
+    "shutdown": ["buildgraph shutdown                    # the next build starts one again"],
 }
 
 
@@ -987,6 +999,9 @@ def parser() -> argparse.ArgumentParser:
     cl = sub.add_parser("clean", parents=[common], help="remove the workspace's outputs and state")
     cl.add_argument("--cache", action="store_true", help=argparse.SUPPRESS)   # gone: says where it went
     cl.set_defaults(func=cmd_clean)
+
+    sd = sub.add_parser("shutdown", help="stop this user's resident build servers (they also stop when idle)")
+    sd.set_defaults(func=cmd_shutdown)
 
     i = sub.add_parser("info", parents=[common, remote],
                        help="where things are: workspace, cache, toolchain store, outputs, sandbox, remote")

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -16,6 +17,11 @@ from buildgraph.cli import main
 
 # A developer's own ~/.buildgraphrc must not change what the tests run (rcfile.py).
 os.environ["BUILDGRAPH_RC"] = os.devnull
+# The builds that tests run as processes go through this test process's own resident server
+# (server.py), as a user's do, in a short directory (a socket's path has at most 107 bytes);
+# pytest_sessionfinish stops it by its pid.
+SERVER_DIR = tempfile.mkdtemp(prefix="bgs-", dir="/tmp")
+os.environ["BUILDGRAPH_SERVER_DIR"] = SERVER_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 # Heavy toolchains (zig, CUDA) are fetched once into this store and shared by every
@@ -84,7 +90,7 @@ class Workspace:
         cmd = [sys.executable, "-m", "buildgraph", *args[:n], "-C", str(self.root),
                "--cache-dir", str(self.cache), *self._tc_args(), *args[n:]]
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=dict(os.environ, PYTHONPATH=str(REPO), **(env or {})), **kw)
+                                env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, **kw)
 
     def _tc_args(self) -> list[str]:
         return ["--toolchain-dir", str(self.toolchain_dir)] if self.toolchain_dir else []
@@ -144,3 +150,15 @@ def copy_release_workspace(dest: Path) -> Path:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dst)
     return dest
+
+
+def stop_servers(where: str) -> None:
+    """Stop the resident servers in `where` by their pids, and remove it."""
+    from buildgraph import server
+
+    server.stop_all(where)
+    shutil.rmtree(where, ignore_errors=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    stop_servers(SERVER_DIR)

@@ -1,0 +1,243 @@
+"""The `buildgraph` command's entry point: hands a build to the resident server (server.py)
+when one is up for this exact context, else runs it in this process and starts one.
+
+The server saves each build the interpreter's imports (~60-100 ms: most of a one-leaf
+change at 1,000 nodes); it holds no build state, so what a build does and prints is the
+same either way. This module imports only built-in modules: it runs before every command.
+
+Which server: the socket's name is a digest of everything that could make a forked copy
+of the server differ from a fresh process of this command (context()): the interpreter,
+its flags, sys.path and the environment it reads at start-up, buildgraph's own files and
+the stat of every sys.path entry (an upgraded package moves its directory), the user, the
+namespaces, the cgroup, the resource limits, the CPUs and the niceness. Another context
+gets another server. Only `build` goes to a server; BUILDGRAPH_SERVER=0 turns it off.
+
+The protocol, on a unix socket in a directory only this user can open (server_dir()):
+  client -> server   one message with the request (argv, environment, umask, start time)
+                     and five descriptors: stdin, stdout, stderr, the working directory
+                     and the jobserver's, if any (SCM_RIGHTS)
+  server             forks; the child answers "ready" and waits for "go", so a client
+                     that gave up (READY_SECONDS) never gets a second build behind its back
+  client -> child    "go", then one byte per signal it receives (INT, TERM, HUP, QUIT),
+                     which the child raises in itself; the client's end closing, the client
+                     killed, is SIGINT: the build stops as after Ctrl-C
+  child -> client    its exit code (4 bytes) when the command returns; an end without one
+                     means the child was killed, and the client says so (exit 1)
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import sys
+
+READY_SECONDS = 10.0   # how long a client waits for a server's child before building itself
+FORWARDED = (2, 15, 1, 3)   # SIGINT, SIGTERM, SIGHUP, SIGQUIT
+_CONTEXT_ENV = ("PYTHON", "LC_", "LANG")   # what the interpreter reads of the environment at start
+
+
+def server_dir() -> str | None:
+    """$BUILDGRAPH_SERVER_DIR, else $XDG_RUNTIME_DIR/buildgraph, else /tmp/buildgraph-<uid>:
+    created 0700; None unless it is this user's alone (a socket there is trusted)."""
+    path = os.environ.get("BUILDGRAPH_SERVER_DIR")
+    if not path:
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        path = f"{runtime}/buildgraph" if runtime else f"/tmp/buildgraph-{os.getuid()}"
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if st.st_uid != os.getuid() or st.st_mode & 0o077 or (st.st_mode & 0o170000) != 0o040000:
+        return None
+    return path
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def code_files(package: str) -> list:
+    """(path, size, mtime) of buildgraph's own modules: an edited one means another server."""
+    found = []
+    for sub in ("", "/store"):
+        try:
+            with os.scandir(package + sub) as it:
+                for e in it:
+                    if e.name.endswith(".py"):
+                        st = e.stat()
+                        found.append((e.path, st.st_size, st.st_mtime_ns, st.st_ino))
+        except OSError:
+            found.append((package + sub, None))
+    return sorted(found)
+
+
+def context() -> str:
+    """The digest naming the server that may run this process's command (module docstring)."""
+    from _blake2 import blake2b
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    paths = []
+    for entry in sys.path:
+        try:
+            st = os.stat(entry or ".")
+            paths.append((entry, st.st_ino, st.st_mtime_ns))
+        except OSError:
+            paths.append((entry, None))
+    namespaces = []
+    for ns in ("mnt", "pid", "net", "user", "uts", "ipc", "cgroup"):
+        try:
+            namespaces.append(os.readlink(f"/proc/self/ns/{ns}"))
+        except OSError:
+            namespaces.append(None)
+    root = os.stat("/")
+    facts = (sys.executable, sys.version, tuple(sys.flags), tuple(sys.path), paths, code_files(package),
+             sorted((k, v) for k, v in os.environ.items() if k.startswith(_CONTEXT_ENV)),
+             os.getuid(), os.getgid(), sorted(os.getgroups()), namespaces, (root.st_dev, root.st_ino),
+             _read("/proc/self/cgroup"), _read("/proc/self/limits"), sorted(os.sched_getaffinity(0)),
+             os.getpriority(os.PRIO_PROCESS, 0))
+    return blake2b(marshal.dumps(repr(facts)), digest_size=16).hexdigest()
+
+
+def process_start() -> float | None:
+    """This process's start on CLOCK_BOOTTIME (the kernel's, to its tick), as cli.process_seconds reads it."""
+    try:
+        with open("/proc/self/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _jobserver_fds() -> list[int] | None:
+    """The descriptors a make jobserver in MAKEFLAGS names (a child of ours must hold the same
+    numbers), [] when it names none; None when they are not open here (make withheld them)."""
+    flags = os.environ.get("MAKEFLAGS", "")
+    for word in flags.split():
+        for prefix in ("--jobserver-auth=", "--jobserver-fds="):
+            if word.startswith(prefix) and not word[len(prefix):].startswith("fifo:"):
+                try:
+                    fds = [int(x) for x in word[len(prefix):].split(",")]
+                    for fd in fds:
+                        os.fstat(fd)
+                    return fds
+                except (ValueError, OSError):
+                    return None
+    return []
+
+
+def _served(argv: list[str]) -> int | None:
+    """Run `argv` in a child of this context's server: its exit code, or None when there is no
+    server to run it (then one is started for the next command)."""
+    import _socket
+
+    if os.environ.get("BUILDGRAPH_SERVER") == "0" or not argv or argv[0] != "build":
+        return None
+    where = server_dir()
+    jobserver = _jobserver_fds()
+    if where is None or jobserver is None:
+        return None
+    name = context()
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.connect(f"{where}/{name}.sock")
+        cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+        if int.from_bytes(cred[4:8], sys.byteorder) != os.getuid():
+            raise OSError("not this user's server")
+    except OSError:
+        sock.close()
+        _start_server(where, name)
+        return None
+    try:
+        return _run_in_child(sock, argv, jobserver)
+    finally:
+        sock.close()
+
+
+def _run_in_child(sock, argv: list[str], jobserver: list[int]) -> int | None:
+    import _socket
+    import signal
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    request = marshal.dumps((1, sys.argv[0], argv, dict(os.environ), umask, process_start(), jobserver))
+    cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fds = [0, 1, 2, cwd, *jobserver]
+        for fd in fds:
+            os.fstat(fd)   # a closed stdin or stdout: build here, where the error is the usual one
+        sock.sendmsg([len(request).to_bytes(4, "big") + request],
+                     [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))])
+    except OSError:
+        return None
+    finally:
+        os.close(cwd)
+    sock.settimeout(READY_SECONDS)
+    try:
+        if sock.recv(1) != b"r":
+            return None
+        sock.settimeout(None)
+    except OSError:   # no child within READY_SECONDS: it builds nothing once we close
+        return None
+    forwarded: list[int] = []
+
+    def forward(signum, frame):
+        forwarded.append(signum)
+        try:
+            sock.sendall(bytes([signum]))
+        except OSError:
+            pass
+    before = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+    try:
+        sock.sendall(b"g")
+        code = b""
+        while len(code) < 4:
+            chunk = sock.recv(4 - len(code))
+            if not chunk:
+                break
+            code += chunk
+    except OSError:
+        code = b""
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    if len(code) == 4:
+        return int.from_bytes(code, "big", signed=True)
+    if forwarded:   # it died of what we passed on: so do we, as without a server
+        signal.signal(forwarded[-1], signal.SIG_DFL)
+        os.kill(os.getpid(), forwarded[-1])
+    print("buildgraph: the build process ended without an exit code (killed?)", file=sys.stderr)
+    return 1
+
+
+def _start_server(where: str, name: str) -> None:
+    """Start this context's server in the background, detached (it exits when idle)."""
+    import subprocess
+
+    try:
+        # sys.path as this process has it, before buildgraph is imported: the same code
+        subprocess.Popen([sys.executable, "-c", "import marshal, sys; sys.path[:] = marshal.loads(bytes.fromhex(sys.argv[3]));"
+                          " from buildgraph import server; sys.exit(server.main(sys.argv[1:]))",
+                          where, name, marshal.dumps(sys.path).hex()], cwd="/", stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                         env=os.environ)
+    except OSError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    code = _served(argv)
+    if code is not None:
+        return code
+    from buildgraph import cli
+
+    return cli.main(argv)

@@ -1,0 +1,239 @@
+"""The resident server (client.py, server.py): what a build does and prints is the same with it
+or without it, and killing any of its processes harms no build and no later one."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from buildgraph import client
+from conftest import REPO, stop_servers
+
+STEPS = """\
+    targets:
+      a: {kind: script, srcs: [v], outs: [o], cmds: ["cp $SRC/v $OUT/o"]}
+      b: {kind: script, deps: [a], outs: [o], cmds: ["cat $DEP_A/o $DEP_A/o > $OUT/o"]}
+      slow: {kind: script, srcs: [v], outs: [o], cmds: ["sleep $(cat $SRC/v | cut -c1-2); cp $SRC/v $OUT/o"]}
+      broken: {kind: script, outs: [o], cmds: ["echo it broke >&2; exit 3"]}
+    """
+
+
+@pytest.fixture
+def where():
+    """A server directory of the test's own (short: a socket's path has at most 107 bytes)."""
+    path = tempfile.mkdtemp(prefix="bgs-", dir="/tmp")
+    yield path
+    stop_servers(path)
+
+
+def spawn(ws, where, *args, env=None, **kw) -> subprocess.Popen:
+    return ws.spawn(*args, env={"BUILDGRAPH_SERVER_DIR": where, **(env or {})}, **kw)
+
+
+def finish(proc, timeout=60) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def server_pid(where, timeout=30.0) -> int:
+    """The pid of the one server up in `where` (waiting for it to start)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for lock in Path(where).glob("*.lock"):
+            text = lock.read_text().strip()
+            if text.isdigit() and Path(f"/proc/{text}").exists() and lock.with_suffix(".sock").exists():
+                return int(text)
+        time.sleep(0.05)
+    raise AssertionError(f"no server came up in {where}: {os.listdir(where)}")
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def gone(pid: int, timeout=15.0) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:   # our own child, a zombie until reaped
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
+def sleeping(marker: str) -> list[str]:
+    return subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+
+
+def assert_served(pid: int, proc: subprocess.Popen) -> None:
+    """That `proc`'s build runs in the server `pid`: while an action sleeps, the build process
+    is the server's child, and the client has none."""
+    deadline = time.time() + 20
+    while not children(pid) and time.time() < deadline:
+        time.sleep(0.02)
+    assert children(pid) and not children(proc.pid)
+
+
+def started_server(ws, where) -> int:
+    """Build once without a server: that build starts one; its pid."""
+    ws.write("BUILD.yaml", STEPS)
+    ws.write("v", "1\n")
+    rc, out, err = finish(spawn(ws, where, "build", "b"))
+    assert rc == 0, out + err
+    return server_pid(where)
+
+
+def same_text(text: str) -> str:
+    return re.sub(r"\d+\.\d+s", "T", text)
+
+
+def test_later_builds_run_in_the_server_and_print_what_a_build_without_one_prints(ws, where):
+    pid = started_server(ws, where)
+    ws.write("v", "2\n")
+    served = finish(spawn(ws, where, "build", "b"))
+    ws.write("v", "3\n")
+    alone = finish(spawn(ws, where, "build", "b", env={"BUILDGRAPH_SERVER": "0"}))
+    assert served[0] == alone[0] == 0
+    assert same_text(served[1]) == same_text(alone[1]) and "2 ran" in served[1]
+    assert same_text(served[2]) == same_text(alone[2])
+    assert ws.out("b").joinpath("o").read_text() == "3\n3\n"
+    # Where it ran: while an action sleeps, the build process is the server's child, not the client's.
+    ws.write("v", "3 served\n")
+    proc = spawn(ws, where, "build", "slow")
+    assert_served(pid, proc)
+    assert finish(proc)[0] == 0
+    assert ws.out("slow").joinpath("o").read_text() == "3 served\n"
+
+
+def test_a_failed_build_and_a_usage_error_exit_as_without_a_server(ws, where):
+    started_server(ws, where)
+    for args, code in ((("build", "broken"), 1), (("build", "nothing-by-this-name"), 2)):
+        served = finish(spawn(ws, where, *args))
+        alone = finish(spawn(ws, where, *args, env={"BUILDGRAPH_SERVER": "0"}))
+        assert served[0] == alone[0] == code
+        assert same_text(served[1]) == same_text(alone[1])
+        assert same_text(served[2]) == same_text(alone[2]) and served[2], served
+
+
+def test_the_server_builds_in_the_clients_directory_environment_and_umask(ws, where):
+    ws.write("BUILD.yaml", STEPS)
+    other_cache = ws.root.parent / "cache-from-env"
+    env = dict(os.environ, PYTHONPATH=str(REPO), BUILDGRAPH_SERVER_DIR=where, BUILDGRAPH_CACHE_DIR=str(other_cache))
+
+    def build():   # no -C and no --cache-dir: the workspace is the working directory, the cache the environment's
+        return subprocess.Popen([sys.executable, "-m", "buildgraph", "build", "slow"], cwd=ws.root / "toolchains",
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: os.umask(0o027))
+    ws.write("v", "0 first\n")
+    assert finish(build())[0] == 0
+    shutil.rmtree(other_cache)
+    pid = server_pid(where)
+    ws.write("v", "1 served\n")
+    proc = build()
+    assert_served(pid, proc)
+    rc, out, err = finish(proc)
+    assert rc == 0, out + err
+    assert ws.out("slow").joinpath("o").read_text() == "1 served\n"
+    # The cache the build made, made under the client's umask (actions have their own: 022).
+    assert other_cache.stat().st_mode & 0o777 == 0o750 and (other_cache / "cas").is_dir()
+
+
+def test_ctrl_c_stops_a_served_build_as_it_stops_any(ws, where):
+    pid = started_server(ws, where)
+    ws.write("v", "40 ctrl-c\n")
+    proc = spawn(ws, where, "build", "slow")
+    deadline = time.time() + 20
+    while not sleeping("sleep 40") and time.time() < deadline:
+        time.sleep(0.05)
+    assert sleeping("sleep 40") and children(pid)
+    proc.send_signal(signal.SIGINT)
+    rc, out, err = finish(proc, timeout=20)
+    assert rc == 130 and "interrupted" in err, out + err
+    assert not sleeping("sleep 40")
+    assert not gone(pid, timeout=0.5)   # the server stays up
+
+
+def test_killing_the_client_stops_its_build_and_frees_the_workspace(ws, where):
+    started_server(ws, where)
+    ws.write("v", "41 killed client\n")
+    proc = spawn(ws, where, "build", "slow")
+    deadline = time.time() + 20
+    while not sleeping("sleep 41") and time.time() < deadline:
+        time.sleep(0.05)
+    assert sleeping("sleep 41")
+    proc.kill()
+    proc.communicate()
+    deadline = time.time() + 15
+    while sleeping("sleep 41") and time.time() < deadline:
+        time.sleep(0.05)
+    assert not sleeping("sleep 41")
+    ws.write("v", "4\n")
+    rc, out, err = finish(spawn(ws, where, "build", "b"), timeout=30)
+    assert rc == 0 and ws.out("b").joinpath("o").read_text() == "4\n4\n", out + err
+
+
+def test_killing_the_server_harms_no_build(ws, where):
+    pid = started_server(ws, where)
+    ws.write("v", "2 server killed\n")
+    proc = spawn(ws, where, "build", "slow")
+    assert_served(pid, proc)
+    os.kill(pid, signal.SIGKILL)
+    rc, out, err = finish(proc)
+    assert rc == 0 and ws.out("slow").joinpath("o").read_text() == "2 server killed\n", out + err
+    # Its socket is left behind: the next build builds itself and starts another server.
+    ws.write("v", "5\n")
+    rc, out, err = finish(spawn(ws, where, "build", "b"))
+    assert rc == 0 and ws.out("b").joinpath("o").read_text() == "5\n5\n", out + err
+    assert server_pid(where) != pid
+
+
+def test_another_context_gets_another_server_and_a_changed_one_ends_its_own(ws, where, tmp_path, monkeypatch):
+    before = client.context()
+    monkeypatch.setenv("PYTHONHASHSEED", "7")
+    assert client.context() != before
+    monkeypatch.delenv("PYTHONHASHSEED")
+    assert client.context() == before
+    # A package installed into a directory on sys.path: another context, and its server exits.
+    site = Path(tempfile.mkdtemp(prefix="bgs-site-", dir=tmp_path))
+    monkeypatch.syspath_prepend(str(site))
+    ours = client.context()
+    (site / "newly_installed.py").write_text("")
+    assert client.context() != ours
+    ws.write("BUILD.yaml", STEPS)
+    ws.write("v", "1\n")
+    assert finish(spawn(ws, where, "build", "a", env={"PYTHONPATH": f"{site}:{REPO}"}))[0] == 0
+    pid = server_pid(where)
+    (site / "another.py").write_text("")
+    assert gone(pid)
+    assert not list(Path(where).glob("*.sock"))
+
+
+def test_no_server_in_a_directory_others_can_open_and_shutdown_stops_ours(ws, where, tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    monkeypatch.setenv("BUILDGRAPH_SERVER_DIR", str(shared))
+    assert client.server_dir() is None
+    pid = started_server(ws, where)
+    rc = subprocess.run([sys.executable, "-m", "buildgraph", "shutdown"], capture_output=True, text=True,
+                        env=dict(os.environ, PYTHONPATH=str(REPO), BUILDGRAPH_SERVER_DIR=where))
+    assert rc.returncode == 0 and rc.stdout.startswith("stopped 1 server"), rc.stdout + rc.stderr
+    assert gone(pid)
