@@ -9,7 +9,8 @@ idle machine, whole-process wall time (start-up, loading and saving included):
   no-op     the same build again (median of 5; Bazel's server is warm by then)
   leaf      after editing one leaf's source: log2(N) actions in a chain (median of 3)
   restore   buildgraph only: `clean`, then everything from the local cache (median of 3)
-and buildgraph's peak memory (RSS) on the cold and no-op builds. Then the per-action
+buildgraph's no-op and leaf again without its resident server, and its peak memory (RSS)
+on cold and no-op builds in their own process, and its server's. Then the per-action
 overhead: 500 independent one-command actions at -j1 against the same commands run
 bare (`sh -c`), one process each. Then this machine's floors under those figures: a bare
 spawn against one in bwrap's namespaces and mounts (CPU counted machine-wide), and laying
@@ -38,11 +39,11 @@ BG = [sys.executable, "-m", "buildgraph"]
 ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED")}  # as users run it
 
 
-def timed(cmd, cwd, rss_file: Path | None = None) -> float:
+def timed(cmd, cwd, rss_file: Path | None = None, env=None) -> float:
     if rss_file is not None:   # GNU time: the command's peak resident set, in KiB
         cmd = ["/usr/bin/time", "-q", "-f", "%M", "-o", str(rss_file), *cmd]
     t = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env or ENV)
     return time.perf_counter() - t
 
 
@@ -54,14 +55,12 @@ def touch_leaf(root: Path, n: int, round_: int) -> None:
     (root / "src" / f"n{n - 1}.txt").write_text(f"node {n - 1} edit {round_}\n")
 
 
-def bench_tool(name, cmd, root, n, restore=None, rss=False) -> dict:
-    rss_file = root.parent / f"{root.name}.rss" if rss else None
-    row = {"tool": name, "cold": timed(cmd, root, rss_file)}
-    if rss:
-        row["cold_mb"] = rss_mb(rss_file)
-    row["noop"] = statistics.median(timed(cmd, root, rss_file) for _ in range(5))
-    if rss:
-        row["noop_mb"] = rss_mb(rss_file)
+def bench_tool(name, cmd, root, n, restore=None, server=False) -> dict:
+    """The four figures of one tool. With `server` (buildgraph's): the first build has none and
+    starts it, as a user's first build does; then no-op and leaf again without it, and the
+    peak memory of builds in their own process (a served build's is its child's)."""
+    row = {"tool": name, "cold": timed(cmd, root)}
+    row["noop"] = statistics.median(timed(cmd, root) for _ in range(5))
     leaf = []
     for r in range(3):
         touch_leaf(root, n, r)
@@ -74,7 +73,36 @@ def bench_tool(name, cmd, root, n, restore=None, rss=False) -> dict:
             subprocess.run(restore, cwd=root, check=True, stdout=subprocess.DEVNULL, env=ENV)
             times.append(timed(cmd, root))
         row["restore"] = statistics.median(times)
+    if server:
+        alone = {**ENV, "BUILDGRAPH_SERVER": "0"}
+        rss_file = root.parent / f"{root.name}.rss"
+        row["noop_alone"] = statistics.median(timed(cmd, root, rss_file, alone) for _ in range(5))
+        row["noop_mb"] = rss_mb(rss_file)
+        leaf = []
+        for r in range(3):
+            touch_leaf(root, n, 10 + r)
+            time.sleep(0.2)
+            leaf.append(timed(cmd, root, env=alone))
+        row["leaf_alone"] = statistics.median(leaf)
+        subprocess.run(BG + ["clean"], cwd=root, check=True, stdout=subprocess.DEVNULL, env=ENV)
+        shutil.rmtree(cmd[cmd.index("--cache-dir") + 1])
+        timed(cmd, root, rss_file, alone)
+        row["cold_mb"] = rss_mb(rss_file)
+        row["server_mb"] = sum(server_rss_mb(pid) for pid in server_pids())
     return row
+
+
+def server_pids() -> list[int]:
+    where = Path(ENV["BUILDGRAPH_SERVER_DIR"])
+    return [int(t) for t in (p.read_text().strip() for p in where.glob("*.lock")) if t.isdigit()]
+
+
+def server_rss_mb(pid: int) -> float:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")) / 1024
 
 
 def run_scale(n: int, base: Path, sandbox: str, tools: list[str]) -> list[dict]:
@@ -84,7 +112,7 @@ def run_scale(n: int, base: Path, sandbox: str, tools: list[str]) -> list[dict]:
         generate(root, n, bazel_user_root=base / "bazel-root")
         if tool == "buildgraph":
             cmd = BG + ["build", "-j2", "--sandbox", sandbox, "--cache-dir", str(base / f"cache-{n}")]
-            rows.append(bench_tool(f"buildgraph ({sandbox})", cmd, root, n, restore=BG + ["clean"], rss=True))
+            rows.append(bench_tool(f"buildgraph ({sandbox})", cmd, root, n, restore=BG + ["clean"], server=True))
         elif tool == "bazel":
             try:
                 rows.append(bench_tool("Bazel (warm server)", ["bazel", "build", "--jobs=2", "//:all"], root, n))
@@ -184,6 +212,7 @@ def main() -> None:
     sandbox = detect_mode()
     tools = ["buildgraph", "ninja", "make"] + (["bazel"] if shutil.which("bazel") else [])
     base = Path(tempfile.mkdtemp(prefix="bg-bench-"))
+    ENV["BUILDGRAPH_SERVER_DIR"] = str(base / "servers")   # stopped at the end
     try:
         print(f"whole-process wall time, seconds; {os.cpu_count()} CPUs; "
               f"{'Bazel: ' + shutil.which('bazel') if 'bazel' in tools else 'Bazel not installed'}")
@@ -200,13 +229,20 @@ def main() -> None:
                       f"{fmt(r.get('restore')):>8}   {vs_bazel:<30} "
                       f"{r['noop'] / ninja['noop']:5.1f}x {r['leaf'] / ninja['leaf']:5.1f}x")
             bg = rows[0]
-            print(f"{n:>6}  buildgraph peak memory: cold {bg['cold_mb']:.0f} MB, no-op {bg['noop_mb']:.0f} MB")
+            print(f"{n:>6}  buildgraph without its server (BUILDGRAPH_SERVER=0): no-op {fmt(bg['noop_alone'])}, "
+                  f"leaf {fmt(bg['leaf_alone'])}")
+            print(f"{n:>6}  buildgraph peak memory in its own process: cold {bg['cold_mb']:.0f} MB, "
+                  f"no-op {bg['noop_mb']:.0f} MB; its server {bg['server_mb']:.0f} MB resident")
         for mode in dict.fromkeys((sandbox, "none")):
             bg, bare = per_action_overhead(500, base, mode)
             print(f"per-action ({mode:>7}): buildgraph {bg * 1e3:.2f} ms, bare command {bare * 1e3:.2f} ms, "
                   f"overhead {(bg - bare) * 1e3:.2f} ms")
         print_floors(base, sizes)
     finally:
+        if (base / "servers").is_dir():
+            from buildgraph.server import stop_all
+
+            stop_all(str(base / "servers"))
         shutil.rmtree(base, ignore_errors=True)
 
 
