@@ -93,6 +93,7 @@ class Engine:
         self.ws, self.graph, self.store, self.state = ws, graph, store, state
         self.state_dir = state_dir
         self.sandbox = sandbox
+        self._trashed = 0   # names given in .buildgraph/trash (_trash_path)
         self.stat_cache = StatCache(state.stat_cache)
         self.resolver = ToolchainResolver(toolstore, ws.toolchains, self.stat_cache, packages=self.packages)
         self._srcs: dict[str, tuple] = {}
@@ -537,6 +538,15 @@ class Engine:
     def out_dir(self, name: str) -> Path:
         return self.state_dir.out / name
 
+    def _trash_path(self) -> str:
+        """A new name in .buildgraph/trash, where replaced outputs wait for the sandbox's
+        janitor; what a killed build left there is removed first (under the workspace's lock)."""
+        if self._trashed == 0:
+            force_remove(self.state_dir.trash)
+            os.mkdir(self.state_dir.trash)
+        self._trashed += 1
+        return f"{self.state_dir.trash}/{self._trashed}"
+
     def _materialized_ok(self, name: str, output_digest: str) -> bool:
         """Whether out/<name> still holds exactly what was materialized there: every entry
         with the inode, size, mtime and ctime it had (an edit in place, a replaced file, a
@@ -580,10 +590,13 @@ class Engine:
                 force_remove(tmp)
                 os.mkdir(tmp)
             listing = self._lay_out(result, tmp)
-            trash = f"{out}/.{name}.{os.getpid()}.old"
+            trash = self._trash_path()
             os.replace(final, trash)
             os.replace(tmp, final)
-            force_remove(trash)
+            if self.sandbox is not None:   # in a build: the next action of a chain need not wait
+                self.sandbox.remove_later(trash)
+            else:
+                force_remove(trash)
         self.state.materialized[name] = (result.output_digest, listing)
         self._changed = True
 

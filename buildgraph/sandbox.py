@@ -165,8 +165,9 @@ class Sandbox:
         self._subdir_mode: int | None = None   # as mkdir made them (the umask's)
         self._free_roots: list[str] = []        # emptied trees of finished actions (_give_back)
         self._etc: tuple[str, bool] | None = None   # (its /etc, whether this build's own): _etc_dir
-        self._to_clear: queue.Queue = queue.Queue()   # trees for the janitor (_give_back)
+        self._to_clear: queue.Queue = queue.Queue()   # (path, whether a tree) for the janitor
         self._janitor: threading.Thread | None = None
+        self._closed = False
         self._kept_failed: bool | None = None   # whether failed/ held anything when first looked at
         self._bwrap = (shutil.which("bwrap") or "bwrap") if mode == "bwrap" else None
         self.cancelled = False
@@ -345,6 +346,8 @@ class Sandbox:
             return self._etc[0]
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
         if self._janitor is not None:   # the trees it still holds are emptied or gone first
             self._to_clear.put(None)
             self._janitor.join()
@@ -373,23 +376,35 @@ class Sandbox:
     def _give_back(self, root: str) -> None:
         """A finished action's tree, handed to the janitor thread (_clear_trees): the action's
         outcome, and the next action's start, do not wait for it to be emptied."""
+        self._to_janitor((root, True))
+
+    def remove_later(self, path: str) -> None:
+        """Remove `path` on the janitor thread, before close() returns: a replaced out/<node>,
+        off the path from one action of a chain to the next."""
+        self._to_janitor((path, False))
+
+    def _to_janitor(self, item: tuple[str, bool]) -> None:
         with self._lock:
+            if self._closed:   # nobody would wait for the thread
+                force_remove(item[0])
+                return
             if self._janitor is None:
                 self._janitor = threading.Thread(target=self._clear_trees, name="bg-sandbox-janitor", daemon=True)
                 self._janitor.start()
-        self._to_clear.put(root)
+        self._to_clear.put(item)
 
     def _clear_trees(self) -> None:
         """The janitor: each finished action's tree emptied for the next action under bwrap,
-        else removed; until close() sends None.
+        else removed, and each path given to remove_later removed; until close() sends None.
 
         Emptying it in place takes a fifth of the time of removing it and making another
         (1.1 ms here, as long as a short action runs). Only under bwrap: there the action's
         pid namespace ended every process it started, so nothing can still write into the
         tree; without one, a process that left its session could, into the next action's."""
-        while (root := self._to_clear.get()) is not None:
+        while (item := self._to_clear.get()) is not None:
+            root, tree = item
             try:
-                if self.mode == "bwrap" and empty_for_reuse(root, self._subdirs, self._subdir_mode):
+                if tree and self.mode == "bwrap" and empty_for_reuse(root, self._subdirs, self._subdir_mode):
                     with self._lock:
                         self._free_roots.append(root)
                 else:

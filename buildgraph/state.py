@@ -70,6 +70,7 @@ class StateDir:
     def __init__(self, root: Path):
         self.dir = root / ".buildgraph"
         self.out = self.dir / "out"
+        self.trash = self.dir / "trash"   # replaced outputs being removed (Engine.materialize)
         self.logs = self.dir / "logs"
         self._lock_fd: int | None = None
         self._inputs_db = None
@@ -138,7 +139,7 @@ class StateDir:
         import shutil
 
         kept = self._read_state()
-        for d in (self.out, self.logs, self.dir / "inputs"):   # inputs/: earlier versions' diskcache
+        for d in (self.out, self.trash, self.logs, self.dir / "inputs"):   # inputs/: earlier versions' diskcache
             shutil.rmtree(d, ignore_errors=True)
         for name in (STATE, "last-build.json", NOOP_RECORD, INPUTS, INPUTS + "-wal", INPUTS + "-shm",
                      "state.pickle"):   # state.pickle: earlier versions' state

@@ -68,6 +68,20 @@ def test_one_edit_reruns_exactly_its_downstream(ws, capsys):
     assert "int b2;" in (ws.out("app") / "app.txt").read_text()
 
 
+def test_replaced_outputs_leave_nothing_behind_even_after_a_killed_build(ws, capsys):
+    make_chain(ws)
+    ws.build(capsys=capsys)
+    trash = ws.root / ".buildgraph" / "trash"
+    (trash / "7" / "sub").mkdir(parents=True)   # as a build killed before its janitor ran leaves it
+    (trash / "7" / "sub" / "f").write_text("old")
+    (trash / "7" / "sub").chmod(0o555)
+    ws.write("lib/b.c", "int b3;\n")
+    assert ran(ws.build(capsys=capsys)) == {"lib", "app"}
+    assert list(trash.iterdir()) == []
+    assert sorted(p.name for p in ws.out("").iterdir()) == ["app", "gen", "lib", "other"]
+    assert "int b3;" in (ws.out("app") / "app.txt").read_text()
+
+
 def test_identical_output_stops_the_rebuild_early_cutoff(ws, capsys):
     make_chain(ws)
     ws.build(capsys=capsys)
