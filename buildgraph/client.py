@@ -235,7 +235,11 @@ def _start_server(where: str, name: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    code = _served(argv)
+    try:
+        code = _served(argv)
+    except KeyboardInterrupt:   # before a child took the build: nothing ran
+        print("buildgraph: interrupted", file=sys.stderr)
+        return 130
     if code is not None:
         return code
     from buildgraph import cli
