@@ -14,8 +14,8 @@ gets another server. Only `build` goes to a server; BUILDGRAPH_SERVER=0 turns it
 
 The protocol, on a unix socket in a directory only this user can open (server_dir()):
   client -> server   one message with the request (argv, environment, umask, start time)
-                     and five descriptors: stdin, stdout, stderr, the working directory
-                     and the jobserver's, if any (SCM_RIGHTS)
+                     and four descriptors, stdin, stdout, stderr and the working
+                     directory, plus the make jobserver's, if any (SCM_RIGHTS)
   server             forks; the child answers "ready" and waits for "go", so a client
                      that gave up (READY_SECONDS) never gets a second build behind its back
   client -> child    "go", then one byte per signal it receives (INT, TERM, HUP, QUIT),
@@ -34,6 +34,7 @@ import sys
 READY_SECONDS = 10.0   # how long a client waits for a server's child before building itself
 FORWARDED = (2, 15, 1, 3)   # SIGINT, SIGTERM, SIGHUP, SIGQUIT
 _CONTEXT_ENV = ("PYTHON", "LC_", "LANG")   # what the interpreter reads of the environment at start
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 
 def server_dir() -> str | None:
@@ -66,26 +67,31 @@ def _read(path: str) -> bytes:
         return b""
 
 
-def code_files(package: str) -> list:
-    """(path, size, mtime) of buildgraph's own modules: an edited one means another server."""
-    found = []
-    for sub in ("", "/store"):
-        try:
-            with os.scandir(package + sub) as it:
-                for e in it:
-                    if e.name.endswith(".py"):
-                        st = e.stat()
-                        found.append((e.path, st.st_size, st.st_mtime_ns, st.st_ino))
-        except OSError:
-            found.append((package + sub, None))
-    return sorted(found)
+def code_signature() -> tuple:
+    """buildgraph's own modules, by stat: a buildgraph changed in place (same version string)
+    must neither reuse a graph it configured, nor call a build a no-op by its old rules, nor
+    be served by a server that imported the old code. Here, not in signatures.py, because
+    the client imports nothing but built-in modules."""
+    out = []
+    for sub in ("", "store"):
+        d = os.path.join(_PACKAGE, sub)
+        for name in sorted(os.listdir(d)):
+            if name.endswith(".py"):
+                st = os.stat(os.path.join(d, name))
+                out.append((sub, name, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def peer_is_us(sock) -> bool:
+    """Whether the process at the other end of unix socket `sock` runs as this user."""
+    cred = sock.getsockopt(1, 17, 12)   # SOL_SOCKET, SO_PEERCRED: struct ucred (pid, uid, gid)
+    return int.from_bytes(cred[4:8], sys.byteorder) == os.getuid()
 
 
 def context() -> str:
     """The digest naming the server that may run this process's command (module docstring)."""
     from _blake2 import blake2b
 
-    package = os.path.dirname(os.path.abspath(__file__))
     paths = []
     for entry in sys.path:
         try:
@@ -100,7 +106,7 @@ def context() -> str:
         except OSError:
             namespaces.append(None)
     root = os.stat("/")
-    facts = (sys.executable, sys.version, tuple(sys.flags), tuple(sys.path), paths, code_files(package),
+    facts = (sys.executable, sys.version, tuple(sys.flags), tuple(sys.path), paths, _PACKAGE, code_signature(),
              sorted((k, v) for k, v in os.environ.items() if k.startswith(_CONTEXT_ENV)),
              os.getuid(), os.getgid(), sorted(os.getgroups()), namespaces, (root.st_dev, root.st_ino),
              _read("/proc/self/cgroup"), _read("/proc/self/limits"), sorted(os.sched_getaffinity(0)),
@@ -149,8 +155,7 @@ def _served(argv: list[str]) -> int | None:
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.connect(f"{where}/{name}.sock")
-        cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
-        if int.from_bytes(cred[4:8], sys.byteorder) != os.getuid():
+        if not peer_is_us(sock):
             raise OSError("not this user's server")
     except OSError:
         sock.close()
@@ -168,7 +173,7 @@ def _run_in_child(sock, argv: list[str], jobserver: list[int]) -> int | None:
 
     umask = os.umask(0o022)
     os.umask(umask)
-    request = marshal.dumps((1, sys.argv[0], argv, dict(os.environ), umask, process_start(), jobserver))
+    request = marshal.dumps((sys.argv[0], argv, dict(os.environ), umask, process_start(), jobserver))
     cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
     try:
         fds = [0, 1, 2, cwd, *jobserver]

@@ -28,16 +28,19 @@ import sys
 import threading
 import time
 
+from buildgraph import client
+
 CHECK_SECONDS = 2.0
 IDLE_SECONDS = 3 * 3600
-# What a build imports beyond buildgraph.cli, lazily or not (a leaf change at 10,000 nodes, listed
-# from sys.modules): imported here once instead of in every build.
+# What a build imports beyond buildgraph.cli, lazily or not (a first build, a leaf change, one that parses
+# the workspace again, listed from sys.modules): imported here once instead of in every build.
 PRELOAD = ("buildgraph.cli", "buildgraph.operations", "buildgraph.engine", "buildgraph.scheduler",
            "buildgraph.sandbox", "buildgraph.sandbox_etc", "buildgraph.workspace", "buildgraph.yamlsource",
            "buildgraph.noop", "buildgraph.state", "buildgraph.ui", "buildgraph.status", "buildgraph.explain",
            "buildgraph.hostpkgs", "buildgraph.toolchains", "buildgraph.toolstore", "buildgraph.compile_cache",
            "buildgraph.jobserver", "buildgraph.recipes", "buildgraph.sources", "buildgraph.rcfile",
            "buildgraph.store.local", "buildgraph.store.index", "buildgraph.packedmap", "buildgraph.globs",
+           "buildgraph.compat", "yaml", "base64", "hashlib",
            "sqlite3", "pickle", "ctypes", "subprocess", "queue", "random", "shlex", "tempfile", "bz2", "lzma")
 _HIGH_FD = 100   # received descriptors wait above the numbers they are moved to
 
@@ -49,8 +52,6 @@ def main(args: list[str]) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:   # this context's server is up (or starting)
         return 0
-    from buildgraph import client
-
     if client.context() != name:   # not the context the client computed: serve nobody
         return 0
     for module in PRELOAD:
@@ -154,17 +155,10 @@ def _reap(children: set[int]) -> None:
 
 
 def _still_serving(path: str, mine: int, name: str) -> bool:
-    from buildgraph import client
-
     try:
         return os.stat(path).st_ino == mine and client.context() == name
     except OSError:
         return False
-
-
-def _peer_is_us(conn: socket.socket) -> bool:
-    cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-    return int.from_bytes(cred[4:8], sys.byteorder) == os.getuid()
 
 
 def _receive(conn: socket.socket) -> tuple[tuple, list[int]]:
@@ -190,13 +184,12 @@ def _child(conn: socket.socket) -> None:
     """Become the client's process and run its command (client.py's protocol)."""
     code = 1
     try:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
         conn.settimeout(None)
-        if not _peer_is_us(conn):
+        if not client.peer_is_us(conn):
             os._exit(1)
         fd = fcntl.fcntl(conn.detach(), fcntl.F_DUPFD_CLOEXEC, _HIGH_FD)
         conn = socket.socket(fileno=fd)
-        (version, argv0, argv, env, umask, started, jobserver), fds = _receive(conn)
+        (argv0, argv, env, umask, started, jobserver), fds = _receive(conn)
         high = [fcntl.fcntl(f, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for f in fds]
         for f in fds:
             os.close(f)

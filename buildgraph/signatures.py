@@ -14,10 +14,10 @@ import stat
 import time
 from pathlib import Path
 
+from buildgraph.client import code_signature
 from buildgraph.digest import is_racy, stat_signature
 
 BUILD_FILE = "BUILD.yaml"
-_PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 # Host files the sandbox shows its actions, keyed in the host tools' digest (sandbox.py).
 KEYED_ETC = ("/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives")
@@ -40,19 +40,6 @@ def workspace_files(root: Path) -> list[Path]:
         if d.is_dir():
             files.extend(sorted(p for p in d.iterdir() if p.suffix in (".yaml", ".yml")))
     return files
-
-
-def code_signature() -> tuple:
-    """buildgraph's own modules, by stat: a buildgraph changed in place (same version string)
-    must neither reuse a graph it configured nor call a build a no-op by its old rules."""
-    out = []
-    for sub in ("", "store"):
-        d = os.path.join(_PACKAGE, sub)
-        for name in sorted(os.listdir(d)):
-            if name.endswith(".py"):
-                st = os.stat(os.path.join(d, name))
-                out.append((sub, name, st.st_size, st.st_mtime_ns))
-    return tuple(out)
 
 
 def files_signature(root: Path, read: tuple[str, ...] = ()) -> tuple | None:

@@ -237,3 +237,22 @@ def test_no_server_in_a_directory_others_can_open_and_shutdown_stops_ours(ws, wh
                         env=dict(os.environ, PYTHONPATH=str(REPO), BUILDGRAPH_SERVER_DIR=where))
     assert rc.returncode == 0 and rc.stdout.startswith("stopped 1 server"), rc.stdout + rc.stderr
     assert gone(pid)
+
+
+def test_the_server_has_imported_everything_a_build_imports(ws):
+    """What a served build would still import is paid in every build (the server's point)."""
+    ws.write("BUILD.yaml", STEPS)
+    ws.write("v", "1\n")
+    probe = ("import importlib, sys\n"
+             "from buildgraph import server\n"
+             "for m in server.PRELOAD: importlib.import_module(m)\n"
+             "before = set(sys.modules)\n"
+             "from buildgraph import cli\n"
+             "for v in ('1', '2'):\n"   # one that parses the workspace, one that only runs what changed
+             f"    open({str(ws.root / 'v')!r}, 'w').write(v)\n"
+             f"    assert cli.main(['build', 'b', '-C', {str(ws.root)!r}, '--cache-dir', {str(ws.cache)!r}]) == 0\n"
+             "print(sorted(set(sys.modules) - before))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO), "BUILDGRAPH_SERVER": "0"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
