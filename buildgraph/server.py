@@ -52,6 +52,8 @@ def main(args: list[str]) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:   # this context's server is up (or starting)
         return 0
+    os.ftruncate(lock, 0)   # from now on: `shutdown` stops a server still importing too
+    os.write(lock, f"{os.getpid()}\n".encode())
     if client.context() != name:   # not the context the client computed: serve nobody
         return 0
     for module in PRELOAD:
@@ -71,8 +73,6 @@ def main(args: list[str]) -> int:
         os.umask(old)
     listener.listen(64)
     mine = os.stat(path).st_ino
-    os.ftruncate(lock, 0)
-    os.write(lock, f"{os.getpid()}\n".encode())
     idle = float(os.environ.get("BUILDGRAPH_SERVER_IDLE") or IDLE_SECONDS)
     gc.freeze()   # what is loaded now is never collected: children do not copy it to scan it
     listener.settimeout(CHECK_SECONDS)

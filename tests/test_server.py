@@ -256,3 +256,25 @@ def test_the_server_has_imported_everything_a_build_imports(ws):
                          env={**os.environ, "PYTHONPATH": str(REPO), "BUILDGRAPH_SERVER": "0"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_shutdown_stops_a_server_still_starting(ws, where):
+    import fcntl
+
+    client._start_server(where, client.context())
+    lock, deadline = None, time.time() + 20
+    while lock is None and time.time() < deadline:   # the moment it holds its lock, before it listens
+        for path in Path(where).glob("*.lock"):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                lock = path
+            finally:
+                os.close(fd)
+        time.sleep(0.001)
+    assert lock is not None
+    from buildgraph import server
+
+    stopped = server.stop_all(where)
+    assert len(stopped) == 1 and gone(stopped[0])
