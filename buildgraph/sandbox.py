@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shlex
 import shutil
 import signal
 import stat
@@ -106,6 +107,18 @@ def _probe(argv) -> bool:
         return False
 
 
+# Sandboxes started ahead of the actions that will run in them (Sandbox._take_spare).
+SPARES_PER_MOUNT_SET = 2
+SPARES_AT_MOST = 4
+
+
+@dataclass
+class _Spare:
+    root: str                 # the sandbox tree its mounts are of
+    proc: subprocess.Popen    # bwrap, its shell waiting on `feed`
+    feed: int                 # the write end of the pipe the command comes through; -1 once closed
+
+
 @dataclass
 class RunOutcome:
     result: ActionResult | None   # None when the action failed
@@ -170,6 +183,9 @@ class Sandbox:
         self._closed = False
         self._kept_failed: bool | None = None   # whether failed/ held anything when first looked at
         self._bwrap = (shutil.which("bwrap") or "bwrap") if mode == "bwrap" else None
+        self._spares: dict[tuple, list[_Spare]] = {}   # sandboxes started ahead, per mount set
+        self._to_spawn: queue.Queue = queue.Queue()   # mount sets wanting a spare, for the spawner
+        self._spawner: threading.Thread | None = None
         self.cancelled = False
 
     # ------------------------------------------------------------ public
@@ -189,7 +205,8 @@ class Sandbox:
         recollected = self._recollect(action)
         if recollected is not None:
             return recollected
-        root = self._take_root()
+        spare = self._take_spare(action, tools)
+        root = spare.root if spare is not None else self._take_root()
         try:
             try:
                 self._stage(root, action, dep_results, tools)
@@ -204,7 +221,7 @@ class Sandbox:
             binding = None
             if self.compile_cache is not None and action.compilers:   # compilers come with a toolchain
                 binding = self.compile_cache.bind(action.toolchain[1], f"{self.inner_root}/.tools/bin")
-            code = self._execute(root, action, tools, source_tree, binding)
+            code = self._execute(root, action, tools, source_tree, binding, spare)
             began = phase("run", began)
             log = _tail(f"{root}/.stdout") + _tail(f"{root}/.stderr")
             if self.cancelled:
@@ -224,6 +241,8 @@ class Sandbox:
             phase("collect", began)
             return outcome(result, None, log)
         finally:
+            if spare is not None:
+                self._end_spare(spare)
             if os.path.exists(root):   # not kept as a failed action's
                 self._give_back(root)
 
@@ -348,6 +367,16 @@ class Sandbox:
     def close(self) -> None:
         with self._lock:
             self._closed = True
+        if self._spawner is not None:
+            self._to_spawn.put(None)
+            self._spawner.join()
+            self._spawner = None
+        with self._lock:
+            spares = [sp for group in self._spares.values() for sp in group]
+            self._spares.clear()
+        for spare in spares:
+            self._end_spare(spare)
+            force_remove(spare.root)
         if self._janitor is not None:   # the trees it still holds are emptied or gone first
             self._to_clear.put(None)
             self._janitor.join()
@@ -412,6 +441,103 @@ class Sandbox:
             finally:
                 self._to_clear.task_done()
 
+    # ------------------------------------------------------------ spares
+
+    def _take_spare(self, action: Action, tools) -> _Spare | None:
+        """A bwrap sandbox started ahead for this action's mounts, or None; and another asked
+        of the spawner thread for the next action like it. Starting bwrap (namespaces, /proc,
+        /dev, the mounts: ~5 ms here) is most of an action's overhead; a spare pays it while
+        the action before runs. Each spare runs one action, as a sandbox started for it would:
+        the same namespaces, mounts and pids, nothing left by another action. Not for
+        actions that mount more than their tools (an upstream source, the compile cache) nor
+        for built-in ones."""
+        if self.mode != "bwrap" or action.source_fetch is not None \
+                or (self.compile_cache is not None and action.compilers) \
+                or action.commands[:1] and action.commands[0].startswith("builtin:"):
+            return None
+        key = (tools, action.jobserver == "fifo")
+        with self._lock:
+            if self._closed or self.cancelled:
+                return None
+            spares = self._spares.get(key)
+            spare = spares.pop(0) if spares else None
+            if self._spawner is None:
+                self._spawner = threading.Thread(target=self._spawn_spares, name="bg-sandbox-spawner", daemon=True)
+                self._spawner.start()
+        self._to_spawn.put(key)
+        return spare
+
+    def _spawn_spares(self) -> None:
+        """The spawner: one spare at a time for each mount set asked for, until close() sends None."""
+        while (key := self._to_spawn.get()) is not None:
+            with self._lock:
+                if len(self._spares.get(key, ())) >= SPARES_PER_MOUNT_SET \
+                        or sum(map(len, self._spares.values())) >= SPARES_AT_MOST:
+                    continue
+            root = self._take_root()
+            try:
+                spare = self._spawn(root, *key)
+            except OSError:
+                force_remove(root)
+                continue
+            with self._lock:
+                if not (self._closed or self.cancelled):
+                    self._spares.setdefault(key, []).append(spare)
+                    continue
+            self._end_spare(spare)
+            force_remove(root)
+
+    def _spawn(self, root: str, tools, jobserver_fifo: bool) -> _Spare:
+        """bwrap with the mounts of an action on `root` and its tools, its shell waiting to read
+        from its stdin, a pipe, the command it then becomes (_start_in)."""
+        argv = self._bwrap_argv(root, tools, jobserver_fifo=jobserver_fifo)
+        fds = self.jobserver.child_fds if self.jobserver is not None else ()
+        feed_r, feed_w = os.pipe()
+        try:
+            with open(f"{root}/.stdout", "wb") as out, open(f"{root}/.stderr", "wb") as err:
+                proc = subprocess.Popen(argv + ["/bin/sh", "-c", ". /dev/stdin"], env={}, cwd=f"{root}/work",
+                                        stdin=feed_r, stdout=out, stderr=err, start_new_session=True,
+                                        pass_fds=fds, umask=self.umask if self.umask is not None else PINNED_UMASK)
+        except OSError:
+            os.close(feed_w)
+            raise
+        finally:
+            os.close(feed_r)
+        with self._lock:
+            self._running[proc.pid] = proc
+        return _Spare(root, proc, feed_w)
+
+    def _start_in(self, spare: _Spare, argv: list[str], env: dict[str, str]) -> bool:
+        """Have the spare's shell exec `argv` with exactly `env` (env -i keeps its order) and
+        stdin /dev/null opened as a started one has it. False if the spare is gone (killed
+        while it waited): the action is then started the usual way."""
+        line = (f"exec /usr/bin/env -i -- {' '.join(shlex.quote(f'{k}={v}') for k, v in env.items())} "
+                f"{' '.join(map(shlex.quote, argv))} <>/dev/null\n")
+        data = os.fsencode(line)
+        try:
+            while data:
+                data = data[os.write(spare.feed, data):]
+        except OSError:
+            self._end_spare(spare)
+            return False
+        finally:
+            self._close_feed(spare)
+        return True
+
+    def _close_feed(self, spare: _Spare) -> None:
+        if spare.feed >= 0:
+            os.close(spare.feed)
+            spare.feed = -1
+
+    def _end_spare(self, spare: _Spare) -> None:
+        """Stop a spare that has not run its action (nothing if it has) and wait for it."""
+        if spare.feed >= 0:
+            self._close_feed(spare)
+            _killpg(spare.proc, signal.SIGKILL)
+        spare.proc.wait()
+        with self._lock:
+            self._running.pop(spare.proc.pid, None)
+
     def _stage(self, root: str, action: Action, dep_results, tools) -> None:
         linking = self.mode == "bwrap"
         if not linking:
@@ -469,45 +595,52 @@ class Sandbox:
         with the terminal (no new session) and without this build's jobserver."""
         script = ["/bin/sh"] if shell else ["/bin/sh", "-e", "-c", _script(action.commands)]
         if self.mode == "bwrap":
-            argv = [self._bwrap, "--die-with-parent", *(() if shell else ("--new-session",)),
-                    "--unshare-net", "--unshare-pid",
-                    "--unshare-ipc", "--unshare-uts", "--hostname", "sandbox",
-                    "--ro-bind", "/usr", "/usr", "--tmpfs", "/usr/local",
-                    "--ro-bind", self._etc_dir(), "/etc",
-                    "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
-                    "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
-                    "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-                    "--tmpfs", self.inner_root, "--dir", f"{self.inner_root}/tmp", "--dir", f"{self.inner_root}/home",
-                    "--ro-bind", f"{root}/src", f"{self.inner_root}/src",
-                    "--ro-bind", f"{root}/deps", f"{self.inner_root}/deps",
-                    "--bind", f"{root}/out", f"{self.inner_root}/out",
-                    "--bind", f"{root}/work", f"{self.inner_root}/work",
-                    "--ro-bind", self.tools_dir(tools, action.compilers if binding else ()),
-                    f"{self.inner_root}/.tools"]
-            links, mounts = tools
-            if binding is not None:
-                from buildgraph.compile_cache import SANDBOX_DIR, SANDBOX_REMOTE_DIR
-
-                argv += ["--bind", binding.host_dir, SANDBOX_DIR]
-                if binding.remote_dir is not None:
-                    argv += ["--bind", binding.remote_dir, SANDBOX_REMOTE_DIR]
-            for m in mounts:
-                argv += ["--ro-bind", m.host, f"{SANDBOX_TOOLCHAINS}/{m.name}"]
-                for w in m.writable:
-                    argv += ["--bind", f"{m.host}/{w}", f"{SANDBOX_TOOLCHAINS}/{m.name}/{w}"]
-            for d in _outside_dirs(links, mounts):
-                argv += ["--ro-bind", d, d]
-            if source_tree is not None:
-                argv += ["--ro-bind", source_tree, f"{self.inner_root}/source"]
-            elif os.path.isdir(f"{root}/source"):
-                argv += ["--ro-bind", f"{root}/source", f"{self.inner_root}/source"]
-            if self.jobserver is not None and action.jobserver == "fifo" and not shell:
-                argv += ["--bind", self.jobserver.fifo, f"{self.inner_root}/.jobserver"]
-            argv += ["--chdir", f"{self.inner_root}/work", "--"]
-            return argv + script, self.inner_root
+            compilers = action.compilers if binding else ()
+            jobserver_fifo = action.jobserver == "fifo" and not shell
+            return self._bwrap_argv(root, tools, compilers, source_tree, binding, jobserver_fifo, shell) + script, \
+                self.inner_root
         if self.mode == "unshare":
             return [shutil.which("unshare") or "unshare", "-n", "--"] + script, root
         return script, root
+
+    def _bwrap_argv(self, root: str, tools, compilers=(), source_tree: str | None = None, binding=None,
+                    jobserver_fifo: bool = False, shell: bool = False) -> list[str]:
+        """bwrap and its arguments up to the command: the namespaces and mounts of an action's
+        sandbox at `root` with `tools` (and a source tree, the compile cache, the jobserver's fifo)."""
+        argv = [self._bwrap, "--die-with-parent", *(() if shell else ("--new-session",)),
+                "--unshare-net", "--unshare-pid",
+                "--unshare-ipc", "--unshare-uts", "--hostname", "sandbox",
+                "--ro-bind", "/usr", "/usr", "--tmpfs", "/usr/local",
+                "--ro-bind", self._etc_dir(), "/etc",
+                "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
+                "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
+                "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+                "--tmpfs", self.inner_root, "--dir", f"{self.inner_root}/tmp", "--dir", f"{self.inner_root}/home",
+                "--ro-bind", f"{root}/src", f"{self.inner_root}/src",
+                "--ro-bind", f"{root}/deps", f"{self.inner_root}/deps",
+                "--bind", f"{root}/out", f"{self.inner_root}/out",
+                "--bind", f"{root}/work", f"{self.inner_root}/work",
+                "--ro-bind", self.tools_dir(tools, compilers), f"{self.inner_root}/.tools"]
+        links, mounts = tools
+        if binding is not None:
+            from buildgraph.compile_cache import SANDBOX_DIR, SANDBOX_REMOTE_DIR
+
+            argv += ["--bind", binding.host_dir, SANDBOX_DIR]
+            if binding.remote_dir is not None:
+                argv += ["--bind", binding.remote_dir, SANDBOX_REMOTE_DIR]
+        for m in mounts:
+            argv += ["--ro-bind", m.host, f"{SANDBOX_TOOLCHAINS}/{m.name}"]
+            for w in m.writable:
+                argv += ["--bind", f"{m.host}/{w}", f"{SANDBOX_TOOLCHAINS}/{m.name}/{w}"]
+        for d in _outside_dirs(links, mounts):
+            argv += ["--ro-bind", d, d]
+        if source_tree is not None:
+            argv += ["--ro-bind", source_tree, f"{self.inner_root}/source"]
+        elif os.path.isdir(f"{root}/source"):
+            argv += ["--ro-bind", f"{root}/source", f"{self.inner_root}/source"]
+        if self.jobserver is not None and jobserver_fifo:
+            argv += ["--bind", self.jobserver.fifo, f"{self.inner_root}/.jobserver"]
+        return argv + ["--chdir", f"{self.inner_root}/work", "--"]
 
     def _env(self, action: Action, mapped: str, tools, binding) -> dict[str, str]:
         """The action's environment as it runs with its sandbox seen at `mapped`."""
@@ -518,7 +651,8 @@ class Sandbox:
         env["BUILDGRAPH_SANDBOX"] = mapped  # for -ffile-prefix-map in toolchain wrappers; not in the key
         return env
 
-    def _execute(self, root: str, action: Action, tools, source_tree: str | None = None, binding=None) -> int:
+    def _execute(self, root: str, action: Action, tools, source_tree: str | None = None, binding=None,
+                 spare: _Spare | None = None) -> int:
         argv, mapped = self._argv(root, action, tools, source_tree, binding)
         env = self._env(action, mapped, tools, binding)
         fds: tuple[int, ...] = ()
@@ -526,6 +660,11 @@ class Sandbox:
             fifo = f"{self.inner_root}/.jobserver" if self.mode == "bwrap" else None
             env["MAKEFLAGS"] = self.jobserver.makeflags(action.jobserver, fifo)
             fds = self.jobserver.child_fds
+        if spare is not None and self._start_in(spare, argv[argv.index("--") + 1:], env):
+            try:
+                return spare.proc.wait()
+            finally:
+                _killpg(spare.proc, signal.SIGKILL)
         with open(f"{root}/.stdout", "wb") as out, open(f"{root}/.stderr", "wb") as err:
             with self._lock:
                 if self.cancelled:

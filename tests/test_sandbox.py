@@ -317,11 +317,12 @@ def test_host_tool_by_absolute_path_is_that_program(ws, capsys, tmp_path, monkey
 
 @pytest.mark.skipif(detect_mode() != "bwrap", reason="sandbox trees are reused only under bubblewrap")
 def test_a_reused_sandbox_tree_holds_nothing_of_the_action_before(ws, capsys, monkeypatch):
-    # Under bwrap a finished action's tree is emptied and handed to the next one. Which host
-    # directory is mounted at /sandbox/work shows whether it was; what the next action finds
-    # there first, and the mode of its directories, shows that it came back empty and unchanged.
-    # The janitor thread empties trees off the actions' path, usually before the next action
-    # starts; here each action waits for it, so that every tree fit for reuse is reused.
+    # Under bwrap a finished action's tree is emptied and handed to a later one (through a
+    # spare sandbox started ahead, or directly). Which host directory is mounted at
+    # /sandbox/work shows which tree an action got; what it finds there first, and the mode
+    # of its directories, shows that the tree came back empty and unchanged.
+    # The janitor thread empties trees off the actions' path, usually before the next tree
+    # is taken; here each take waits for it, so that every tree fit for reuse is reused.
     from buildgraph.sandbox import Sandbox
 
     take_root = Sandbox._take_root
@@ -330,21 +331,23 @@ def test_a_reused_sandbox_tree_holds_nothing_of_the_action_before(ws, capsys, mo
             "grep ' /sandbox/work ' /proc/self/mountinfo | cut -d' ' -f4 > $OUT/where; "
             "cp $TMPDIR/w $OUT/work; cp $TMPDIR/o $OUT/out; cp $TMPDIR/m $OUT/modes")
     outs = "[where, work, out, modes]"
+    names = ("litter", "after_litter", "chmod", "after_chmod", "later", "last")
+    chain = "".join(f"\n          {t}: {{kind: script, deps: [{before}], outs: {outs}, cmds: [\"{look}\"]}}"
+                    for before, t in zip(names[2:], names[3:]))
     ws.write("BUILD.yaml", f"""\
         host_tools: [sh, ls, stat, cp, grep, cut, mkdir, touch, chmod]
         targets:
           litter: {{kind: script, outs: {outs}, cmds: ["{look}",
             "echo junk > junk; mkdir -p ro/deeper; touch ro/deeper/f; chmod 555 ro/deeper ro"]}}
           after_litter: {{kind: script, deps: [litter], outs: {outs}, cmds: ["{look}"]}}
-          chmod: {{kind: script, deps: [after_litter], outs: {outs}, cmds: ["{look}", "chmod 700 . $OUT"]}}
-          after_chmod: {{kind: script, deps: [chmod], outs: {outs}, cmds: ["{look}"]}}
+          chmod: {{kind: script, deps: [after_litter], outs: {outs}, cmds: ["{look}", "chmod 700 . $OUT"]}}{chain}
         """)
     st = ws.build("-j1", capsys=capsys)
-    names = ("litter", "after_litter", "chmod", "after_chmod")
     assert all(st[t] == "ran" for t in names), st["_out"] + st["_err"]
     seen = {t: {f: (ws.out(t) / f).read_text() for f in ("where", "work", "out", "modes")} for t in names}
-    assert seen["litter"]["where"] == seen["after_litter"]["where"] == seen["chmod"]["where"]   # one tree, reused
-    assert seen["after_chmod"]["where"] != seen["chmod"]["where"]   # a chmodded one is not
+    trees = [seen[t]["where"] for t in names]
+    assert len(set(trees)) < len(trees), trees   # trees were reused
+    assert seen["chmod"]["where"] not in trees[names.index("chmod") + 1:], trees   # a chmodded one is not
     for t in names:
         assert seen[t]["work"] == seen[t]["out"] == "", (t, seen[t])
         assert seen[t]["modes"] == seen["litter"]["modes"], (t, seen[t])
@@ -430,3 +433,58 @@ def test_a_keyed_etc_file_edited_in_place_changes_the_key(ws, capsys, monkeypatc
     assert os.stat(conf).st_mtime_ns == before.st_mtime_ns
     time.sleep(0.15)
     assert ws.build(capsys=capsys)["t"] == "ran"
+
+
+_LOOK_AROUND = ("env > $OUT/seen; echo $$ $0 $# >> $OUT/seen; ls /proc/self/fd >> $OUT/seen; "
+                "ls -l /proc/self/fd/0 | cut -c1-10 >> $OUT/seen; readlink /proc/self/fd/0 >> $OUT/seen; "
+                "umask >> $OUT/seen; pwd >> $OUT/seen; cat /proc/sys/kernel/hostname >> $OUT/seen; "
+                "ls -A / /tmp /dev $TMPDIR $HOME >> $OUT/seen; ps -e -o pid=,comm= >> $OUT/seen")
+
+
+def _spares_used(monkeypatch) -> list:
+    from buildgraph.sandbox import Sandbox
+
+    used = []
+    start_in = Sandbox._start_in
+    monkeypatch.setattr(Sandbox, "_start_in", lambda self, *a: used.append(start_in(self, *a)) or used[-1])
+    return used
+
+
+@pytest.mark.skipif(detect_mode() != "bwrap", reason="spare sandboxes are bubblewrap's")
+def test_an_action_in_a_spare_sandbox_sees_what_one_in_a_sandbox_started_for_it_sees(ws, capsys, monkeypatch):
+    # The first action of a tool set starts its own sandbox; the ones after it run in spares
+    # started ahead. Their view must be the same to the byte: environment (and its order),
+    # argv, pid, open descriptors and how stdin is open, umask, directory, hostname, what
+    # the filesystem and process table hold.
+    used = _spares_used(monkeypatch)
+    names = ("first", "second", "third")
+    ws.write("BUILD.yaml", "host_tools: [sh, env, ls, cut, readlink, cat, ps]\ntargets:\n" + "".join(
+        f"  {t}: {{kind: script, outs: [seen], cmds: [\"echo {t}\", \"{_LOOK_AROUND}\"]}}\n" for t in names))
+    st = ws.build("-j1", capsys=capsys)
+    assert all(st[t] == "ran" for t in names), st["_out"] + st["_err"]
+    assert used and all(used), used
+    seen = {t: (ws.out(t) / "seen").read_text() for t in names}
+    assert "\n2 /bin/sh 0\n" in seen["first"]
+    assert seen["first"] == seen["second"] == seen["third"]
+
+
+@pytest.mark.skipif(detect_mode() != "bwrap", reason="spare sandboxes are bubblewrap's")
+def test_a_spare_sandbox_that_died_while_it_waited_is_not_an_action_failure(ws, capsys, monkeypatch):
+    from buildgraph.sandbox import Sandbox
+
+    spawn = Sandbox._spawn
+
+    def spawn_and_kill(self, *args):
+        spare = spawn(self, *args)
+        os.killpg(spare.proc.pid, 9)
+        spare.proc.wait()
+        return spare
+    monkeypatch.setattr(Sandbox, "_spawn", spawn_and_kill)
+    used = _spares_used(monkeypatch)
+    ws.write("BUILD.yaml", "host_tools: [sh]\ntargets:\n" + "".join(
+        f"  t{i}: {{kind: script, outs: [o], cmds: [\"echo {i} > $OUT/o\"]}}\n" for i in range(4)))
+    st = ws.build("-j1", capsys=capsys)
+    assert all(st[f"t{i}"] == "ran" for i in range(4)), st["_out"] + st["_err"]
+    assert used and not any(used)
+    assert [(ws.out(f"t{i}") / "o").read_text() for i in range(4)] == [f"{i}\n" for i in range(4)]
+    assert not any(ws.cache.joinpath("sandbox").iterdir())
