@@ -374,6 +374,8 @@ class Sandbox:
         with self._lock:
             spares = [sp for group in self._spares.values() for sp in group]
             self._spares.clear()
+        for spare in spares:   # all killed first: their namespaces are torn down together
+            _killpg(spare.proc, signal.SIGKILL)
         for spare in spares:
             self._end_spare(spare)
             force_remove(spare.root)
