@@ -219,7 +219,7 @@ class Sandbox:
                 phase("run", began)
                 return replace(ran, phases=tuple(phases))
             binding = None
-            if self.compile_cache is not None and action.compilers:   # compilers come with a toolchain
+            if self._compiles(action):
                 binding = self.compile_cache.bind(action.toolchain[1], f"{self.inner_root}/.tools/bin")
             code = self._execute(root, action, tools, source_tree, binding, spare)
             began = phase("run", began)
@@ -453,8 +453,7 @@ class Sandbox:
         the same namespaces, mounts and pids, nothing left by another action. Not for
         actions that mount more than their tools (an upstream source, the compile cache) nor
         for built-in ones."""
-        if self.mode != "bwrap" or action.source_fetch is not None \
-                or (self.compile_cache is not None and action.compilers) \
+        if self.mode != "bwrap" or action.source_fetch is not None or self._compiles(action) \
                 or action.commands[:1] and action.commands[0].startswith("builtin:"):
             return None
         key = (tools, action.jobserver == "fifo")
@@ -468,6 +467,10 @@ class Sandbox:
                 self._spawner.start()
         self._to_spawn.put(key)
         return spare
+
+    def _compiles(self, action: Action) -> bool:
+        """Whether the action runs with the compile cache bound (its compilers come with a toolchain)."""
+        return self.compile_cache is not None and bool(action.compilers)
 
     def _spawn_spares(self) -> None:
         """The spawner: one spare at a time for each mount set asked for, until close() sends None."""
@@ -595,7 +598,7 @@ class Sandbox:
         """The command line of the action in the sandbox at `root`, and the path the sandbox is
         seen at. `shell`: an interactive /bin/sh there instead (--sandbox-debug's enter.sh):
         with the terminal (no new session) and without this build's jobserver."""
-        script = ["/bin/sh"] if shell else ["/bin/sh", "-e", "-c", _script(action.commands)]
+        script = ["/bin/sh"] if shell else _command(action.commands)
         if self.mode == "bwrap":
             compilers = action.compilers if binding else ()
             jobserver_fifo = action.jobserver == "fifo" and not shell
@@ -655,18 +658,18 @@ class Sandbox:
 
     def _execute(self, root: str, action: Action, tools, source_tree: str | None = None, binding=None,
                  spare: _Spare | None = None) -> int:
-        argv, mapped = self._argv(root, action, tools, source_tree, binding)
-        env = self._env(action, mapped, tools, binding)
+        env = self._env(action, self.inner_root if self.mode == "bwrap" else root, tools, binding)
         fds: tuple[int, ...] = ()
         if self.jobserver is not None:
             fifo = f"{self.inner_root}/.jobserver" if self.mode == "bwrap" else None
             env["MAKEFLAGS"] = self.jobserver.makeflags(action.jobserver, fifo)
             fds = self.jobserver.child_fds
-        if spare is not None and self._start_in(spare, argv[argv.index("--") + 1:], env):
+        if spare is not None and self._start_in(spare, _command(action.commands), env):
             try:
                 return spare.proc.wait()
             finally:
                 _killpg(spare.proc, signal.SIGKILL)
+        argv, _ = self._argv(root, action, tools, source_tree, binding)
         with open(f"{root}/.stdout", "wb") as out, open(f"{root}/.stderr", "wb") as err:
             with self._lock:
                 if self.cancelled:
@@ -793,6 +796,11 @@ def _outside_dirs(links, mounts) -> list[str]:
 
 _TRAP = ("trap 'bg_rc=$?; [ $bg_rc -eq 0 ] || echo \"buildgraph: command $bg_step of {n} failed "
          "(exit code $bg_rc)\" >&2' EXIT\n")
+
+
+def _command(commands: tuple[str, ...]) -> list[str]:
+    """The argv that runs an action's commands (in the sandbox, or in a spare's shell)."""
+    return ["/bin/sh", "-e", "-c", _script(commands)]
 
 
 def _script(commands: tuple[str, ...]) -> str:
