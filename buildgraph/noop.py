@@ -33,7 +33,7 @@ import os
 import time
 from pathlib import Path
 
-from buildgraph import signatures
+from buildgraph import resident, signatures
 from buildgraph.digest import is_racy, stat_signature
 
 RECORD = "noop.marshal"   # in .buildgraph/
@@ -62,13 +62,15 @@ class Changes:
     come out as before, is as recorded (Engine.trust). A plain class: the no-op check's
     import stays as light as it can (a dataclass takes ~1 ms to make)."""
 
-    __slots__ = ("sources", "outputs", "source_sigs", "dirs", "record")
+    __slots__ = ("sources", "outputs", "source_sigs", "dirs", "record", "value")
 
-    def __init__(self, sources: frozenset, outputs: frozenset, source_sigs: tuple, dirs: tuple, record: tuple):
+    def __init__(self, sources: frozenset, outputs: frozenset, source_sigs: tuple, dirs: tuple, record: tuple,
+                 value: tuple):
         self.sources, self.outputs = sources, outputs
         self.source_sigs = source_sigs   # the record's (path, stat signature) of every source file
         self.dirs = dirs                 # and of every directory its globs read
         self.record = record             # the record's own stat signature (still_current)
+        self.value = value               # the record itself: the next one is it, patched (record())
 
 
 def still_current(root: Path, changes: Changes) -> bool:
@@ -84,9 +86,7 @@ def check(root: Path, request: tuple) -> tuple | Changes | None:
     """The (name, key) of each node the last build of `request` selected, if this build of
     it would do nothing; Changes if only source files and outputs changed; else None."""
     try:
-        with open(f"{root}/.buildgraph/{RECORD}", "rb") as f:
-            record = marshal.loads(f.read())   # ten times faster than marshal.load(f)
-            own = stat_signature(os.fstat(f.fileno()))
+        record, own = resident.read(f"{root}/.buildgraph", RECORD, marshal.loads)
         version, asked, tools, host_key, facts, files, config, fixed, dirs, sources, outputs, nodes = record
     except (OSError, EOFError, ValueError, TypeError):
         return None
@@ -119,7 +119,7 @@ def check(root: Path, request: tuple) -> tuple | Changes | None:
             moved.append(name)
     if not changed and not moved:
         return nodes
-    return Changes(frozenset(changed), frozenset(moved), sources, dirs, own)
+    return Changes(frozenset(changed), frozenset(moved), sources, dirs, own, record)
 
 
 def record(engine, request: tuple, selected: list[str]) -> bytes | None:
@@ -174,14 +174,29 @@ def record(engine, request: tuple, selected: list[str]) -> bytes | None:
         files = [*files, *proven.sources]
     if not all(known(path, sources) for path in files) or None in dirs.values():
         return None
-    outputs = []
     base = engine.state_dir.out
-    for name in selected:
+
+    def entries(name: str) -> tuple | None:
+        """(name, (path, lstat signature) of each file materialized in out/<name>)."""
         done = state.materialized.get(name)
-        if done is None:
-            return None
-        outputs.append((name, tuple((f"{base}/{name}/{rel}", sig) for rel, sig in done[1])))
+        return None if done is None else (name, tuple((f"{base}/{name}/{rel}", sig) for rel, sig in done[1]))
+    old = proven.value if proven is not None else None
+    if old is not None and old[1] == request and len(old[11]) == len(selected) and \
+            all(name == was for name, (was, _) in zip(selected, old[11])):
+        # The state this build loaded is the one the record describes (still_current), and
+        # only the nodes this build rewrote differ from it: the rest of the record stands.
+        outputs, nodes = list(old[10]), list(old[11])
+        at = {name: i for i, (name, _) in enumerate(old[11])}
+        for name in engine.rewritten:
+            i = at.get(name)
+            if i is not None:
+                outputs[i], nodes[i] = entries(name), (name, state.nodes[name].key)
+    else:
+        outputs = [entries(name) for name in selected]
+        nodes = [(name, state.nodes[name].key) for name in selected]
+    if None in outputs:
+        return None
     facts = host_facts(ws.host_tools, request[1], ws.host_key)
     return marshal.dumps((VERSION, request, tuple(ws.host_tools), tuple(ws.host_key), facts, tuple(ws.files),
                           config, tuple(fixed.items()), tuple(dirs.items()), tuple(sources.items()),
-                          tuple(outputs), tuple((name, state.nodes[name].key) for name in selected)))
+                          tuple(outputs), tuple(nodes)))

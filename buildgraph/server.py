@@ -1,10 +1,13 @@
 """The resident server: a process that has imported what a build needs and forks a child
 per `buildgraph build` (client.py says which server, and the protocol).
 
-It holds no build state: each child reads the workspace's state and the cache from disk as a
-fresh process does, in the client's directory, environment, umask and descriptors, so the
-build and its output are the same as without the server. What it saves is the start-up: at
-1,000 nodes a one-leaf change spends ~60-100 ms of its ~0.22 s importing.
+Each child builds in the client's directory, environment, umask and descriptors, and reads
+the workspace's state and the cache from disk as a fresh process does, so the build and its
+output are the same as without the server. What it saves is the start-up: at 1,000 nodes a
+one-leaf change spends ~60-100 ms of its ~0.22 s importing. And the decoding of the state
+files: each child says which workspace's state it read (a pipe), and while no request waits
+the server decodes those files again where they changed; the next child takes a decoded
+copy only while its file still has the stat signature it had then (resident.py).
 
 Safe to kill at any time: a running build is the child's, not the server's, and the next
 client that finds no server builds in its own process and starts another. One server per
@@ -22,6 +25,7 @@ import importlib
 import io
 import marshal
 import os
+import select
 import signal
 import socket
 import sys
@@ -75,17 +79,26 @@ def main(args: list[str]) -> int:
     mine = os.stat(path).st_ino
     idle = float(os.environ.get("BUILDGRAPH_SERVER_IDLE") or IDLE_SECONDS)
     gc.freeze()   # what is loaded now is never collected: children do not copy it to scan it
-    listener.settimeout(CHECK_SECONDS)
+    listener.setblocking(False)
+    reports, report_end = os.pipe()   # each child writes there the state it used (resident.py)
+    os.set_blocking(reports, False)
+    os.set_blocking(report_end, False)
     children: set[int] = set()
     last = time.monotonic()
     try:
         while True:
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
+            ready, _, _ = select.select([listener, reports], [], [], CHECK_SECONDS)
+            if not ready:
                 _reap(children)
                 if not _still_serving(path, mine, name) or (not children and time.monotonic() - last > idle):
                     return 0
+                continue
+            if listener not in ready:   # nobody waits: decode what the last build left
+                _hold(reports)
+                continue
+            try:
+                conn, _ = listener.accept()
+            except OSError:
                 continue
             last = time.monotonic()
             _reap(children)
@@ -96,8 +109,9 @@ def main(args: list[str]) -> int:
                 continue
             if pid == 0:
                 os.close(lock)
+                os.close(reports)
                 listener.close()
-                _child(conn)   # never returns
+                _child(conn, report_end)   # never returns
             children.add(pid)
             conn.close()
     finally:
@@ -144,6 +158,29 @@ def stop_all(where: str) -> list[int]:
     return stopped
 
 
+def _hold(reports: int) -> None:
+    """Decode the state files of the workspace the last report names, for the children to come
+    (resident.py). The collector stays off while they are made, as a build's is, and leaves
+    them out of every collection after (a child that scanned them would copy their pages).
+    Decoding them makes no cycles (Session's load relies on that too), so what they replace
+    goes as soon as it is dropped."""
+    from buildgraph import resident
+    from buildgraph.state import RESIDENT
+
+    try:
+        lines = os.read(reports, 1 << 16).decode(errors="replace").splitlines()
+    except OSError:
+        return
+    if not lines or not os.path.isabs(lines[-1]):
+        return
+    gc.disable()
+    try:
+        resident.hold(lines[-1], RESIDENT)
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
 def _reap(children: set[int]) -> None:
     for pid in list(children):
         try:
@@ -180,8 +217,9 @@ def _receive(conn: socket.socket) -> tuple[tuple, list[int]]:
     return marshal.loads(data), fds
 
 
-def _child(conn: socket.socket) -> None:
-    """Become the client's process and run its command (client.py's protocol)."""
+def _child(conn: socket.socket, report_end: int) -> None:
+    """Become the client's process and run its command (client.py's protocol); then tell the
+    server which workspace's state it used."""
     code = 1
     try:
         conn.settimeout(None)
@@ -217,6 +255,7 @@ def _child(conn: socket.socket) -> None:
 
         cli.PROCESS_START = started
         code = _exit_code(cli.main, argv)
+        _report(report_end)
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -228,6 +267,16 @@ def _child(conn: socket.socket) -> None:
         pass
     finally:
         os._exit(code & 0xFF)
+
+
+def _report(report_end: int) -> None:
+    from buildgraph import resident
+
+    for used in resident.used_dirs:
+        try:
+            os.write(report_end, f"{used}\n".encode())
+        except OSError:   # the pipe is full: the server has enough to read
+            pass
 
 
 def _exit_code(run, argv) -> int:

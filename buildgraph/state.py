@@ -35,7 +35,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from buildgraph import __version__
+from buildgraph import __version__, resident
 from buildgraph.fsutil import lock_exclusive, write_atomic
 from buildgraph.noop import RECORD as NOOP_RECORD
 
@@ -43,6 +43,8 @@ STATE_VERSION = (7, __version__)
 STATE = "state.marshal"   # everything in State but its config
 CONFIG = "config.pickle"   # the parsed workspace, its graph and TargetIndex (State.config)
 INPUTS = "inputs.sqlite"   # node -> its last input digests (marshal)
+# What the build server keeps decoded between builds (resident.py), each as it is decoded.
+RESIDENT = ((NOOP_RECORD, marshal.loads), (STATE, marshal.loads), (CONFIG, pickle.loads))
 
 
 @dataclass
@@ -107,8 +109,7 @@ class StateDir:
 
     def _load(self, name: str, decode):
         try:
-            with open(self.dir / name, "rb") as f:
-                return decode(f.read())   # with the collector off: Session loads it
+            return resident.read(str(self.dir), name, decode)[0]   # with the collector off: Session loads it
         except FileNotFoundError:
             return None
         except Exception as exc:  # any unreadable state is discarded: it is only a cache

@@ -190,6 +190,60 @@ def test_killing_the_client_stops_its_build_and_frees_the_workspace(ws, where):
     assert rc == 0 and ws.out("b").joinpath("o").read_text() == "4\n4\n", out + err
 
 
+PAIR = """\
+    targets:
+      x: {kind: script, srcs: [v], outs: [o], cmds: ["cp $SRC/v $OUT/o"]}
+      y: {kind: script, srcs: [w], deps: [x], outs: [o], cmds: ["cat $DEP_X/o $SRC/w > $OUT/o"]}
+    """
+
+
+def test_a_served_build_after_one_without_the_server_builds_from_the_state_on_disk(ws, where):
+    """The server keeps the state a build left decoded for the next (resident.py). A build
+    without the server then changes that state on disk: the next served build builds what
+    a build without the server would (y from x's new output)."""
+    ws.write("BUILD.yaml", PAIR)
+    ws.write("v", "1\n")
+    ws.write("w", "1\n")
+    time.sleep(0.3)
+    assert finish(spawn(ws, where, "build"))[0] == 0
+    server_pid(where)
+    ws.write("v", "2\n")
+    time.sleep(0.3)
+    served = finish(spawn(ws, where, "build"))
+    assert served[0] == 0 and "2 ran" in served[1], served
+    time.sleep(0.5)   # the server decodes the state that build left (it waits for no request)
+    ws.write("v", "3\n")
+    time.sleep(0.3)
+    alone = finish(spawn(ws, where, "build", env={"BUILDGRAPH_SERVER": "0"}))
+    assert alone[0] == 0 and "2 ran" in alone[1], alone
+    ws.write("w", "2\n")
+    time.sleep(0.3)
+    served = finish(spawn(ws, where, "build"))
+    assert served[0] == 0 and "1 ran" in served[1], served
+    assert ws.out("y").joinpath("o").read_text() == "3\n2\n"
+
+
+def test_a_held_state_file_is_given_once_and_only_while_the_file_is_unchanged(tmp_path):
+    import marshal
+
+    from buildgraph import resident
+    from buildgraph.fsutil import write_atomic
+
+    d = str(tmp_path)
+    write_atomic(f"{d}/s", marshal.dumps({"n": 1}))
+    resident.hold(d, [("s", marshal.loads)])
+    first, sig = resident.read(d, "s", marshal.loads)
+    assert first == {"n": 1} and sig == resident.stat_signature(os.stat(f"{d}/s"))
+    assert resident.read(d, "s", marshal.loads)[0] is not first   # taken once: the second is decoded anew
+    resident.hold(d, [("s", marshal.loads)])
+    write_atomic(f"{d}/s", marshal.dumps({"n": 2}))   # replaced
+    assert resident.read(d, "s", marshal.loads)[0] == {"n": 2}
+    resident.hold(d, [("s", marshal.loads)])
+    with open(f"{d}/s", "r+b") as f:   # rewritten in place
+        f.write(marshal.dumps({"n": "three"}))
+    assert resident.read(d, "s", marshal.loads)[0] == {"n": "three"}
+
+
 def test_killing_the_server_harms_no_build(ws, where):
     pid = started_server(ws, where)
     ws.write("v", "2 server killed\n")
