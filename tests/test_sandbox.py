@@ -323,7 +323,10 @@ def test_a_reused_sandbox_tree_holds_nothing_of_the_action_before(ws, capsys, mo
     # of its directories, shows that the tree came back empty and unchanged.
     # The janitor thread empties trees off the actions' path, usually before the next tree
     # is taken; here each take waits for it, so that every tree fit for reuse is reused.
+    # An action that prints nothing in a tree whose last action printed logs nothing.
     from buildgraph.sandbox import Sandbox
+    from buildgraph.state import StateDir
+    from buildgraph.store.local import LocalStore
 
     take_root = Sandbox._take_root
     monkeypatch.setattr(Sandbox, "_take_root", lambda self: self._to_clear.join() or take_root(self))
@@ -337,7 +340,7 @@ def test_a_reused_sandbox_tree_holds_nothing_of_the_action_before(ws, capsys, mo
     ws.write("BUILD.yaml", f"""\
         host_tools: [sh, ls, stat, cp, grep, cut, mkdir, touch, chmod]
         targets:
-          litter: {{kind: script, outs: {outs}, cmds: ["{look}",
+          litter: {{kind: script, outs: {outs}, cmds: ["{look}", "echo noise; echo more noise >&2",
             "echo junk > junk; mkdir -p ro/deeper; touch ro/deeper/f; chmod 555 ro/deeper ro"]}}
           after_litter: {{kind: script, deps: [litter], outs: {outs}, cmds: ["{look}"]}}
           chmod: {{kind: script, deps: [after_litter], outs: {outs}, cmds: ["{look}", "chmod 700 . $OUT"]}}{chain}
@@ -352,6 +355,10 @@ def test_a_reused_sandbox_tree_holds_nothing_of_the_action_before(ws, capsys, mo
         assert seen[t]["work"] == seen[t]["out"] == "", (t, seen[t])
         assert seen[t]["modes"] == seen["litter"]["modes"], (t, seen[t])
     assert not any(ws.cache.joinpath("sandbox").iterdir())   # every tree removed at the end
+    nodes, store = StateDir(ws.root).load().nodes, LocalStore(ws.cache)
+    logs = {t: (r.stdout, r.stderr) for t in names for r in [store.get_result(nodes[t].key)]}
+    store.close()
+    assert None not in logs["litter"] and all(logs[t] == (None, None) for t in names[1:]), logs
 
 
 def _fake_host_etc(tmp_path, monkeypatch):
