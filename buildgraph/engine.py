@@ -24,7 +24,7 @@ from buildgraph.packedmap import PackedMap
 from buildgraph.sandbox import SANDBOX_ROOT, Sandbox
 from buildgraph.state import NodeRecord, State, StateDir
 from buildgraph.status import Status
-from buildgraph.fsutil import force_remove
+from buildgraph.fsutil import force_remove, make_top_dir
 from buildgraph.store.local import LocalStore
 from buildgraph.toolchains import Mount, ToolchainResolver, host_tools
 from buildgraph.toolstore import ToolStore
@@ -579,6 +579,7 @@ class Engine:
         except FileExistsError:
             fresh = False
         except FileNotFoundError:   # the first node, or one named a/b
+            make_top_dir(out)
             os.makedirs(os.path.dirname(final), exist_ok=True)
             os.mkdir(final)
             fresh = True

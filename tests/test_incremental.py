@@ -1,6 +1,10 @@
 """Keys and incremental builds: what reruns after a change, and what does not."""
 
+import os
+import sys
 import time
+
+import pytest
 
 from conftest import ran
 
@@ -212,3 +216,35 @@ def test_buildgraph_upgraded_in_place_configures_again(ws, capsys, monkeypatch):
     monkeypatch.setattr(signatures, "code_signature", lambda: (("", "recipes.py", 1, 2),))
     ws.build(capsys=capsys)
     assert len(parsed) == 1
+
+
+def _inode_flags(path) -> int:
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        flags = bytearray(8)
+        fcntl.ioctl(fd, 0x80086601, flags)   # FS_IOC_GETFLAGS
+        return int.from_bytes(flags[:4], sys.byteorder)
+    finally:
+        os.close(fd)
+
+
+def test_out_is_made_the_top_of_unrelated_trees_where_the_filesystem_takes_the_hint(ws, capsys, tmp_path):
+    """out/<node> directories are unrelated trees: out/ is made with ext4's hint saying so
+    (chattr +T, fsutil.make_top_dir), again after `clean` removed it."""
+    from buildgraph.fsutil import make_top_dir
+
+    make_top_dir(str(tmp_path / "probe"))
+    try:
+        supported = _inode_flags(tmp_path / "probe") & 0x00020000
+    except OSError:
+        supported = 0
+    if not supported:
+        pytest.skip("this filesystem keeps no inode flags")
+    make_chain(ws)
+    for _ in range(2):
+        assert ws.build(capsys=capsys)["_rc"] == 0
+        assert _inode_flags(ws.root / ".buildgraph" / "out") & 0x00020000
+        assert ws.run("clean", capsys=capsys)[0] == 0
+        assert not (ws.root / ".buildgraph" / "out").exists()
