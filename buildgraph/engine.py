@@ -111,7 +111,6 @@ class Engine:
         self.git_sha = None       # --git-sha: the commit artifacts record (else $MXNET_SHA, ..., git HEAD)
         self._release_identity = None
         self._changed = False
-        self.rewritten: set[str] = set()   # nodes whose state.nodes or .materialized entry this build set
         self.results: dict[str, ActionResult] = {}   # node -> result known this build
         self.outputs: dict[str, str] = {}            # node -> output digest known this build
         self.new_inputs: dict[str, dict] = {}        # node -> input digests, for nodes recorded this build
@@ -532,7 +531,6 @@ class Engine:
         self.state.nodes[name] = NodeRecord(action.key, result.output_digest, result.duration,
                                             self._inputs_of(self.graph.nodes[name]))
         self.new_inputs[name] = action.inputs()
-        self.rewritten.add(name)
         self._changed = True
 
     # ------------------------------------------------------------ outputs
@@ -601,7 +599,6 @@ class Engine:
             else:
                 force_remove(trash)
         self.state.materialized[name] = (result.output_digest, listing)
-        self.rewritten.add(name)
         self._changed = True
 
     def _lay_out(self, result: ActionResult, base: str) -> tuple:

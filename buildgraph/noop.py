@@ -62,15 +62,16 @@ class Changes:
     come out as before, is as recorded (Engine.trust). A plain class: the no-op check's
     import stays as light as it can (a dataclass takes ~1 ms to make)."""
 
-    __slots__ = ("sources", "outputs", "source_sigs", "dirs", "record", "value")
+    __slots__ = ("sources", "outputs", "source_sigs", "dirs", "record", "node_outputs", "nodes")
 
     def __init__(self, sources: frozenset, outputs: frozenset, source_sigs: tuple, dirs: tuple, record: tuple,
-                 value: tuple):
+                 node_outputs: tuple, nodes: tuple):
         self.sources, self.outputs = sources, outputs
         self.source_sigs = source_sigs   # the record's (path, stat signature) of every source file
         self.dirs = dirs                 # and of every directory its globs read
         self.record = record             # the record's own stat signature (still_current)
-        self.value = value               # the record itself: the next one is it, patched (record())
+        # The record's outputs and (name, key) of each node: the next record is them, patched.
+        self.node_outputs, self.nodes = node_outputs, nodes
 
 
 def still_current(root: Path, changes: Changes) -> bool:
@@ -119,7 +120,7 @@ def check(root: Path, request: tuple) -> tuple | Changes | None:
             moved.append(name)
     if not changed and not moved:
         return nodes
-    return Changes(frozenset(changed), frozenset(moved), sources, dirs, own, record)
+    return Changes(frozenset(changed), frozenset(moved), sources, dirs, own, outputs, nodes)
 
 
 def record(engine, request: tuple, selected: list[str]) -> bytes | None:
@@ -180,14 +181,13 @@ def record(engine, request: tuple, selected: list[str]) -> bytes | None:
         """(name, (path, lstat signature) of each file materialized in out/<name>)."""
         done = state.materialized.get(name)
         return None if done is None else (name, tuple((f"{base}/{name}/{rel}", sig) for rel, sig in done[1]))
-    old = proven.value if proven is not None else None
-    if old is not None and old[1] == request and len(old[11]) == len(selected) and \
-            all(name == was for name, (was, _) in zip(selected, old[11])):
+    if proven is not None and [name for name, _ in proven.nodes] == selected:
         # The state this build loaded is the one the record describes (still_current), and
-        # only the nodes this build rewrote differ from it: the rest of the record stands.
-        outputs, nodes = list(old[10]), list(old[11])
-        at = {name: i for i, (name, _) in enumerate(old[11])}
-        for name in engine.rewritten:
+        # only the nodes it recorded (Engine.record, after materializing them) differ from
+        # it: the rest of the record stands.
+        outputs, nodes = list(proven.node_outputs), list(proven.nodes)
+        at = {name: i for i, (name, _) in enumerate(proven.nodes)}
+        for name in engine.new_inputs:
             i = at.get(name)
             if i is not None:
                 outputs[i], nodes[i] = entries(name), (name, state.nodes[name].key)

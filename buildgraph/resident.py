@@ -26,13 +26,8 @@ def read(state_dir: str, name: str, decode) -> tuple:
     decoded copy if it is of the file as it is now. OSError as open() raises it."""
     state_dir = os.path.abspath(state_dir)
     used_dirs.add(state_dir)
-    path = f"{state_dir}/{name}"
-    held = _held.pop(path, None)
-    with open(path, "rb") as f:
-        sig = stat_signature(os.fstat(f.fileno()))
-        if held is not None and held[0] == sig and held[1] is decode:
-            return held[2], sig
-        return decode(f.read()), sig   # ten times faster than marshal.load(f)
+    sig, _, value = _decoded(f"{state_dir}/{name}", decode, _held.pop(f"{state_dir}/{name}", None))
+    return value, sig
 
 
 def hold(state_dir: str, files) -> None:
@@ -45,12 +40,18 @@ def hold(state_dir: str, files) -> None:
     for name, decode in files:
         path = f"{state_dir}/{name}"
         try:
-            with open(path, "rb") as f:
-                sig = stat_signature(os.fstat(f.fileno()))
-                held = _held.get(path)
-                if held is not None and held[0] == sig and held[1] is decode:
-                    continue
-                _held.pop(path, None)   # the old value's memory goes before the new one's comes
-                _held[path] = (sig, decode, decode(f.read()))
+            _held[path] = _decoded(path, decode, _held.pop(path, None))
         except Exception:   # noqa: BLE001 — an unreadable file is the child's to report
-            _held.pop(path, None)
+            pass
+
+
+def _decoded(path: str, decode, held: tuple | None) -> tuple:
+    """(stat signature, decode, decode(the bytes of `path`)): `held` if it is of the file as
+    it is now, else decoded anew (`held` let go of first: its memory goes before the new
+    value's comes)."""
+    with open(path, "rb") as f:
+        sig = stat_signature(os.fstat(f.fileno()))
+        if held is not None and held[0] == sig and held[1] is decode:
+            return held
+        held = None
+        return sig, decode, decode(f.read())   # ten times faster than marshal.load(f)

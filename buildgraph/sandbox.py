@@ -603,10 +603,14 @@ class Sandbox:
             compilers = action.compilers if binding else ()
             jobserver_fifo = action.jobserver == "fifo" and not shell
             return self._bwrap_argv(root, tools, compilers, source_tree, binding, jobserver_fifo, shell) + script, \
-                self.inner_root
+                self._seen_at(root)
         if self.mode == "unshare":
-            return [shutil.which("unshare") or "unshare", "-n", "--"] + script, root
-        return script, root
+            return [shutil.which("unshare") or "unshare", "-n", "--"] + script, self._seen_at(root)
+        return script, self._seen_at(root)
+
+    def _seen_at(self, root: str) -> str:
+        """Where an action sees its sandbox tree `root`: under bwrap, mounted at the inner root."""
+        return self.inner_root if self.mode == "bwrap" else root
 
     def _bwrap_argv(self, root: str, tools, compilers=(), source_tree: str | None = None, binding=None,
                     jobserver_fifo: bool = False, shell: bool = False) -> list[str]:
@@ -658,12 +662,14 @@ class Sandbox:
 
     def _execute(self, root: str, action: Action, tools, source_tree: str | None = None, binding=None,
                  spare: _Spare | None = None) -> int:
-        env = self._env(action, self.inner_root if self.mode == "bwrap" else root, tools, binding)
+        env = self._env(action, self._seen_at(root), tools, binding)
         fds: tuple[int, ...] = ()
         if self.jobserver is not None:
             fifo = f"{self.inner_root}/.jobserver" if self.mode == "bwrap" else None
             env["MAKEFLAGS"] = self.jobserver.makeflags(action.jobserver, fifo)
             fds = self.jobserver.child_fds
+        if self.reverse_env:
+            env = dict(reversed(list(env.items())))
         if spare is not None and self._start_in(spare, _command(action.commands), env):
             try:
                 return spare.proc.wait()
@@ -675,8 +681,6 @@ class Sandbox:
                 if self.cancelled:
                     return -signal.SIGTERM
                 try:
-                    if self.reverse_env:
-                        env = dict(reversed(list(env.items())))
                     proc = subprocess.Popen(argv, env=env, cwd=f"{root}/work", stdin=subprocess.DEVNULL,
                                             stdout=out, stderr=err, start_new_session=True, pass_fds=fds,
                                             umask=self.umask if self.umask is not None else PINNED_UMASK)

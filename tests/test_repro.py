@@ -39,6 +39,19 @@ def test_verify_catches_date_and_build_path_and_names_the_cause(ws, capsys):
     assert "1 reproducible, 2 differ or failed, 1 declared not reproducible" in out
 
 
+def test_verify_runs_every_node_with_its_environment_reversed(ws, capsys):
+    """verify's second run reverses the order of each action's environment: every node whose
+    output shows that order differs, whether its sandbox was started for it or ahead of it
+    (a spare sandbox, under bwrap: every node after the first here)."""
+    names = ("one", "two", "three", "four")
+    ws.write("BUILD.yaml", "targets:\n" + "".join(
+        f"  {n}: {{kind: script, outs: [o], cmds: [\"env | cut -d= -f1 > $OUT/o\"]}}\n" for n in names))
+    assert ws.build("-j1", capsys=capsys)["_rc"] == 0
+    rc, out, _ = ws.run("verify", capsys=capsys)
+    assert rc == 1
+    assert all(f"{n}: differs" in out for n in names), out
+
+
 def test_verify_c_builds_with_and_without_debug_info(ws, capsys):
     ws.write("lib.c", "int f(int x) { return x * 3; }\n")
     ws.write("BUILD.yaml", """\
