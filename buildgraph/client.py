@@ -2,8 +2,9 @@
 when one is up for this exact context, else runs it in this process and starts one.
 
 The server saves each build the interpreter's imports (~60-100 ms: most of a one-leaf
-change at 1,000 nodes); it holds no build state, so what a build does and prints is the
-same either way. This module imports only built-in modules: it runs before every command.
+change at 1,000 nodes) and the decoding of the state files it last saw (resident.py: each
+used only while its file is unchanged), so what a build does and prints is the same either
+way. This module imports only built-in modules: it runs before every command.
 
 Which server: the socket's name is a digest of everything that could make a forked copy
 of the server differ from a fresh process of this command (context()): the interpreter,

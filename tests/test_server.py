@@ -244,6 +244,26 @@ def test_a_held_state_file_is_given_once_and_only_while_the_file_is_unchanged(tm
     assert resident.read(d, "s", marshal.loads)[0] == {"n": "three"}
 
 
+def test_the_summary_counts_the_whole_process_served_or_not(ws, where, tmp_path):
+    """A build's summary line ("in X s") counts from the start of the `buildgraph` process the
+    user ran, interpreter start-up included; a served build from its client's start, not the
+    server's or its child's. Here the client sleeps 1 s before it starts the build."""
+    ws.write("BUILD.yaml", STEPS)
+    ws.write("v", "1\n")
+    (tmp_path / "bin").mkdir()   # a directory of its own: sys.path[0], whose stat is in the context
+    script = tmp_path / "bin" / "slow_buildgraph.py"
+    script.write_text("import sys, time\ntime.sleep(1.0)\nfrom buildgraph.client import main\nsys.exit(main())\n")
+    slow = [sys.executable, str(script), "build", "a", "-C", str(ws.root), "--cache-dir", str(ws.cache)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "BUILDGRAPH_SERVER_DIR": where}
+    for served in (False, True):
+        proc = subprocess.run(slow, capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        seconds = float(re.search(r" in (\d+\.\d+)s", proc.stdout).group(1))
+        assert seconds >= 1.0, (served, proc.stdout)
+        if not served:
+            server_pid(where)   # the first build started it: the second is served
+
+
 def test_killing_the_server_harms_no_build(ws, where):
     pid = started_server(ws, where)
     ws.write("v", "2 server killed\n")
