@@ -616,7 +616,9 @@ class Sandbox:
                     jobserver_fifo: bool = False, shell: bool = False) -> list[str]:
         """bwrap and its arguments up to the command: the namespaces and mounts of an action's
         sandbox at `root` with `tools` (and a source tree, the compile cache, the jobserver's fifo)."""
-        argv = [self._bwrap, "--die-with-parent", *(() if shell else ("--new-session",)),
+        # No capabilities: run by root, bwrap would leave the action root's, and with them it
+        # could remount its read-only inputs writable and write through their CAS hardlinks.
+        argv = [self._bwrap, "--die-with-parent", *(() if shell else ("--new-session",)), "--cap-drop", "ALL",
                 "--unshare-net", "--unshare-pid",
                 "--unshare-ipc", "--unshare-uts", "--hostname", "sandbox",
                 "--ro-bind", "/usr", "/usr", "--tmpfs", "/usr/local",

@@ -95,6 +95,33 @@ def test_network_is_off(ws, capsys):
     server.close()
 
 
+@pytest.mark.skipif(detect_mode() != "bwrap" or os.geteuid() != 0,
+                    reason="as root, bwrap would leave the action root's capabilities")
+def test_an_action_run_by_root_cannot_write_through_its_read_only_dependencies(ws, capsys):
+    """A dependency's outputs are hardlinks of the CAS's blobs, mounted read-only. An action
+    with root's capabilities could remount them writable and poison the cache for every
+    later build; the sandbox drops them all."""
+    ws.write("BUILD.yaml", """targets:
+  a: {kind: script, outs: [o], cmds: ["echo clean > $OUT/o"]}
+  b:
+    kind: script
+    deps: [a]
+    outs: [caps, seen]
+    cmds:
+      - "grep CapEff /proc/self/status | tr -d '\\\\t' > $OUT/caps"
+      - "/usr/bin/mount -o remount,bind,rw $(dirname $DEP_A) 2>/dev/null || true"
+      - "(echo poisoned > $DEP_A/o) 2>/dev/null || true"
+      - "cat $DEP_A/o > $OUT/seen"
+""")
+    st = ws.build(capsys=capsys)
+    assert st["b"] == "ran", st["_out"]
+    assert (ws.out("b") / "caps").read_text() == "CapEff:0000000000000000\n"
+    assert (ws.out("b") / "seen").read_text() == "clean\n"
+    ws.run("clean")
+    assert ws.build(capsys=capsys)["a"] == "cached"
+    assert (ws.out("a") / "o").read_text() == "clean\n"
+
+
 def test_missing_declared_output_is_an_error(ws, capsys):
     one(ws, ["touch $OUT/a"], outs="[a, b]")
     st = ws.build(capsys=capsys)
