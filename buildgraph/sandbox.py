@@ -29,6 +29,7 @@ is read-only) and copied otherwise (a root process could write through a link).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -46,6 +47,7 @@ from buildgraph.action import (Action, ActionResult, BadResult, OutputFile, Outp
                                check_symlink, check_tree)
 from buildgraph.digest import copy_hashed, file_digest, stat_signature
 from buildgraph.fsutil import empty_for_reuse, force_remove, walk_tree, write_atomic
+from buildgraph.netns import NetnsPool
 from buildgraph.store.local import LocalStore
 from buildgraph.sources import SourceError
 from buildgraph.signatures import KEYED_ETC, sandbox_facts
@@ -117,6 +119,7 @@ class _Spare:
     root: str                 # the sandbox tree its mounts are of
     proc: subprocess.Popen    # bwrap, its shell waiting on `feed`
     feed: int                 # the write end of the pipe the command comes through; -1 once closed
+    netns: int | None         # the pooled network namespace it runs in (netns.py), or its own
 
 
 @dataclass
@@ -186,6 +189,8 @@ class Sandbox:
         self._spares: dict[tuple, list[_Spare]] = {}   # sandboxes started ahead, per mount set
         self._to_spawn: queue.Queue = queue.Queue()   # mount sets wanting a spare, for the spawner
         self._spawner: threading.Thread | None = None
+        self._netns: NetnsPool | None = None   # made on the first bwrap started (_take_netns)
+        self._netns_tried = False
         self.cancelled = False
 
     # ------------------------------------------------------------ public
@@ -390,6 +395,9 @@ class Sandbox:
             force_remove(path)
         self._tool_dirs.clear()
         self._free_roots.clear()
+        if self._netns is not None:   # every sandbox has ended: none is in one
+            self._netns.close()
+            self._netns = None
 
     def _take_root(self) -> str:
         """An action's sandbox tree, its subdirectories empty: one a finished action left, or new."""
@@ -495,22 +503,25 @@ class Sandbox:
     def _spawn(self, root: str, tools, jobserver_fifo: bool) -> _Spare:
         """bwrap with the mounts of an action on `root` and its tools, its shell waiting to read
         from its stdin, a pipe, the command it then becomes (_start_in)."""
-        argv = self._bwrap_argv(root, tools, jobserver_fifo=jobserver_fifo)
+        netns = self._take_netns()
+        argv = self._bwrap_argv(root, tools, jobserver_fifo=jobserver_fifo, own_net=netns is None)
         fds = self.jobserver.child_fds if self.jobserver is not None else ()
         feed_r, feed_w = os.pipe()
         try:
-            with open(f"{root}/.stdout", "wb") as out, open(f"{root}/.stderr", "wb") as err:
+            with open(f"{root}/.stdout", "wb") as out, open(f"{root}/.stderr", "wb") as err, \
+                    self._entered(netns):
                 proc = subprocess.Popen(argv + ["/bin/sh", "-c", ". /dev/stdin"], env={}, cwd=f"{root}/work",
                                         stdin=feed_r, stdout=out, stderr=err, start_new_session=True,
                                         pass_fds=fds, umask=self.umask if self.umask is not None else PINNED_UMASK)
         except OSError:
             os.close(feed_w)
+            self._give_netns(netns)
             raise
         finally:
             os.close(feed_r)
         with self._lock:
             self._running[proc.pid] = proc
-        return _Spare(root, proc, feed_w)
+        return _Spare(root, proc, feed_w, netns)
 
     def _start_in(self, spare: _Spare, argv: list[str], env: dict[str, str]) -> bool:
         """Have the spare's shell exec `argv` with exactly `env` (env -i keeps its order) and
@@ -542,6 +553,32 @@ class Sandbox:
         spare.proc.wait()
         with self._lock:
             self._running.pop(spare.proc.pid, None)
+        self._give_netns(spare.netns)
+        spare.netns = None
+
+    def _take_netns(self) -> int | None:
+        """A pooled network namespace for a bwrap about to start (netns.py), or None: where
+        none can be had, bwrap makes its own (--unshare-net)."""
+        if self.mode != "bwrap":
+            return None
+        with self._lock:
+            if not self._netns_tried:
+                self._netns_tried = True
+                self._netns = NetnsPool.make()
+            pool = self._netns
+        if pool is None:
+            return None
+        try:
+            return pool.take()
+        except OSError:
+            return None
+
+    def _give_netns(self, netns: int | None) -> None:
+        if netns is not None and self._netns is not None:
+            self._netns.give(netns)
+
+    def _entered(self, netns: int | None):
+        return self._netns.entered(netns) if netns is not None else contextlib.nullcontext()
 
     def _stage(self, root: str, action: Action, dep_results, tools) -> None:
         linking = self.mode == "bwrap"
@@ -594,7 +631,7 @@ class Sandbox:
         return None
 
     def _argv(self, root: str, action: Action, tools, source_tree: str | None = None,
-              binding=None, shell: bool = False) -> tuple[list[str], str]:
+              binding=None, shell: bool = False, own_net: bool = True) -> tuple[list[str], str]:
         """The command line of the action in the sandbox at `root`, and the path the sandbox is
         seen at. `shell`: an interactive /bin/sh there instead (--sandbox-debug's enter.sh):
         with the terminal (no new session) and without this build's jobserver."""
@@ -602,8 +639,8 @@ class Sandbox:
         if self.mode == "bwrap":
             compilers = action.compilers if binding else ()
             jobserver_fifo = action.jobserver == "fifo" and not shell
-            return self._bwrap_argv(root, tools, compilers, source_tree, binding, jobserver_fifo, shell) + script, \
-                self._seen_at(root)
+            return self._bwrap_argv(root, tools, compilers, source_tree, binding, jobserver_fifo, shell,
+                                    own_net) + script, self._seen_at(root)
         if self.mode == "unshare":
             return [shutil.which("unshare") or "unshare", "-n", "--"] + script, self._seen_at(root)
         return script, self._seen_at(root)
@@ -613,13 +650,14 @@ class Sandbox:
         return self.inner_root if self.mode == "bwrap" else root
 
     def _bwrap_argv(self, root: str, tools, compilers=(), source_tree: str | None = None, binding=None,
-                    jobserver_fifo: bool = False, shell: bool = False) -> list[str]:
+                    jobserver_fifo: bool = False, shell: bool = False, own_net: bool = True) -> list[str]:
         """bwrap and its arguments up to the command: the namespaces and mounts of an action's
-        sandbox at `root` with `tools` (and a source tree, the compile cache, the jobserver's fifo)."""
+        sandbox at `root` with `tools` (and a source tree, the compile cache, the jobserver's fifo).
+        `own_net`: a network namespace of its own; else it starts in a pooled one (_entered)."""
         # No capabilities: run by root, bwrap would leave the action root's, and with them it
         # could remount its read-only inputs writable and write through their CAS hardlinks.
         argv = [self._bwrap, "--die-with-parent", *(() if shell else ("--new-session",)), "--cap-drop", "ALL",
-                "--unshare-net", "--unshare-pid",
+                *(("--unshare-net",) if own_net else ()), "--unshare-pid",
                 "--unshare-ipc", "--unshare-uts", "--hostname", "sandbox",
                 "--ro-bind", "/usr", "/usr", "--tmpfs", "/usr/local",
                 "--ro-bind", self._etc_dir(), "/etc",
@@ -677,27 +715,32 @@ class Sandbox:
                 return spare.proc.wait()
             finally:
                 _killpg(spare.proc, signal.SIGKILL)
-        argv, _ = self._argv(root, action, tools, source_tree, binding)
-        with open(f"{root}/.stdout", "wb") as out, open(f"{root}/.stderr", "wb") as err:
-            with self._lock:
-                if self.cancelled:
-                    return -signal.SIGTERM
-                try:
-                    proc = subprocess.Popen(argv, env=env, cwd=f"{root}/work", stdin=subprocess.DEVNULL,
-                                            stdout=out, stderr=err, start_new_session=True, pass_fds=fds,
-                                            umask=self.umask if self.umask is not None else PINNED_UMASK)
-                except OSError as exc:
-                    err.write(f"buildgraph: cannot start {argv[0]}: {exc}\n".encode())
-                    return 127
-                self._running[proc.pid] = proc
-            try:
-                return proc.wait()
-            finally:
-                # Whatever the action left running in its session ends now, before its
-                # outputs are collected (under bwrap the pid namespace has ended them already).
-                _killpg(proc, signal.SIGKILL)
+        netns = self._take_netns()
+        try:
+            argv, _ = self._argv(root, action, tools, source_tree, binding, own_net=netns is None)
+            with open(f"{root}/.stdout", "wb") as out, open(f"{root}/.stderr", "wb") as err:
                 with self._lock:
-                    self._running.pop(proc.pid, None)
+                    if self.cancelled:
+                        return -signal.SIGTERM
+                    try:
+                        with self._entered(netns):
+                            proc = subprocess.Popen(argv, env=env, cwd=f"{root}/work", stdin=subprocess.DEVNULL,
+                                                    stdout=out, stderr=err, start_new_session=True, pass_fds=fds,
+                                                    umask=self.umask if self.umask is not None else PINNED_UMASK)
+                    except OSError as exc:
+                        err.write(f"buildgraph: cannot start {argv[0]}: {exc}\n".encode())
+                        return 127
+                    self._running[proc.pid] = proc
+                try:
+                    return proc.wait()
+                finally:
+                    # Whatever the action left running in its session ends now, before its
+                    # outputs are collected (under bwrap the pid namespace has ended them already).
+                    _killpg(proc, signal.SIGKILL)
+                    with self._lock:
+                        self._running.pop(proc.pid, None)
+        finally:
+            self._give_netns(netns)
 
     def _collect(self, root: str, action: Action, duration: float) -> ActionResult:
         """The outputs as a result in the CAS. Every process of the action has ended (the pid

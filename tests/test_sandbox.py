@@ -95,6 +95,32 @@ def test_network_is_off(ws, capsys):
     server.close()
 
 
+@pytest.mark.skipif(detect_mode() == "none", reason="no network namespace available")
+def test_each_running_action_has_a_loopback_of_its_own(ws, capsys):
+    """Actions running at once, in spares or started for them, each bind the same loopback
+    port and connect to it: no namespace is shared (netns.py lends each to one sandbox)."""
+    ws.write("serve.py", """import socket, sys, time
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", 47123))
+server.listen(1)
+time.sleep(0.5)   # the others bind while this one holds the port
+socket.create_connection(("127.0.0.1", 47123)).sendall(sys.argv[1].encode())
+print(server.accept()[0].recv(10).decode())
+""")
+    ws.write("BUILD.yaml", "targets:\n" + "".join(
+        f"  t{i}: {{kind: script, srcs: [serve.py], outs: [o], cmds: [\"/usr/bin/python3 $SRC/serve.py t{i} > $OUT/o\"]}}\n"
+        for i in range(6)))
+    st = ws.build("-j6", capsys=capsys)
+    assert st["_rc"] == 0, st["_out"]
+    assert [(ws.out(f"t{i}") / "o").read_text() for i in range(6)] == [f"t{i}\n" for i in range(6)]
+    # No interface but the loopback (up: above).
+    one(ws, ["cat /proc/net/dev > $OUT/dev"], outs="[dev]")
+    assert ws.build(capsys=capsys)["t"] == "ran"
+    names = [line.split(":")[0].strip() for line in (ws.out("t") / "dev").read_text().splitlines()[2:]]
+    assert names == ["lo"]
+
+
 @pytest.mark.skipif(detect_mode() != "bwrap" or os.geteuid() != 0,
                     reason="as root, bwrap would leave the action root's capabilities")
 def test_an_action_run_by_root_cannot_write_through_its_read_only_dependencies(ws, capsys):
