@@ -47,7 +47,6 @@ from buildgraph.action import (Action, ActionResult, BadResult, OutputFile, Outp
                                check_symlink, check_tree)
 from buildgraph.digest import copy_hashed, file_digest, stat_signature
 from buildgraph.fsutil import empty_for_reuse, force_remove, walk_tree, write_atomic
-from buildgraph.netns import NetnsPool
 from buildgraph.store.local import LocalStore
 from buildgraph.sources import SourceError
 from buildgraph.signatures import KEYED_ETC, sandbox_facts
@@ -189,7 +188,7 @@ class Sandbox:
         self._spares: dict[tuple, list[_Spare]] = {}   # sandboxes started ahead, per mount set
         self._to_spawn: queue.Queue = queue.Queue()   # mount sets wanting a spare, for the spawner
         self._spawner: threading.Thread | None = None
-        self._netns: NetnsPool | None = None   # made on the first bwrap started (_take_netns)
+        self._netns = None   # a netns.NetnsPool, made on the first bwrap started (_take_netns)
         self._netns_tried = False
         self.cancelled = False
 
@@ -562,7 +561,9 @@ class Sandbox:
         if self.mode != "bwrap":
             return None
         with self._lock:
-            if not self._netns_tried:
+            if not self._netns_tried:   # imported here: only a build that starts bwrap needs it
+                from buildgraph.netns import NetnsPool
+
                 self._netns_tried = True
                 self._netns = NetnsPool.make()
             pool = self._netns
@@ -579,6 +580,15 @@ class Sandbox:
 
     def _entered(self, netns: int | None):
         return self._netns.entered(netns) if netns is not None else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _lent_netns(self):
+        """A pooled network namespace (or None) for one bwrap, back in the pool once it has ended."""
+        netns = self._take_netns()
+        try:
+            yield netns
+        finally:
+            self._give_netns(netns)
 
     def _stage(self, root: str, action: Action, dep_results, tools) -> None:
         linking = self.mode == "bwrap"
@@ -715,32 +725,28 @@ class Sandbox:
                 return spare.proc.wait()
             finally:
                 _killpg(spare.proc, signal.SIGKILL)
-        netns = self._take_netns()
-        try:
+        with self._lent_netns() as netns, open(f"{root}/.stdout", "wb") as out, open(f"{root}/.stderr", "wb") as err:
             argv, _ = self._argv(root, action, tools, source_tree, binding, own_net=netns is None)
-            with open(f"{root}/.stdout", "wb") as out, open(f"{root}/.stderr", "wb") as err:
-                with self._lock:
-                    if self.cancelled:
-                        return -signal.SIGTERM
-                    try:
-                        with self._entered(netns):
-                            proc = subprocess.Popen(argv, env=env, cwd=f"{root}/work", stdin=subprocess.DEVNULL,
-                                                    stdout=out, stderr=err, start_new_session=True, pass_fds=fds,
-                                                    umask=self.umask if self.umask is not None else PINNED_UMASK)
-                    except OSError as exc:
-                        err.write(f"buildgraph: cannot start {argv[0]}: {exc}\n".encode())
-                        return 127
-                    self._running[proc.pid] = proc
+            with self._lock:
+                if self.cancelled:
+                    return -signal.SIGTERM
                 try:
-                    return proc.wait()
-                finally:
-                    # Whatever the action left running in its session ends now, before its
-                    # outputs are collected (under bwrap the pid namespace has ended them already).
-                    _killpg(proc, signal.SIGKILL)
-                    with self._lock:
-                        self._running.pop(proc.pid, None)
-        finally:
-            self._give_netns(netns)
+                    with self._entered(netns):
+                        proc = subprocess.Popen(argv, env=env, cwd=f"{root}/work", stdin=subprocess.DEVNULL,
+                                                stdout=out, stderr=err, start_new_session=True, pass_fds=fds,
+                                                umask=self.umask if self.umask is not None else PINNED_UMASK)
+                except OSError as exc:
+                    err.write(f"buildgraph: cannot start {argv[0]}: {exc}\n".encode())
+                    return 127
+                self._running[proc.pid] = proc
+            try:
+                return proc.wait()
+            finally:
+                # Whatever the action left running in its session ends now, before its
+                # outputs are collected (under bwrap the pid namespace has ended them already).
+                _killpg(proc, signal.SIGKILL)
+                with self._lock:
+                    self._running.pop(proc.pid, None)
 
     def _collect(self, root: str, action: Action, duration: float) -> ActionResult:
         """The outputs as a result in the CAS. Every process of the action has ended (the pid
