@@ -62,7 +62,7 @@ def main(args: list[str]) -> int:
         return 0
     for module in PRELOAD:
         importlib.import_module(module)
-    sys.modules["buildgraph.cli"].parser()   # what every command builds first
+    importlib.import_module("buildgraph.cli").parser()   # built once: every command starts with it
     if client.context() != name:   # edited while it was imported
         return 0
     path = f"{where}/{name}.sock"
