@@ -156,12 +156,10 @@ class StateDir:
 
     def _inputs(self, create: bool):
         if self._inputs_db is None and (create or (self.dir / INPUTS).exists()):
-            import sqlite3
+            from .sqlite_wal import open_wal
 
             self.dir.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.dir / INPUTS, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")   # a crash may lose the last write, never the file
+            db = open_wal(self.dir / INPUTS, timeout=5)
             db.execute("CREATE TABLE IF NOT EXISTS inputs (node TEXT PRIMARY KEY, value BLOB NOT NULL)")
             db.execute("CREATE TABLE IF NOT EXISTS outcomes (node TEXT PRIMARY KEY, status TEXT NOT NULL)")
             self._inputs_db = db

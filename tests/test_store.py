@@ -150,6 +150,28 @@ def test_two_builds_at_once_on_one_cache_directory(ws):
     verify_cas(ws.cache)
 
 
+def test_opening_a_new_index_waits_for_another_connection_creating_it(tmp_path):
+    """The race the two builds above can lose: while another connection holds a write
+    transaction on the file still in rollback mode, sqlite refuses the switch to WAL at
+    once instead of waiting through its busy timeout."""
+    import sqlite3
+    import threading
+
+    from buildgraph.store.index import StoreIndex
+
+    path = tmp_path / "index.sqlite"
+    creator = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    creator.execute("BEGIN IMMEDIATE")
+    creator.execute("CREATE TABLE other (x)")
+    threading.Timer(0.3, creator.execute, ("COMMIT",)).start()
+    started = time.monotonic()
+    index = StoreIndex(str(path))
+    assert time.monotonic() - started >= 0.25   # it waited for the commit, then went on
+    assert index.add("k", b"{}", 1.0) and index.get("k") == (b"{}", 1.0)
+    index.close()
+    creator.close()
+
+
 def test_two_builds_of_one_workspace_take_turns(ws):
     setup_two(ws)
     procs = [ws.spawn("build") for _ in range(2)]

@@ -21,9 +21,10 @@ values are pickled, its rows carry expiry and tag columns); opening takes 0.3 ms
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from contextlib import contextmanager
+
+from ..sqlite_wal import open_wal
 
 SCHEMA_VERSION = 1   # PRAGMA user_version: 0 is a new file
 SCHEMA = (
@@ -36,10 +37,8 @@ SCHEMA = (
 
 class StoreIndex:
     def __init__(self, path: str):
-        db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        db = open_wal(path, timeout=60, check_same_thread=False)
         try:
-            db.execute("PRAGMA journal_mode=WAL")   # kept in the file: a no-op after the first
-            db.execute("PRAGMA synchronous=NORMAL")
             if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
                 with _transaction(db):   # IF NOT EXISTS: another process may have made it first
                     for statement in SCHEMA:
