@@ -20,11 +20,12 @@ from buildgraph.action import Action, ActionResult
 from buildgraph.digest import StatCache, stat_signature, tree_digest, value_digest
 from buildgraph.errors import ConfigError, StoreError
 from buildgraph.graph import BuildGraph, Node, configure
+from buildgraph.layout_worker import LayoutWorker, lay_out_new
 from buildgraph.packedmap import PackedMap
 from buildgraph.sandbox import SANDBOX_ROOT, Sandbox
 from buildgraph.state import NodeRecord, State, StateDir
 from buildgraph.status import Status
-from buildgraph.fsutil import force_remove, make_top_dir
+from buildgraph.fsutil import force_remove
 from buildgraph.store.local import LocalStore
 from buildgraph.toolchains import Mount, ToolchainResolver, host_tools
 from buildgraph.toolstore import ToolStore
@@ -38,6 +39,7 @@ BASE_ENV = (("LC_ALL", "C"), ("TZ", "UTC"), ("HOME", f"{SANDBOX_ROOT}/home"),
 
 # The kinds whose actions compile many files in one run: the compile cache is on in them.
 COMPILE_CACHED_KINDS = ("cmake", "make", "autotools")
+LAYOUT_WORKER_AFTER = 64   # nodes a build materializes itself before a layout worker takes the rest
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,11 @@ class Engine:
         self.git_sha = None       # --git-sha: the commit artifacts record (else $MXNET_SHA, ..., git HEAD)
         self._release_identity = None
         self._changed = False
+        self._materializing = 0          # materialize calls this build (LAYOUT_WORKER_AFTER)
+        self._layout: LayoutWorker | None = None
+        self._layout_tried = False
+        self._laying_out: dict[str, ActionResult] = {}   # node -> result the worker lays out
+        self._layout_retry: list[tuple[str, ActionResult]] = []
         self.results: dict[str, ActionResult] = {}   # node -> result known this build
         self.outputs: dict[str, str] = {}            # node -> output digest known this build
         self.new_inputs: dict[str, dict] = {}        # node -> input digests, for nodes recorded this build
@@ -518,6 +525,8 @@ class Engine:
         return result
 
     def _result_from_outputs(self, name: str, output_digest: str) -> ActionResult | None:
+        if name in self._laying_out:
+            self.finish_materializing()
         rec = self.state.nodes.get(name)
         base = str(self.out_dir(name))
         if rec is None or not os.path.isdir(base):
@@ -566,34 +575,75 @@ class Engine:
     def materialize(self, name: str, result: ActionResult) -> None:
         """Make out/<name> hold exactly `result`'s outputs, replacing it atomically. Files are
         the workspace's own copies (reflinks where possible), never the store's inodes, and
-        read-only, as Bazel's are: outputs are edited through their sources."""
+        read-only, as Bazel's are: outputs are edited through their sources. Past the first
+        LAYOUT_WORKER_AFTER of a build (a restore), a second process lays them out
+        (layout_worker.py) and they count as materialized once it has answered."""
         if self._materialized_ok(name, result.output_digest):
             return
-        out = str(self.state_dir.out)
-        final = f"{out}/{name}"
-        try:
-            os.mkdir(final)
-            fresh = True
-        except FileExistsError:
-            fresh = False
-        except FileNotFoundError:   # the first node, or one named a/b
-            make_top_dir(out)
-            os.makedirs(os.path.dirname(final), exist_ok=True)
-            os.mkdir(final)
-            fresh = True
-        if fresh:   # nothing was there (a restore after `clean`): laid out in place, a rename saved
-            listing = self._lay_out(result, final)
-        else:   # replaced whole: readers see the old outputs or the new
-            tmp = f"{out}/.{name}.{os.getpid()}.tmp"
+        self._materializing += 1
+        if self._layout is None and self._materializing > LAYOUT_WORKER_AFTER and not self._layout_tried:
+            self._layout_tried = True
             try:
-                os.mkdir(tmp)
-            except FileExistsError:   # left by a killed build
-                force_remove(tmp)
-                os.mkdir(tmp)
-            listing = self._lay_out(result, tmp)
+                self._layout = LayoutWorker()
+            except OSError:   # no second process: laid out here
+                pass
+        if self._layout is None:
+            self._materialize_here(name, result)
+            return
+        self.state.materialized.pop(name, None)   # not laid out until the worker says so
+        self._laying_out[name] = result
+        try:
+            self._take_answers(self._layout.submit(str(self.state_dir.out), name, self._entries(result)))
+        except OSError:   # the worker is gone: what it had not answered is laid out here at the end
+            self._layout.close()
+            self._layout = None
+            self._take_answers([(n, "the layout worker ended") for n in self._laying_out])
+
+    def finish_materializing(self) -> None:
+        """Wait for the layout worker's last answers, and lay out here what it could not (a
+        directory that was there: replaced; an error: met again here, and raised)."""
+        if self._layout is not None:
+            worker, self._layout = self._layout, None
+            try:
+                answers = worker.finish()
+            except OSError:
+                worker.close()
+                answers = [(n, "the layout worker ended") for n in self._laying_out]
+            self._take_answers(answers)
+        retry, self._layout_retry = self._layout_retry, []
+        for name, result in retry:
+            self._materialize_here(name, result)
+
+    def end_layout_worker(self) -> None:
+        """Stop the layout worker (an interrupted build): what it has not answered for is not
+        recorded as materialized, so the next build lays it out again."""
+        if self._layout is not None:
+            self._layout.close()
+            self._layout = None
+
+    def _take_answers(self, answers) -> None:
+        for name, answer in answers:
+            result = self._laying_out.pop(name)
+            if isinstance(answer, tuple):
+                self.state.materialized[name] = (result.output_digest, answer)
+                self._changed = True
+            else:   # its directory was there, or an error: finish_materializing sees to it
+                self._layout_retry.append((name, result))
+
+    def _materialize_here(self, name: str, result: ActionResult) -> None:
+        out = str(self.state_dir.out)
+        entries = self._entries(result)
+        listing = lay_out_new(out, name, entries)
+        if listing is None:   # out/<name> is there: replaced whole, readers see the old outputs or the new
+            parent, base = os.path.split(name)
+            tmp = os.path.join(parent, f".{base}.{os.getpid()}.tmp")
+            listing = lay_out_new(out, tmp, entries)
+            if listing is None:   # left by a killed build
+                force_remove(f"{out}/{tmp}")
+                listing = lay_out_new(out, tmp, entries)
             trash = self._trash_path()
-            os.replace(final, trash)
-            os.replace(tmp, final)
+            os.replace(f"{out}/{name}", trash)
+            os.replace(f"{out}/{tmp}", f"{out}/{name}")
             if self.sandbox is not None:   # in a build: the next action of a chain need not wait
                 self.sandbox.remove_later(trash)
             else:
@@ -601,16 +651,12 @@ class Engine:
         self.state.materialized[name] = (result.output_digest, listing)
         self._changed = True
 
-    def _lay_out(self, result: ActionResult, base: str) -> tuple:
-        """`result`'s outputs, read-only, in the new directory `base` (removed if they cannot
-        be); the listing that _materialized_ok checks."""
-        try:
-            self.store.lay_out(result, base, read_only=True)
-            return tuple((e.path, stat_signature(os.lstat(f"{base}/{e.path}")))
-                         for e in (*result.files, *result.symlinks))
-        except OSError:
-            force_remove(base)
-            raise
+    def _entries(self, result: ActionResult) -> tuple:
+        """`result`'s outputs as layout_worker.lay_out_new takes them."""
+        blob = self.store.blob_path
+        return (*(("f", f.path, blob(f.digest, f.executable), 0o555 if f.executable else 0o444)
+                  for f in result.files),
+                *(("l", s.path, s.target) for s in result.symlinks))
 
     def changed(self) -> bool:
         """Whether this build changed the state (a no-op build does not)."""

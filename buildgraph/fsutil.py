@@ -14,6 +14,11 @@ _FICLONE = 0x40049409
 _GETFLAGS, _SETFLAGS, _TOPDIR = 0x80086601, 0x40086602, 0x00020000
 
 
+def stat_signature(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What tells a file changed without reading it: device, inode, size, mtime, ctime."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def make_top_dir(path: str) -> None:
     """Make the directory `path` (already there is fine) marked, where the filesystem takes the
     hint, as the top of unrelated trees (ext4: chattr +T). ext4 then spreads the directories

@@ -177,9 +177,11 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
     interrupted = False
     try:
         outcomes = scheduler.run(selected)
+        engine.finish_materializing()
     except Interrupted as exc:
         outcomes, interrupted = exc.outcomes, True
     finally:
+        engine.end_layout_worker()
         reporter.end()
         engine.sandbox.close()
         if compiles is not None:

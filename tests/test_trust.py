@@ -15,6 +15,7 @@ from conftest import Workspace, ran
 from servers import NGINX, HostileServer, NginxServer, drip
 from test_store import verify_cas
 
+from buildgraph import layout_worker
 from buildgraph.action import ActionResult, OutputFile
 from buildgraph.state import StateDir
 from buildgraph.store.local import LocalStore
@@ -179,10 +180,10 @@ def test_a_result_that_cannot_be_materialized_is_a_miss_that_drops_it(ws, capsys
     ws.run("clean", capsys=capsys)
     calls = []
 
-    def broken(self, digest, executable, dest, read_only=False):
+    def broken(src, dest, mode):
         calls.append(dest)
         raise OSError(5, "Input/output error")
-    monkeypatch.setattr(LocalStore, "copy_out", broken)
+    monkeypatch.setattr(layout_worker, "copy_new", broken)
     st = ws.build(capsys=capsys)   # the entry is dropped; the run that follows cannot materialize either
     assert calls and st["a"] == "failed" and "could not be restored" in st["_err"]
     assert st["_err"].count("dropped from the cache") == 2

@@ -24,7 +24,7 @@ back paths it may delete under us. Measured in bench/cas_layout.py (README).
 
 The store's bytes are never the user's bytes. A blob's inode is never handed to
 anything a user or a tool can write: outputs are materialized into out/ by reflink or
-copy (`copy_out`), and only a read-only bind mount (bwrap) ever sees a hardlink.
+copy (fsutil.copy_new), and only a read-only bind mount (bwrap) ever sees a hardlink.
 Invariants that keep the store trustworthy after a crash, a kill -9, a stray edit:
   - a blob path only ever holds complete content of its digest (written elsewhere,
     fsynced, then linked in); when a writer finds the name taken, it re-hashes the
@@ -252,20 +252,19 @@ class LocalStore:
         with self._lock:
             self.counters.quarantined += 1
 
-    def copy_out(self, digest: str, executable: bool, dest: str, read_only: bool = False) -> None:
-        """Materialize a blob at `dest` as a file of its own (reflink, else copy), writable
-        by its owner unless `read_only`: an edit of `dest` can never reach the store."""
-        mode = 0o755 if executable else 0o644
-        copy_new(self.blob_path(digest, executable), dest, mode & 0o555 if read_only else mode)
+    def copy_out(self, digest: str, executable: bool, dest: str) -> None:
+        """Put a blob at `dest` as a file of its own (reflink, else copy), writable by its
+        owner: an edit of `dest` can never reach the store."""
+        copy_new(self.blob_path(digest, executable), dest, 0o755 if executable else 0o644)
 
     def link_out(self, digest: str, executable: bool, dest: str) -> None:
         """Hardlink a blob at `dest`: only for places nothing can write (a read-only mount)."""
         link_or_copy(self.blob_path(digest, executable), dest)
 
-    def lay_out(self, result: ActionResult, base: str, link: bool = False, read_only: bool = False) -> None:
+    def lay_out(self, result: ActionResult, base: str, link: bool = False) -> None:
         """Put `result`'s outputs under the existing directory `base`: symlinks as recorded,
         files hardlinked when `link` (only where nothing can write: a read-only mount), else
-        copies of their own (read-only if asked)."""
+        copies of their own."""
         made = {base}
         for entry in (*result.files, *result.symlinks):
             dest = f"{base}/{entry.path}"
@@ -278,7 +277,7 @@ class LocalStore:
             elif link:
                 self.link_out(entry.digest, entry.executable, dest)
             else:
-                self.copy_out(entry.digest, entry.executable, dest, read_only=read_only)
+                self.copy_out(entry.digest, entry.executable, dest)
 
     # ------------------------------------------------------------ AC
 

@@ -1,0 +1,87 @@
+"""Restored outputs laid out by a second process (layout_worker.py): the same out/ as the
+build lays out itself, recorded only once laid out, and what the worker cannot do is done
+or reported by the build."""
+
+import os
+import stat
+
+from buildgraph import engine, layout_worker
+
+NODES = """\
+targets:
+  tree: {kind: script, outs: [bin/tool, share/data.txt, link], cmds: [
+    "mkdir -p $OUT/bin $OUT/share", "printf '#!/bin/sh\\\\necho hi\\\\n' > $OUT/bin/tool",
+    "chmod +x $OUT/bin/tool", "echo data > $OUT/share/data.txt", "ln -s share/data.txt $OUT/link"]}
+""" + "".join(f"""\
+  n{i}: {{kind: script, outs: [o], cmds: ["echo {i} > $OUT/o"]}}
+""" for i in range(5))
+
+
+def _counting_workers(monkeypatch) -> list:
+    started = []
+
+    class Counted(layout_worker.LayoutWorker):
+        def __init__(self):
+            super().__init__()
+            started.append(self.proc.pid)
+    monkeypatch.setattr(engine, "LayoutWorker", Counted)
+    return started
+
+
+def _check_outputs(ws):
+    tree = ws.out("tree")
+    assert (tree / "bin" / "tool").read_text() == "#!/bin/sh\necho hi\n"
+    assert stat.S_IMODE(os.stat(tree / "bin" / "tool").st_mode) == 0o555
+    assert stat.S_IMODE(os.stat(tree / "share" / "data.txt").st_mode) == 0o444
+    assert os.readlink(tree / "link") == "share/data.txt"
+    for i in range(5):
+        assert sorted(os.listdir(ws.out(f"n{i}"))) == ["o"]
+        assert (ws.out(f"n{i}") / "o").read_text() == f"{i}\n"
+
+
+def test_a_restore_past_the_first_nodes_is_laid_out_by_the_worker(ws, capsys, monkeypatch):
+    ws.write("BUILD.yaml", NODES)
+    assert ws.build(capsys=capsys)["_rc"] == 0
+    assert ws.run("clean", capsys=capsys)[0] == 0
+    monkeypatch.setattr(engine, "LAYOUT_WORKER_AFTER", 2)
+    started = _counting_workers(monkeypatch)
+    st = ws.build(capsys=capsys)
+    assert st["_rc"] == 0 and all(st[n] == "cached" for n in ("tree", "n0", "n4")), st
+    assert len(started) == 1
+    _check_outputs(ws)
+    again = ws.build(capsys=capsys)   # recorded as laid out: nothing to restore
+    assert all(again[n] == "up-to-date" for n in ("tree", "n0", "n4")), again
+
+
+def test_a_directory_that_is_there_is_replaced_by_the_build_itself(ws, capsys, monkeypatch):
+    """The worker only makes new directories: one already there (here: its record lost,
+    an output edited, a stray file added) is answered EXISTS and replaced whole."""
+    ws.write("BUILD.yaml", NODES)
+    assert ws.build(capsys=capsys)["_rc"] == 0
+    (ws.root / ".buildgraph" / "state.marshal").unlink()
+    edited = ws.out("n3") / "o"
+    edited.chmod(0o644)
+    edited.write_text("edited\n")
+    (ws.out("n1") / "stray").write_text("x")
+    monkeypatch.setattr(engine, "LAYOUT_WORKER_AFTER", 0)
+    started = _counting_workers(monkeypatch)
+    st = ws.build(capsys=capsys)
+    assert st["_rc"] == 0 and st["n3"] == "cached", st
+    assert len(started) == 1
+    _check_outputs(ws)
+    assert ws.build(capsys=capsys)["n3"] == "up-to-date"
+
+
+def test_what_the_worker_cannot_lay_out_fails_the_build_and_is_laid_out_next_time(ws, capsys, monkeypatch):
+    ws.write("BUILD.yaml", NODES)
+    assert ws.build(capsys=capsys)["_rc"] == 0
+    assert ws.run("clean", capsys=capsys)[0] == 0
+    blocker = ws.root / ".buildgraph" / "out"
+    blocker.write_text("not a directory")   # every node's directory is refused
+    monkeypatch.setattr(engine, "LAYOUT_WORKER_AFTER", 0)
+    st = ws.build(capsys=capsys)
+    assert st["_rc"] == 1 and f"error: {blocker}" in st["_err"] and "Traceback" not in st["_err"], st["_err"]
+    blocker.unlink()
+    st = ws.build(capsys=capsys)   # nothing was recorded as laid out, and the cache kept every entry
+    assert st["_rc"] == 0 and all(st[n] == "cached" for n in ("tree", "n0", "n4")), st
+    _check_outputs(ws)
