@@ -16,8 +16,6 @@ import time
 
 import xxhash
 
-from buildgraph.fsutil import stat_signature  # noqa: F401  (imported from here by most)
-
 _CHUNK = 1 << 20
 
 
@@ -73,6 +71,10 @@ def canonical(obj) -> bytes:
 
 def value_digest(obj) -> str:
     return bytes_digest(canonical(obj))
+
+
+def stat_signature(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class StatCache:

@@ -581,8 +581,8 @@ class Engine:
         if self._materialized_ok(name, result.output_digest):
             return
         self._materializing += 1
-        if self._layout is None and self._materializing > LAYOUT_WORKER_AFTER and not self._layout_tried:
-            self._layout_tried = True
+        if self._materializing > LAYOUT_WORKER_AFTER and not self._layout_tried:
+            self._layout_tried = True   # one worker per build at most
             try:
                 self._layout = LayoutWorker()
             except OSError:   # no second process: laid out here
@@ -592,31 +592,34 @@ class Engine:
             return
         self.state.materialized.pop(name, None)   # not laid out until the worker says so
         self._laying_out[name] = result
+        out = str(self.state_dir.out)
         try:
-            self._take_answers(self._layout.submit(str(self.state_dir.out), name, self._entries(result)))
+            self._take_answers(self._layout.submit(out, name, self.store.entries(result, read_only=True)))
         except OSError:   # the worker is gone: what it had not answered is laid out here at the end
-            self._layout.close()
-            self._layout = None
-            self._take_answers([(n, "the layout worker ended") for n in self._laying_out])
+            self._end_worker(answered=())
 
     def finish_materializing(self) -> None:
         """Wait for the layout worker's last answers, and lay out here what it could not (a
         directory that was there: replaced; an error: met again here, and raised)."""
         if self._layout is not None:
-            worker, self._layout = self._layout, None
             try:
-                answers = worker.finish()
+                answers = self._layout.finish()
             except OSError:
-                worker.close()
-                answers = [(n, "the layout worker ended") for n in self._laying_out]
-            self._take_answers(answers)
+                answers = ()
+            self._end_worker(answers)
         retry, self._layout_retry = self._layout_retry, []
         for name, result in retry:
             self._materialize_here(name, result)
 
+    def _end_worker(self, answered) -> None:
+        """The worker stopped; its answers taken, the nodes it did not answer for are retried."""
+        self.end_layout_worker()
+        self._take_answers(answered)
+        self._take_answers([(n, "not laid out by the worker") for n in self._laying_out])
+
     def end_layout_worker(self) -> None:
-        """Stop the layout worker (an interrupted build): what it has not answered for is not
-        recorded as materialized, so the next build lays it out again."""
+        """Stop the layout worker (at the end, or an interrupted build's): what it has not
+        answered for is not recorded as materialized, so the next build lays it out again."""
         if self._layout is not None:
             self._layout.close()
             self._layout = None
@@ -632,7 +635,7 @@ class Engine:
 
     def _materialize_here(self, name: str, result: ActionResult) -> None:
         out = str(self.state_dir.out)
-        entries = self._entries(result)
+        entries = self.store.entries(result, read_only=True)
         listing = lay_out_new(out, name, entries)
         if listing is None:   # out/<name> is there: replaced whole, readers see the old outputs or the new
             parent, base = os.path.split(name)
@@ -650,13 +653,6 @@ class Engine:
                 force_remove(trash)
         self.state.materialized[name] = (result.output_digest, listing)
         self._changed = True
-
-    def _entries(self, result: ActionResult) -> tuple:
-        """`result`'s outputs as layout_worker.lay_out_new takes them."""
-        blob = self.store.blob_path
-        return (*(("f", f.path, blob(f.digest, f.executable), 0o555 if f.executable else 0o444)
-                  for f in result.files),
-                *(("l", s.path, s.target) for s in result.symlinks))
 
     def changed(self) -> bool:
         """Whether this build changed the state (a no-op build does not)."""

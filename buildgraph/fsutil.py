@@ -14,11 +14,6 @@ _FICLONE = 0x40049409
 _GETFLAGS, _SETFLAGS, _TOPDIR = 0x80086601, 0x40086602, 0x00020000
 
 
-def stat_signature(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    """What tells a file changed without reading it: device, inode, size, mtime, ctime."""
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
 def make_top_dir(path: str) -> None:
     """Make the directory `path` (already there is fine) marked, where the filesystem takes the
     hint, as the top of unrelated trees (ext4: chattr +T). ext4 then spreads the directories
@@ -122,6 +117,25 @@ def copy_new(src: str, dest: str, mode: int) -> None:
             os.close(fout)
     finally:
         os.close(fin)
+
+
+def put_entries(base: str, entries) -> None:
+    """Put `entries` under the existing directory `base`, their directories made as needed:
+    ("f", rel, src, mode) a file of its own (copy_new), ("h", rel, src) a hardlink where
+    possible (link_or_copy), ("l", rel, target) a symlink."""
+    made = {base}
+    for entry in entries:
+        dest = f"{base}/{entry[1]}"
+        parent = os.path.dirname(dest)
+        if parent not in made:
+            os.makedirs(parent, exist_ok=True)
+            made.add(parent)
+        if entry[0] == "f":
+            copy_new(entry[2], dest, entry[3])
+        elif entry[0] == "h":
+            link_or_copy(entry[2], dest)
+        else:
+            os.symlink(entry[2], dest)
 
 
 def link_or_copy(src: str, dest: str) -> None:

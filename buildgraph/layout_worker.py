@@ -15,8 +15,7 @@ once the worker has answered with its listing, so a killed build or worker leave
 worst a directory the next build replaces.
 
 Protocol, on the worker's stdin and stdout: length-prefixed marshal batches.
-  build -> worker   [(out, name, entries), ...]  entries: ("f", rel, blob, mode)
-                                                        or ("l", rel, symlink target)
+  build -> worker   [(out, name, entries), ...]  entries as fsutil.put_entries takes them
   worker -> build   [(name, listing | EXISTS | error message), ...], one batch per batch
 """
 
@@ -30,7 +29,8 @@ import struct
 import subprocess
 import sys
 
-from buildgraph.fsutil import copy_new, force_remove, make_top_dir, stat_signature
+from buildgraph.digest import stat_signature
+from buildgraph.fsutil import force_remove, make_top_dir, put_entries
 
 EXISTS = 0   # the answer for a directory that was already there
 BATCH = 64   # nodes per message: one write and one wake-up of the worker each
@@ -53,17 +53,7 @@ def lay_out_new(top: str, name: str, entries) -> tuple | None:
         except FileExistsError:
             return None
     try:
-        made = {directory}
-        for entry in entries:
-            dest = f"{directory}/{entry[1]}"
-            parent = os.path.dirname(dest)
-            if parent not in made:
-                os.makedirs(parent, exist_ok=True)
-                made.add(parent)
-            if entry[0] == "l":
-                os.symlink(entry[2], dest)
-            else:
-                copy_new(entry[2], dest, entry[3])
+        put_entries(directory, entries)
         return tuple((e[1], stat_signature(os.lstat(f"{directory}/{e[1]}"))) for e in entries)
     except OSError:
         force_remove(directory)
@@ -115,8 +105,8 @@ class LayoutWorker:
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         code = (f"import sys; sys.path.insert(0, {package_parent!r}); "
                 "from buildgraph.layout_worker import serve; serve()")
-        # -I -S: none of the user's PYTHON* variables or site-packages, a start in ~15 ms
-        self.proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", code], stdin=subprocess.PIPE,
+        # -I: none of the user's PYTHON* variables (nor PYTHONPATH: hence the path above)
+        self.proc = subprocess.Popen([sys.executable, "-I", "-c", code], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, bufsize=0)
         self._jobs, self._answers = self.proc.stdin.fileno(), self.proc.stdout.fileno()
         os.set_blocking(self._jobs, False)
@@ -134,12 +124,11 @@ class LayoutWorker:
         return self._exchange(wait=False)
 
     def finish(self) -> list:
-        """Every remaining answer, waiting for the worker; then the worker ends."""
-        answers = self._exchange(wait=True)
-        self.close()
-        return answers
+        """Every remaining answer, waiting for the worker."""
+        return self._exchange(wait=True)
 
     def close(self) -> None:
+        """Stop the worker (idle or not)."""
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()

@@ -85,3 +85,21 @@ def test_what_the_worker_cannot_lay_out_fails_the_build_and_is_laid_out_next_tim
     st = ws.build(capsys=capsys)   # nothing was recorded as laid out, and the cache kept every entry
     assert st["_rc"] == 0 and all(st[n] == "cached" for n in ("tree", "n0", "n4")), st
     _check_outputs(ws)
+
+
+def test_a_worker_that_dies_leaves_the_laying_out_to_the_build(ws, capsys, monkeypatch):
+    ws.write("BUILD.yaml", NODES)
+    assert ws.build(capsys=capsys)["_rc"] == 0
+    assert ws.run("clean", capsys=capsys)[0] == 0
+
+    class Dying(layout_worker.LayoutWorker):
+        def __init__(self):
+            super().__init__()
+            self.proc.kill()
+            self.proc.wait()
+    monkeypatch.setattr(engine, "LayoutWorker", Dying)
+    monkeypatch.setattr(engine, "LAYOUT_WORKER_AFTER", 0)
+    st = ws.build(capsys=capsys)
+    assert st["_rc"] == 0 and all(st[n] == "cached" for n in ("tree", "n0", "n4")), st
+    _check_outputs(ws)
+    assert ws.build(capsys=capsys)["tree"] == "up-to-date"

@@ -15,7 +15,7 @@ from conftest import Workspace, ran
 from servers import NGINX, HostileServer, NginxServer, drip
 from test_store import verify_cas
 
-from buildgraph import layout_worker
+from buildgraph import fsutil
 from buildgraph.action import ActionResult, OutputFile
 from buildgraph.state import StateDir
 from buildgraph.store.local import LocalStore
@@ -183,7 +183,7 @@ def test_a_result_that_cannot_be_materialized_is_a_miss_that_drops_it(ws, capsys
     def broken(src, dest, mode):
         calls.append(dest)
         raise OSError(5, "Input/output error")
-    monkeypatch.setattr(layout_worker, "copy_new", broken)
+    monkeypatch.setattr(fsutil, "copy_new", broken)
     st = ws.build(capsys=capsys)   # the entry is dropped; the run that follows cannot materialize either
     assert calls and st["a"] == "failed" and "could not be restored" in st["_err"]
     assert st["_err"].count("dropped from the cache") == 2

@@ -55,7 +55,7 @@ from pathlib import Path
 from buildgraph.action import ActionResult, BadResult, OutputFile, OutputSymlink, parse_result
 from buildgraph.digest import bytes_digest, copy_hashed, file_digest, file_digests
 from buildgraph.errors import StoreError
-from buildgraph.fsutil import copy_new, force_remove, link_or_copy, walk_tree
+from buildgraph.fsutil import copy_new, force_remove, put_entries, walk_tree
 from buildgraph.store.index import StoreIndex
 
 DEFAULT_MAX_BYTES = 10 * 1024 ** 3
@@ -257,27 +257,20 @@ class LocalStore:
         owner: an edit of `dest` can never reach the store."""
         copy_new(self.blob_path(digest, executable), dest, 0o755 if executable else 0o644)
 
-    def link_out(self, digest: str, executable: bool, dest: str) -> None:
-        """Hardlink a blob at `dest`: only for places nothing can write (a read-only mount)."""
-        link_or_copy(self.blob_path(digest, executable), dest)
+    def entries(self, result: ActionResult, link: bool = False, read_only: bool = False) -> tuple:
+        """`result`'s outputs as fsutil.put_entries takes them: symlinks as recorded, files
+        hardlinked when `link` (only where nothing can write: a read-only mount), else copies
+        of their own, writable by their owner unless `read_only`."""
+        files = []
+        for f in result.files:
+            blob = self.blob_path(f.digest, f.executable)
+            mode = 0o755 if f.executable else 0o644
+            files.append(("h", f.path, blob) if link else ("f", f.path, blob, mode & 0o555 if read_only else mode))
+        return (*files, *(("l", s.path, s.target) for s in result.symlinks))
 
     def lay_out(self, result: ActionResult, base: str, link: bool = False) -> None:
-        """Put `result`'s outputs under the existing directory `base`: symlinks as recorded,
-        files hardlinked when `link` (only where nothing can write: a read-only mount), else
-        copies of their own."""
-        made = {base}
-        for entry in (*result.files, *result.symlinks):
-            dest = f"{base}/{entry.path}"
-            parent = os.path.dirname(dest)
-            if parent not in made:
-                os.makedirs(parent, exist_ok=True)
-                made.add(parent)
-            if isinstance(entry, OutputSymlink):
-                os.symlink(entry.target, dest)
-            elif link:
-                self.link_out(entry.digest, entry.executable, dest)
-            else:
-                self.copy_out(entry.digest, entry.executable, dest)
+        """Put `result`'s outputs under the existing directory `base` (entries)."""
+        put_entries(base, self.entries(result, link=link))
 
     # ------------------------------------------------------------ AC
 
