@@ -495,7 +495,7 @@ def test_a_keyed_etc_file_edited_in_place_changes_the_key(ws, capsys, monkeypatc
     assert ws.build(capsys=capsys)["t"] == "ran"
 
 
-_LOOK_AROUND = ("env > $OUT/seen; echo $$ $0 $# >> $OUT/seen; ls /proc/self/fd >> $OUT/seen; "
+_LOOK_AROUND = ("env > $OUT/seen; set >> $OUT/seen; echo $$ $0 $# $- >> $OUT/seen; ls /proc/self/fd >> $OUT/seen; "
                 "ls -l /proc/self/fd/0 | cut -c1-10 >> $OUT/seen; readlink /proc/self/fd/0 >> $OUT/seen; "
                 "umask >> $OUT/seen; pwd >> $OUT/seen; cat /proc/sys/kernel/hostname >> $OUT/seen; "
                 "ls -A / /tmp /dev $TMPDIR $HOME >> $OUT/seen; ps -e -o pid=,comm= >> $OUT/seen")
@@ -506,26 +506,42 @@ def _spares_used(monkeypatch) -> list:
 
     used = []
     start_in = Sandbox._start_in
-    monkeypatch.setattr(Sandbox, "_start_in", lambda self, *a: used.append(start_in(self, *a)) or used[-1])
+    monkeypatch.setattr(Sandbox, "_start_in", lambda self, spare, *a: used.append(
+        (spare in self._spares_taken, start_in(self, spare, *a))) or used[-1][1])
+    take = Sandbox._take_spare
+    monkeypatch.setattr(Sandbox, "_spares_taken", [], raising=False)
+    monkeypatch.setattr(Sandbox, "_take_spare", lambda self, *a: self._spares_taken.append(take(self, *a))
+                        or self._spares_taken[-1])
     return used
 
 
 @pytest.mark.skipif(detect_mode() != "bwrap", reason="spare sandboxes are bubblewrap's")
-def test_an_action_in_a_spare_sandbox_sees_what_one_in_a_sandbox_started_for_it_sees(ws, capsys, monkeypatch):
+def test_an_action_in_a_spare_sandbox_sees_what_sh_started_with_its_environment_sees(ws, capsys, monkeypatch):
     # The first action of a tool set starts its own sandbox; the ones after it run in spares
-    # started ahead. Their view must be the same to the byte: environment (and its order),
-    # argv, pid, open descriptors and how stdin is open, umask, directory, hostname, what
-    # the filesystem and process table hold.
+    # started ahead. In both, a waiting shell reads the action's program from a pipe and
+    # exports its environment itself. What the commands see must be to the byte what they
+    # see in `sh -e -c` started with that environment (by `env -i`): environment and its
+    # order, shell variables and options, argv, pid, open descriptors and how stdin is open,
+    # umask, directory, hostname, what the filesystem and process table hold.
+    from buildgraph import sandbox
+
     used = _spares_used(monkeypatch)
-    names = ("first", "second", "third")
-    ws.write("BUILD.yaml", "host_tools: [sh, env, ls, cut, readlink, cat, ps]\ntargets:\n" + "".join(
-        f"  {t}: {{kind: script, outs: [seen], cmds: [\"echo {t}\", \"{_LOOK_AROUND}\"]}}\n" for t in names))
+    tools = "host_tools: [sh, env, ls, cut, readlink, cat, ps]\ntargets:\n"
+
+    def targets(names):
+        return tools + "".join(f"  {t}: {{kind: script, outs: [seen], env: {{ZED: z, ABC: a}}, "
+                               f"cmds: [\"echo {t}\", \"{_LOOK_AROUND}\"]}}\n" for t in names)
+    ws.write("BUILD.yaml", targets(("first", "second", "third")))
     st = ws.build("-j1", capsys=capsys)
-    assert all(st[t] == "ran" for t in names), st["_out"] + st["_err"]
-    assert used and all(used), used
-    seen = {t: (ws.out(t) / "seen").read_text() for t in names}
-    assert "\n2 /bin/sh 0\n" in seen["first"]
-    assert seen["first"] == seen["second"] == seen["third"]
+    assert all(st[t] == "ran" for t in ("first", "second", "third")), st["_out"] + st["_err"]
+    assert not used[0][0] and any(taken for taken, _ in used) and all(ok for _, ok in used), used
+    monkeypatch.setattr(sandbox, "_program", sandbox._program_by_env)
+    ws.write("BUILD.yaml", targets(("started_by_env",)))
+    st = ws.build("-j1", capsys=capsys)
+    assert st["started_by_env"] == "ran", st["_out"] + st["_err"]
+    seen = {t: (ws.out(t) / "seen").read_text() for t in ("first", "second", "third", "started_by_env")}
+    assert "\n2 /bin/sh 0 e\n" in seen["first"] and "ZED=z" in seen["first"]
+    assert seen["first"] == seen["second"] == seen["third"] == seen["started_by_env"]
 
 
 @pytest.mark.skipif(detect_mode() != "bwrap", reason="spare sandboxes are bubblewrap's")
@@ -534,10 +550,11 @@ def test_a_spare_sandbox_that_died_while_it_waited_is_not_an_action_failure(ws, 
 
     spawn = Sandbox._spawn
 
-    def spawn_and_kill(self, *args):
+    def spawn_and_kill(self, *args):   # the spares started ahead, not those started for an action
         spare = spawn(self, *args)
-        os.killpg(spare.proc.pid, 9)
-        spare.proc.wait()
+        if threading.current_thread().name == "bg-sandbox-spawner":
+            os.killpg(spare.proc.pid, 9)
+            spare.proc.wait()
         return spare
     monkeypatch.setattr(Sandbox, "_spawn", spawn_and_kill)
     used = _spares_used(monkeypatch)
@@ -545,6 +562,7 @@ def test_a_spare_sandbox_that_died_while_it_waited_is_not_an_action_failure(ws, 
         f"  t{i}: {{kind: script, outs: [o], cmds: [\"echo {i} > $OUT/o\"]}}\n" for i in range(4)))
     st = ws.build("-j1", capsys=capsys)
     assert all(st[f"t{i}"] == "ran" for i in range(4)), st["_out"] + st["_err"]
-    assert used and not any(used)
+    taken = [ok for taken, ok in used if taken]
+    assert taken and not any(taken), used
     assert [(ws.out(f"t{i}") / "o").read_text() for i in range(4)] == [f"{i}\n" for i in range(4)]
     assert not any(ws.cache.joinpath("sandbox").iterdir())
