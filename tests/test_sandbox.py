@@ -545,6 +545,25 @@ def test_an_action_in_a_spare_sandbox_sees_what_sh_started_with_its_environment_
 
 
 @pytest.mark.skipif(detect_mode() != "bwrap", reason="spare sandboxes are bubblewrap's")
+def test_a_variable_the_shell_sets_itself_is_what_sh_started_with_it_makes_of_it(ws, capsys, monkeypatch):
+    # Exported by the waiting shell, PPID and OPTIND would keep the action's values; a `sh`
+    # started with them in its environment sets its own. Such an environment goes by env -i.
+    from buildgraph import sandbox
+
+    def target(name):
+        return ("host_tools: [sh, env, grep]\ntargets:\n"
+                f"  {name}: {{kind: script, outs: [o], env: {{PPID: '7', OPTIND: '5', A: b}}, "
+                f"cmds: [\": {name}; echo $PPID $OPTIND $A > $OUT/o; env | grep -v '^PWD=' >> $OUT/o\"]}}\n")
+    ws.write("BUILD.yaml", target("ours"))
+    assert ws.build(capsys=capsys)["ours"] == "ran"
+    monkeypatch.setattr(sandbox, "_program", sandbox._program_by_env)
+    ws.write("BUILD.yaml", target("by_env"))
+    assert ws.build(capsys=capsys)["by_env"] == "ran"
+    ours, by_env = ((ws.out(t) / "o").read_text() for t in ("ours", "by_env"))
+    assert ours.startswith("1 1 b\n") and ours == by_env
+
+
+@pytest.mark.skipif(detect_mode() != "bwrap", reason="spare sandboxes are bubblewrap's")
 def test_a_spare_sandbox_that_died_while_it_waited_is_not_an_action_failure(ws, capsys, monkeypatch):
     from buildgraph.sandbox import Sandbox
 
