@@ -35,7 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from genworkspace import generate  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-BG = [sys.executable, "-m", "buildgraph"]
+# The `buildgraph` command as installed beside this interpreter, as users run it (`python -m`
+# would add runpy's imports to every figure).
+_COMMAND = Path(sys.executable).with_name("buildgraph")
+BG = [str(_COMMAND)] if _COMMAND.exists() else [sys.executable, "-m", "buildgraph"]
 ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED")}  # as users run it
 
 

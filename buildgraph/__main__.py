@@ -1,5 +1,3 @@
-import sys
+from buildgraph.client import command
 
-from buildgraph.client import main
-
-sys.exit(main())
+command()
