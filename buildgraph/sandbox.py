@@ -531,6 +531,12 @@ class Sandbox:
         """Have the spare's shell run the action's `commands` with exactly `env` and stdin
         /dev/null opened as a started one has it (_program). False if the spare is gone
         (killed while it waited)."""
+        if spare.proc.poll() is not None:
+            # Gone already (killed while it waited): fed anyway, its shell could live on a
+            # moment (bwrap's --die-with-parent is a signal) and run the commands in a
+            # sandbox whose end reads as the action's.
+            self._end_spare(spare)
+            return False
         data = os.fsencode(_program(commands, env))
         try:
             while data:
