@@ -641,7 +641,7 @@ class Sandbox:
         return None
 
     def _argv(self, root: str, action: Action, tools, source_tree: str | None = None,
-              binding=None, shell: bool = False, own_net: bool = True) -> tuple[list[str], str]:
+              binding=None, shell: bool = False) -> tuple[list[str], str]:
         """The command line of the action in the sandbox at `root`, and the path the sandbox is
         seen at. `shell`: an interactive /bin/sh there instead (--sandbox-debug's enter.sh):
         with the terminal (no new session) and without this build's jobserver."""
@@ -649,8 +649,8 @@ class Sandbox:
         if self.mode == "bwrap":
             compilers = action.compilers if binding else ()
             jobserver_fifo = action.jobserver == "fifo" and not shell
-            return self._bwrap_argv(root, tools, compilers, source_tree, binding, jobserver_fifo, shell,
-                                    own_net) + script, self._seen_at(root)
+            return self._bwrap_argv(root, tools, compilers, source_tree, binding, jobserver_fifo,
+                                    shell) + script, self._seen_at(root)
         if self.mode == "unshare":
             return [shutil.which("unshare") or "unshare", "-n", "--"] + script, self._seen_at(root)
         return script, self._seen_at(root)
@@ -746,31 +746,22 @@ class Sandbox:
 
     def _execute_in_bwrap(self, root: str, action: Action, tools, source_tree, binding, spare: _Spare | None,
                           env: dict[str, str]) -> int:
-        """Run the action's commands in `spare`, else in a sandbox started for it now; and in
-        another started now if the spare ended before it was given them. Either way the same
-        shell reads them from its pipe (_start_in), so the action sees the same whichever ran it."""
-        mounts = (tools, action.jobserver == "fifo", action.compilers if binding else (), source_tree, binding)
-        if spare is not None:
-            try:
-                if self._start_in(spare, action.commands, env):
-                    # Under bwrap the pid namespace has ended every process of the action.
-                    return spare.proc.wait()
-            finally:
-                _killpg(spare.proc, signal.SIGKILL)
-        with self._lock:
-            if self.cancelled:
-                return -signal.SIGTERM
+        """Run the action's commands in `spare`, else (none, or it ended before it was given
+        them) in a sandbox started for it now. Either way the same shell reads them from its
+        pipe (_start_in), so the action sees the same whichever ran it."""
+        if spare is not None and self._start_in(spare, action.commands, env):
+            return _ended(spare)
         try:
-            own = self._spawn(root, *mounts)
+            own = self._spawn(root, tools, action.jobserver == "fifo", action.compilers if binding else (),
+                              source_tree, binding)
         except OSError as exc:
             with open(f"{root}/.stderr", "ab") as err:
                 err.write(f"buildgraph: cannot start {self._bwrap}: {exc}\n".encode())
             return 127
         try:
             self._start_in(own, action.commands, env)
-            return own.proc.wait()   # if bwrap ended before it read them, its status and stderr say why
+            return _ended(own)   # if bwrap ended before it read them, its status and stderr say why
         finally:
-            _killpg(own.proc, signal.SIGKILL)
             self._end_spare(own)
 
     def _collect(self, root: str, action: Action, duration: float) -> ActionResult:
@@ -878,8 +869,18 @@ _TRAP = ("trap 'bg_rc=$?; [ $bg_rc -eq 0 ] || echo \"buildgraph: command $bg_ste
          "(exit code $bg_rc)\" >&2' EXIT\n")
 
 
+def _ended(spare: _Spare) -> int:
+    """The exit status of a sandbox given its action, once it has ended; under bwrap the pid
+    namespace has ended every process of the action with it."""
+    try:
+        return spare.proc.wait()
+    finally:
+        _killpg(spare.proc, signal.SIGKILL)
+
+
 def _command(commands: tuple[str, ...]) -> list[str]:
-    """The argv that runs an action's commands outside bwrap."""
+    """`sh -e -c SCRIPT`: how an action's commands run outside bwrap, and what a bwrap
+    sandbox's waiting shell reproduces (_program)."""
     return ["/bin/sh", "-e", "-c", _script(commands)]
 
 
