@@ -488,7 +488,7 @@ def cmd_graph(args) -> int:
             return EXIT_OK
         from buildgraph import dot
 
-        text = dot.render(s.graph, s.ws, selected, s.state_dir.read_outcomes(), set(s.state.nodes),
+        text = dot.render(s.graph, s.ws, selected, s.state_dir.read_outcomes(), set(s.state.materialized),
                           all_edges=args.all_edges)
     if args.format == "dot":
         sys.stdout.write(text)
@@ -667,7 +667,7 @@ def cmd_clean(args) -> int:
     try:
         state_dir.clear()
     finally:
-        state_dir.unlock()
+        state_dir.close()
     print(f"removed outputs and state of {state_dir.dir.parent}")
     return EXIT_OK
 

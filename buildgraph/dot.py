@@ -42,7 +42,7 @@ def _quote(text: str) -> str:
 def render(graph, ws, selected: list[str], outcomes: dict[str, str], built: set[str],
            all_edges: bool = False) -> str:
     """The dot text of the `selected` nodes; `outcomes`: node -> its last outcome (ran, cached,
-    failed, skipped, cancelled); `built`: the nodes with a result recorded."""
+    failed, skipped, cancelled); `built`: the nodes whose outputs are in out/."""
     axes = [a for a, _ in ws.axes]
     groups: dict[tuple, list[str]] = {}   # a node's variant values, in axis order -> its nodes
     for name in selected:

@@ -120,7 +120,10 @@ class Engine:
         self._layout_retry: list[tuple[str, ActionResult]] = []
         self.results: dict[str, ActionResult] = {}   # node -> result known this build
         self.outputs: dict[str, str] = {}            # node -> output digest known this build
-        self.new_inputs: dict[str, dict] = {}        # node -> input digests, for nodes recorded this build
+        # node -> its input digests, for the nodes recorded this build (None: those of its last
+        # record, which its key is: _restore_recorded)
+        self.new_inputs: dict[str, dict | None] = {}
+        self._missed: set[str] = set()               # keys the local cache had no result for
         self.warn = lambda message: print(f"buildgraph: {message}", file=sys.stderr)
 
     # ------------------------------------------------------------ actions
@@ -417,7 +420,8 @@ class Engine:
         from is equal now (as ninja compares inputs, not keys): the workspace's configuration
         (by the stat signature of its files and buildgraph's code), the host tools, toolchain,
         sandbox mode and host properties (one token per build and toolchain), the sources,
-        and the dependencies' outputs; and out/<node> is intact. Else None: compute the key.
+        and the dependencies' outputs; and out/<node> is intact. If it is not, CACHED from the
+        recorded key (_restore_recorded). Else None: compute the key.
         For a `trusted` node only its dependencies' outputs are compared: the rest the no-op
         record proved without statting or digesting anything again."""
         rec = self.state.nodes.get(node.name)
@@ -427,9 +431,21 @@ class Engine:
             return Reuse(Status.UP_TO_DATE, rec.output_digest)
         if rec.inputs != self._inputs_of(node):
             return None
-        if not self._materialized_ok(node.name, rec.output_digest):
+        if self._materialized_ok(node.name, rec.output_digest):
+            return Reuse(Status.UP_TO_DATE, rec.output_digest)
+        return self._restore_recorded(node, rec.key)
+
+    def _restore_recorded(self, node: Node, key: str) -> Reuse | None:
+        """CACHED: out/<node> is gone or edited (`clean` keeps the node records) but its inputs
+        are as recorded, so its key is the recorded one, and its result in the local cache is
+        restored without computing the key. None if the cache has none it can restore: the
+        node's action is computed (it may be found remotely, or run), and the local cache
+        is not asked again (check)."""
+        result = self.store.get_result(key)
+        if result is None or not self.adopt(node, key, result):
+            self._missed.add(key)
             return None
-        return Reuse(Status.UP_TO_DATE, rec.output_digest)
+        return Reuse(Status.CACHED, result.output_digest)
 
     def _inputs_of(self, node: Node) -> tuple | None:
         t = self.ws.targets[node.target]
@@ -469,10 +485,12 @@ class Engine:
                     rec.inputs = inputs
                     self._changed = True
             return Reuse(Status.UP_TO_DATE, rec.output_digest)
+        if action.key in self._missed:
+            return None
         result = self.store.get_result(action.key)
         if result is None:
             return None
-        if not dry_run and not self.adopt(node, action, result):
+        if not dry_run and not self.adopt(node, action.key, result, action):
             return None
         return Reuse(Status.CACHED, result.output_digest)
 
@@ -480,17 +498,17 @@ class Engine:
         """The action's result from the remote cache (now also local), or None. Thread-safe."""
         return self.remote.fetch(action) if self.remote is not None else None
 
-    def adopt(self, node: Node, action: Action, result: ActionResult) -> bool:
-        """Use a result restored from a store: materialize and record it. False (the entry
-        dropped, a warning given) if it cannot be materialized: the node must run."""
+    def adopt(self, node: Node, key: str, result: ActionResult, action: Action | None = None) -> bool:
+        """Use a result restored from a store for `key`: materialize and record it (record).
+        False (the entry dropped, a warning given) if it cannot be materialized: the node must run."""
         try:
             self.materialize(node.name, result)
         except OSError as exc:
-            self.store.drop_result(action.key)
+            self.store.drop_result(key)
             self.warn(f"warning: the cached result of {node.name} could not be restored ({exc}); "
                       "dropped from the cache, building it")
             return False
-        self.record(node.name, action, result)
+        self.record(node.name, key, result, action)
         return True
 
     def keep_first(self, node: Node, action: Action, result: ActionResult) -> ActionResult:
@@ -534,12 +552,14 @@ class Engine:
         result = self.store.put_tree_copy(base, rec.duration)
         return result if result.output_digest == output_digest else None
 
-    def record(self, name: str, action: Action, result: ActionResult) -> None:
+    def record(self, name: str, key: str, result: ActionResult, action: Action | None) -> None:
+        """`name` has `result` this build, for `key`; `action`: the action the key was computed
+        from, None when it was not (_restore_recorded: its inputs are the recorded ones)."""
         self.results[name] = result
         self.outputs[name] = result.output_digest
-        self.state.nodes[name] = NodeRecord(action.key, result.output_digest, result.duration,
+        self.state.nodes[name] = NodeRecord(key, result.output_digest, result.duration,
                                             self._inputs_of(self.graph.nodes[name]))
-        self.new_inputs[name] = action.inputs()
+        self.new_inputs[name] = action.inputs() if action is not None else None
         self._changed = True
 
     # ------------------------------------------------------------ outputs

@@ -154,7 +154,7 @@ class Scheduler:
                     engine.warn(f"{name}: {outcome.note}")
                 storing = time.monotonic()
                 result = engine.keep_first(graph.nodes[name], action, outcome.result)
-                if not engine.adopt(graph.nodes[name], action, result):
+                if not engine.adopt(graph.nodes[name], action.key, result, action):
                     done(name, NodeOutcome(name, Status.FAILED, action.key, outcome.duration, start,
                                            error="its outputs could not be restored", lane=lane), None)
                     stopping = stopping or not self.keep_going
@@ -257,7 +257,7 @@ class Scheduler:
                     _, name, action, result = event
                     lookups -= 1
                     looking.discard(name)
-                    if result is not None and engine.adopt(graph.nodes[name], action, result):
+                    if result is not None and engine.adopt(graph.nodes[name], action.key, result, action):
                         for waiter in same_key.pop(action.key, []):
                             heapq.heappush(ready, (-priority[waiter], waiter))
                         done(name, NodeOutcome(name, Status.CACHED, action.key, remote=True), result.output_digest)
@@ -289,7 +289,8 @@ class Scheduler:
                 finishing.append((name, action, lane, outcome))
             for name, action, lane, outcome in finishing:
                 if outcome.result is not None:
-                    engine.record(name, action, engine.keep_first(graph.nodes[name], action, outcome.result))
+                    kept = engine.keep_first(graph.nodes[name], action, outcome.result)
+                    engine.record(name, action.key, kept, action)
                     outcomes[name] = NodeOutcome(name, Status.RAN, action.key, outcome.duration)
             raise Interrupted(outcomes) from None
         finally:

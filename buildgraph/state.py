@@ -11,7 +11,7 @@ compares against:
                   workspace file (no YAML parsing on a no-op); written only when
                   it changed, kept by `clean`
   nodes           node -> NodeRecord of its last successful build (key, output
-                  digest, duration, what the key was computed from)
+                  digest, duration, what the key was computed from); kept by `clean`
   materialized    node -> (output digest, ((relpath, stat signature), ...))
                   of out/<node>: what was written there, to notice any edit
 Each is written atomically (temp file + rename) at the end of a build that changed
@@ -132,21 +132,32 @@ class StateDir:
         self._write(NOOP_RECORD, record)
 
     def clear(self) -> None:
-        """Remove the outputs, logs and build records (`clean`). What only caches facts about
-        the sources stays, each checked before use: the parsed workspace (against the
-        signatures of the files it was parsed from) and the stat cache and resolutions
-        (against each file's stat signature), so a build after `clean` restores from the
-        cache without hashing every source again."""
+        """Remove the outputs, logs and build records (`clean`). What only caches facts stays,
+        each checked before use: the parsed workspace (against the signatures of the files it
+        was parsed from), the stat cache and resolutions (against each file's stat signature),
+        and each node's key with what it was computed from and its input digests (used only
+        while those inputs are equal: Engine.unchanged). So a build after `clean` restores
+        from the cache without hashing a source or computing a key again."""
         import shutil
+        import sqlite3
 
         kept = self._read_state()
         for d in (self.out, self.trash, self.logs, self.dir / "inputs"):   # inputs/: earlier versions' diskcache
             shutil.rmtree(d, ignore_errors=True)
-        for name in (STATE, "last-build.json", NOOP_RECORD, INPUTS, INPUTS + "-wal", INPUTS + "-shm",
-                     "state.pickle"):   # state.pickle: earlier versions' state
+        for name in (STATE, "last-build.json", NOOP_RECORD, "state.pickle"):   # state.pickle: earlier versions'
             (self.dir / name).unlink(missing_ok=True)
-        if kept.stat_cache or kept.resolutions:
-            self.save(State(stat_cache=kept.stat_cache, resolutions=kept.resolutions), config=False)
+        try:
+            db = self._inputs(create=False)
+            if db is not None:
+                with db:
+                    db.execute("DELETE FROM outcomes")
+        except sqlite3.Error:   # unreadable: nothing in it is worth keeping
+            self.close_inputs()
+            for name in (INPUTS, INPUTS + "-wal", INPUTS + "-shm"):
+                (self.dir / name).unlink(missing_ok=True)
+        nodes = {name: r for name, r in kept.nodes.items() if r.inputs is not None}
+        if kept.stat_cache or kept.resolutions or nodes:
+            self.save(State(stat_cache=kept.stat_cache, resolutions=kept.resolutions, nodes=nodes), config=False)
 
     def drop_noop(self) -> None:
         try:
@@ -176,14 +187,15 @@ class StateDir:
         except (sqlite3.Error, ValueError, EOFError, TypeError):   # only an explanation is lost
             return None
 
-    def write_records(self, inputs: dict[str, dict], outcomes: dict[str, str]) -> None:
-        """Record the input digests of the nodes recorded this build, and each node's outcome
-        when it was not up to date (ran, cached, failed, skipped, cancelled): its last one."""
+    def write_records(self, inputs: dict[str, dict | None], outcomes: dict[str, str]) -> None:
+        """Record the input digests of the nodes recorded this build (None: as recorded already),
+        and each node's outcome when it was not up to date (ran, cached, failed, skipped,
+        cancelled): its last one."""
         db = self._inputs(create=True)
         with db:   # one transaction
             db.execute("BEGIN")
             db.executemany("INSERT OR REPLACE INTO inputs VALUES (?, ?)",
-                           ((name, marshal.dumps(value)) for name, value in inputs.items()))
+                           ((name, marshal.dumps(value)) for name, value in inputs.items() if value is not None))
             db.executemany("INSERT OR REPLACE INTO outcomes VALUES (?, ?)", outcomes.items())
 
     def read_outcomes(self) -> dict[str, str]:
@@ -196,10 +208,13 @@ class StateDir:
         except sqlite3.Error:
             return {}
 
-    def close(self) -> None:
+    def close_inputs(self) -> None:
         if self._inputs_db is not None:
             self._inputs_db.close()
             self._inputs_db = None
+
+    def close(self) -> None:
+        self.close_inputs()
         self.unlock()
 
     def save_last_build(self, counters: dict) -> None:

@@ -204,6 +204,59 @@ def test_clean_keeps_what_it_knows_of_the_sources(ws, capsys, monkeypatch):
     assert rc == 0 and "lib: source changed: lib/a.c" in out
 
 
+def _keyed(monkeypatch) -> list[str]:
+    """The nodes whose action (and so key) a build computes from now on."""
+    from buildgraph.engine import Engine
+
+    keyed = []
+    real = Engine.action_for
+    monkeypatch.setattr(Engine, "action_for", lambda self, node, deps: keyed.append(node.name) or
+                        real(self, node, deps))
+    return keyed
+
+
+def test_after_clean_a_node_whose_inputs_are_unchanged_is_restored_by_its_recorded_key(ws, capsys, monkeypatch):
+    """`clean` keeps each node's key with what it was computed from: the build after it
+    restores every unchanged node without computing its key; an edited source is keyed
+    and run, with everything downstream of it, and never restored by its old key."""
+    make_chain(ws)
+    ws.build(capsys=capsys)
+    assert ws.run("clean", capsys=capsys)[0] == 0
+    keyed = _keyed(monkeypatch)
+    after = ws.build(capsys=capsys)
+    assert {after[n] for n in ("gen", "lib", "other", "app")} == {"cached"} and keyed == []
+    assert (ws.out("app") / "app.txt").read_text() == "int a;\nint b;\none\ntwo\n-O2\nint other;\n"
+    assert ws.run("clean", capsys=capsys)[0] == 0
+    ws.write("lib/a.c", "int a2;\n")
+    after = ws.build(capsys=capsys)
+    assert ran(after) == {"lib", "app"} and sorted(keyed) == ["app", "lib"]
+    assert {after[n] for n in ("gen", "other")} == {"cached"}
+    assert (ws.out("app") / "app.txt").read_text().startswith("int a2;\n")
+
+
+def test_a_recorded_key_the_cache_no_longer_has_is_one_miss_and_the_node_runs(ws, capsys, monkeypatch):
+    make_chain(ws)
+    ws.build(capsys=capsys)
+    assert ws.run("clean", capsys=capsys)[0] == 0
+    assert ws.run("cache", "clean", capsys=capsys)[0] == 0
+    keyed = _keyed(monkeypatch)
+    after = ws.build(capsys=capsys)
+    assert ran(after) == {"gen", "lib", "other", "app"} and sorted(keyed) == ["app", "gen", "lib", "other"]
+    rc, out, _ = ws.run("cache", "stats", capsys=capsys)
+    assert rc == 0 and "local store: 0 hits, 4 misses" in out, out
+
+
+def test_after_clean_the_graph_shows_nothing_built_and_why_still_explains(ws, capsys):
+    make_chain(ws)
+    ws.build(capsys=capsys)
+    assert ws.run("clean", capsys=capsys)[0] == 0
+    rc, out, _ = ws.run("graph", "--format", "dot", capsys=capsys)
+    assert rc == 0 and "filled" not in out, out
+    ws.write("lib/a.c", "int a3;\n")
+    rc, out, _ = ws.run("why", "lib", capsys=capsys)
+    assert rc == 0 and "lib: source changed: lib/a.c" in out, out
+
+
 def test_a_noop_build_loads_no_http_tls_sqlite_yaml_or_rich(ws, capsys):
     make_chain(ws)
     assert ran(ws.build(capsys=capsys)) == {"gen", "lib", "other", "app"}
