@@ -111,6 +111,8 @@ def _probe(argv) -> bool:
 # Sandboxes started ahead of the actions that will run in them (Sandbox._take_spare).
 SPARES_PER_MOUNT_SET = 2
 SPARES_AT_MOST = 4
+# An action's stdout and stderr, beside its tree's subdirectories (kept, emptied, for the next).
+_LOGS = (".stdout", ".stderr")
 
 
 @dataclass
@@ -442,7 +444,7 @@ class Sandbox:
         while (item := self._to_clear.get()) is not None:
             root, tree = item
             try:
-                if tree and self.mode == "bwrap" and empty_for_reuse(root, self._subdirs, self._subdir_mode):
+                if tree and self.mode == "bwrap" and empty_for_reuse(root, self._subdirs, self._subdir_mode, _LOGS):
                     with self._lock:
                         self._free_roots.append(root)
                 else:
@@ -616,7 +618,7 @@ class Sandbox:
                                    licenses={r: unmapped(p, None, mounts)
                                              for r, p in spec.get("runtime_licenses", {}).items()},
                                    env={k: unmapped(v, root, mounts) for k, v in action.env})
-        for name in (".stdout", ".stderr"):
+        for name in _LOGS:
             open(f"{root}/{name}", "w").close()
         try:
             artifact.build(spec, Path(f"{root}/deps"), Path(f"{root}/out"), toolbox)
@@ -787,7 +789,7 @@ class Sandbox:
             size = os.path.getsize(self.store.blob_path(digest, exe))
             outputs.append(OutputFile(rel, digest, size, exe))
         logs = []
-        for name in (".stdout", ".stderr"):
+        for name in _LOGS:
             path = f"{root}/{name}"
             logs.append(self.store.put_file_copy(path) if os.path.getsize(path) else None)
         return ActionResult(files=tuple(outputs), symlinks=tuple(symlinks), stdout=logs[0], stderr=logs[1],

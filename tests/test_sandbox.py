@@ -414,6 +414,32 @@ def test_a_reused_sandbox_tree_holds_nothing_of_the_action_before(ws, capsys, mo
     assert None not in logs["litter"] and all(logs[t] == (None, None) for t in names[1:]), logs
 
 
+def test_a_tree_emptied_for_reuse_keeps_its_log_files_empty_and_their_inodes(tmp_path):
+    """The logs are emptied in place (a new inode costs a scan on an ext4 without a journal);
+    one with a second name, or not a regular file, is removed like anything else."""
+    from buildgraph.fsutil import empty_for_reuse
+
+    root = tmp_path / "tree"
+    for sub in ("out", "work"):
+        (root / sub).mkdir(parents=True)
+    mode = (root / "out").stat().st_mode & 0o7777
+    (root / ".stdout").write_text("noise\n")
+    (root / ".stderr").write_text("more noise\n")
+    (root / "work" / "junk").write_text("junk")
+    inode = (root / ".stdout").stat().st_ino
+    assert empty_for_reuse(str(root), ("out", "work"), mode, (".stdout", ".stderr"))
+    assert sorted(os.listdir(root)) == [".stderr", ".stdout", "out", "work"] and not os.listdir(root / "work")
+    assert (root / ".stdout").stat().st_ino == inode and (root / ".stdout").read_text() == ""
+    assert (root / ".stderr").read_text() == ""
+    os.link(root / ".stdout", tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").write_text("kept\n")
+    (root / ".stderr").unlink()
+    (root / ".stderr").mkdir()
+    assert empty_for_reuse(str(root), ("out", "work"), mode, (".stdout", ".stderr"))
+    assert sorted(os.listdir(root)) == ["out", "work"]
+    assert (tmp_path / "elsewhere").read_text() == "kept\n"
+
+
 def _fake_host_etc(tmp_path, monkeypatch):
     """A host /etc of our own for sandbox_etc to copy: a file, a directory of files and one of links."""
     from buildgraph import sandbox_etc
