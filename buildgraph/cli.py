@@ -668,7 +668,7 @@ def cmd_clean(args) -> int:
         state_dir.clear()
     finally:
         state_dir.close()
-    print(f"removed outputs and state of {state_dir.dir.parent}")
+    print(f"removed the outputs, logs and build records of {state_dir.dir.parent}")
     return EXIT_OK
 
 
