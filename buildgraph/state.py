@@ -148,9 +148,8 @@ class StateDir:
             (self.dir / name).unlink(missing_ok=True)
         try:
             db = self._inputs(create=False)
-            if db is not None:
-                with db:
-                    db.execute("DELETE FROM outcomes")
+            if db is not None:   # autocommit (open_wal): the statement commits itself
+                db.execute("DELETE FROM outcomes")
         except sqlite3.Error:   # unreadable: nothing in it is worth keeping
             self.close_inputs()
             for name in (INPUTS, INPUTS + "-wal", INPUTS + "-shm"):
