@@ -155,7 +155,6 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
     selected = session.graph.select(patterns)
     jobs = session.opts.jobs or os.cpu_count() or 1
     store = session.store
-    session.engine.prepare(selected)
     store.open_for_build()
     store.begin_batch()
     jobserver = Jobserver(jobs, store.tmp)
@@ -172,10 +171,14 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
         engine.executor.fallback = engine.sandbox
     if session.opts.restore_only:
         engine.executor = _RestoreOnly()
+    primed = session.state_dir.spare_hint()
+    if engine.executor is None:   # actions run here: start the sandbox the first is likely to want
+        engine.sandbox.prime(primed)
     scheduler = Scheduler(session.graph, engine, jobs, jobserver, reporter, session.opts.keep_going,
                           subcommands=session.opts.subcommands)
     interrupted = False
     try:
+        engine.prepare(selected)   # after the prime: the spare starts while sources are hashed
         outcomes = scheduler.run(selected)
         engine.finish_materializing()
     except Interrupted as exc:
@@ -184,6 +187,8 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
         engine.end_layout_worker()
         reporter.end()
         engine.sandbox.close()
+        if engine.sandbox.first_mount_set not in (None, primed):
+            session.state_dir.save_spare_hint(engine.sandbox.first_mount_set)
         if compiles is not None:
             compiles.close()   # waits for the compile cache's uploads
         jobserver.close()

@@ -43,6 +43,7 @@ STATE_VERSION = (7, __version__)
 STATE = "state.marshal"   # everything in State but its config
 CONFIG = "config.pickle"   # the parsed workspace, its graph and TargetIndex (State.config)
 INPUTS = "inputs.sqlite"   # node -> its last input digests (marshal)
+SPARE_HINT = "spare-hint.pickle"   # the mount set of the last build's first sandbox (Sandbox.prime)
 # What the build server keeps decoded between builds (resident.py), each as it is decoded.
 RESIDENT = ((NOOP_RECORD, marshal.loads), (STATE, marshal.loads), (CONFIG, pickle.loads))
 
@@ -218,6 +219,14 @@ class StateDir:
 
     def save_last_build(self, counters: dict) -> None:
         self._write("last-build.json", json.dumps(counters, indent=1).encode())
+
+    def spare_hint(self):
+        """The mount set the last build that ran an action under bwrap started its first
+        sandbox for (Sandbox.first_mount_set), or None."""
+        return self._load(SPARE_HINT, pickle.loads)
+
+    def save_spare_hint(self, mount_set) -> None:
+        self._write(SPARE_HINT, pickle.dumps(mount_set, protocol=pickle.HIGHEST_PROTOCOL))
 
     def last_build(self) -> dict:
         try:

@@ -611,3 +611,41 @@ def test_a_spare_sandbox_that_died_while_it_waited_is_not_an_action_failure(ws, 
     assert taken and not any(taken), used
     assert [(ws.out(f"t{i}") / "o").read_text() for i in range(4)] == [f"{i}\n" for i in range(4)]
     assert not any(ws.cache.joinpath("sandbox").iterdir())
+
+
+@pytest.mark.skipif(detect_mode() != "bwrap", reason="spare sandboxes are bubblewrap's")
+def test_a_build_starts_a_spare_ahead_for_the_mount_set_the_last_build_began_with(ws, capsys, monkeypatch):
+    # A one-leaf change runs one action after another; the first would start its own sandbox
+    # (~10 ms) while the build is otherwise idle. The build starts one as it begins, for the
+    # mount set the last build's first action used, and the first action runs in it.
+    used = _spares_used(monkeypatch)
+    ws.write("BUILD.yaml", "host_tools: [sh, cat]\ntargets:\n"
+             "  t: {kind: script, srcs: [a], outs: [o], cmds: [\"cat $SRC/a > $OUT/o\"]}\n")
+    ws.write("a", "1\n")
+    assert ws.build(capsys=capsys)["t"] == "ran"
+    assert [taken for taken, _ in used] == [False]   # nothing to guess from yet
+    ws.write("a", "2\n")
+    st = ws.build(capsys=capsys)
+    assert st["t"] == "ran" and (ws.out("t") / "o").read_text() == "2\n", st["_out"] + st["_err"]
+    assert used[1:] == [(True, True)]
+
+
+@pytest.mark.skipif(detect_mode() != "bwrap", reason="spare sandboxes are bubblewrap's")
+@pytest.mark.parametrize("hint", [b"not a pickle", b"\x80\x05K\x07.", None])
+def test_a_spare_started_on_a_wrong_guess_is_ended_with_the_build(ws, capsys, hint):
+    # The guess is only a guess: unreadable, of another shape, or for a mount set no action
+    # of this build has (an edited host_tools), the build runs as it would without it and
+    # leaves nothing behind.
+    ws.write("BUILD.yaml", "host_tools: [sh]\ntargets:\n  t: {kind: script, srcs: [a], outs: [o], cmds: [\"echo > $OUT/o\"]}\n")
+    ws.write("a", "1\n")
+    assert ws.build(capsys=capsys)["t"] == "ran"
+    if hint is not None:
+        (ws.root / ".buildgraph" / "spare-hint.pickle").write_bytes(hint)
+    else:
+        ws.write("BUILD.yaml", "host_tools: [sh, cat]\ntargets:\n"
+                 "  t: {kind: script, srcs: [a], outs: [o], cmds: [\"cat $SRC/a > $OUT/o\"]}\n")
+    ws.write("a", "2\n")
+    st = ws.build(capsys=capsys)
+    assert st["t"] == "ran" and st["_rc"] == 0, st["_out"] + st["_err"]
+    assert not any(ws.cache.joinpath("sandbox").iterdir())
+    assert not subprocess.run(["pgrep", "-f", f"bwrap.*{ws.cache}"], capture_output=True).stdout
