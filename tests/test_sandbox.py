@@ -368,6 +368,30 @@ def test_host_tool_by_absolute_path_is_that_program(ws, capsys, tmp_path, monkey
     assert (ws.out("t") / "o").read_text() == "42\n"
 
 
+def test_without_bwrap_each_action_gets_a_tree_never_used_before_made_while_the_last_ran(ws, capsys, monkeypatch):
+    # Without a pid namespace a process the action left behind could still write into its
+    # tree, so no tree is used twice; the janitor thread makes the next action's tree in
+    # place of each finished one, off the actions' path. Here each take waits for the
+    # janitor, so that every tree after the first was made ahead.
+    from buildgraph.sandbox import Sandbox
+
+    take_root, ahead = Sandbox._take_root, []
+
+    def take(self):
+        self._to_clear.join()
+        ahead.append(bool(self._free_roots))
+        return take_root(self)
+    monkeypatch.setattr(Sandbox, "_take_root", take)
+    ws.write("BUILD.yaml", "host_tools: [sh]\ntargets:\n" + "".join(
+        f"  t{i}: {{kind: script, outs: [where], {f'deps: [t{i - 1}], ' if i else ''}cmds: [\"pwd > $OUT/where\"]}}\n"
+        for i in range(4)))
+    st = ws.build("-j1", "--sandbox", "none", capsys=capsys)
+    assert all(st[f"t{i}"] == "ran" for i in range(4)), st["_out"] + st["_err"]
+    assert len({(ws.out(f"t{i}") / "where").read_text() for i in range(4)}) == 4
+    assert ahead == [False, True, True, True]
+    assert not any(ws.cache.joinpath("sandbox").iterdir())   # the one made after the last is gone too
+
+
 @pytest.mark.skipif(detect_mode() != "bwrap", reason="sandbox trees are reused only under bubblewrap")
 def test_a_reused_sandbox_tree_holds_nothing_of_the_action_before(ws, capsys, monkeypatch):
     # Under bwrap a finished action's tree is emptied and handed to a later one (through a
