@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/scale.py [N ...]        (default: 1000 10000)
 
+It works in a new directory under $TMPDIR (/tmp when unset): set TMPDIR to measure on
+another filesystem. The first line says which it ran on.
+
 The graph (genworkspace.py) is a binary tree: node i cats its own source and the
 outputs of nodes 2i+1 and 2i+2. For each N and tool, in this one process tree on an
 idle machine, whole-process wall time (start-up, loading and saving included):
@@ -221,6 +224,26 @@ def print_floors(base: Path, sizes: list[int]) -> None:
           + ", ".join(f"restore {n:,} >= {n * per_node:.2f} s" for n in sizes))
 
 
+def filesystem(path: Path) -> str:
+    """The filesystem `path` is on, as the figures depend on it: its type and device, and
+    for ext4 whether it has a journal (without one, ext4 scans past every inode freed in
+    the last minute on each it allocates: README, "Benchmarks")."""
+    mount, fstype, source = "", "?", "?"
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point, rest = fields[4], fields[fields.index("-") + 1:]
+            if (str(path) + "/").startswith(point.rstrip("/") + "/") and len(point) >= len(mount):
+                mount, fstype, source = point, rest[0], rest[1]
+    if fstype != "ext4":
+        return f"{fstype} on {source}"
+    try:
+        task = Path(f"/sys/fs/ext4/{os.path.basename(os.path.realpath(source))}/journal_task").read_text().strip()
+    except OSError:
+        return f"ext4 on {source}"
+    return f"ext4 on {source} ({'no journal' if task == '<none>' else 'journal'})"
+
+
 def fmt(value) -> str:
     return "–" if value is None else f"{value:.3f}"
 
@@ -234,7 +257,7 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="bg-bench-"))
     ENV["BUILDGRAPH_SERVER_DIR"] = str(base / "servers")   # stopped at the end
     try:
-        print(f"whole-process wall time, seconds; {os.cpu_count()} CPUs; "
+        print(f"whole-process wall time, seconds; {os.cpu_count()} CPUs; in {base}, {filesystem(base)}; "
               f"{'Bazel: ' + shutil.which('bazel') if 'bazel' in tools else 'Bazel not installed'}")
         print(f"{'nodes':>6}  {'tool':<22} {'cold':>8} {'no-op':>8} {'1 leaf':>8} {'restore':>8}   "
               f"{'vs Bazel (cold, no-op, leaf)':<30} vs ninja (no-op, leaf)")
