@@ -171,8 +171,9 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
         engine.executor.fallback = engine.sandbox
     if session.opts.restore_only:
         engine.executor = _RestoreOnly()
-    primed = session.state_dir.spare_hint()
+    primed = None
     if engine.executor is None:   # actions run here: start the sandbox the first is likely to want
+        primed = session.state_dir.spare_hint()
         engine.sandbox.prime(primed)
     scheduler = Scheduler(session.graph, engine, jobs, jobserver, reporter, session.opts.keep_going,
                           subcommands=session.opts.subcommands)

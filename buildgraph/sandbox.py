@@ -512,14 +512,25 @@ class Sandbox:
         action takes it, close() ends it."""
         if self.mode != "bwrap" or mount_set is None:
             return
+        try:
+            spare = self._new_spare(mount_set)
+        except Exception:   # noqa: BLE001 — a hint of another shape (an older version's, damaged): no guess
+            return
+        if spare is not None:
+            with self._lock:
+                self._spares.setdefault(mount_set, []).append(spare)
+
+    def _new_spare(self, key) -> _Spare | None:
+        """A spare for mount set `key` on a tree of its own; None if bwrap cannot be started.
+        Whatever it raises, its tree is gone."""
         root = self._take_root()
         try:
-            spare = self._spawn(root, *mount_set)
-        except Exception:   # noqa: BLE001 — a hint of another shape (an older version's, damaged): no guess
+            return self._spawn(root, *key)
+        except BaseException as exc:
             force_remove(root)
-            return
-        with self._lock:
-            self._spares.setdefault(mount_set, []).append(spare)
+            if isinstance(exc, OSError):
+                return None
+            raise
 
     def _ask_spare(self, key) -> None:
         """Have the spawner thread start a spare for `key` (if it has fewer than it keeps)."""
@@ -543,20 +554,19 @@ class Sandbox:
                         or sum(map(len, self._spares.values())) >= SPARES_AT_MOST:
                     continue
                 self._spawning = key
-            root = self._take_root()
+            spare = None
             try:
-                spare = self._spawn(root, *key)
-            except OSError:
-                spare = None
-            with self._lock:
-                self._spawning = None
-                self._spawned.notify_all()
-                if spare is not None and not (self._closed or self.cancelled):
-                    self._spares.setdefault(key, []).append(spare)
-                    continue
-            if spare is not None:
+                spare = self._new_spare(key)
+            finally:   # in one step with the end of _spawning: an action waiting on it finds the spare
+                with self._lock:
+                    self._spawning = None
+                    self._spawned.notify_all()
+                    kept = spare is not None and not (self._closed or self.cancelled)
+                    if kept:
+                        self._spares.setdefault(key, []).append(spare)
+            if spare is not None and not kept:   # the build ended, or was cancelled, while it started
                 self._end_spare(spare)
-            force_remove(root)
+                force_remove(spare.root)
 
     def _spawn(self, root: str, tools, jobserver_fifo: bool, compilers=(), source_tree: str | None = None,
                binding=None) -> _Spare:

@@ -673,3 +673,34 @@ def test_a_spare_started_on_a_wrong_guess_is_ended_with_the_build(ws, capsys, hi
     assert st["t"] == "ran" and st["_rc"] == 0, st["_out"] + st["_err"]
     assert not any(ws.cache.joinpath("sandbox").iterdir())
     assert not subprocess.run(["pgrep", "-f", f"bwrap.*{ws.cache}"], capture_output=True).stdout
+
+
+@pytest.mark.skipif(detect_mode() != "bwrap", reason="spare sandboxes are bubblewrap's")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")   # the spawner's, meant
+def test_an_action_does_not_wait_for_a_spare_whose_start_failed(tmp_path, monkeypatch):
+    # An action that asks for a spare the spawner is starting waits for it. A start that
+    # raised (not just failed to run bwrap) must end that wait, or the build hangs.
+    from types import SimpleNamespace
+
+    from buildgraph.sandbox import Sandbox
+    from buildgraph.store.local import LocalStore
+
+    def spawn(self, *args):
+        raise RuntimeError("broken start")
+    monkeypatch.setattr(Sandbox, "_spawn", spawn)
+    store = LocalStore(tmp_path / "cache")
+    sandbox = Sandbox(store, "bwrap")
+    key = (((), ()), False)
+    sandbox._ask_spare(key)
+    sandbox._spawner.join(timeout=10)
+    assert not sandbox._spawner.is_alive()
+    action = SimpleNamespace(source_fetch=None, compilers=(), commands=("true",), jobserver=None)
+    taken = []
+    taker = threading.Thread(target=lambda: taken.append(sandbox._take_spare(action, key[0])), daemon=True)
+    taker.start()
+    taker.join(timeout=10)
+    assert taken == [None]
+    sandbox._spawner = None   # it died of the error above: nothing to join
+    sandbox.close()
+    store.close()
+    assert not any((tmp_path / "cache" / "sandbox").iterdir())
