@@ -176,7 +176,9 @@ def test_the_trace_shows_the_build_its_slots_restored_nodes_and_phases_inside_ac
     phases = [e for e in events if e.get("cat") == "phase"]
     assert [p["name"] for p in phases] == ["stage", "run", "collect", "store"]
     assert all(p["tid"] == 1 and b["ts"] <= p["ts"] for p in phases[:3])
-    assert max(phases, key=lambda p: p["dur"])["name"] == "run" and phases[1]["dur"] >= 200_000
+    # The sleep is in the run; the store, on the build's thread, waits on the disk (under the
+    # parallel suite, once, longer than the sleep), so it is not compared.
+    assert max(phases[:3], key=lambda p: p["dur"])["name"] == "run" and phases[1]["dur"] >= 200_000
 
 
 def test_declared_estimate_orders_a_fresh_build(ws, capsys):
