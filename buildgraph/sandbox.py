@@ -734,9 +734,12 @@ class Sandbox:
         `own_net`: a network namespace of its own; else it starts in a pooled one (_entered)."""
         # No capabilities: run by root, bwrap would leave the action root's, and with them it
         # could remount its read-only inputs writable and write through their CAS hardlinks.
+        # --as-pid-1: the shell is the pid namespace's first process (its end still ends every
+        # other), not a child of a second bwrap process that would wait on it: 15% of bwrap's
+        # CPU an action (perf, cold 1,000 nodes, samples per `cat` run).
         argv = [self._bwrap, "--die-with-parent", *(() if shell else ("--new-session",)), "--cap-drop", "ALL",
                 *(("--unshare-net",) if own_net else ()), "--unshare-pid",
-                "--unshare-ipc", "--unshare-uts", "--hostname", "sandbox",
+                "--as-pid-1", "--unshare-ipc", "--unshare-uts", "--hostname", "sandbox",
                 "--ro-bind", "/usr", "/usr", "--tmpfs", "/usr/local",
                 "--ro-bind", self._etc_dir(), "/etc",
                 "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",

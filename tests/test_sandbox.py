@@ -464,6 +464,32 @@ def test_a_tree_emptied_for_reuse_keeps_its_log_files_empty_and_their_inodes(tmp
     assert (tmp_path / "elsewhere").read_text() == "kept\n"
 
 
+def test_emptying_a_tree_removes_links_not_what_they_point_at_and_falls_back_where_a_directory_resists(
+        tmp_path, monkeypatch):
+    from buildgraph import fsutil
+
+    outside = tmp_path / "outside"
+    (outside / "keep").mkdir(parents=True)
+    (outside / "keep" / "f").write_text("kept\n")
+    root = tmp_path / "tree"
+    (root / "out" / "a" / "b").mkdir(parents=True)
+    (root / "out" / "a" / "b" / "f").write_text("x")
+    os.symlink(outside / "keep", root / "out" / "a" / "to_dir")
+    os.symlink(outside / "keep", root / "out" / "link")
+    (root / "work" / "stubborn" / "deep").mkdir(parents=True)
+    mode = (root / "work").stat().st_mode & 0o7777
+    quick = fsutil._remove_tree
+
+    def resisting(path):   # as a directory an action made unwritable does for a user not root
+        if path.endswith("stubborn"):
+            raise PermissionError(13, "Permission denied", path)
+        quick(path)
+    monkeypatch.setattr(fsutil, "_remove_tree", resisting)
+    assert fsutil.empty_for_reuse(str(root), ("out", "work"), mode)
+    assert not os.listdir(root / "out") and not os.listdir(root / "work")
+    assert (outside / "keep" / "f").read_text() == "kept\n"
+
+
 def _fake_host_etc(tmp_path, monkeypatch):
     """A host /etc of our own for sandbox_etc to copy: a file, a directory of files and one of links."""
     from buildgraph import sandbox_etc
@@ -590,7 +616,7 @@ def test_an_action_in_a_spare_sandbox_sees_what_sh_started_with_its_environment_
     st = ws.build("-j1", capsys=capsys)
     assert st["started_by_env"] == "ran", st["_out"] + st["_err"]
     seen = {t: (ws.out(t) / "seen").read_text() for t in ("first", "second", "third", "started_by_env")}
-    assert "\n2 /bin/sh 0 e\n" in seen["first"] and "ZED=z" in seen["first"]
+    assert "\n1 /bin/sh 0 e\n" in seen["first"] and "ZED=z" in seen["first"]   # the namespace's pid 1
     assert seen["first"] == seen["second"] == seen["third"] == seen["started_by_env"]
 
 
@@ -610,7 +636,7 @@ def test_a_variable_the_shell_sets_itself_is_what_sh_started_with_it_makes_of_it
     ws.write("BUILD.yaml", target("by_env"))
     assert ws.build(capsys=capsys)["by_env"] == "ran"
     ours, by_env = ((ws.out(t) / "o").read_text() for t in ("ours", "by_env"))
-    assert ours.startswith("1 1 b\n") and ours == by_env
+    assert ours.startswith("0 1 b\n") and ours == by_env   # pid 1 of its namespace: no parent there
 
 
 @pytest.mark.skipif(detect_mode() != "bwrap", reason="spare sandboxes are bubblewrap's")
