@@ -204,7 +204,7 @@ def print_floors(base: Path, sizes: list[int]) -> None:
     # may make them (netns.py), else one of each sandbox's own.
     netns = NetnsPool.make()
     sandboxed = ["bwrap", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-                 *(("--unshare-net",) if netns is None else ()), "--unshare-pid", "--unshare-ipc",
+                 *(("--unshare-net",) if netns is None else ()), "--unshare-pid", "--as-pid-1", "--unshare-ipc",
                  "--unshare-uts", "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin",
                  "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--proc", "/proc",
                  "--dev", "/dev", "--tmpfs", "/tmp", "--"] + bare
