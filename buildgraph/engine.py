@@ -596,8 +596,8 @@ class Engine:
         """Make out/<name> hold exactly `result`'s outputs, replacing it atomically. Files are
         the workspace's own copies (reflinks where possible), never the store's inodes, and
         read-only, as Bazel's are: outputs are edited through their sources. Past the first
-        LAYOUT_WORKER_AFTER of a build (a restore), a second process lays them out
-        (layout_worker.py) and they count as materialized once it has answered."""
+        LAYOUT_WORKER_AFTER of a build (a restore), worker processes lay them out
+        (layout_worker.py) and they count as materialized once they have answered."""
         if self._materialized_ok(name, result.output_digest):
             return
         self._materializing += 1

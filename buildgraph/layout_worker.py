@@ -1,22 +1,29 @@
-"""Laying out restored outputs in a second process, beside the build's own.
+"""Laying out restored outputs in two processes beside the build's own.
 
 A restore after `clean` is two kinds of work of about the same size: deciding what each
 node needs (keys, action-cache reads: Python, in the build's process) and laying its
 outputs out in out/ (a directory and a copy per file: system calls). The second goes to
-this worker, so the two share the machine's cores: at 10,000 nodes on this project's
-2-core machine (README, "Benchmarks") the build's process had spent half of a 4.2 s
-restore in mkdir, open and copy_file_range. A thread cannot do it: every system call
+worker processes, so the work shares the machine's cores: at 10,000 nodes on this
+project's 2-core machine (README, "Benchmarks") the build's process had spent half of a
+4.2 s restore in mkdir, open and copy_file_range. A thread cannot do it: every system call
 would wait for the build's busy thread to let go of the GIL (tried: 7.4 s).
 
-The worker only makes directories that are not there yet (out/<node> after `clean`, or
+The laying out is itself a pipeline of two stages, `dirs | files`: the first makes each
+out/<node>, the second fills it. Every mkdir in out/ holds out/'s lock, and on ext4 each
+one scans the block groups for a place to spread the directory to (fsutil.make_top_dir):
+on this machine's disk that is most of a restore's laying out, so one process does only
+that while the other copies the files in, each under its own node's lock.
+
+The workers only make directories that are not there yet (out/<node> after `clean`, or
 for a new node); a node whose directory exists is answered EXISTS and replaced by the
 build itself, atomically (Engine.materialize). The build records a node as laid out only
-once the worker has answered with its listing, so a killed build or worker leaves at
+once the last stage has answered with its listing, so a killed build or worker leaves at
 worst a directory the next build replaces.
 
-Protocol, on the worker's stdin and stdout: length-prefixed marshal batches.
-  build -> worker   [(out, name, entries), ...]  entries as fsutil.put_entries takes them
-  worker -> build   [(name, listing | EXISTS | error message), ...], one batch per batch
+Protocol, on each stage's stdin and stdout: length-prefixed marshal batches.
+  build -> dirs     [(out, name, entries), ...]  entries as fsutil.put_entries takes them
+  dirs -> files     [(out, name, entries, None (made) | EXISTS | error message), ...]
+  files -> build    [(name, listing | EXISTS | error message), ...], one batch per batch
 """
 
 from __future__ import annotations
@@ -33,31 +40,45 @@ from buildgraph.digest import stat_signature
 from buildgraph.fsutil import force_remove, make_top_dir, put_entries
 
 EXISTS = 0   # the answer for a directory that was already there
-BATCH = 64   # nodes per message: one write and one wake-up of the worker each
+BATCH = 64   # nodes per message: one write and one wake-up of the workers each
 _HEADER = struct.Struct("<I")
 
 
-def lay_out_new(top: str, name: str, entries) -> tuple | None:
-    """Make the directory `top`/`name` (None if it exists) holding `entries`; the listing
-    (path, stat signature) of what was laid out. On an error the directory is removed."""
+def make_new_dir(top: str, name: str) -> bool:
+    """Make the directory `top`/`name`; False if it was there."""
     directory = f"{top}/{name}"
     try:
         os.mkdir(directory)
     except FileExistsError:
-        return None
+        return False
     except FileNotFoundError:   # the first node, or one named a/b
         make_top_dir(top)
         os.makedirs(os.path.dirname(directory), exist_ok=True)
         try:
             os.mkdir(directory)
         except FileExistsError:
-            return None
+            return False
+    return True
+
+
+def fill_new_dir(directory: str, entries) -> tuple:
+    """Put `entries` in the new, empty `directory`; the listing (path, stat signature) of
+    what was laid out. On an error the directory is removed."""
     try:
         put_entries(directory, entries)
         return tuple((e[1], stat_signature(os.lstat(f"{directory}/{e[1]}"))) for e in entries)
     except OSError:
         force_remove(directory)
         raise
+
+
+def lay_out_new(top: str, name: str, entries) -> tuple | None:
+    """Make the directory `top`/`name` (None if it exists) holding `entries`; its listing."""
+    return fill_new_dir(f"{top}/{name}", entries) if make_new_dir(top, name) else None
+
+
+def _error(exc: OSError) -> str:
+    return f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
 
 
 def _read_exactly(fd: int, size: int) -> bytes | None:
@@ -81,34 +102,62 @@ def _framed(value) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def serve(jobs: int = 0, answers: int = 1) -> None:
-    """The worker: lay out each batch read from `jobs`, answer on `answers`, until EOF."""
+def _made(top: str, name: str):
+    try:
+        return None if make_new_dir(top, name) else EXISTS
+    except OSError as exc:
+        return _error(exc)
+
+
+def _filled(top: str, name: str, entries, made):
+    if made is not None:   # EXISTS, or the first stage's error
+        return name, made
+    try:
+        return name, fill_new_dir(f"{top}/{name}", entries)
+    except OSError as exc:
+        return name, _error(exc)
+
+
+def serve(stage: str, jobs: int = 0, answers: int = 1) -> None:
+    """A stage of the pipeline (`dirs` or `files`): each batch read from `jobs` done and
+    passed on to `answers`, until EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the build stops it (LayoutWorker.close)
     while (batch := _message(jobs)) is not None:
-        replies = []
-        for top, name, entries in batch:
-            try:
-                listing = lay_out_new(top, name, entries)
-                replies.append((name, EXISTS if listing is None else listing))
-            except OSError as exc:
-                replies.append((name, f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"))
-        data = _framed(replies)
-        while data:
-            data = data[os.write(answers, data):]
+        if stage == "dirs":
+            done = [(top, name, entries, _made(top, name)) for top, name, entries in batch]
+        else:
+            done = [_filled(*job) for job in batch]
+        data = _framed(done)
+        try:
+            while data:
+                data = data[os.write(answers, data):]
+        except BrokenPipeError:   # the next stage is gone: the build sees it and lays out the rest itself
+            return
 
 
 class LayoutWorker:
-    """The build's side: submit nodes, collect answers. Writes never block on a full pipe
-    while the worker waits to write its answers: both are served by one select loop."""
+    """The build's side: start the pipeline, submit nodes, collect answers. Writes never block
+    on a full pipe while the last stage waits to write its answers: both are served by one
+    select loop."""
 
     def __init__(self):
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        code = (f"import sys; sys.path.insert(0, {package_parent!r}); "
-                "from buildgraph.layout_worker import serve; serve()")
-        # -I: none of the user's PYTHON* variables (nor PYTHONPATH: hence the path above)
-        self.proc = subprocess.Popen([sys.executable, "-I", "-c", code], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, bufsize=0)
-        self._jobs, self._answers = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+
+        def stage(name: str, stdin) -> subprocess.Popen:
+            code = (f"import sys; sys.path.insert(0, {package_parent!r}); "
+                    f"from buildgraph.layout_worker import serve; serve({name!r})")
+            # -I: none of the user's PYTHON* variables (nor PYTHONPATH: hence the path above)
+            return subprocess.Popen([sys.executable, "-I", "-c", code], stdin=stdin, stdout=subprocess.PIPE,
+                                    bufsize=0)
+        self.procs: list[subprocess.Popen] = []
+        try:
+            self.procs.append(stage("dirs", subprocess.PIPE))
+            self.procs.append(stage("files", self.procs[0].stdout))
+        except OSError:
+            self.close()
+            raise
+        self.procs[0].stdout.close()   # the second stage's alone: its end is the first's broken pipe
+        self._jobs, self._answers = self.procs[0].stdin.fileno(), self.procs[1].stdout.fileno()
         os.set_blocking(self._jobs, False)
         os.set_blocking(self._answers, False)
         self._batch: list = []
@@ -124,16 +173,18 @@ class LayoutWorker:
         return self._exchange(wait=False)
 
     def finish(self) -> list:
-        """Every remaining answer, waiting for the worker."""
+        """Every remaining answer, waiting for the workers."""
         return self._exchange(wait=True)
 
     def close(self) -> None:
-        """Stop the worker (idle or not)."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.proc.stdin.close()
-        self.proc.stdout.close()
+        """Stop the workers (idle or not)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
 
     def _exchange(self, wait: bool) -> list:
         if self._batch:
@@ -160,7 +211,8 @@ class LayoutWorker:
         except BlockingIOError:
             return []
         if not chunk:
-            raise OSError(f"the layout worker ended unexpectedly (exit code {self.proc.poll()})")
+            raise OSError("a layout worker ended unexpectedly (exit codes "
+                          f"{', '.join(str(p.poll()) for p in self.procs)})")
         self._received += chunk
         answers = []
         while len(self._received) >= _HEADER.size:

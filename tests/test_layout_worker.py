@@ -4,6 +4,11 @@ or reported by the build."""
 
 import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 from buildgraph import engine, layout_worker
 
@@ -23,7 +28,7 @@ def _counting_workers(monkeypatch) -> list:
     class Counted(layout_worker.LayoutWorker):
         def __init__(self):
             super().__init__()
-            started.append(self.proc.pid)
+            started.append([p.pid for p in self.procs])
     monkeypatch.setattr(engine, "LayoutWorker", Counted)
     return started
 
@@ -87,7 +92,8 @@ def test_what_the_worker_cannot_lay_out_fails_the_build_and_is_laid_out_next_tim
     _check_outputs(ws)
 
 
-def test_a_worker_that_dies_leaves_the_laying_out_to_the_build(ws, capsys, monkeypatch):
+@pytest.mark.parametrize("stage", [0, 1], ids=["dirs", "files"])
+def test_a_worker_that_dies_leaves_the_laying_out_to_the_build(ws, capsys, monkeypatch, stage):
     ws.write("BUILD.yaml", NODES)
     assert ws.build(capsys=capsys)["_rc"] == 0
     assert ws.run("clean", capsys=capsys)[0] == 0
@@ -95,11 +101,27 @@ def test_a_worker_that_dies_leaves_the_laying_out_to_the_build(ws, capsys, monke
     class Dying(layout_worker.LayoutWorker):
         def __init__(self):
             super().__init__()
-            self.proc.kill()
-            self.proc.wait()
+            self.procs[stage].kill()
+            self.procs[stage].wait()
     monkeypatch.setattr(engine, "LayoutWorker", Dying)
     monkeypatch.setattr(engine, "LAYOUT_WORKER_AFTER", 0)
     st = ws.build(capsys=capsys)
     assert st["_rc"] == 0 and all(st[n] == "cached" for n in ("tree", "n0", "n4")), st
     _check_outputs(ws)
     assert ws.build(capsys=capsys)["tree"] == "up-to-date"
+
+
+def test_a_stage_whose_next_stage_is_gone_ends_quietly(tmp_path):
+    """The first stage made its directories and cannot pass them on: it exits 0 without a
+    traceback on the build's terminal; the build sees the broken pipeline and lays out the
+    rest itself (above)."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(layout_worker.__file__).parent.parent)!r}); "
+            "from buildgraph.layout_worker import serve; serve('dirs')")
+    proc = subprocess.Popen([sys.executable, "-I", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()   # the next stage is gone
+    proc.stdin.write(layout_worker._framed([(str(tmp_path / "out"), "n0", ())]))
+    proc.stdin.close()
+    assert proc.wait(timeout=30) == 0
+    assert proc.stderr.read() == b""
+    assert (tmp_path / "out" / "n0").is_dir()
