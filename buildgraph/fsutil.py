@@ -11,7 +11,7 @@ import sys
 
 _FICLONE = 0x40049409
 # The inode flags (chattr): FS_IOC_GETFLAGS, FS_IOC_SETFLAGS and FS_TOPDIR_FL (chattr +T).
-_GETFLAGS, _SETFLAGS, _TOPDIR = 0x80086601, 0x40086602, 0x00020000
+_GETFLAGS, _SETFLAGS, TOPDIR = 0x80086601, 0x40086602, 0x00020000
 
 
 def make_top_dir(path: str) -> None:
@@ -31,14 +31,27 @@ def make_top_dir(path: str) -> None:
     except OSError:
         return
     try:
-        flags = bytearray(8)
-        fcntl.ioctl(fd, _GETFLAGS, flags)
-        value = int.from_bytes(flags[:4], sys.byteorder) | _TOPDIR   # the kernel reads an int
-        fcntl.ioctl(fd, _SETFLAGS, value.to_bytes(4, sys.byteorder) + bytes(4))
+        flags = inode_flags(fd)
+        if flags is not None:
+            set_inode_flags(fd, flags | TOPDIR)
     except OSError:   # not a filesystem with inode flags: nothing to hint
         pass
     finally:
         os.close(fd)
+
+
+def inode_flags(fd: int) -> int | None:
+    """The inode flags (chattr) of the open file `fd`; None where the filesystem has none."""
+    flags = bytearray(8)
+    try:
+        fcntl.ioctl(fd, _GETFLAGS, flags)
+    except OSError:
+        return None
+    return int.from_bytes(flags[:4], sys.byteorder)   # the kernel writes an int
+
+
+def set_inode_flags(fd: int, flags: int) -> None:
+    fcntl.ioctl(fd, _SETFLAGS, flags.to_bytes(4, sys.byteorder) + bytes(4))
 
 
 def force_remove(path: str | os.PathLike) -> None:

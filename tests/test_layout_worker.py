@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from buildgraph import engine, layout_worker
+from buildgraph import engine, fsutil, layout_worker
 
 NODES = """\
 targets:
@@ -125,3 +125,59 @@ def test_a_stage_whose_next_stage_is_gone_ends_quietly(tmp_path):
     assert proc.wait(timeout=30) == 0
     assert proc.stderr.read() == b""
     assert (tmp_path / "out" / "n0").is_dir()
+
+
+def test_node_directories_are_made_in_runs_the_first_of_each_spread(tmp_path, monkeypatch):
+    """ext4 places a directory made under out/'s hint (chattr +T) by scanning every block
+    group, and the next ones made without it beside the last: the first stage sets the hint
+    for the first directory of each run of SPREAD_RUN and clears it for the rest, and sets
+    it again at the end of each batch. Here the flags are simulated, to see them at each mkdir."""
+    top = str(tmp_path / "out")
+    os.mkdir(top)
+    other = 0x80000   # another flag of out/ (extents): kept as it is
+    flags = {"now": other | fsutil.TOPDIR}
+    seen = []
+    monkeypatch.setattr(layout_worker, "inode_flags", lambda fd: flags["now"])
+    monkeypatch.setattr(layout_worker, "set_inode_flags", lambda fd, value: flags.update(now=value))
+    made = layout_worker.make_new_dir
+    monkeypatch.setattr(layout_worker, "make_new_dir",
+                        lambda t, n: seen.append(bool(flags["now"] & fsutil.TOPDIR)) or made(t, n))
+    runs = layout_worker.SpreadRuns()
+    run = layout_worker.SPREAD_RUN
+    answers, batch, total = [], run + 1, 6 * (run + 1)   # batches that end inside a run
+    for first in range(0, total, batch):
+        answers += layout_worker.make_dirs([(top, f"n{i}", ()) for i in range(first, first + batch)], runs)
+        assert flags["now"] == other | fsutil.TOPDIR   # on again after each batch
+    runs.close()
+    assert seen == [i % run == 0 for i in range(total)]
+    assert [a[3] for a in answers] == [None] * total and len(os.listdir(top)) == total
+
+
+def test_a_hint_this_process_may_not_change_leaves_the_directories_made_as_they_come(tmp_path, monkeypatch):
+    top = str(tmp_path / "out")
+    os.mkdir(top)
+
+    def refused(fd, value):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(layout_worker, "inode_flags", lambda fd: fsutil.TOPDIR)
+    monkeypatch.setattr(layout_worker, "set_inode_flags", refused)
+    runs = layout_worker.SpreadRuns()
+    answers = layout_worker.make_dirs([(top, f"n{i}", ()) for i in range(40)], runs)
+    runs.close()
+    assert [a[3] for a in answers] == [None] * 40 and len(os.listdir(top)) == 40
+
+
+def test_out_keeps_its_hint_after_a_restore_where_the_filesystem_has_one(tmp_path):
+    top = str(tmp_path / "out")
+    fsutil.make_top_dir(top)
+    runs = layout_worker.SpreadRuns()
+    layout_worker.make_dirs([(top, f"n{i}", ()) for i in range(40)], runs)
+    runs.close()
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        flags = fsutil.inode_flags(fd)
+    finally:
+        os.close(fd)
+    if flags is None:
+        pytest.skip("this filesystem has no inode flags")
+    assert flags & fsutil.TOPDIR
