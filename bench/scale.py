@@ -174,7 +174,7 @@ def spawn_floor(argv: list[str], n: int, netns=None) -> tuple[float, float]:
     return wall / n, (busy1 - busy0) / max(1, total1 - total0) * (os.cpu_count() or 1) * wall / n
 
 
-def fs_floor(base: Path, n: int) -> float:
+def one_process_layout(base: Path, n: int) -> float:
     """Seconds per node to lay out what a restore lays out for this graph (a directory holding
     one small file), right after removing the same tree (as `clean` does before a restore)."""
     root = base / "fs-floor"
@@ -221,7 +221,7 @@ def print_floors(base: Path, sizes: list[int]) -> None:
               + ", ".join(f"cold {n:,} >= {n * bw_cpu / cpus:.1f} s" for n in sizes))
     if netns is not None:
         netns.close()
-    per_node = fs_floor(base, max(sizes))
+    per_node = one_process_layout(base, max(sizes))
     print(f"reference: one process making a directory and one small file per node, after removing them, "
           f"{per_node * 1e3:.3f} ms: " + ", ".join(f"restore {n:,} at that rate {n * per_node:.2f} s" for n in sizes))
 

@@ -1081,8 +1081,8 @@ def main(argv=None) -> int:
     except BrokenPipeError:
         return EXIT_OK
     except OSError as exc:   # the machine said no: a permission, a full disk, a read-only directory
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"buildgraph: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        from buildgraph.fsutil import os_error_text
+        print(f"buildgraph: error: {os_error_text(exc)}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:
         import sqlite3

@@ -40,6 +40,11 @@ def make_top_dir(path: str) -> None:
         os.close(fd)
 
 
+def os_error_text(exc: OSError) -> str:
+    """An OSError as a user reads it: the file it names, then what the system said."""
+    return f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
+
+
 def inode_flags(fd: int) -> int | None:
     """The inode flags (chattr) of the open file `fd`; None where the filesystem has none."""
     flags = bytearray(8)

@@ -38,7 +38,8 @@ import subprocess
 import sys
 
 from buildgraph.digest import stat_signature
-from buildgraph.fsutil import TOPDIR, force_remove, inode_flags, make_top_dir, put_entries, set_inode_flags
+from buildgraph.fsutil import (TOPDIR, force_remove, inode_flags, make_top_dir, os_error_text, put_entries,
+                               set_inode_flags)
 
 EXISTS = 0   # the answer for a directory that was already there
 BATCH = 64   # nodes per message: one write and one wake-up of the workers each
@@ -77,10 +78,6 @@ def fill_new_dir(directory: str, entries) -> tuple:
 def lay_out_new(top: str, name: str, entries) -> tuple | None:
     """Make the directory `top`/`name` (None if it exists) holding `entries`; its listing."""
     return fill_new_dir(f"{top}/{name}", entries) if make_new_dir(top, name) else None
-
-
-def _error(exc: OSError) -> str:
-    return f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
 
 
 def _read_exactly(fd: int, size: int) -> bytes | None:
@@ -174,7 +171,7 @@ def make_dirs(batch, runs: SpreadRuns) -> list:
         try:
             made = None if make_new_dir(top, name) else EXISTS
         except OSError as exc:
-            made = _error(exc)
+            made = os_error_text(exc)
         done.append((top, name, entries, made))
     runs.settle()
     return done
@@ -186,20 +183,20 @@ def _filled(top: str, name: str, entries, made):
     try:
         return name, fill_new_dir(f"{top}/{name}", entries)
     except OSError as exc:
-        return name, _error(exc)
+        return name, os_error_text(exc)
 
 
 def serve(stage: str, jobs: int = 0, answers: int = 1) -> None:
     """A stage of the pipeline (`dirs` or `files`): each batch read from `jobs` done and
     passed on to `answers`, until EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the build stops it (LayoutWorker.close)
-    runs = SpreadRuns()
+    if stage == "dirs":
+        runs = SpreadRuns()
+        work = lambda batch: make_dirs(batch, runs)   # noqa: E731
+    else:
+        work = lambda batch: [_filled(*job) for job in batch]   # noqa: E731
     while (batch := _message(jobs)) is not None:
-        if stage == "dirs":
-            done = make_dirs(batch, runs)
-        else:
-            done = [_filled(*job) for job in batch]
-        data = _framed(done)
+        data = _framed(work(batch))
         try:
             while data:
                 data = data[os.write(answers, data):]
