@@ -154,6 +154,32 @@ def test_critical_path_runs_first(ws, capsys):
     assert set(order) == {"a_short1", "b_short2", "z_long", "z_tail"}
 
 
+def test_the_first_action_starts_before_every_ready_node_is_checked(ws, capsys, monkeypatch):
+    from buildgraph.engine import Engine
+    from buildgraph.scheduler import CHECK_BATCH
+    from buildgraph.ui import PlainReporter
+
+    ws.write("BUILD.yaml", "targets:\n" + "".join(
+        f"  n{i}: {{kind: script, outs: [o], cmds: [\"echo {i} > $OUT/o\"]}}\n" for i in range(100)))
+    checked, at_first_start = [], []
+    action_for, started = Engine.action_for, PlainReporter.started
+
+    def counting_action_for(self, *args, **kw):
+        checked.append(1)
+        return action_for(self, *args, **kw)
+
+    def noting_started(self, name):
+        if not at_first_start:
+            at_first_start.append(len(checked))
+        return started(self, name)
+    monkeypatch.setattr(Engine, "action_for", counting_action_for)
+    monkeypatch.setattr(PlainReporter, "started", noting_started)
+    statuses = ws.build("-j1", capsys=capsys)
+    assert statuses["_rc"] == 0 and len(ran(statuses)) == 100
+    # The rest of the 100 leaves are checked while the first actions run.
+    assert len(checked) == 100 and at_first_start[0] <= CHECK_BATCH
+
+
 def test_the_trace_shows_the_build_its_slots_restored_nodes_and_phases_inside_actions(ws, capsys):
     ws.write("v", "1")
     ws.write("BUILD.yaml", """\
