@@ -223,7 +223,12 @@ class Engine:
         sig = hostpkgs.status_signature()
         if sig is None:
             return None, paths
-        return self._resolved(("dpkg", paths, names), sig, lambda: hostpkgs.packages_digest(paths, names))
+
+        def compute():
+            digest, unowned = hostpkgs.remembered(str(self.store.root / "hostpkgs"), sig, [paths, names],
+                                                  lambda: hostpkgs.packages_digest(paths, names))
+            return digest, tuple(unowned)
+        return self._resolved(("dpkg", paths, names), sig, compute)
 
     def _resolved(self, key: tuple, sig, compute):
         """compute(), cached in the state's resolutions while `sig` (not None) is unchanged."""

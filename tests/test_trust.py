@@ -271,6 +271,29 @@ def test_a_host_toolchain_is_keyed_by_its_debian_package_closure(ws, capsys, tmp
     assert "not hermetic: toolchain host-gcc (host)" in out
 
 
+def test_the_package_closure_is_remembered_by_the_cache_until_the_dpkg_database_changes(ws, capsys, monkeypatch):
+    """A new workspace's first build asks dpkg nothing the cache's last build asked; a changed
+    database is asked again, and the answer for the old one is dropped."""
+    from buildgraph import hostpkgs
+    sig = hostpkgs.status_signature()
+    if sig is None:
+        pytest.skip("needs a dpkg database")
+    asked = []
+    digest = hostpkgs.packages_digest
+    monkeypatch.setattr(hostpkgs, "packages_digest", lambda *a, **kw: asked.append(a) or digest(*a, **kw))
+    ws.write("BUILD.yaml", """\
+        targets:
+          t: {kind: script, outs: [o], cmds: ["echo one > $OUT/o"]}
+        """)
+    assert ws.build(capsys=capsys)["t"] == "ran" and len(asked) == 1
+    assert sibling(ws).build(capsys=capsys)["t"] == "cached" and len(asked) == 1
+    monkeypatch.setattr(hostpkgs, "status_signature", lambda admin=None: (*sig[:2], sig[2] + 1, sig[3]))
+    assert sibling(ws, "ws3").build(capsys=capsys)["t"] == "cached" and len(asked) == 2
+    assert len(os.listdir(ws.cache / "hostpkgs")) == 1
+    (ws.cache / "hostpkgs" / os.listdir(ws.cache / "hostpkgs")[0]).write_text("{not json")
+    assert sibling(ws, "ws4").build(capsys=capsys)["t"] == "cached" and len(asked) == 3
+
+
 # 6 -------------------------------------------------------------------------------------
 
 def test_umask_and_affinity_are_pinned_and_the_kernel_is_keyed(ws, capsys, monkeypatch):
