@@ -42,7 +42,7 @@ import threading
 import time
 from dataclasses import dataclass, replace
 
-from buildgraph import sandbox_etc
+from buildgraph import mountns, sandbox_etc
 from buildgraph.action import (Action, ActionResult, BadResult, OutputFile, OutputSymlink, check_declared,
                                check_symlink, check_tree)
 from buildgraph.digest import copy_hashed, file_digest, stat_signature
@@ -187,6 +187,8 @@ class Sandbox:
         self._closed = False
         self._kept_failed: bool | None = None   # whether failed/ held anything when first looked at
         self._bwrap = (shutil.which("bwrap") or "bwrap") if mode == "bwrap" else None
+        if mode == "bwrap":   # before this thread starts the sandbox's threads (they inherit it)
+            mountns.trim()    # a served build's namespace: less for each bwrap to read
         self._spares: dict[tuple, list[_Spare]] = {}   # sandboxes started ahead, per mount set
         self._to_spawn: queue.Queue = queue.Queue()   # mount sets wanting a spare, for the spawner
         self._spawner: threading.Thread | None = None

@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 
-from buildgraph import client
+from buildgraph import client, mountns
 
 CHECK_SECONDS = 2.0
 IDLE_SECONDS = 3 * 3600
@@ -249,6 +249,7 @@ def _child(conn: socket.socket, report_end: int) -> None:
             os._exit(0)
     except Exception:   # the client builds in its own process when there is no "r"
         os._exit(1)
+    mountns.allow()   # this process lives for this build
     done = threading.Event()
     threading.Thread(target=_forward_signals, args=(conn, done), name="bg-client", daemon=True).start()
     try:

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from buildgraph import client
+from buildgraph.sandbox import detect_mode
 from conftest import REPO, stop_servers
+from test_mountns import mount_points
 
 STEPS = """\
     targets:
@@ -188,6 +190,33 @@ def test_killing_the_client_stops_its_build_and_frees_the_workspace(ws, where):
     ws.write("v", "4\n")
     rc, out, err = finish(spawn(ws, where, "build", "b"), timeout=30)
     assert rc == 0 and ws.out("b").joinpath("o").read_text() == "4\n4\n", out + err
+
+
+@pytest.mark.skipif(detect_mode() != "bwrap" or os.geteuid() != 0,
+                    reason="a namespace of its own is made where bwrap runs and it may (mountns.py)")
+def test_a_served_bwrap_build_reads_a_namespace_without_sys_and_the_host_keeps_it(ws, where):
+    pid = started_server(ws, where)
+    ws.write("v", "6 namespace\n")
+    proc = spawn(ws, where, "build", "slow", "--sandbox", "bwrap")
+
+    def trimmed() -> int | None:   # the build's process, once its sandbox is made
+        for child in children(pid):
+            try:
+                points = {p[0] for p in mount_points(Path(f"/proc/{child}/mountinfo").read_text())}
+            except OSError:
+                continue
+            if "/" in points and "/sys" not in points and "/dev/pts" not in points:
+                return child
+        return None
+    deadline = time.time() + 20
+    while (build := trimmed()) is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert build is not None
+    assert os.readlink(f"/proc/{build}/ns/mnt") != os.readlink(f"/proc/{pid}/ns/mnt")
+    assert os.path.ismount("/sys") and "/sys" in {p[0] for p in mount_points(
+        Path(f"/proc/{pid}/mountinfo").read_text())}
+    rc, out, err = finish(proc)
+    assert rc == 0 and ws.out("slow").joinpath("o").read_text() == "6 namespace\n", out + err
 
 
 PAIR = """\
