@@ -25,7 +25,7 @@ from buildgraph.packedmap import PackedMap
 from buildgraph.sandbox import SANDBOX_ROOT, Sandbox
 from buildgraph.state import NodeRecord, State, StateDir
 from buildgraph.status import Status
-from buildgraph.fsutil import force_remove
+from buildgraph.fsutil import force_remove, remembered
 from buildgraph.store.local import LocalStore
 from buildgraph.toolchains import Mount, ToolchainResolver, host_tools
 from buildgraph.toolstore import ToolStore
@@ -225,8 +225,10 @@ class Engine:
             return None, paths
 
         def compute():
-            digest, unowned = hostpkgs.remembered(str(self.store.root / "hostpkgs"), sig, [paths, names],
-                                                  lambda: hostpkgs.packages_digest(paths, names))
+            # Kept in the cache too, for a new workspace's first build (dpkg-query and the
+            # closure: ~90 ms here): one file per set of programs, rewritten on an upgrade.
+            digest, unowned = remembered(str(self.store.root / "hostpkgs" / value_digest([paths, names])), sig,
+                                         lambda: hostpkgs.packages_digest(paths, names))
             return digest, tuple(unowned)
         return self._resolved(("dpkg", paths, names), sig, compute)
 

@@ -207,6 +207,29 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def remembered(path: str, facts, compute, valid=lambda value: True):
+    """compute(), a JSON value, kept in the file `path` with the `facts` (JSON) it depends on
+    and read from there while they are equal and `valid` accepts it. A cache: a file that
+    cannot be read or is stale is computed again, one that cannot be written is not kept."""
+    import json   # here: the no-op check never comes this way
+
+    facts = json.dumps(facts, sort_keys=True)
+    try:
+        with open(path, "rb") as f:
+            known = json.loads(f.read())
+        if known["facts"] == facts and valid(known["value"]):
+            return known["value"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    value = compute()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_atomic(path, json.dumps({"facts": facts, "value": value}).encode())
+    except OSError:   # a read-only cache: computed again next time
+        pass
+    return value
+
+
 def walk_tree(base: str) -> tuple[list[tuple[str, str, bool]], list[tuple[str, str]], list[str]]:
     """What lies under `base`, each list sorted by relative path: regular files as
     (relpath, path, executable), symlinks as (relpath, target) — a link to a directory is

@@ -14,12 +14,11 @@ package owns as not hermetic. Off Debian (no dpkg database) everything is report
 
 The closure is computed once per (dpkg status file signature, programs) and cached by
 the caller (the workspace state), so a no-op build costs one stat; and in the local cache
-(`remembered`), so a new workspace's first build does not ask dpkg again either.
+(Engine.packages), so a new workspace's first build does not ask dpkg again either.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
@@ -122,29 +121,3 @@ def packages_digest(paths=(), package_names=(), admin: str | None = None) -> tup
     roots = set(package_names) | {p for p in owned.values() if p}
     return value_digest(closure(sorted(roots), installed(admin))), tuple(sorted(p for p, o in owned.items() if o is None))
 
-
-def remembered(directory: str, sig, key, compute):
-    """compute(), a JSON value that depends only on the dpkg database and `key`, kept in
-    `directory` (the local cache's hostpkgs/) while the database's signature is `sig`: a new
-    workspace's first build does not ask dpkg what this machine's last one asked (dpkg-query
-    and the closure: ~100 ms of a cold build here). Writing one for a new signature removes
-    those of the old: an upgrade leaves no trail. An unreadable file is computed again."""
-    era = value_digest(list(sig))
-    path = os.path.join(directory, f"{era}-{value_digest(key)}")
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
-    except (OSError, ValueError):
-        pass
-    value = compute()
-    from buildgraph.fsutil import write_atomic   # not at the top: the no-op check needs only status_signature
-
-    try:
-        os.makedirs(directory, exist_ok=True)
-        for name in os.listdir(directory):
-            if not name.startswith(era):
-                os.unlink(os.path.join(directory, name))
-        write_atomic(path, json.dumps(value).encode())
-    except OSError:   # a cache: the build goes on without it
-        pass
-    return value

@@ -46,7 +46,7 @@ from buildgraph import mountns, sandbox_etc
 from buildgraph.action import (Action, ActionResult, BadResult, OutputFile, OutputSymlink, check_declared,
                                check_symlink, check_tree)
 from buildgraph.digest import copy_hashed, file_digest, stat_signature
-from buildgraph.fsutil import empty_for_reuse, force_remove, walk_tree, write_atomic
+from buildgraph.fsutil import empty_for_reuse, force_remove, remembered, walk_tree
 from buildgraph.store.local import LocalStore
 from buildgraph.sources import SourceError
 from buildgraph.signatures import KEYED_ETC, sandbox_facts
@@ -78,27 +78,17 @@ def detect_mode(requested: str = "auto", cache_dir=None) -> str:
     (signatures.sandbox_facts) and reused while they hold: a probe costs a process or two."""
     if requested != "auto":
         return requested
-    facts = json.dumps(sandbox_facts(requested))
-    memo = os.path.join(cache_dir, "sandbox-mode.json") if cache_dir is not None else None
-    if memo is not None:
-        try:
-            with open(memo) as f:
-                known = json.load(f)
-            if known.get("facts") == facts and known.get("mode") in ("bwrap", "unshare", "none"):
-                return known["mode"]
-        except (OSError, ValueError, AttributeError):
-            pass
-    mode = "none"
-    if shutil.which("bwrap") and _probe(["bwrap", "--ro-bind", "/", "/", "--unshare-net", "true"]):
-        mode = "bwrap"
-    elif shutil.which("unshare") and _probe(["unshare", "-n", "true"]):
-        mode = "unshare"
-    if memo is not None:
-        try:
-            write_atomic(memo, json.dumps({"facts": facts, "mode": mode}).encode())
-        except OSError:
-            pass   # a read-only cache: probe again next time
-    return mode
+
+    def probe() -> str:
+        if shutil.which("bwrap") and _probe(["bwrap", "--ro-bind", "/", "/", "--unshare-net", "true"]):
+            return "bwrap"
+        if shutil.which("unshare") and _probe(["unshare", "-n", "true"]):
+            return "unshare"
+        return "none"
+    if cache_dir is None:
+        return probe()
+    return remembered(os.path.join(cache_dir, "sandbox-mode.json"), sandbox_facts(requested), probe,
+                      lambda mode: mode in ("bwrap", "unshare", "none"))
 
 
 def _probe(argv) -> bool:

@@ -248,3 +248,23 @@ def test_out_is_made_the_top_of_unrelated_trees_where_the_filesystem_takes_the_h
         assert _inode_flags(ws.root / ".buildgraph" / "out") & 0x00020000
         assert ws.run("clean", capsys=capsys)[0] == 0
         assert not (ws.root / ".buildgraph" / "out").exists()
+
+
+def test_a_remembered_value_is_computed_again_when_its_facts_change_or_its_file_is_bad(tmp_path):
+    from buildgraph.fsutil import remembered
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return ["value", len(calls)]
+    path = str(tmp_path / "memo" / "v.json")
+    assert remembered(path, (1, 2), compute) == ["value", 1]
+    assert remembered(path, [1, 2], compute) == ["value", 1]          # the same facts, as JSON
+    assert remembered(path, (1, 3), compute) == ["value", 2]          # changed: computed and kept
+    assert remembered(path, (1, 3), compute, lambda v: v[1] > 2) == ["value", 3]   # not valid
+    (tmp_path / "memo" / "v.json").write_text("{not json")
+    assert remembered(path, (1, 3), compute) == ["value", 4]
+    (tmp_path / "a-file").write_text("")   # where nothing can be written: computed, not kept
+    assert remembered(str(tmp_path / "a-file" / "w.json"), 1, compute) == ["value", 5]
+    assert remembered(str(tmp_path / "a-file" / "w.json"), 1, compute) == ["value", 6]

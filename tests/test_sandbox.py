@@ -730,3 +730,19 @@ def test_an_action_does_not_wait_for_a_spare_whose_start_failed(tmp_path, monkey
     sandbox.close()
     store.close()
     assert not any((tmp_path / "cache" / "sandbox").iterdir())
+
+
+def test_the_sandbox_mode_is_probed_once_per_cache_while_its_facts_hold(tmp_path, monkeypatch):
+    from buildgraph import sandbox
+
+    probes = []
+    real = sandbox._probe
+    monkeypatch.setattr(sandbox, "_probe", lambda argv: probes.append(argv) or real(argv))
+    first = detect_mode("auto", str(tmp_path))
+    asked = len(probes)
+    assert asked >= 1 and detect_mode("auto", str(tmp_path)) == first and len(probes) == asked
+    (tmp_path / "sandbox-mode.json").write_text('{"facts": "another machine", "value": "none"}')
+    assert detect_mode("auto", str(tmp_path)) == first and len(probes) == 2 * asked
+    memo = (tmp_path / "sandbox-mode.json").read_text()
+    (tmp_path / "sandbox-mode.json").write_text(memo.replace(f'"{first}"', '"chroot"'))   # not a mode
+    assert detect_mode("auto", str(tmp_path)) == first and len(probes) == 3 * asked

@@ -14,8 +14,8 @@ Layout of the cache directory (design note)
   etc/<name>/         the /etc bwrap sandboxes see, one per state of the host's files
                       (sandbox_etc.py); `cache gc` removes them
   quarantine/         blobs found not to match their name (kept for inspection)
-  hostpkgs/           the Debian packages of host tools, per state of the dpkg database
-                      (hostpkgs.remembered): one small file per set of tools
+  hostpkgs/           the Debian packages of host tools with the state of the dpkg database
+                      they were read from (Engine.packages): one small file per set of tools
   failed/<node>/      the sandbox of a node's last failed action (work/, out/), kept for
                       inspection until the node fails again or `cache gc`
   lock                flock: builds hold it shared, gc, repair and clean exclusive
