@@ -6,7 +6,8 @@ A build that ends with every node it selected done writes .buildgraph/noop.marsh
 state it describes):
   request   what was asked: the target patterns, the sandbox, the toolchain directory
   facts     host_facts(): where PATH finds the host tools, what picks the sandbox mode,
-            the host properties in keys, dpkg's database, the keyed /etc files
+            the host properties in keys, dpkg's database, the keyed /etc files; taken
+            before the build read any of it (a change while it ran fails the next check)
   config    signatures.files_signature of the workspace's files (buildgraph's code too)
   fixed     (path, stat signature) of the host tools and the toolchains' executables
             and records
@@ -62,11 +63,12 @@ class Changes:
     come out as before, is as recorded (Engine.trust). A plain class: the no-op check's
     import stays as light as it can (a dataclass takes ~1 ms to make)."""
 
-    __slots__ = ("sources", "outputs", "source_sigs", "dirs", "record", "node_outputs", "nodes")
+    __slots__ = ("sources", "outputs", "source_sigs", "dirs", "record", "node_outputs", "nodes", "facts")
 
     def __init__(self, sources: frozenset, outputs: frozenset, source_sigs: tuple, dirs: tuple, record: tuple,
-                 node_outputs: tuple, nodes: tuple):
+                 node_outputs: tuple, nodes: tuple, facts: tuple):
         self.sources, self.outputs = sources, outputs
+        self.facts = facts   # host_facts() as the check found them, before the build read the host
         self.source_sigs = source_sigs   # the record's (path, stat signature) of every source file
         self.dirs = dirs                 # and of every directory its globs read
         self.record = record             # the record's own stat signature (still_current)
@@ -91,7 +93,10 @@ def check(root: Path, request: tuple) -> tuple | Changes | None:
         version, asked, tools, host_key, facts, files, config, fixed, dirs, sources, outputs, nodes = record
     except (OSError, EOFError, ValueError, TypeError):
         return None
-    if version != VERSION or asked != request or host_facts(tools, request[1], host_key) != facts:
+    if version != VERSION or asked != request:
+        return None
+    now = host_facts(tools, request[1], host_key)
+    if now != facts:
         return None
     if signatures.files_signature(root, files) != config:
         return None
@@ -120,14 +125,15 @@ def check(root: Path, request: tuple) -> tuple | Changes | None:
             moved.append(name)
     if not changed and not moved:
         return nodes
-    return Changes(frozenset(changed), frozenset(moved), sources, dirs, own, outputs, nodes)
+    return Changes(frozenset(changed), frozenset(moved), sources, dirs, own, outputs, nodes, now)
 
 
-def record(engine, request: tuple, selected: list[str]) -> bytes | None:
+def record(engine, request: tuple, selected: list[str], facts: tuple) -> bytes | None:
     """The record of a build that just finished every node in `selected`, or None when one
     cannot be trusted (artifacts, a file too young to vouch for, a toolchain not resolved).
-    After a build that trusted Changes (engine.proven), the sources and directories it did
-    not read again are as the record they came from says."""
+    `facts`: host_facts() taken before the build read the host, so that whatever changed
+    while it ran fails the next check. After a build that trusted Changes (engine.proven),
+    the sources and directories it did not read again are as the record they came from says."""
     ws, graph, state = engine.ws, engine.graph, engine.state
     config = state.config[0] if state.config is not None else None
     if config is None:
@@ -196,7 +202,6 @@ def record(engine, request: tuple, selected: list[str]) -> bytes | None:
         nodes = [(name, state.nodes[name].key) for name in selected]
     if None in outputs:
         return None
-    facts = host_facts(ws.host_tools, request[1], ws.host_key)
     return marshal.dumps((VERSION, request, tuple(ws.host_tools), tuple(ws.host_key), facts, tuple(ws.files),
                           config, tuple(fixed.items()), tuple(dirs.items()), tuple(sources.items()),
                           tuple(outputs), tuple(nodes)))

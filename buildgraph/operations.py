@@ -56,6 +56,7 @@ class Session:
         self.write = write
         self.dirty = False  # set when the state must be saved
         self.noop_record: bytes | None = None   # written after the state: see noop.py
+        self.host_facts: tuple | None = None    # noop.host_facts() as the no-op check took them
         self.outcomes: dict[str, str] = {}      # node -> this build's outcome, when not up to date
         if write:
             self.state_dir.lock(notify)
@@ -97,8 +98,10 @@ class Session:
         or removed it)."""
         from buildgraph import noop
 
-        if changes is not None and not self.dirty and noop.still_current(self.root, changes):
-            self.engine.trust(changes)
+        if changes is not None and not self.dirty:
+            self.host_facts = changes.facts   # the workspace's files are as the check found them
+            if noop.still_current(self.root, changes):
+                self.engine.trust(changes)
 
     def close(self) -> None:
         try:
@@ -151,8 +154,13 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
     from buildgraph.sandbox import Sandbox
     from buildgraph.scheduler import Interrupted, Scheduler
 
+    from buildgraph import noop
+
     t0 = time.monotonic()
     selected = session.graph.select(patterns)
+    # What the keys read of the host, taken before they read it (noop.record)
+    ws = session.ws
+    facts = session.host_facts or noop.host_facts(ws.host_tools, session.opts.sandbox, ws.host_key)
     jobs = session.opts.jobs or os.cpu_count() or 1
     store = session.store
     store.open_for_build()
@@ -218,10 +226,8 @@ def build(session: Session, patterns, reporter) -> BuildSummary:
     if interrupted:
         return summary
     if summary.ok:
-        from buildgraph import noop
-
         session.noop_record = noop.record(engine, noop.request(patterns, session.opts.sandbox,
-                                                               session.toolstore.root), selected)
+                                                               session.toolstore.root), selected, facts)
     if store.counters.bytes_in and store.over_limit():
         store.close()  # release the shared lock so gc can take it exclusively
         try:

@@ -129,6 +129,31 @@ def test_any_change_is_left_to_the_build(ws, capsys, sessions, monkeypatch, chan
         assert after["other"] == "cached" and (ws.out("other") / "other.txt").read_text() == "int other;\n"
 
 
+@pytest.mark.parametrize("past_a_change", [False, True])
+def test_a_host_change_while_a_build_runs_is_seen_by_the_next_build(ws, capsys, monkeypatch, past_a_change):
+    """The record's host facts are the host the keys read, taken before they read it: a
+    change during the build (an apt upgrade beside a long compile) fails the next check,
+    which then keys every node again, instead of passing it as if the keys had seen it."""
+    from buildgraph import engine, signatures
+
+    make_chain(ws)
+    if past_a_change:   # a record to check against: the build is one past a change
+        ws.build(capsys=capsys)
+        _edit_source(ws)
+        settle()
+    kernel = ["5.0.0-before"]
+    monkeypatch.setattr(signatures, "kernel_release", lambda: kernel[0])
+    real = engine.Engine.record
+
+    def upgraded_after_the_first_result(self, *args, **kw):
+        kernel[0] = "6.0.0-after"
+        return real(self, *args, **kw)
+    monkeypatch.setattr(engine.Engine, "record", upgraded_after_the_first_result)
+    assert ws.build(capsys=capsys)["_rc"] == 0 and kernel[0] == "6.0.0-after"
+    monkeypatch.setattr(engine.Engine, "record", real)
+    assert ran(ws.build(capsys=capsys)) == {"gen", "lib", "other", "app"}   # keyed with the new kernel
+
+
 def test_a_partial_build_in_between_is_never_skipped_over(ws, capsys, sessions):
     """`build gen` after an edit changes gen's output; the next full build must see that its
     dependents are stale, though nothing it can stat changed since `build gen`."""
