@@ -20,7 +20,7 @@ from buildgraph.action import Action, ActionResult
 from buildgraph.digest import StatCache, stat_signature, tree_digest, value_digest
 from buildgraph.errors import ConfigError, StoreError
 from buildgraph.graph import BuildGraph, Node, configure
-from buildgraph.layout_worker import LayoutWorker, lay_out_new
+from buildgraph.layout_worker import LayoutWorker, fill_new_dir, lay_out_new
 from buildgraph.packedmap import PackedMap
 from buildgraph.sandbox import SANDBOX_ROOT, Sandbox
 from buildgraph.state import NodeRecord, State, StateDir
@@ -665,15 +665,15 @@ class Engine:
         entries = self.store.entries(result, read_only=True)
         listing = lay_out_new(out, name, entries)
         if listing is None:   # out/<name> is there: replaced whole, readers see the old outputs or the new
-            parent, base = os.path.split(name)
-            tmp = os.path.join(parent, f".{base}.{os.getpid()}.tmp")
-            listing = lay_out_new(out, tmp, entries)
-            if listing is None:   # left by a killed build
-                force_remove(f"{out}/{tmp}")
-                listing = lay_out_new(out, tmp, entries)
+            # The new one is made in the trash directory and moved in: a directory made in
+            # out/ pays for out/'s hint (make_top_dir), a scan of every block group (0.37 ms
+            # here, against 0.03 ms elsewhere), on the path from one action of a chain to the next.
+            new = self._trash_path()
+            os.mkdir(new)
+            listing = fill_new_dir(new, entries)
             trash = self._trash_path()
             os.replace(f"{out}/{name}", trash)
-            os.replace(f"{out}/{tmp}", f"{out}/{name}")
+            os.replace(new, f"{out}/{name}")
             if self.sandbox is not None:   # in a build: the next action of a chain need not wait
                 self.sandbox.remove_later(trash)
             else:
