@@ -576,7 +576,8 @@ class Engine:
 
     def _trash_path(self) -> str:
         """A new name in .buildgraph/trash, where replaced outputs wait for the sandbox's
-        janitor; what a killed build left there is removed first (under the workspace's lock)."""
+        janitor and their replacements are made; what a killed build left there is removed
+        first (under the workspace's lock)."""
         if self._trashed == 0:
             force_remove(self.state_dir.trash)
             os.mkdir(self.state_dir.trash)

@@ -120,4 +120,3 @@ def packages_digest(paths=(), package_names=(), admin: str | None = None) -> tup
     owned = owners(paths, admin) if paths else {}
     roots = set(package_names) | {p for p in owned.values() if p}
     return value_digest(closure(sorted(roots), installed(admin))), tuple(sorted(p for p, o in owned.items() if o is None))
-

@@ -150,17 +150,15 @@ class BuildSummary:
 
 def build(session: Session, patterns, reporter) -> BuildSummary:
     """Build the selected nodes; returns every node's outcome."""
+    from buildgraph import noop
     from buildgraph.jobserver import Jobserver
     from buildgraph.sandbox import Sandbox
     from buildgraph.scheduler import Interrupted, Scheduler
 
-    from buildgraph import noop
-
     t0 = time.monotonic()
     selected = session.graph.select(patterns)
     # What the keys read of the host, taken before they read it (noop.record)
-    ws = session.ws
-    facts = session.host_facts or noop.host_facts(ws.host_tools, session.opts.sandbox, ws.host_key)
+    facts = session.host_facts or noop.host_facts(session.ws.host_tools, session.opts.sandbox, session.ws.host_key)
     jobs = session.opts.jobs or os.cpu_count() or 1
     store = session.store
     store.open_for_build()
