@@ -95,11 +95,13 @@ class Session:
         """Let the build trust what the no-op check found changed (noop.Changes, or None) if it
         still describes this session's state: the workspace was not parsed again, and the
         record it came from is still on disk (a build that took the lock in between replaced
-        or removed it)."""
+        or removed it). Not parsed again, the workspace has the host tools and keys the check
+        took the host facts for, whether or not the record is still on disk: the build's no-op
+        record uses them (noop.record)."""
         from buildgraph import noop
 
         if changes is not None and not self.dirty:
-            self.host_facts = changes.facts   # the workspace's files are as the check found them
+            self.host_facts = changes.facts
             if noop.still_current(self.root, changes):
                 self.engine.trust(changes)
 
