@@ -109,3 +109,57 @@ def test_threads_started_after_share_the_namespace_and_those_before_keep_the_hos
                 "after": seen["after"] == ns()}
 
     assert in_child(body) == {"detached": True, "caller_moved": True, "before": True, "after": True}
+
+
+@needs_root
+def test_the_dev_tree_is_made_only_in_a_namespace_of_its_own_read_only_and_released(tmp_path):
+    def body():
+        host_made = mountns.dev_tree(str(tmp_path / "host"))   # not moved yet: the host's namespace
+        mountns.allow()
+        mountns.trim()
+        path = str(tmp_path / "dev")
+        made = mountns.dev_tree(path)
+        points = mount_points(mountinfo())
+        listing = sorted(os.listdir(path))
+        try:
+            open(f"{path}/left", "w").close()
+            writable = True
+        except OSError as exc:
+            writable = exc.strerror
+        with open(f"{path}/null", "w") as f:
+            f.write("gone")
+        with open(f"{path}/zero", "rb") as f:
+            zeros = f.read(4)
+        mountns.release(path)
+        after = [p for p in mount_points(mountinfo()) if p[0].startswith(path)]
+        return {"host_made": host_made, "made": made == path, "listing": listing,
+                "writable": writable, "zeros": list(zeros), "pts": (f"{path}/pts", "devpts") in points,
+                "tree": (path, "tmpfs") in points, "after": after, "exists": os.path.exists(path)}
+
+    got = in_child(body)
+    assert got.get("host_made") is None and got["made"], got
+    assert got["listing"] == sorted(list(mountns.DEVICES) + [n for n, _ in mountns.DEV_LINKS] + ["shm", "pts"])
+    assert got["writable"] == "Read-only file system" and got["zeros"] == [0, 0, 0, 0]
+    assert got["pts"] and got["tree"]
+    assert got["after"] == [] and not got["exists"]   # release: unmounted, with what was in it, and removed
+    assert not (tmp_path / "host").exists()
+
+
+@needs_root
+def test_no_dev_tree_for_a_thread_still_in_the_hosts_namespace(tmp_path):
+    def body():
+        result = {}
+        go = threading.Event()
+
+        def before():
+            go.wait()
+            result["made"] = mountns.dev_tree(str(tmp_path / "dev"))
+        t = threading.Thread(target=before)
+        t.start()
+        mountns.allow()
+        mountns.trim()
+        go.set()
+        t.join()
+        return {"made": result["made"], "exists": (tmp_path / "dev").exists()}
+
+    assert in_child(body) == {"made": None, "exists": False}
