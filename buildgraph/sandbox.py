@@ -179,9 +179,6 @@ class Sandbox:
         self._bwrap = (shutil.which("bwrap") or "bwrap") if mode == "bwrap" else None
         if mode == "bwrap":   # before this thread starts the sandbox's threads (they inherit it)
             mountns.trim()    # a served build's namespace: less for each bwrap to read
-        # There, the /dev of every sandbox of the build, made once (mountns.py); else each bwrap's --dev.
-        self._dev = mountns.dev_tree(f"{self.store.sandboxes}/dev-{os.getpid()}-{time.monotonic_ns()}") \
-            if mode == "bwrap" else None
         self._spares: dict[tuple, list[_Spare]] = {}   # sandboxes started ahead, per mount set
         self._to_spawn: queue.Queue = queue.Queue()   # mount sets wanting a spare, for the spawner
         self._spawner: threading.Thread | None = None
@@ -397,9 +394,6 @@ class Sandbox:
         if self._netns is not None:   # every sandbox has ended: none is in one
             self._netns.close()
             self._netns = None
-        if self._dev is not None:
-            mountns.release(self._dev)
-            self._dev = None
 
     def _take_root(self) -> str:
         """An action's sandbox tree, its subdirectories empty: one a finished action left, or new."""
@@ -742,7 +736,7 @@ class Sandbox:
                 "--ro-bind", self._etc_dir(), "/etc",
                 "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib",
                 "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin",
-                "--proc", "/proc", *self._dev_argv(shell), "--tmpfs", "/tmp",
+                "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
                 "--tmpfs", self.inner_root, "--dir", f"{self.inner_root}/tmp", "--dir", f"{self.inner_root}/home",
                 "--ro-bind", f"{root}/src", f"{self.inner_root}/src",
                 "--ro-bind", f"{root}/deps", f"{self.inner_root}/deps",
@@ -769,14 +763,6 @@ class Sandbox:
         if self.jobserver is not None and jobserver_fifo:
             argv += ["--bind", self.jobserver.fifo, f"{self.inner_root}/.jobserver"]
         return argv + ["--chdir", f"{self.inner_root}/work", "--"]
-
-    def _dev_argv(self, shell: bool) -> tuple[str, ...]:
-        """The sandbox's /dev: read-only, with a /dev/shm of its own. The one this build made
-        (mountns.dev_tree), or bwrap's own; and bwrap's for --sandbox-debug's shell, which
-        is started later, outside this build's namespace."""
-        if self._dev is not None and not shell:
-            return ("--dev-bind", self._dev, "/dev", "--tmpfs", "/dev/shm")
-        return ("--dev", "/dev", "--tmpfs", "/dev/shm", "--remount-ro", "/dev")
 
     def _env(self, action: Action, mapped: str, tools, binding) -> dict[str, str]:
         """The action's environment as it runs with its sandbox seen at `mapped`."""

@@ -219,51 +219,6 @@ def test_a_served_bwrap_build_reads_a_namespace_without_sys_and_the_host_keeps_i
     assert rc == 0 and ws.out("slow").joinpath("o").read_text() == "6 namespace\n", out + err
 
 
-DEV = """\
-    host_tools: [sh, ls, sed, touch, echo, cat, sleep]
-    targets:
-      look: {kind: script, srcs: [v], outs: [o], cmds: [
-        "ls -la /dev /dev/shm /dev/pts | sed 's/ [A-Z][a-z][a-z] .. ..:.. / DATE /' > $OUT/o",
-        "(touch /dev/left && echo /dev writable || echo /dev read-only) >> $OUT/o",
-        "touch /dev/shm/left && echo shm writable >> $OUT/o; sleep $(cat $SRC/v)"]}
-      after: {kind: script, srcs: [v], deps: [look], outs: [o], cmds: ["ls -A /dev /dev/shm > $OUT/o"]}
-    """
-
-
-@pytest.mark.skipif(detect_mode() != "bwrap" or os.geteuid() != 0,
-                    reason="the /dev made once is in a served bwrap build's own namespace (mountns.py)")
-def test_a_served_build_shows_its_sandboxes_the_dev_a_build_without_the_server_shows(ws, where):
-    """A served build makes one /dev for all its sandboxes; each one without the server has
-    bwrap make its own. Actions see the same: the same entries, /dev read-only, a /dev/shm
-    of their own that the next action does not see. The served one's tree is in the build's
-    namespace only while it runs."""
-    pid = started_server(ws, where)
-    ws.write("BUILD.yaml", DEV)
-    ws.write("v", "0\n")
-    assert finish(spawn(ws, where, "build", env={"BUILDGRAPH_SERVER": "0"}))[0] == 0
-    alone = {n: ws.out(n).joinpath("o").read_text() for n in ("look", "after")}
-    assert "/dev read-only\nshm writable\n" in alone["look"] and "null" in alone["look"], alone
-    assert "left" not in alone["after"]
-    ws.write("v", "2\n")
-    sandboxes = ws.cache / "sandbox"
-    proc = spawn(ws, where, "build")
-    deadline, seen = time.time() + 20, []
-    while not seen and time.time() < deadline and proc.poll() is None:
-        for child in children(pid):
-            try:
-                seen = [p for p in mount_points(Path(f"/proc/{child}/mountinfo").read_text())
-                        if p[0].startswith(str(sandboxes) + "/dev-")]
-            except OSError:
-                continue
-        time.sleep(0.05)
-    rc, out, err = finish(proc)
-    assert rc == 0 and "2 ran" in out, out + err
-    assert seen and seen[0][1] == "tmpfs", seen   # the build's own /dev, mounted in its namespace
-    assert not [p for p in mount_points(Path("/proc/self/mountinfo").read_text()) if "/dev-" in p[0]]
-    assert not list(sandboxes.glob("dev-*"))   # gone with the build
-    assert {n: ws.out(n).joinpath("o").read_text() for n in ("look", "after")} == alone
-
-
 PAIR = """\
     targets:
       x: {kind: script, srcs: [v], outs: [o], cmds: ["cp $SRC/v $OUT/o"]}
