@@ -152,6 +152,11 @@ def copy_release_workspace(dest: Path) -> Path:
     return dest
 
 
+def mount_points(text: str) -> list[tuple[str, str]]:
+    """(mount point, filesystem type) of each line of a mountinfo (escapes left as they are)."""
+    return [(f[4], f[f.index("-", 6) + 1]) for f in (line.split(" ") for line in text.splitlines())]
+
+
 def stop_servers(where: str) -> None:
     """Stop the resident servers in `where` by their pids, and remove it."""
     from buildgraph import server

@@ -12,11 +12,7 @@ import threading
 import pytest
 
 from buildgraph import mountns
-
-
-def mount_points(text: str) -> list[tuple[str, str]]:
-    """(mount point, filesystem type) of each line of a mountinfo (escapes left as they are)."""
-    return [(f[4], f[f.index("-", 6) + 1]) for f in (line.split(" ") for line in text.splitlines())]
+from conftest import mount_points
 
 
 def in_child(body) -> dict:

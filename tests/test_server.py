@@ -17,8 +17,7 @@ import pytest
 
 from buildgraph import client
 from buildgraph.sandbox import detect_mode
-from conftest import REPO, stop_servers
-from test_mountns import mount_points
+from conftest import REPO, mount_points, stop_servers
 
 STEPS = """\
     targets:

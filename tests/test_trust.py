@@ -273,7 +273,8 @@ def test_a_host_toolchain_is_keyed_by_its_debian_package_closure(ws, capsys, tmp
 
 def test_the_package_closure_is_remembered_by_the_cache_until_the_dpkg_database_changes(ws, capsys, monkeypatch):
     """A new workspace's first build asks dpkg nothing the cache's last build asked; a changed
-    database is asked again, and the answer for the old one is dropped."""
+    database is asked again, and its answer replaces the old one's (one file per set of
+    programs); a damaged file is asked again."""
     from buildgraph import hostpkgs
     sig = hostpkgs.status_signature()
     if sig is None:
