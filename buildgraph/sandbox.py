@@ -177,6 +177,7 @@ class Sandbox:
         self._closed = False
         self._kept_failed: bool | None = None   # whether failed/ held anything when first looked at
         self._bwrap = (shutil.which("bwrap") or "bwrap") if mode == "bwrap" else None
+        self._maker: str | None = None   # what runs bwrap's command lines: _sandbox_maker
         if mode == "bwrap":   # before this thread starts the sandbox's threads (they inherit it)
             mountns.trim()    # a served build's namespace: less for each bwrap to read
         self._spares: dict[tuple, list[_Spare]] = {}   # sandboxes started ahead, per mount set
@@ -566,6 +567,7 @@ class Sandbox:
         stdin, a pipe, the program it then runs (_start_in)."""
         netns = self._take_netns()
         argv = self._bwrap_argv(root, tools, compilers, source_tree, binding, jobserver_fifo, own_net=netns is None)
+        argv[0] = self._sandbox_maker()
         fds = self.jobserver.child_fds if self.jobserver is not None else ()
         feed_r, feed_w = os.pipe()
         try:
@@ -623,6 +625,15 @@ class Sandbox:
             self._running.pop(spare.proc.pid, None)
         self._give_netns(spare.netns)
         spare.netns = None
+
+    def _sandbox_maker(self) -> str:
+        """bwrap, or where it can run, our sandboxer for the same command line (sandboxer.py)."""
+        with self._lock:
+            if self._maker is None:   # imported here: only a build that starts bwrap needs it
+                from buildgraph import sandboxer
+
+                self._maker = sandboxer.program(str(self.store.root), self.store.temp_path()) or self._bwrap
+            return self._maker
 
     def _take_netns(self) -> int | None:
         """A pooled network namespace for a bwrap about to start (netns.py), or None: where
@@ -819,7 +830,7 @@ class Sandbox:
                               source_tree, binding)
         except OSError as exc:
             with open(f"{root}/.stderr", "ab") as err:
-                err.write(f"buildgraph: cannot start {self._bwrap}: {exc}\n".encode())
+                err.write(f"buildgraph: cannot start {self._maker or self._bwrap}: {exc}\n".encode())
             return 127
         try:
             self._start_in(own, action.commands, env)

@@ -44,7 +44,7 @@ PRELOAD = ("buildgraph.cli", "buildgraph.operations", "buildgraph.engine", "buil
            "buildgraph.hostpkgs", "buildgraph.toolchains", "buildgraph.toolstore", "buildgraph.compile_cache",
            "buildgraph.jobserver", "buildgraph.recipes", "buildgraph.sources", "buildgraph.rcfile",
            "buildgraph.store.local", "buildgraph.store.index", "buildgraph.packedmap", "buildgraph.globs",
-           "buildgraph.compat", "buildgraph.netns", "yaml", "base64", "hashlib",
+           "buildgraph.compat", "buildgraph.netns", "buildgraph.sandboxer", "yaml", "base64", "hashlib",
            "sqlite3", "pickle", "ctypes", "subprocess", "queue", "random", "shlex", "tempfile", "bz2", "lzma")
 _HIGH_FD = 100   # received descriptors wait above the numbers they are moved to
 
