@@ -9,7 +9,8 @@
  * and refuses anything else (exit 125), so a sandbox it cannot make as bwrap would is never
  * made at all. What it leaves out is what costs bwrap: after every bind bwrap reads
  * /proc/self/mountinfo to find the mounts below the new one and remount each; here one
- * mount_setattr(AT_RECURSIVE) call does that in the kernel. And it links no library.
+ * mount_setattr(AT_RECURSIVE) call does that in the kernel. And it is linked statically
+ * where it can be: no loader runs.
  *
  * As bwrap: a first process stays outside the new pid namespace, waits for the command
  * (the namespace's pid 1, --as-pid-1) and exits with its status (128 + signal if killed);

@@ -60,11 +60,13 @@ def _build(compiler: str, path: str, temp: str) -> bool:
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         os.makedirs(os.path.dirname(temp), exist_ok=True)
-        done = subprocess.run([compiler, "-O2", "-o", temp, SOURCE], capture_output=True, timeout=120)
-        if done.returncode != 0:
-            return False
-        os.replace(temp, path)   # whole, or not there: a build beside this one may run it
-        return True
+        # Static where the C library allows it: no loader to run, ~0.25 ms a sandbox here.
+        for static in (["-static"], []):
+            done = subprocess.run([compiler, "-O2", *static, "-o", temp, SOURCE], capture_output=True, timeout=120)
+            if done.returncode == 0:
+                os.replace(temp, path)   # whole, or not there: a build beside this one may run it
+                return True
+        return False
     except (OSError, subprocess.SubprocessError):
         return False
     finally:
