@@ -36,10 +36,23 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define FAILED 125   /* what bwrap exits with when it cannot make the sandbox... (it uses 1) */
+/* The sandbox could not be made: a status of its own, not one a command commonly exits with
+ * (bwrap uses 1). */
+#define FAILED 125
 
-enum op_kind { RO_BIND, BIND, TMPFS, DIR_, SYMLINK, PROC, DEV };
-struct op { enum op_kind kind; const char *a, *b; int src_fd; };
+enum op_kind { NOT_A_MOUNT, RO_BIND, BIND, TMPFS, DIR_, SYMLINK, PROC, DEV };
+struct op { enum op_kind kind; const char *a, *b; int src_fd; };   /* a mount step, in order */
+
+/* Every option taken: how many arguments follow it, the mount step it is, the namespace it asks for. */
+static const struct option { const char *name; int args; enum op_kind kind; int clone_flag; } OPTIONS[] = {
+  { "--ro-bind", 2, RO_BIND, 0 }, { "--bind", 2, BIND, 0 }, { "--symlink", 2, SYMLINK, 0 },
+  { "--tmpfs", 1, TMPFS, 0 }, { "--dir", 1, DIR_, 0 }, { "--proc", 1, PROC, 0 }, { "--dev", 1, DEV, 0 },
+  { "--unshare-pid", 0, NOT_A_MOUNT, CLONE_NEWPID }, { "--unshare-ipc", 0, NOT_A_MOUNT, CLONE_NEWIPC },
+  { "--unshare-uts", 0, NOT_A_MOUNT, CLONE_NEWUTS }, { "--unshare-net", 0, NOT_A_MOUNT, CLONE_NEWNET },
+  { "--hostname", 1, NOT_A_MOUNT, 0 }, { "--chdir", 1, NOT_A_MOUNT, 0 }, { "--cap-drop", 1, NOT_A_MOUNT, 0 },
+  { "--die-with-parent", 0, NOT_A_MOUNT, 0 }, { "--new-session", 0, NOT_A_MOUNT, 0 },
+  { "--as-pid-1", 0, NOT_A_MOUNT, 0 },
+};
 
 static void fail(const char *what, const char *path) {
   fprintf(stderr, "sandboxer: %s %s: %s\n", what, path ? path : "", strerror(errno));
@@ -175,33 +188,27 @@ int main(int argc, char **argv) {
   const char *hostname = NULL, *chdir_to = NULL;
 
   for (int i = 1; i < argc; i++) {
-    const char *o = argv[i];
-    int takes = !strcmp(o, "--ro-bind") || !strcmp(o, "--bind") || !strcmp(o, "--symlink") ? 2
-              : !strcmp(o, "--tmpfs") || !strcmp(o, "--dir") || !strcmp(o, "--proc") || !strcmp(o, "--dev")
-                || !strcmp(o, "--hostname") || !strcmp(o, "--chdir") || !strcmp(o, "--cap-drop") ? 1 : 0;
-    if (i + takes >= argc) refuse("missing argument to", o);
-    if (!strcmp(o, "--")) { command = i + 1; break; }
-    else if (!strcmp(o, "--die-with-parent")) die_with_parent = 1;
-    else if (!strcmp(o, "--new-session")) new_session = 1;
-    else if (!strcmp(o, "--as-pid-1")) as_pid_1 = 1;
-    else if (!strcmp(o, "--unshare-pid")) clone_flags |= CLONE_NEWPID;
-    else if (!strcmp(o, "--unshare-ipc")) clone_flags |= CLONE_NEWIPC;
-    else if (!strcmp(o, "--unshare-uts")) clone_flags |= CLONE_NEWUTS;
-    else if (!strcmp(o, "--unshare-net")) clone_flags |= CLONE_NEWNET;
-    else if (!strcmp(o, "--cap-drop")) { if (strcmp(argv[i + 1], "ALL")) refuse("only --cap-drop ALL, not", argv[i + 1]); drop_caps = 1; }
-    else if (!strcmp(o, "--hostname")) hostname = argv[i + 1];
-    else if (!strcmp(o, "--chdir")) chdir_to = argv[i + 1];
-    else {
-      if (n_ops == sizeof ops / sizeof *ops) refuse("too many mounts at", o);
-      struct op *op = &ops[n_ops++];
-      op->kind = !strcmp(o, "--ro-bind") ? RO_BIND : !strcmp(o, "--bind") ? BIND : !strcmp(o, "--tmpfs") ? TMPFS
-               : !strcmp(o, "--dir") ? DIR_ : !strcmp(o, "--symlink") ? SYMLINK : !strcmp(o, "--proc") ? PROC
-               : !strcmp(o, "--dev") ? DEV : (refuse("unknown option", o), RO_BIND);
-      op->a = argv[i + 1];
-      op->b = takes == 2 ? argv[i + 2] : NULL;
-      op->src_fd = -1;
+    if (!strcmp(argv[i], "--")) { command = i + 1; break; }
+    const struct option *o = NULL;
+    for (unsigned k = 0; k < sizeof OPTIONS / sizeof *OPTIONS && !o; k++)
+      if (!strcmp(argv[i], OPTIONS[k].name)) o = &OPTIONS[k];
+    if (!o) refuse("unknown option", argv[i]);
+    if (i + o->args >= argc) refuse("missing argument to", o->name);
+    const char *arg = argv[i + 1];
+    clone_flags |= o->clone_flag;
+    if (o->kind != NOT_A_MOUNT) {
+      if (n_ops == sizeof ops / sizeof *ops) refuse("too many mounts at", o->name);
+      ops[n_ops++] = (struct op){ o->kind, arg, o->args == 2 ? argv[i + 2] : NULL, -1 };
+    } else if (!strcmp(o->name, "--die-with-parent")) die_with_parent = 1;
+    else if (!strcmp(o->name, "--new-session")) new_session = 1;
+    else if (!strcmp(o->name, "--as-pid-1")) as_pid_1 = 1;
+    else if (!strcmp(o->name, "--hostname")) hostname = arg;
+    else if (!strcmp(o->name, "--chdir")) chdir_to = arg;
+    else if (!strcmp(o->name, "--cap-drop")) {
+      if (strcmp(arg, "ALL")) refuse("only --cap-drop ALL, not", arg);
+      drop_caps = 1;
     }
-    i += takes;
+    i += o->args;
   }
   if (!command || command >= argc) refuse("no command after --", NULL);
   /* Without --as-pid-1 bwrap keeps an init of its own in the namespace; that is not made here. */
@@ -239,7 +246,9 @@ int main(int argc, char **argv) {
   for (int i = 0; i < n_ops; i++) {
     struct op *op = &ops[i];
     switch (op->kind) {
-    case RO_BIND: bind_from(op->src_fd, inside(op->b), MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 1); break;
+    case RO_BIND:
+      bind_from(op->src_fd, inside(op->b), MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 1);
+      break;
     case BIND: bind_from(op->src_fd, inside(op->b), MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 1); break;
     case TMPFS: mount_tmpfs(inside(op->a)); break;
     case DIR_: make_dir(inside(op->a)); break;
@@ -249,6 +258,7 @@ int main(int argc, char **argv) {
       break;
     case PROC: mount_proc(inside(op->a)); break;
     case DEV: mount_dev(inside(op->a), device_fds); break;
+    case NOT_A_MOUNT: break;
     }
     if (op->src_fd >= 0) close(op->src_fd);
   }

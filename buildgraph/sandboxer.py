@@ -29,8 +29,9 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandboxer.c")
 _PROBE = ("--die-with-parent", "--new-session", "--cap-drop", "ALL", "--unshare-net", "--unshare-pid",
           "--as-pid-1", "--unshare-ipc", "--unshare-uts", "--hostname", "sandbox", "--ro-bind", "/usr", "/usr",
           "--tmpfs", "/usr/local", "--bind", "/tmp", "/probe/tmp", "--symlink", "usr/bin", "/bin",
-          "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--dev", "/dev", "--dir", "/probe/dir", "--chdir", "/probe", "--", "/bin/sh", "-c",
-          "test -d /probe/dir && test -c /dev/null")
+          "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--proc", "/proc",
+          "--dev", "/dev", "--dir", "/probe/dir", "--chdir", "/probe",
+          "--", "/bin/sh", "-c", "test -d /probe/dir && test -c /dev/null")
 
 
 def program(cache_dir: str, temp_path: str) -> str | None:
@@ -41,7 +42,7 @@ def program(cache_dir: str, temp_path: str) -> str | None:
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None
-    from buildgraph.digest import file_digest
+    from buildgraph.digest import file_digest, stat_signature
     from buildgraph.signatures import kernel_release
 
     digest = file_digest(SOURCE)
@@ -49,9 +50,13 @@ def program(cache_dir: str, temp_path: str) -> str | None:
 
     def build() -> str:
         return path if _build(compiler, path, temp_path) and _works(path) else ""
-    # The kernel decides whether it works, the compiler whether it was built.
-    found = remembered(os.path.join(cache_dir, "sandboxer", digest[:16], "built.json"),
-                       [digest, kernel_release(), compiler], build,
+    # The kernel decides whether it works, the compiler (by path and stat, as the sandbox
+    # mode's facts name bwrap) whether it could be built: a failure is tried again after either changes.
+    try:
+        facts = [digest, kernel_release(), compiler, stat_signature(os.stat(compiler))]
+    except OSError:
+        return None
+    found = remembered(os.path.join(cache_dir, "sandboxer", digest[:16], "built.json"), facts, build,
                        lambda value: value == "" or os.access(value, os.X_OK))
     return found or None
 
@@ -75,7 +80,6 @@ def _build(compiler: str, path: str, temp: str) -> bool:
 
 
 def _works(path: str) -> bool:
-    try:
-        return subprocess.run([path, *_PROBE], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
+    from buildgraph.sandbox import _probe   # as the sandbox mode is probed
+
+    return _probe([path, *_PROBE])

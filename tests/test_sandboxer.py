@@ -106,5 +106,7 @@ def test_it_is_built_once_per_cache_and_bwrap_runs_where_it_cannot_be(tmp_path, 
     other = str(tmp_path / "other-cache")
     assert sandboxer.program(other, temp) is None and sandboxer.program(other, temp) is None
     assert len(builds) == 3   # the failure is remembered too
+    fake_cc.write_text("#!/bin/sh\necho 'still no' >&2\nexit 1\n")   # until the compiler changes
+    assert sandboxer.program(other, temp) is None and len(builds) == 4
     assert not list((tmp_path / "other-cache").glob("sandboxer/*/sandboxer"))
     assert not os.path.exists(temp)
