@@ -13,9 +13,11 @@ idle machine, whole-process wall time (start-up, loading and saving included):
   leaf      after editing one leaf's source: log2(N) actions in a chain (median of 3)
   restore   buildgraph only: `clean`, then everything from the local cache (median of 3)
 buildgraph's no-op and leaf again without its resident server, and its peak memory (RSS)
-on cold and no-op builds in their own process, and its server's. Then the per-action
-overhead: 500 independent one-command actions at -j1 against the same commands run
-bare (`sh -c`), one process each. Then this machine's floors under those figures: a bare
+on cold and no-op builds in their own process, and its server's. The per-action overhead,
+measured first, before the trees above are made and deleted (on an ext4 without a journal
+each new inode then scans past the freed ones: README, "Benchmarks"): 500 independent
+one-command actions at -j1 against the same commands run bare (`sh -c`), one process
+each. Then this machine's floors under those figures: a bare
 spawn against one in bwrap's namespaces and mounts (CPU counted machine-wide), and laying
 out a directory with one file per node. Bazel is measured when `bazel` is installed
 (Debian's bazel-bootstrap, run offline with ../shared/notes/bazel-offline/) and
@@ -271,6 +273,7 @@ def main() -> None:
               f"{'Bazel: ' + shutil.which('bazel') if 'bazel' in tools else 'Bazel not installed'}")
         print(f"{'nodes':>6}  {'tool':<22} {'cold':>8} {'no-op':>8} {'1 leaf':>8} {'restore':>8}   "
               f"{'vs Bazel (cold, no-op, leaf)':<30} vs ninja (no-op, leaf)")
+        per_action = {mode: per_action_overhead(500, base, mode) for mode in dict.fromkeys((sandbox, "none"))}
         for n in sizes:
             rows = run_scale(n, base, sandbox, tools)
             ninja = next(r for r in rows if r["tool"] == "ninja")
@@ -286,9 +289,8 @@ def main() -> None:
                   f"leaf {fmt(bg['leaf_alone'])}")
             print(f"{n:>6}  buildgraph peak memory in its own process: cold {bg['cold_mb']:.0f} MB, "
                   f"no-op {bg['noop_mb']:.0f} MB; its server {bg['server_mb']:.0f} MB resident")
-        for mode in dict.fromkeys((sandbox, "none")):
-            bg, bare = per_action_overhead(500, base, mode)
-            print(f"per-action ({mode:>7}): buildgraph {bg * 1e3:.2f} ms, bare command {bare * 1e3:.2f} ms, "
+        for mode, (bg, bare) in per_action.items():
+            print(f"per-action ({mode:>7}, measured first): buildgraph {bg * 1e3:.2f} ms, bare command {bare * 1e3:.2f} ms, "
                   f"overhead {(bg - bare) * 1e3:.2f} ms")
         print_floors(base, sizes)
     finally:

@@ -3,7 +3,7 @@
 Nothing here is removed by `clean`, which is one workspace's business. Parts, as they
 lie in CACHE_DIR (store/local.py has the store's own layout):
   results     index.sqlite, cas/, compile-cache/, failed/, quarantine/, tmp/, sandbox/, etc/
-              (and earlier versions' ac/ and sha256/): what builds produced; any of it
+              (and earlier versions' ac/, sha256/ and sandboxer/): what builds produced; any of it
               is rebuilt on demand
   downloads   toolchains/ (the default toolchain store) and sources/ (upstream trees):
               fetched once, large, slow to fetch again; removed only with --all

@@ -15,6 +15,17 @@ def default_cache_dir() -> Path:
     return Path(base) / "buildgraph"
 
 
+def programs_dir() -> Path:
+    """Where buildgraph keeps the programs it builds for itself (the sandboxer), for every
+    cache directory, as Bazel keeps its install base apart from its output bases:
+    $BUILDGRAPH_PROGRAMS_DIR, else $XDG_CACHE_HOME/buildgraph-programs."""
+    env = os.environ.get("BUILDGRAPH_PROGRAMS_DIR")
+    if env:
+        return Path(env).absolute()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "buildgraph-programs"
+
+
 def default_toolchain_dir(cache_dir: Path) -> Path:
     env = os.environ.get("BUILDGRAPH_TOOLCHAIN_DIR")
     return Path(env) if env else cache_dir / "toolchains"

@@ -631,8 +631,9 @@ class Sandbox:
         with self._lock:
             if self._maker is None:   # imported here: only a build that starts bwrap needs it
                 from buildgraph import sandboxer
+                from buildgraph.locations import programs_dir
 
-                self._maker = sandboxer.program(str(self.store.root), self.store.temp_path()) or self._bwrap
+                self._maker = sandboxer.program(str(programs_dir())) or self._bwrap
             return self._maker
 
     def _take_netns(self) -> int | None:

@@ -11,9 +11,10 @@ action sees there is what it sees in bwrap, line for line of /proc/self/mountinf
 and share cache entries.
 
 It is used only where it can be: run by root (it makes namespaces and mounts without a
-user namespace), with a C compiler to build it from its source on first use (kept in the
-cache directory, named by the source's digest), on a kernel with mount_setattr (5.12), which
-a probe run proves once. Anywhere else, and with BUILDGRAPH_SANDBOXER=bwrap, bwrap runs.
+user namespace), with a C compiler to build it from its source on first use (kept in
+locations.programs_dir() for every cache directory, named by the source's digest: a new
+cache does not build it again, ~0.3 s), on a kernel with mount_setattr (5.12), which a
+probe run proves once. Anywhere else, and with BUILDGRAPH_SANDBOXER=bwrap, bwrap runs.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ _PROBE = ("--die-with-parent", "--new-session", "--cap-drop", "ALL", "--unshare-
           "--", "/bin/sh", "-c", "test -d /probe/dir && test -c /dev/null")
 
 
-def program(cache_dir: str, temp_path: str) -> str | None:
-    """The path of our sandboxer for bwrap's command lines, built if needed into `cache_dir`
-    (written at `temp_path` first, a free name on its filesystem), or None where bwrap must run."""
+def program(directory: str) -> str | None:
+    """The path of our sandboxer for bwrap's command lines, built if needed into `directory`,
+    or None where bwrap must run."""
     if os.environ.get("BUILDGRAPH_SANDBOXER") == "bwrap" or os.geteuid() != 0:
         return None
     compiler = shutil.which("cc") or shutil.which("gcc")
@@ -46,17 +47,18 @@ def program(cache_dir: str, temp_path: str) -> str | None:
     from buildgraph.signatures import kernel_release
 
     digest = file_digest(SOURCE)
-    path = os.path.join(cache_dir, "sandboxer", digest[:16], "sandboxer")
+    path = os.path.join(directory, "sandboxer", digest[:16], "sandboxer")
 
     def build() -> str:
-        return path if _build(compiler, path, temp_path) and _works(path) else ""
+        temp = f"{path}.{os.getpid()}-{os.urandom(4).hex()}"   # a free name beside it: a build beside this one may race
+        return path if _build(compiler, path, temp) and _works(path) else ""
     # The kernel decides whether it works, the compiler (by path and stat, as the sandbox
     # mode's facts name bwrap) whether it could be built: a failure is tried again after either changes.
     try:
         facts = [digest, kernel_release(), compiler, stat_signature(os.stat(compiler))]
     except OSError:
         return None
-    found = remembered(os.path.join(cache_dir, "sandboxer", digest[:16], "built.json"), facts, build,
+    found = remembered(os.path.join(directory, "sandboxer", digest[:16], "built.json"), facts, build,
                        lambda value: value == "" or os.access(value, os.X_OK))
     return found or None
 
@@ -64,7 +66,6 @@ def program(cache_dir: str, temp_path: str) -> str | None:
 def _build(compiler: str, path: str, temp: str) -> bool:
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        os.makedirs(os.path.dirname(temp), exist_ok=True)
         # Static where the C library allows it: no loader to run, ~0.25 ms a sandbox here.
         for static in (["-static"], []):
             done = subprocess.run([compiler, "-O2", *static, "-o", temp, SOURCE], capture_output=True, timeout=120)

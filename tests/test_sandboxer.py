@@ -40,8 +40,11 @@ def test_an_action_sees_the_same_in_our_sandboxer_as_in_bwrap(ws, capsys, monkey
     ws.write("BUILD.yaml", "targets:\n  t:\n    kind: script\n    srcs: [in.txt]\n    outs: [seen]\n"
              "    cmds:\n" + "".join(f"      - {c!r}\n" for c in LOOK))
     seen = {}
+    programs = ws.root.parent / "programs"
+    monkeypatch.setenv("BUILDGRAPH_PROGRAMS_DIR", str(programs))
     for maker in ("ours", "bwrap"):
         monkeypatch.setenv("BUILDGRAPH_SANDBOXER", maker)
+        shutil.rmtree(programs, ignore_errors=True)
         shutil.rmtree(ws.cache, ignore_errors=True)
         shutil.rmtree(ws.root / ".buildgraph", ignore_errors=True)
         st = ws.build(capsys=capsys)
@@ -51,8 +54,9 @@ def test_an_action_sees_the_same_in_our_sandboxer_as_in_bwrap(ws, capsys, monkey
         text = re.sub(r"/[0-9]+-[0-9]+-[0-9a-f]+/", "/TREE/", (ws.out("t") / "seen").read_text())
         text = re.sub(r"/jobserver-\w+/", "/jobserver-X/", text)
         seen[maker] = re.sub(r"^(dr-xr-xr-x) +[0-9]+ (root root +0 +proc)$", r"\1 N \2", text, flags=re.M)
-        built = [json.loads(p.read_text())["value"] for p in ws.cache.glob("sandboxer/*/built.json")]
-        assert built == ([str(next(ws.cache.glob("sandboxer/*/sandboxer")))] if maker == "ours" else [])
+        built = [json.loads(p.read_text())["value"] for p in programs.glob("sandboxer/*/built.json")]
+        assert built == ([str(next(programs.glob("sandboxer/*/sandboxer")))] if maker == "ours" else [])
+        assert not (ws.cache / "sandboxer").exists()
     assert seen["ours"].splitlines() == seen["bwrap"].splitlines()
     # what was compared holds what it should
     assert re.search(r"^/newroot / rw,nosuid,nodev,.* - tmpfs ", seen["ours"], re.M)
@@ -64,7 +68,7 @@ def test_an_action_sees_the_same_in_our_sandboxer_as_in_bwrap(ws, capsys, monkey
 
 
 def test_it_refuses_what_it_does_not_make_as_bwrap_would(tmp_path):
-    path = sandboxer.program(str(tmp_path / "cache"), str(tmp_path / "tmp" / "x"))
+    path = sandboxer.program(str(tmp_path / "programs"))
     assert path is not None
     base = ["--unshare-pid", "--as-pid-1", "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib",
             "--symlink", "usr/lib64", "/lib64"]
@@ -84,29 +88,28 @@ def test_it_refuses_what_it_does_not_make_as_bwrap_would(tmp_path):
     assert done.returncode == 3
 
 
-def test_it_is_built_once_per_cache_and_bwrap_runs_where_it_cannot_be(tmp_path, monkeypatch):
-    cache, temp = str(tmp_path / "cache"), str(tmp_path / "tmp" / "x")
+def test_it_is_built_once_and_bwrap_runs_where_it_cannot_be(tmp_path, monkeypatch):
+    programs = str(tmp_path / "programs")
     builds = []
     real_build = sandboxer._build
     monkeypatch.setattr(sandboxer, "_build", lambda *a: builds.append(a) or real_build(*a))
-    first = sandboxer.program(cache, temp)
-    assert first and os.access(first, os.X_OK) and sandboxer.program(cache, temp) == first
+    first = sandboxer.program(programs)
+    assert first and os.access(first, os.X_OK) and sandboxer.program(programs) == first
     assert len(builds) == 1
     os.remove(first)   # gone: built again, not trusted from the memo
-    assert sandboxer.program(cache, temp) == first and os.access(first, os.X_OK) and len(builds) == 2
+    assert sandboxer.program(programs) == first and os.access(first, os.X_OK) and len(builds) == 2
 
     monkeypatch.setenv("BUILDGRAPH_SANDBOXER", "bwrap")
-    assert sandboxer.program(cache, temp) is None
+    assert sandboxer.program(programs) is None
     monkeypatch.delenv("BUILDGRAPH_SANDBOXER")
     fake_cc = tmp_path / "bin" / "cc"   # a compiler that fails: bwrap, and nothing half-built kept
     fake_cc.parent.mkdir()
     fake_cc.write_text("#!/bin/sh\necho 'no' >&2\nexit 1\n")
     fake_cc.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake_cc.parent}:{os.environ['PATH']}")
-    other = str(tmp_path / "other-cache")
-    assert sandboxer.program(other, temp) is None and sandboxer.program(other, temp) is None
+    other = str(tmp_path / "other-programs")
+    assert sandboxer.program(other) is None and sandboxer.program(other) is None
     assert len(builds) == 3   # the failure is remembered too
     fake_cc.write_text("#!/bin/sh\necho 'still no' >&2\nexit 1\n")   # until the compiler changes
-    assert sandboxer.program(other, temp) is None and len(builds) == 4
-    assert not list((tmp_path / "other-cache").glob("sandboxer/*/sandboxer"))
-    assert not os.path.exists(temp)
+    assert sandboxer.program(other) is None and len(builds) == 4
+    assert [p.name for p in (tmp_path / "other-programs").glob("sandboxer/*/*")] == ["built.json"]   # nothing half-built

@@ -64,7 +64,9 @@ DEFAULT_MAX_BYTES = 10 * 1024 ** 3
 _USED_RESOLUTION = 3600.0  # refresh an entry's last-used time at most hourly
 _BATCH_SECONDS = 1.0       # how long a new action cache entry may wait for its commit
 INDEX = "index.sqlite"
-LEGACY = ("ac", "sha256")  # the diskcache directories of earlier versions: removed by the next exclusive lock
+# Removed by the next exclusive lock: earlier versions' diskcache directories, and where
+# they built the sandboxer (now locations.programs_dir()).
+LEGACY = ("ac", "sha256", "sandboxer")
 
 
 @dataclass
