@@ -222,13 +222,13 @@ def print_floors(base: Path, sizes: list[int]) -> None:
               f"{bw_wall * 1e3:.2f} ms wall, "
               f"{bw_cpu * 1e3:.2f} ms CPU per run: per-action overhead >= {(bw_wall - sh_wall) * 1e3:.2f} ms, "
               + ", ".join(f"cold {n:,} >= {n * bw_cpu / cpus:.1f} s" for n in sizes))
-        maker = sandboxer.program(str(base / "fs-floor-cache"), str(base / "fs-floor-cache" / "tmp" / "x"))
+        maker = sandboxer.program(str(base / "fs-floor-programs"))
         if maker is not None:   # what a build runs as root (buildgraph/sandboxer.py)
             sx_wall, sx_cpu = spawn_floor([maker, *sandboxed[1:]], 200, netns)
             print(f"floor: the same made by buildgraph's sandboxer {sx_wall * 1e3:.2f} ms wall, "
                   f"{sx_cpu * 1e3:.2f} ms CPU per run: per-action overhead >= {(sx_wall - sh_wall) * 1e3:.2f} ms, "
                   + ", ".join(f"cold {n:,} >= {n * sx_cpu / cpus:.1f} s" for n in sizes))
-        shutil.rmtree(base / "fs-floor-cache", ignore_errors=True)
+        shutil.rmtree(base / "fs-floor-programs", ignore_errors=True)
     if netns is not None:
         netns.close()
     per_node = one_process_layout(base, max(sizes))
