@@ -202,6 +202,7 @@ def print_floors(base: Path, sizes: list[int]) -> None:
     a plain directory; a restore lays out in two processes, its directories spread in runs
     (layout_worker.py), and can take less."""
     from buildgraph import sandboxer
+    from buildgraph.locations import programs_dir
     from buildgraph.netns import NetnsPool
 
     bare = ["/bin/sh", "-c", ":"]
@@ -222,13 +223,12 @@ def print_floors(base: Path, sizes: list[int]) -> None:
               f"{bw_wall * 1e3:.2f} ms wall, "
               f"{bw_cpu * 1e3:.2f} ms CPU per run: per-action overhead >= {(bw_wall - sh_wall) * 1e3:.2f} ms, "
               + ", ".join(f"cold {n:,} >= {n * bw_cpu / cpus:.1f} s" for n in sizes))
-        maker = sandboxer.program(str(base / "fs-floor-programs"))
+        maker = sandboxer.program(str(programs_dir()))
         if maker is not None:   # what a build runs as root (buildgraph/sandboxer.py)
             sx_wall, sx_cpu = spawn_floor([maker, *sandboxed[1:]], 200, netns)
             print(f"floor: the same made by buildgraph's sandboxer {sx_wall * 1e3:.2f} ms wall, "
                   f"{sx_cpu * 1e3:.2f} ms CPU per run: per-action overhead >= {(sx_wall - sh_wall) * 1e3:.2f} ms, "
                   + ", ".join(f"cold {n:,} >= {n * sx_cpu / cpus:.1f} s" for n in sizes))
-        shutil.rmtree(base / "fs-floor-programs", ignore_errors=True)
     if netns is not None:
         netns.close()
     per_node = one_process_layout(base, max(sizes))
@@ -290,8 +290,8 @@ def main() -> None:
             print(f"{n:>6}  buildgraph peak memory in its own process: cold {bg['cold_mb']:.0f} MB, "
                   f"no-op {bg['noop_mb']:.0f} MB; its server {bg['server_mb']:.0f} MB resident")
         for mode, (bg, bare) in per_action.items():
-            print(f"per-action ({mode:>7}, measured first): buildgraph {bg * 1e3:.2f} ms, bare command {bare * 1e3:.2f} ms, "
-                  f"overhead {(bg - bare) * 1e3:.2f} ms")
+            print(f"per-action ({mode:>7}, measured first): buildgraph {bg * 1e3:.2f} ms, "
+                  f"bare command {bare * 1e3:.2f} ms, overhead {(bg - bare) * 1e3:.2f} ms")
         print_floors(base, sizes)
     finally:
         if (base / "servers").is_dir():

@@ -11,8 +11,12 @@ def default_cache_dir() -> Path:
     env = os.environ.get("BUILDGRAPH_CACHE_DIR")
     if env:
         return Path(env).absolute()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "buildgraph"
+    return user_cache_dir() / "buildgraph"
+
+
+def user_cache_dir() -> Path:
+    """$XDG_CACHE_HOME, else ~/.cache."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"))
 
 
 def programs_dir() -> Path:
@@ -22,8 +26,7 @@ def programs_dir() -> Path:
     env = os.environ.get("BUILDGRAPH_PROGRAMS_DIR")
     if env:
         return Path(env).absolute()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "buildgraph-programs"
+    return user_cache_dir() / "buildgraph-programs"
 
 
 def default_toolchain_dir(cache_dir: Path) -> Path:

@@ -50,8 +50,7 @@ def program(directory: str) -> str | None:
     path = os.path.join(directory, "sandboxer", digest[:16], "sandboxer")
 
     def build() -> str:
-        temp = f"{path}.{os.getpid()}-{os.urandom(4).hex()}"   # a free name beside it: a build beside this one may race
-        return path if _build(compiler, path, temp) and _works(path) else ""
+        return path if _build(compiler, path) and _works(path) else ""
     # The kernel decides whether it works, the compiler (by path and stat, as the sandbox
     # mode's facts name bwrap) whether it could be built: a failure is tried again after either changes.
     try:
@@ -63,7 +62,8 @@ def program(directory: str) -> str | None:
     return found or None
 
 
-def _build(compiler: str, path: str, temp: str) -> bool:
+def _build(compiler: str, path: str) -> bool:
+    temp = f"{path}.{os.getpid()}-{os.urandom(4).hex()}"   # beside it: os.replace stays on one filesystem
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         # Static where the C library allows it: no loader to run, ~0.25 ms a sandbox here.

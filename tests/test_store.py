@@ -212,16 +212,17 @@ def test_a_restore_refreshes_last_used_times_in_one_transaction(ws, capsys):
     store.close()
 
 
-def test_earlier_versions_diskcache_directories_go_with_the_first_exclusive_lock(ws, capsys):
-    """Results moved from diskcache (ac/, sha256/) to index.sqlite: the old directories are
-    never read, and the first build alone on the cache removes them, as it does tmp/."""
+def test_earlier_versions_directories_go_with_the_first_exclusive_lock(ws, capsys):
+    """Results moved from diskcache (ac/, sha256/) to index.sqlite, the sandboxer from the
+    cache to the programs directory: the old directories are never read, and the first
+    build alone on the cache removes them, as it does tmp/."""
     setup_two(ws)
-    for name in ("ac", "sha256"):
+    for name in ("ac", "sha256", "sandboxer"):
         (ws.cache / name).mkdir(parents=True)
         (ws.cache / name / "cache.db").write_bytes(b"SQLite format 3\0 left by an earlier version")
     statuses = ws.build(capsys=capsys)
     assert (statuses["a"], statuses["b"]) == ("ran", "ran")
-    assert not (ws.cache / "ac").exists() and not (ws.cache / "sha256").exists()
+    assert not any((ws.cache / name).exists() for name in ("ac", "sha256", "sandboxer"))
     assert (ws.cache / "index.sqlite").is_file()
     ws.run("clean", capsys=capsys)
     statuses = ws.build(capsys=capsys)
