@@ -45,11 +45,12 @@ def file_digests(path: str | os.PathLike) -> tuple[str, str]:
 
 
 def copy_hashed(src: str, dest: str, mode: int) -> str:
-    """Copy `src` to a new file `dest` with `mode`, returning the xxh3-128 of the bytes copied:
+    """Copy `src` to a new file `dest` of exactly `mode`, returning the xxh3-128 of the bytes copied:
     what lands at `dest` is exactly what was hashed."""
     h = xxhash.xxh3_128()
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
+        os.fchmod(fd, mode)   # exactly `mode`, not what the umask leaves of it
         with open(src, "rb") as fin:
             while chunk := fin.read(_CHUNK):
                 h.update(chunk)

@@ -14,6 +14,31 @@ _FICLONE = 0x40049409
 _GETFLAGS, _SETFLAGS, TOPDIR = 0x80086601, 0x40086602, 0x00020000
 
 
+DIR_MODE = 0o755   # of every directory staged for an action (make_dir)
+
+
+def make_dir(path: str, mode: int = DIR_MODE) -> None:
+    """os.mkdir, the directory of exactly `mode` whatever this process's umask: what an
+    action sees of the tree staged for it must not follow the umask of the build that
+    staged it, which its key does not hold."""
+    os.mkdir(path)
+    os.chmod(path, mode)
+
+
+def make_dirs(path: str, mode: int = DIR_MODE) -> None:
+    """os.makedirs(path, exist_ok=True), each directory it makes of exactly `mode` (make_dir)."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent != path:
+        make_dirs(parent, mode)
+    try:
+        make_dir(path, mode)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+
+
 def make_top_dir(path: str) -> None:
     """Make the directory `path` (already there is fine) marked, where the filesystem takes the
     hint, as the top of unrelated trees (ext4: chattr +T). ext4 then spreads the directories
@@ -82,7 +107,7 @@ def force_remove(path: str | os.PathLike) -> None:
             pass
 
 
-def empty_for_reuse(root: str, subdirs: tuple[str, ...], mode: int | None, files: tuple[str, ...] = ()) -> bool:
+def empty_for_reuse(root: str, subdirs: tuple[str, ...], mode: int, files: tuple[str, ...] = ()) -> bool:
     """Empty each of `subdirs` of `root`, truncate each of `files` there (a regular file of
     one name; missing is fine), and remove everything else in it. True if `root` is now
     exactly those directories, empty, each still of `mode`, and at most those files, empty;
@@ -146,6 +171,7 @@ def copy_new(src: str, dest: str, mode: int) -> None:
     try:
         fout = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
+            os.fchmod(fout, mode)   # exactly `mode`, not what the umask leaves of it
             try:
                 fcntl.ioctl(fout, _FICLONE, fin)
             except OSError:
@@ -177,7 +203,7 @@ def put_entries(base: str, entries) -> None:
         dest = f"{base}/{entry[1]}"
         parent = os.path.dirname(dest)
         if parent not in made:
-            os.makedirs(parent, exist_ok=True)
+            make_dirs(parent)
             made.add(parent)
         if entry[0] == "f":
             copy_new(entry[2], dest, entry[3])

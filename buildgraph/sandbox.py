@@ -36,7 +36,6 @@ import queue
 import shlex
 import shutil
 import signal
-import stat
 import subprocess
 import threading
 import time
@@ -46,7 +45,7 @@ from buildgraph import mountns, sandbox_etc
 from buildgraph.action import (Action, ActionResult, BadResult, OutputFile, OutputSymlink, check_declared,
                                check_symlink, check_tree)
 from buildgraph.digest import copy_hashed, file_digest, stat_signature
-from buildgraph.fsutil import empty_for_reuse, force_remove, remembered, walk_tree
+from buildgraph.fsutil import DIR_MODE, empty_for_reuse, force_remove, make_dir, make_dirs, remembered, walk_tree
 from buildgraph.store.local import LocalStore
 from buildgraph.sources import SourceError
 from buildgraph.signatures import KEYED_ETC, sandbox_facts
@@ -169,7 +168,6 @@ class Sandbox:
         # Under bwrap, /sandbox/tmp and /sandbox/home are on the sandbox's own tmpfs.
         self._subdirs = ("src", "deps", "out", "work") if mode == "bwrap" else \
             ("src", "deps", "out", "work", "tmp", "home")
-        self._subdir_mode: int | None = None   # as mkdir made them (the umask's)
         self._free_roots: list[str] = []        # emptied trees of finished actions (_give_back)
         self._etc: tuple[str, bool] | None = None   # (its /etc, whether this build's own): _etc_dir
         self._to_clear: queue.Queue = queue.Queue()   # (path, whether a tree) for the janitor
@@ -352,7 +350,7 @@ class Sandbox:
             path = self._tool_dirs.get((tools, compilers))
             if path is None:
                 path = f"{self.store.sandboxes}/tools-{os.getpid()}-{len(self._tool_dirs)}"
-                os.makedirs(f"{path}/bin")
+                make_dirs(f"{path}/bin")
                 if self.mode != "bwrap":   # toolchains at their real paths
                     links = tuple((name, unmapped(target, SANDBOX_ROOT, mounts)) for name, target in links)
                 fill_tools_dir(f"{path}/bin", links, compilers, f"{self.inner_root}/.tools/bin")
@@ -405,11 +403,9 @@ class Sandbox:
 
     def _new_root(self) -> str:
         root = f"{self.store.sandboxes}/{os.getpid()}-{time.monotonic_ns()}-{os.urandom(3).hex()}"
-        os.mkdir(root)
+        make_dir(root)
         for sub in self._subdirs:
-            os.mkdir(f"{root}/{sub}")
-        if self._subdir_mode is None:
-            self._subdir_mode = stat.S_IMODE(os.stat(f"{root}/{self._subdirs[0]}").st_mode)
+            make_dir(f"{root}/{sub}")
         return root
 
     def _root_ahead(self) -> None:
@@ -458,7 +454,7 @@ class Sandbox:
         while (item := self._to_clear.get()) is not None:
             root, tree = item
             try:
-                if tree and self.mode == "bwrap" and empty_for_reuse(root, self._subdirs, self._subdir_mode, _LOGS):
+                if tree and self.mode == "bwrap" and empty_for_reuse(root, self._subdirs, DIR_MODE, _LOGS):
                     with self._lock:
                         self._free_roots.append(root)
                 else:
@@ -670,7 +666,7 @@ class Sandbox:
                                  in zip(action.srcs, action.src_paths)))
         for dep_target, _ in action.deps:
             base = f"{root}/deps/{dep_target}"
-            os.mkdir(base)
+            make_dir(base)
             # Under bwrap deps/ is bound read-only, so nothing can write through a hardlink.
             self.store.lay_out(dep_results[dep_target], base, link=linking)
 
@@ -911,7 +907,7 @@ def _copy_in(base: str, files) -> None:
         dest = f"{base}/{rel}"
         parent = os.path.dirname(dest)
         if parent not in made:
-            os.makedirs(parent, exist_ok=True)
+            make_dirs(parent)
             made.add(parent)
         try:
             copied = copy_hashed(host, dest, 0o755 if exe else 0o644)

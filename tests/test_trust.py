@@ -317,6 +317,40 @@ def test_umask_and_affinity_are_pinned_and_the_kernel_is_keyed(ws, capsys, monke
     assert sibling(ws).build(capsys=capsys)["t"] == "ran"       # another kernel: another key
 
 
+@pytest.mark.parametrize("mode", ["none", "bwrap"])
+def test_what_an_action_sees_of_its_inputs_does_not_follow_the_builds_umask(tmp_path, capsys, mode):
+    """The key does not hold the umask of the build that stages an action's inputs, so the
+    modes the action sees of them (its sources, dependency outputs and directories) must not
+    follow it either: else two builds under one key see different inputs."""
+    if mode == "bwrap":
+        _bwrap_or_skip()
+    seen, keyed = {}, {}
+    for mask in (0o022, 0o077):
+        ws = Workspace(tmp_path / f"ws-{mask:o}", tmp_path / f"cache-{mask:o}")   # a cache each: both run
+        ws.write("sub/a.txt", "a\n")
+        ws.write("BUILD.yaml", """\
+            host_tools: [default, stat]
+            targets:
+              d: {kind: script, outs: [o], cmds: ["echo d > $OUT/o"]}
+              t:
+                kind: script
+                srcs: [sub/a.txt]
+                deps: [d]
+                outs: [modes]
+                cmds: ["stat -c %a $SRC $SRC/sub $SRC/sub/a.txt $DEP_D $DEP_D/o $OUT . $TMPDIR $HOME > $OUT/modes"]
+            """)
+        old_mask = os.umask(mask)
+        try:
+            st = ws.build("--sandbox", mode, capsys=capsys)
+        finally:
+            os.umask(old_mask)
+        assert st["t"] == "ran", st
+        seen[mask], keyed[mask] = (ws.out("t") / "modes").read_text().split(), keys(ws)["t"]
+    assert keyed[0o077] == keyed[0o022]
+    assert seen[0o077] == seen[0o022], f"the action saw other modes under the same key: {seen}"
+    assert seen[0o022][:3] == ["755", "755", "644"]
+
+
 # 7 -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["none", "unshare", "bwrap"])
