@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from buildgraph.cli import main
+from buildgraph.locations import user_cache_dir
 
 # A developer's own ~/.buildgraphrc must not change what the tests run (rcfile.py).
 os.environ["BUILDGRAPH_RC"] = os.devnull
@@ -26,9 +27,7 @@ os.environ["BUILDGRAPH_SERVER_DIR"] = SERVER_DIR
 REPO = Path(__file__).resolve().parent.parent
 # Heavy toolchains (zig, CUDA) are fetched once into this store and shared by every
 # test and every run on this machine; the store's locking makes concurrent fetches safe.
-SHARED_TOOLCHAINS = Path(os.environ.get("BUILDGRAPH_TEST_TOOLCHAINS") or
-                         Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-                         / "buildgraph-test-toolchains")
+SHARED_TOOLCHAINS = Path(os.environ.get("BUILDGRAPH_TEST_TOOLCHAINS") or user_cache_dir() / "buildgraph-test-toolchains")
 
 HOST_GCC = """\
 name: host-gcc

@@ -20,8 +20,9 @@ import threading
 import time
 from pathlib import Path
 
-SERVERS = Path(os.environ.get("BUILDGRAPH_TEST_SERVERS") or
-               Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "buildgraph-test-servers")
+from buildgraph.locations import user_cache_dir
+
+SERVERS = Path(os.environ.get("BUILDGRAPH_TEST_SERVERS") or user_cache_dir() / "buildgraph-test-servers")
 BGD = Path(os.environ.get("BUILDGRAPH_TEST_BUILDGRID") or SERVERS / "buildgrid" / "bin" / "bgd")
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 

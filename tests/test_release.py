@@ -14,9 +14,9 @@ import pytest
 from conftest import SHARED_TOOLCHAINS, copy_release_workspace
 
 from buildgraph.cli import main
+from buildgraph.locations import user_cache_dir
 
-RELEASE_CACHE = Path(os.environ.get("BUILDGRAPH_RELEASE_CACHE")
-                     or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "buildgraph-release")
+RELEASE_CACHE = Path(os.environ.get("BUILDGRAPH_RELEASE_CACHE") or user_cache_dir() / "buildgraph-release")
 
 
 @pytest.mark.slow
