@@ -30,7 +30,7 @@ def make_dirs(path: str, mode: int = DIR_MODE) -> None:
     if os.path.isdir(path):
         return
     parent = os.path.dirname(path)
-    if parent != path:
+    if parent and parent != path:
         make_dirs(parent, mode)
     try:
         make_dir(path, mode)
@@ -107,12 +107,12 @@ def force_remove(path: str | os.PathLike) -> None:
             pass
 
 
-def empty_for_reuse(root: str, subdirs: tuple[str, ...], mode: int, files: tuple[str, ...] = ()) -> bool:
+def empty_for_reuse(root: str, subdirs: tuple[str, ...], files: tuple[str, ...] = ()) -> bool:
     """Empty each of `subdirs` of `root`, truncate each of `files` there (a regular file of
     one name; missing is fine), and remove everything else in it. True if `root` is now
-    exactly those directories, empty, each still of `mode`, and at most those files, empty;
-    False if it cannot be made so (one was replaced, removed or chmodded, or something
-    would not go): then it is unfit for reuse, to be removed whole.
+    exactly those directories, empty, each still of DIR_MODE (as make_dir made them), and at
+    most those files, empty; False if it cannot be made so (one was replaced, removed or
+    chmodded, or something would not go): then it is unfit for reuse, to be removed whole.
 
     A file truncated keeps its inode, where one removed and made again takes a new one: on
     an ext4 without a journal each new inode scans past every one freed in its group in
@@ -122,7 +122,7 @@ def empty_for_reuse(root: str, subdirs: tuple[str, ...], mode: int, files: tuple
         for entry in os.scandir(root):
             if entry.name in subdirs:
                 st = entry.stat(follow_symlinks=False)
-                if not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) != mode:
+                if not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) != DIR_MODE:
                     return False
                 seen += 1
                 for inner in os.scandir(entry.path):

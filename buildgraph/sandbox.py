@@ -45,7 +45,7 @@ from buildgraph import mountns, sandbox_etc
 from buildgraph.action import (Action, ActionResult, BadResult, OutputFile, OutputSymlink, check_declared,
                                check_symlink, check_tree)
 from buildgraph.digest import copy_hashed, file_digest, stat_signature
-from buildgraph.fsutil import DIR_MODE, empty_for_reuse, force_remove, make_dir, make_dirs, remembered, walk_tree
+from buildgraph.fsutil import empty_for_reuse, force_remove, make_dir, make_dirs, remembered, walk_tree
 from buildgraph.store.local import LocalStore
 from buildgraph.sources import SourceError
 from buildgraph.signatures import KEYED_ETC, sandbox_facts
@@ -454,7 +454,7 @@ class Sandbox:
         while (item := self._to_clear.get()) is not None:
             root, tree = item
             try:
-                if tree and self.mode == "bwrap" and empty_for_reuse(root, self._subdirs, DIR_MODE, _LOGS):
+                if tree and self.mode == "bwrap" and empty_for_reuse(root, self._subdirs, _LOGS):
                     with self._lock:
                         self._free_roots.append(root)
                 else:

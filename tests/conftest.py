@@ -27,7 +27,8 @@ os.environ["BUILDGRAPH_SERVER_DIR"] = SERVER_DIR
 REPO = Path(__file__).resolve().parent.parent
 # Heavy toolchains (zig, CUDA) are fetched once into this store and shared by every
 # test and every run on this machine; the store's locking makes concurrent fetches safe.
-SHARED_TOOLCHAINS = Path(os.environ.get("BUILDGRAPH_TEST_TOOLCHAINS") or user_cache_dir() / "buildgraph-test-toolchains")
+SHARED_TOOLCHAINS = Path(os.environ.get("BUILDGRAPH_TEST_TOOLCHAINS")
+                         or user_cache_dir() / "buildgraph-test-toolchains")
 
 HOST_GCC = """\
 name: host-gcc

@@ -441,17 +441,16 @@ def test_a_reused_sandbox_tree_holds_nothing_of_the_action_before(ws, capsys, mo
 def test_a_tree_emptied_for_reuse_keeps_its_log_files_empty_and_their_inodes(tmp_path):
     """The logs are emptied in place (a new inode costs a scan on an ext4 without a journal);
     one with a second name, or not a regular file, is removed like anything else."""
-    from buildgraph.fsutil import empty_for_reuse
+    from buildgraph.fsutil import empty_for_reuse, make_dirs
 
     root = tmp_path / "tree"
     for sub in ("out", "work"):
-        (root / sub).mkdir(parents=True)
-    mode = (root / "out").stat().st_mode & 0o7777
+        make_dirs(str(root / sub))
     (root / ".stdout").write_text("noise\n")
     (root / ".stderr").write_text("more noise\n")
     (root / "work" / "junk").write_text("junk")
     inode = (root / ".stdout").stat().st_ino
-    assert empty_for_reuse(str(root), ("out", "work"), mode, (".stdout", ".stderr"))
+    assert empty_for_reuse(str(root), ("out", "work"), (".stdout", ".stderr"))
     assert sorted(os.listdir(root)) == [".stderr", ".stdout", "out", "work"] and not os.listdir(root / "work")
     assert (root / ".stdout").stat().st_ino == inode and (root / ".stdout").read_text() == ""
     assert (root / ".stderr").read_text() == ""
@@ -459,7 +458,7 @@ def test_a_tree_emptied_for_reuse_keeps_its_log_files_empty_and_their_inodes(tmp
     (tmp_path / "elsewhere").write_text("kept\n")
     (root / ".stderr").unlink()
     (root / ".stderr").mkdir()
-    assert empty_for_reuse(str(root), ("out", "work"), mode, (".stdout", ".stderr"))
+    assert empty_for_reuse(str(root), ("out", "work"), (".stdout", ".stderr"))
     assert sorted(os.listdir(root)) == ["out", "work"]
     assert (tmp_path / "elsewhere").read_text() == "kept\n"
 
@@ -472,12 +471,11 @@ def test_emptying_a_tree_removes_links_not_what_they_point_at_and_falls_back_whe
     (outside / "keep").mkdir(parents=True)
     (outside / "keep" / "f").write_text("kept\n")
     root = tmp_path / "tree"
-    (root / "out" / "a" / "b").mkdir(parents=True)
+    fsutil.make_dirs(str(root / "out" / "a" / "b"))
     (root / "out" / "a" / "b" / "f").write_text("x")
     os.symlink(outside / "keep", root / "out" / "a" / "to_dir")
     os.symlink(outside / "keep", root / "out" / "link")
-    (root / "work" / "stubborn" / "deep").mkdir(parents=True)
-    mode = (root / "work").stat().st_mode & 0o7777
+    fsutil.make_dirs(str(root / "work" / "stubborn" / "deep"))
     quick = fsutil._remove_tree
 
     def resisting(path):   # as a directory an action made unwritable does for a user not root
@@ -485,7 +483,7 @@ def test_emptying_a_tree_removes_links_not_what_they_point_at_and_falls_back_whe
             raise PermissionError(13, "Permission denied", path)
         quick(path)
     monkeypatch.setattr(fsutil, "_remove_tree", resisting)
-    assert fsutil.empty_for_reuse(str(root), ("out", "work"), mode)
+    assert fsutil.empty_for_reuse(str(root), ("out", "work"))
     assert not os.listdir(root / "out") and not os.listdir(root / "work")
     assert (outside / "keep" / "f").read_text() == "kept\n"
 
